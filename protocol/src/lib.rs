@@ -1,0 +1,25 @@
+//! Wellspring's shared language: the typed keys of the imaging hierarchy, the records
+//! that flow through a DAG and their schemas, the DAG spec, and the wire formats.
+//!
+//! Nothing here runs: no actors, no I/O. Start with [`records::ChannelImage`] (the message
+//! that starts it all), [`records::ExperimentLayout`] (what makes each level complete) and
+//! [`spec::Dag::load`] (a DAG spec, parsed and validated). Every other crate depends on
+//! this one; a change to a record's shape or to the spec language belongs here.
+
+pub mod envelope;
+pub mod keys;
+pub mod records;
+pub mod schema;
+pub mod spec;
+pub mod value;
+pub mod wire;
+
+pub use envelope::{Envelope, MessageId, TraceContext};
+pub use keys::{ChannelKey, ExperimentId, KeyError, PlateKey, SiteKey, WellId, WellKey};
+pub use records::{
+    ChannelImage, DeadLetter, ExperimentLayout, ExperimentRecord, IncompleteRecord, Origin,
+    PlateRecord, SiteRecord, WellRecord,
+};
+pub use schema::{Schema, SchemaSet, ValidationErrors};
+pub use spec::{Dag, SpecErrors, SpecFormat};
+pub use value::Value;

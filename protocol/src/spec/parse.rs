@@ -1,0 +1,770 @@
+//! Structural parsing of a spec document into its parts, collecting every error.
+//!
+//! serde derive stops at the first error; a spec author wants them all, so the document
+//! is read into a JSON tree and walked by hand. An element that does not parse is left
+//! out and remembered as broken, so validation does not pile follow-on errors on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::{Map, Value as Json};
+
+use super::template::{JsonTemplate, TextTemplate};
+use super::{
+    Backoff, DagSettings, HeaderCondition, HeaderTest, HttpTask, Method, NodeKind, NodeSpec,
+    SpecError, SpecFormat, StatusMatch, StreamOperation, SuccessPredicate, TaskDecl, TopicDecl,
+};
+use crate::schema::{AdditionalFields, Field, FieldType, Schema, SchemaSet};
+
+/// A spec whose parts parsed; not yet cross-checked.
+pub(crate) struct RawSpec {
+    pub name: String,
+    pub description: Option<String>,
+    pub settings: DagSettings,
+    pub variables: BTreeMap<String, String>,
+    pub schemas: SchemaSet,
+    pub declared_schemas: Vec<String>,
+    pub topics: BTreeMap<String, TopicDecl>,
+    pub tasks: BTreeMap<String, TaskDecl>,
+    pub nodes: Vec<NodeSpec>,
+    /// Elements that failed to parse (by section), so references to them are not
+    /// reported again as unknown.
+    pub broken: BTreeSet<String>,
+}
+
+/// Largest spec accepted: specs are small (the reference lab's were ~1,700 lines in all).
+const MAX_SPEC_BYTES: usize = 4 * 1024 * 1024;
+
+pub(crate) fn parse(text: &str, format: SpecFormat) -> (Option<RawSpec>, Vec<SpecError>) {
+    let mut errors = Vec::new();
+    if text.len() > MAX_SPEC_BYTES {
+        errors.push(SpecError::new(
+            "",
+            "",
+            format!("the spec is {} bytes; the limit is {MAX_SPEC_BYTES}", text.len()),
+        ));
+        return (None, errors);
+    }
+    let doc: Result<Json, String> = match format {
+        SpecFormat::Json => serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}")),
+        SpecFormat::Yaml => serde_saphyr::from_str(text).map_err(|e| format!("not valid YAML: {e}")),
+    };
+    let doc = match doc {
+        Ok(doc) => doc,
+        Err(message) => {
+            errors.push(SpecError::new("", "", message));
+            return (None, errors);
+        }
+    };
+    let Json::Object(top) = doc else {
+        errors.push(SpecError::new("", "", "the spec must be an object with name and graph"));
+        return (None, errors);
+    };
+    let raw = {
+        let mut p = Parser {
+            errors: &mut errors,
+        };
+        p.spec(&top)
+    };
+    (Some(raw), errors)
+}
+
+struct Parser<'e> {
+    errors: &'e mut Vec<SpecError>,
+}
+
+/// Reads the fields of one object, remembering which were used so the rest can be
+/// reported as unknown.
+struct Obj<'a> {
+    location: String,
+    map: &'a Map<String, Json>,
+    used: BTreeSet<&'static str>,
+}
+
+impl<'a> Obj<'a> {
+    fn new(location: impl Into<String>, map: &'a Map<String, Json>) -> Self {
+        Self {
+            location: location.into(),
+            map,
+            used: BTreeSet::new(),
+        }
+    }
+
+    fn get(&mut self, field: &'static str) -> Option<&'a Json> {
+        self.used.insert(field);
+        self.map.get(field)
+    }
+
+    fn error(&self, errors: &mut Vec<SpecError>, field: &str, message: impl Into<String>) {
+        errors.push(SpecError::new(&self.location, field, message));
+    }
+
+    fn string(&mut self, errors: &mut Vec<SpecError>, field: &'static str, required: bool) -> Option<String> {
+        match self.get(field) {
+            Some(Json::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Json::String(_)) => {
+                self.error(errors, field, "must not be empty");
+                None
+            }
+            Some(other) => {
+                self.error(errors, field, format!("must be a string, found {}", kind(other)));
+                None
+            }
+            None if required => {
+                self.error(errors, field, "is required");
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn integer(&mut self, errors: &mut Vec<SpecError>, field: &'static str, min: u64, max: u64) -> Option<u64> {
+        match self.get(field)? {
+            Json::Number(n) => match n.as_u64() {
+                Some(v) if (min..=max).contains(&v) => Some(v),
+                _ => {
+                    self.error(errors, field, format!("must be a whole number from {min} to {max}, found {n}"));
+                    None
+                }
+            },
+            other => {
+                self.error(errors, field, format!("must be a number, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, errors: &mut Vec<SpecError>, field: &'static str) -> Option<Duration> {
+        let value = self.get(field)?;
+        match parse_duration(value) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(errors, field, e);
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, errors: &mut Vec<SpecError>, field: &'static str) -> Option<Vec<String>> {
+        match self.get(field)? {
+            Json::Array(items) => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item {
+                        Json::String(s) => out.push(s.clone()),
+                        other => {
+                            self.error(errors, field, format!("must list strings, found {}", kind(other)));
+                            return None;
+                        }
+                    }
+                }
+                Some(out)
+            }
+            other => {
+                self.error(errors, field, format!("must be a list, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn object(&mut self, errors: &mut Vec<SpecError>, field: &'static str) -> Option<&'a Map<String, Json>> {
+        match self.get(field)? {
+            Json::Object(map) => Some(map),
+            other => {
+                self.error(errors, field, format!("must be an object, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    /// Reports every field not read.
+    fn finish(self, errors: &mut Vec<SpecError>) {
+        let known: Vec<&str> = self.used.iter().copied().collect();
+        for key in self.map.keys().filter(|k| !self.used.contains(k.as_str())) {
+            let hint = suggest(key, known.iter().copied())
+                .map(|s| format!(" (did you mean {s:?}?)"))
+                .unwrap_or_default();
+            errors.push(SpecError::new(
+                &self.location,
+                key,
+                format!("unknown field{hint}; expected one of: {}", known.join(", ")),
+            ));
+        }
+    }
+}
+
+fn kind(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "a list",
+        Json::Object(_) => "an object",
+    }
+}
+
+/// `250ms`, `30s`, `5m`, `2h`, `1d`, `1.5s`, or a number of milliseconds.
+pub(crate) fn parse_duration(value: &Json) -> Result<Duration, String> {
+    let text = match value {
+        Json::Number(n) => {
+            return n
+                .as_u64()
+                .map(Duration::from_millis)
+                .ok_or_else(|| format!("{n} is not a duration (a whole number of milliseconds, or text like 30s)"));
+        }
+        Json::String(s) => s.trim(),
+        other => return Err(format!("must be a duration like 30s, found {}", kind(other))),
+    };
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 250ms, 30s, 5m, 2h or 1d"))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" | "" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => return Err(format!("{text:?} has an unknown unit (use ms, s, m, h or d)")),
+    };
+    let secs = number * scale;
+    if !(0.0..=1.0e9).contains(&secs) {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The closest candidate within a small edit distance, to suggest for a typo.
+pub(crate) fn suggest<'c>(name: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+    let limit = (name.len() / 3).clamp(1, 3);
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+impl Parser<'_> {
+    fn spec(&mut self, top: &Map<String, Json>) -> RawSpec {
+        let mut obj = Obj::new("", top);
+        let name = obj.string(self.errors, "name", true).unwrap_or_default();
+        if !name.is_empty() && !valid_name(&name) {
+            obj.error(self.errors, "name", format!("{name:?} may only use letters, digits, '-', '_' and '.'"));
+        }
+        let description = obj.string(self.errors, "description", false);
+        let mut raw = RawSpec {
+            settings: DagSettings {
+                partitions: 8,
+                dead_letter_topic: format!("{name}.dead-letters"),
+                incomplete_topic: format!("{name}.incomplete"),
+            },
+            name,
+            description,
+            variables: BTreeMap::new(),
+            schemas: SchemaSet::with_builtins(),
+            declared_schemas: Vec::new(),
+            topics: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            nodes: Vec::new(),
+            broken: BTreeSet::new(),
+        };
+        if let Some(settings) = obj.object(self.errors, "settings") {
+            self.settings(settings, &mut raw.settings);
+        }
+        if let Some(vars) = obj.object(self.errors, "variables") {
+            for (k, v) in vars {
+                match v {
+                    Json::String(s) => {
+                        raw.variables.insert(k.clone(), s.clone());
+                    }
+                    Json::Number(n) => {
+                        raw.variables.insert(k.clone(), n.to_string());
+                    }
+                    other => self.errors.push(SpecError::new(
+                        "variables",
+                        k,
+                        format!("must be a string, found {}", kind(other)),
+                    )),
+                }
+            }
+        }
+        if let Some(schemas) = obj.object(self.errors, "schemas") {
+            for (name, decl) in schemas {
+                match self.schema(name, decl) {
+                    Some(schema) => {
+                        raw.declared_schemas.push(name.clone());
+                        if raw.schemas.get(name).is_some_and(|s| s.builtin) {
+                            self.errors.push(SpecError::new(
+                                &format!("schemas.{name}"),
+                                "",
+                                "is a built-in schema; use it without declaring it, or choose another name",
+                            ));
+                        } else {
+                            raw.schemas.insert(schema);
+                        }
+                    }
+                    None => {
+                        raw.broken.insert(format!("schemas.{name}"));
+                    }
+                }
+            }
+        }
+        if let Some(topics) = obj.object(self.errors, "topics") {
+            for (name, decl) in topics {
+                match self.topic(name, decl) {
+                    Some(topic) => {
+                        raw.topics.insert(name.clone(), topic);
+                    }
+                    None => {
+                        raw.broken.insert(format!("topics.{name}"));
+                    }
+                }
+            }
+        }
+        if let Some(tasks) = obj.object(self.errors, "tasks") {
+            for (name, decl) in tasks {
+                match self.task(name, decl) {
+                    Some(task) => {
+                        raw.tasks.insert(name.clone(), task);
+                    }
+                    None => {
+                        raw.broken.insert(format!("tasks.{name}"));
+                    }
+                }
+            }
+        }
+        match obj.object(self.errors, "graph") {
+            Some(graph) if graph.is_empty() => obj.error(self.errors, "graph", "has no nodes"),
+            Some(graph) => {
+                for (name, decl) in graph {
+                    match self.node(name, decl) {
+                        Some(node) => raw.nodes.push(node),
+                        None => {
+                            raw.broken.insert(format!("graph.{name}"));
+                        }
+                    }
+                }
+            }
+            None if !top.contains_key("graph") => obj.error(self.errors, "graph", "is required"),
+            None => {}
+        }
+        obj.finish(self.errors);
+        raw
+    }
+
+    fn settings(&mut self, map: &Map<String, Json>, settings: &mut DagSettings) {
+        let mut obj = Obj::new("settings", map);
+        if let Some(p) = obj.integer(self.errors, "partitions", 1, 10_000) {
+            settings.partitions = p as u32;
+        }
+        if let Some(t) = obj.string(self.errors, "dead-letter-topic", false) {
+            settings.dead_letter_topic = t;
+        }
+        if let Some(t) = obj.string(self.errors, "incomplete-topic", false) {
+            settings.incomplete_topic = t;
+        }
+        obj.finish(self.errors);
+    }
+
+    fn schema(&mut self, name: &str, decl: &Json) -> Option<Schema> {
+        let location = format!("schemas.{name}");
+        let Json::Object(map) = decl else {
+            self.errors.push(SpecError::new(&location, "", format!("must be an object with fields, found {}", kind(decl))));
+            return None;
+        };
+        if !valid_name(name) {
+            self.errors.push(SpecError::new(&location, "", "a schema name may only use letters, digits, '-', '_' and '.'"));
+            return None;
+        }
+        let mut obj = Obj::new(&location, map);
+        let start = self.errors.len();
+        let _ = obj.string(self.errors, "description", false);
+        let additional_fields = match obj.string(self.errors, "additional-fields", false).as_deref() {
+            None | Some("ignore") => AdditionalFields::Ignore,
+            Some("reject") => AdditionalFields::Reject,
+            Some(other) => {
+                obj.error(self.errors, "additional-fields", format!("{other:?} is not ignore or reject"));
+                AdditionalFields::Ignore
+            }
+        };
+        let mut fields = Vec::new();
+        match obj.object(self.errors, "fields") {
+            Some(map) if map.is_empty() => obj.error(self.errors, "fields", "declares no fields"),
+            Some(map) => {
+                for (field, ty) in map {
+                    match ty.as_str().map(FieldType::parse) {
+                        Some(Ok(ty)) => fields.push(Field { name: field.clone(), ty }),
+                        Some(Err(e)) => obj.error(self.errors, &format!("fields.{field}"), e),
+                        None => obj.error(self.errors, &format!("fields.{field}"), format!("must be a type name like string or array<long>, found {}", kind(ty))),
+                    }
+                }
+            }
+            None if !map.contains_key("fields") => obj.error(self.errors, "fields", "is required"),
+            None => {}
+        }
+        obj.finish(self.errors);
+        (self.errors.len() == start).then(|| Schema {
+            name: name.to_owned(),
+            fields,
+            additional_fields,
+            builtin: false,
+        })
+    }
+
+    fn topic(&mut self, name: &str, decl: &Json) -> Option<TopicDecl> {
+        let location = format!("topics.{name}");
+        let Json::Object(map) = decl else {
+            self.errors.push(SpecError::new(&location, "", format!("must be an object, found {}", kind(decl))));
+            return None;
+        };
+        let start = self.errors.len();
+        if !valid_name(name) {
+            self.errors.push(SpecError::new(&location, "", "a topic name may only use letters, digits, '-', '_' and '.'"));
+        }
+        let mut obj = Obj::new(&location, map);
+        let key_schema = obj.string(self.errors, "key-schema", false).unwrap_or_else(|| "string".into());
+        let value_schema = obj.string(self.errors, "value-schema", true);
+        let partitions = obj.integer(self.errors, "partitions", 1, 10_000).map(|p| p as u32);
+        let _ = obj.string(self.errors, "description", false);
+        obj.finish(self.errors);
+        let value_schema = value_schema?;
+        (self.errors.len() == start).then(|| TopicDecl {
+            name: name.to_owned(),
+            key_schema,
+            value_schema,
+            partitions,
+        })
+    }
+
+    fn task(&mut self, name: &str, decl: &Json) -> Option<TaskDecl> {
+        let location = format!("tasks.{name}");
+        let Json::Object(map) = decl else {
+            self.errors.push(SpecError::new(&location, "", format!("must be an object, found {}", kind(decl))));
+            return None;
+        };
+        let start = self.errors.len();
+        let mut obj = Obj::new(&location, map);
+        match obj.string(self.errors, "type", false).as_deref() {
+            None | Some("http") => {}
+            Some(other) => {
+                obj.error(self.errors, "type", format!("{other:?} is not a task type this version runs (supported: http)"));
+                return None;
+            }
+        }
+        let _ = obj.string(self.errors, "description", false);
+        let method = match obj.string(self.errors, "method", false).as_deref().map(str::to_ascii_uppercase).as_deref() {
+            None | Some("POST") => Method::Post,
+            Some("GET") => Method::Get,
+            Some("PUT") => Method::Put,
+            Some("PATCH") => Method::Patch,
+            Some("DELETE") => Method::Delete,
+            Some(other) => {
+                obj.error(self.errors, "method", format!("{other:?} is not GET, POST, PUT, PATCH or DELETE"));
+                Method::Post
+            }
+        };
+        let url = obj.string(self.errors, "url", true).and_then(|u| match TextTemplate::parse(&u) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                obj.error(self.errors, "url", e.to_string());
+                None
+            }
+        });
+        if let Some(url) = &url {
+            let text = url.source();
+            if !(text.starts_with("http://") || text.starts_with("https://") || text.starts_with("${")) {
+                obj.error(self.errors, "url", format!("{text:?} must start with http://, https:// or a ${{variable}}"));
+            }
+        }
+        let mut headers = Vec::new();
+        if let Some(map) = obj.object(self.errors, "headers") {
+            for (header, value) in map {
+                match value.as_str().map(TextTemplate::parse) {
+                    Some(Ok(t)) => headers.push((header.clone(), t)),
+                    Some(Err(e)) => obj.error(self.errors, &format!("headers.{header}"), e.to_string()),
+                    None => obj.error(self.errors, &format!("headers.{header}"), "must be a string"),
+                }
+            }
+        }
+        let template = |obj: &mut Obj, errors: &mut Vec<SpecError>, field: &'static str| {
+            obj.get(field).and_then(|v| match JsonTemplate::parse(v.clone()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    obj.error(errors, field, e.to_string());
+                    None
+                }
+            })
+        };
+        let body = template(&mut obj, self.errors, "body");
+        let output = template(&mut obj, self.errors, "output");
+        let input_schema = obj.string(self.errors, "input-schema", false);
+        let output_schema = obj.string(self.errors, "output-schema", false);
+        let max_inflight = obj.integer(self.errors, "max-inflight", 1, 100_000).unwrap_or(16) as u32;
+        let retries = obj.integer(self.errors, "retries", 0, 1_000).unwrap_or(5) as u32;
+        let timeout = obj.duration(self.errors, "timeout").unwrap_or(Duration::from_secs(30));
+        if timeout.is_zero() {
+            obj.error(self.errors, "timeout", "must be longer than zero");
+        }
+        let mut backoff = Backoff::default();
+        if let Some(map) = obj.object(self.errors, "backoff") {
+            let mut b = Obj::new(format!("{location}.backoff"), map);
+            if let Some(d) = b.duration(self.errors, "initial") {
+                backoff.initial = d;
+            }
+            if let Some(d) = b.duration(self.errors, "max") {
+                backoff.max = d;
+            }
+            match b.get("multiplier") {
+                Some(Json::Number(n)) if n.as_f64().is_some_and(|m| (1.0..=100.0).contains(&m)) => {
+                    backoff.multiplier = n.as_f64().unwrap_or(2.0);
+                }
+                Some(other) => b.error(self.errors, "multiplier", format!("must be a number from 1 to 100, found {other}")),
+                None => {}
+            }
+            match b.get("jitter") {
+                Some(Json::Bool(j)) => backoff.jitter = *j,
+                Some(other) => b.error(self.errors, "jitter", format!("must be true or false, found {}", kind(other))),
+                None => {}
+            }
+            if backoff.initial > backoff.max {
+                b.error(self.errors, "initial", "is longer than max");
+            }
+            b.finish(self.errors);
+        }
+        let mut success = SuccessPredicate::default();
+        if let Some(map) = obj.object(self.errors, "success") {
+            let mut s = Obj::new(format!("{location}.success"), map);
+            if let Some(statuses) = s.get("status") {
+                match parse_statuses(statuses) {
+                    Ok(list) => success.statuses = list,
+                    Err(e) => s.error(self.errors, "status", e),
+                }
+            }
+            if let Some(conditions) = s.get("headers") {
+                match parse_header_conditions(conditions) {
+                    Ok(list) => success.headers = list,
+                    Err(e) => s.error(self.errors, "headers", e),
+                }
+            }
+            s.finish(self.errors);
+        }
+        let mut permanent_statuses = (400..=499)
+            .filter(|c| *c != 408 && *c != 429)
+            .map(StatusMatch::Code)
+            .collect();
+        if let Some(statuses) = obj.get("permanent-statuses") {
+            match parse_statuses(statuses) {
+                Ok(list) => permanent_statuses = list,
+                Err(e) => obj.error(self.errors, "permanent-statuses", e),
+            }
+        }
+        obj.finish(self.errors);
+        if self.errors.len() != start {
+            return None;
+        }
+        Some(TaskDecl::Http(HttpTask {
+            method,
+            url: url?,
+            headers,
+            body,
+            output,
+            input_schema,
+            output_schema,
+            max_inflight,
+            retries,
+            backoff,
+            timeout,
+            success,
+            permanent_statuses,
+        }))
+    }
+
+    fn node(&mut self, name: &str, decl: &Json) -> Option<NodeSpec> {
+        let location = format!("graph.{name}");
+        let Json::Object(map) = decl else {
+            self.errors.push(SpecError::new(&location, "", format!("must be an object, found {}", kind(decl))));
+            return None;
+        };
+        if !valid_name(name) {
+            self.errors.push(SpecError::new(&location, "", "a node name may only use letters, digits, '-', '_' and '.'"));
+            return None;
+        }
+        let start = self.errors.len();
+        let mut obj = Obj::new(&location, map);
+        let _ = obj.string(self.errors, "description", false);
+        let kind = match obj.string(self.errors, "type", true).as_deref() {
+            Some("topic-stream") => obj
+                .string(self.errors, "topic-name", true)
+                .map(|topic| NodeKind::TopicStream { topic }),
+            Some("topic-table") => obj
+                .string(self.errors, "topic-name", true)
+                .map(|topic| NodeKind::TopicTable { topic }),
+            Some("stream-operation") => {
+                let inputs = obj.strings(self.errors, "inputs");
+                if !map.contains_key("inputs") {
+                    obj.error(self.errors, "inputs", "is required");
+                }
+                let function = obj.string(self.errors, "function", true);
+                let key_schema = obj.string(self.errors, "key-schema", false);
+                let value_schema = obj.string(self.errors, "value-schema", false);
+                let incomplete_timeout = obj.duration(self.errors, "incomplete-timeout");
+                let partitions = obj.integer(self.errors, "partitions", 1, 10_000).map(|p| p as u32);
+                match (inputs, function) {
+                    (Some(inputs), Some(function)) => Some(NodeKind::StreamOperation(StreamOperation {
+                        inputs,
+                        function,
+                        key_schema,
+                        value_schema,
+                        incomplete_timeout,
+                        partitions,
+                    })),
+                    _ => None,
+                }
+            }
+            Some("external-task") => {
+                let stream = obj.string(self.errors, "stream", true);
+                let task = obj.string(self.errors, "task-name", true);
+                stream.zip(task).map(|(stream, task)| NodeKind::ExternalTask { stream, task })
+            }
+            Some("publish") => {
+                let stream = obj.string(self.errors, "stream", true);
+                let topic = obj.string(self.errors, "topic-name", true);
+                stream.zip(topic).map(|(stream, topic)| NodeKind::Publish { stream, topic })
+            }
+            Some(other) => {
+                const TYPES: [&str; 5] = ["topic-stream", "topic-table", "stream-operation", "external-task", "publish"];
+                let hint = suggest(other, TYPES).map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default();
+                obj.error(self.errors, "type", format!("{other:?} is not a node type{hint}; expected one of: {}", TYPES.join(", ")));
+                return None;
+            }
+            None => return None,
+        };
+        obj.finish(self.errors);
+        if self.errors.len() != start {
+            return None;
+        }
+        kind.map(|kind| NodeSpec {
+            name: name.to_owned(),
+            kind,
+        })
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn parse_statuses(value: &Json) -> Result<Vec<StatusMatch>, String> {
+    let items = match value {
+        Json::Array(items) => items.as_slice(),
+        single => std::slice::from_ref(single),
+    };
+    let mut out = Vec::new();
+    for item in items {
+        match item {
+            Json::Number(n) => match n.as_u64() {
+                Some(c @ 100..=599) => out.push(StatusMatch::Code(c as u16)),
+                _ => return Err(format!("{n} is not an HTTP status")),
+            },
+            Json::String(s) => match s.as_bytes() {
+                [d @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => out.push(StatusMatch::Class(d - b'0')),
+                _ => match s.parse::<u16>() {
+                    Ok(c @ 100..=599) => out.push(StatusMatch::Code(c)),
+                    _ => return Err(format!("{s:?} is not an HTTP status or class like 2xx")),
+                },
+            },
+            other => return Err(format!("statuses are numbers or classes like 2xx, found {}", kind(other))),
+        }
+    }
+    if out.is_empty() {
+        return Err("lists no status".into());
+    }
+    Ok(out)
+}
+
+fn parse_header_conditions(value: &Json) -> Result<Vec<HeaderCondition>, String> {
+    let Json::Array(items) = value else {
+        return Err(format!("must be a list of conditions, found {}", kind(value)));
+    };
+    let strings = |v: &Json| -> Result<Vec<String>, String> {
+        match v {
+            Json::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned).ok_or_else(|| "values must be strings".to_string()))
+                .collect(),
+            Json::String(s) => Ok(vec![s.clone()]),
+            other => Err(format!("values must be strings, found {}", kind(other))),
+        }
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let Json::Object(map) = item else {
+            return Err("each condition is an object with name and one test".into());
+        };
+        let name = map
+            .get("name")
+            .and_then(Json::as_str)
+            .ok_or("each condition needs a name")?
+            .to_ascii_lowercase();
+        let tests: Vec<(&String, &Json)> = map.iter().filter(|(k, _)| k.as_str() != "name").collect();
+        let [(test, arg)] = tests.as_slice() else {
+            return Err(format!("condition on {name} needs exactly one of present, equals, in, not-in"));
+        };
+        let test = match test.as_str() {
+            "present" => HeaderTest::Present(arg.as_bool().ok_or("present must be true or false")?),
+            "equals" => HeaderTest::Equals(arg.as_str().ok_or("equals must be a string")?.to_owned()),
+            "in" => HeaderTest::In(strings(arg)?),
+            "not-in" => HeaderTest::NotIn(strings(arg)?),
+            other => return Err(format!("{other:?} is not a header test (present, equals, in, not-in)")),
+        };
+        out.push(HeaderCondition { name, test });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn durations() {
+        for (text, ms) in [("250ms", 250), ("30s", 30_000), ("5m", 300_000), ("2h", 7_200_000), ("1.5s", 1_500), ("1d", 86_400_000)] {
+            assert_eq!(parse_duration(&json!(text)).unwrap(), Duration::from_millis(ms), "{text}");
+        }
+        assert_eq!(parse_duration(&json!(40)).unwrap(), Duration::from_millis(40));
+        for bad in [json!("5 parsecs"), json!("x"), json!(-1), json!(true), json!("1e30h")] {
+            assert!(parse_duration(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggest("topic_name", ["topic-name", "stream"]), Some("topic-name"));
+        assert_eq!(suggest("zzzzzz", ["topic-name", "stream"]), None);
+    }
+}

@@ -1,1 +1,2 @@
-//! placeholder
+//! Wellspring's actors.
+pub mod aggregation;

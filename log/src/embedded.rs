@@ -152,7 +152,12 @@ impl EmbeddedLog {
     }
 
     /// Every record of a partition from `from` (tools and tests).
-    pub fn read(&self, partition: &TopicPartition, from: Offset, max: usize) -> Result<Vec<LogRecord>, LogError> {
+    pub fn read(
+        &self,
+        partition: &TopicPartition,
+        from: Offset,
+        max: usize,
+    ) -> Result<Vec<LogRecord>, LogError> {
         let state = self.shared.state.lock();
         let log = state.partition(partition)?;
         Ok(log.read(partition, from, max))
@@ -165,7 +170,9 @@ impl EmbeddedLog {
 
 impl State {
     fn topic(&self, name: &str) -> Result<&TopicLog, LogError> {
-        self.topics.get(name).ok_or_else(|| LogError::UnknownTopic(name.to_owned()))
+        self.topics
+            .get(name)
+            .ok_or_else(|| LogError::UnknownTopic(name.to_owned()))
     }
 
     fn partition(&self, tp: &TopicPartition) -> Result<&PartitionLog, LogError> {
@@ -179,7 +186,11 @@ impl State {
     }
 
     /// Appends records in order; returns where each went.
-    fn append(&mut self, records: Vec<ProducerRecord>, now_ms: i64) -> Result<Vec<(TopicPartition, Offset)>, LogError> {
+    fn append(
+        &mut self,
+        records: Vec<ProducerRecord>,
+        now_ms: i64,
+    ) -> Result<Vec<(TopicPartition, Offset)>, LogError> {
         // Check everything first so a batch is all-or-nothing.
         let mut placed = Vec::with_capacity(records.len());
         for record in &records {
@@ -264,7 +275,11 @@ impl PartitionLog {
         let keep: Vec<bool> = self
             .records
             .iter()
-            .map(|r| r.key.as_ref().is_none_or(|k| latest.get(k) == Some(&r.offset)))
+            .map(|r| {
+                r.key
+                    .as_ref()
+                    .is_none_or(|k| latest.get(k) == Some(&r.offset))
+            })
             .collect();
         let mut i = 0;
         self.records.retain(|_| {
@@ -280,7 +295,11 @@ impl GroupState {
     /// stays with its current holder whenever the balance allows).
     fn rebalance(&mut self, topics: &BTreeMap<String, TopicLog>) {
         self.generation += 1;
-        let wanted: BTreeSet<&String> = self.members.values().flat_map(|m| m.topics.iter()).collect();
+        let wanted: BTreeSet<&String> = self
+            .members
+            .values()
+            .flat_map(|m| m.topics.iter())
+            .collect();
         let partitions: Vec<TopicPartition> = wanted
             .iter()
             .filter_map(|t| topics.get(*t).map(|log| (t, log.partitions.len())))
@@ -366,7 +385,10 @@ impl GroupState {
 impl Log for EmbeddedLog {
     async fn ensure_topic(&self, spec: &TopicSpec) -> Result<(), LogError> {
         if spec.partitions == 0 {
-            return Err(LogError::Other(format!("topic {} needs at least one partition", spec.name)));
+            return Err(LogError::Other(format!(
+                "topic {} needs at least one partition",
+                spec.name
+            )));
         }
         let mut state = self.shared.state.lock();
         if let Some(existing) = state.topics.get(&spec.name) {
@@ -398,7 +420,11 @@ impl Log for EmbeddedLog {
         // Groups subscribed to this topic before it existed get its partitions now.
         let State { topics, groups, .. } = &mut *state;
         for group in groups.values_mut() {
-            if group.members.values().any(|m| m.topics.contains(&spec.name)) {
+            if group
+                .members
+                .values()
+                .any(|m| m.topics.contains(&spec.name))
+            {
                 group.rebalance(topics);
             }
         }
@@ -453,7 +479,10 @@ struct EmbeddedProducer {
 
 #[async_trait]
 impl Producer for EmbeddedProducer {
-    async fn send(&self, records: Vec<ProducerRecord>) -> Result<Vec<(TopicPartition, Offset)>, LogError> {
+    async fn send(
+        &self,
+        records: Vec<ProducerRecord>,
+    ) -> Result<Vec<(TopicPartition, Offset)>, LogError> {
         let now = self.log.shared.clock.now_ms();
         let out = self.log.shared.state.lock().append(records, now)?;
         self.log.bump();
@@ -498,7 +527,11 @@ impl EmbeddedConsumer {
         let group_name = self.config.group.clone().unwrap_or_default();
         state.next_member += 1;
         let id = state.next_member;
-        let State { topics: logs, groups, .. } = state;
+        let State {
+            topics: logs,
+            groups,
+            ..
+        } = state;
         let group = groups.entry(group_name).or_default();
         let now = Instant::now();
         // A static member replacing its old self takes over its assignment quietly.
@@ -555,7 +588,14 @@ impl EmbeddedConsumer {
             }
         }
         let id = match self.member {
-            Some(id) if state.groups.get(&group_name).is_some_and(|g| g.members.contains_key(&id)) => id,
+            Some(id)
+                if state
+                    .groups
+                    .get(&group_name)
+                    .is_some_and(|g| g.members.contains_key(&id)) =>
+            {
+                id
+            }
             Some(_) => {
                 // Removed while we were away: what we had is gone.
                 self.member = None;
@@ -584,29 +624,39 @@ impl EmbeddedConsumer {
             .filter(|tp| !target.contains(*tp))
             .cloned()
             .collect();
-        let step = if !revoke.is_empty() {
-            GroupStep::Revoke(revoke)
-        } else {
-            let mut assign = Vec::new();
-            for tp in target.iter().filter(|tp| !self.positions.contains_key(*tp)) {
-                let free = group.owners.get(tp).is_none_or(|owner| *owner == id);
-                let Some(log) = topics.get(&*tp.topic).and_then(|t| t.partitions.get(tp.partition as usize)) else {
-                    continue;
-                };
-                if free {
-                    group.owners.insert(tp.clone(), id);
-                    let position = group.committed.get(tp).copied().unwrap_or(match self.config.start_from {
-                        StartFrom::Earliest => 0,
-                        StartFrom::Latest => log.next_offset,
-                    });
-                    assign.push(Assigned {
-                        partition: tp.clone(),
-                        position,
-                    });
+        let step =
+            if !revoke.is_empty() {
+                GroupStep::Revoke(revoke)
+            } else {
+                let mut assign = Vec::new();
+                for tp in target.iter().filter(|tp| !self.positions.contains_key(*tp)) {
+                    let free = group.owners.get(tp).is_none_or(|owner| *owner == id);
+                    let Some(log) = topics
+                        .get(&*tp.topic)
+                        .and_then(|t| t.partitions.get(tp.partition as usize))
+                    else {
+                        continue;
+                    };
+                    if free {
+                        group.owners.insert(tp.clone(), id);
+                        let position = group.committed.get(tp).copied().unwrap_or(
+                            match self.config.start_from {
+                                StartFrom::Earliest => 0,
+                                StartFrom::Latest => log.next_offset,
+                            },
+                        );
+                        assign.push(Assigned {
+                            partition: tp.clone(),
+                            position,
+                        });
+                    }
                 }
-            }
-            if assign.is_empty() { GroupStep::Steady } else { GroupStep::Assign(assign) }
-        };
+                if assign.is_empty() {
+                    GroupStep::Steady
+                } else {
+                    GroupStep::Assign(assign)
+                }
+            };
         drop(state);
         if changed {
             self.log.bump();
@@ -624,7 +674,9 @@ impl EmbeddedConsumer {
             let group = state.groups.get(group_name);
             for (tp, _) in &batch.offsets {
                 let owns = match (group, self.member) {
-                    (Some(g), Some(id)) => g.members.contains_key(&id) && g.owners.get(tp) == Some(&id),
+                    (Some(g), Some(id)) => {
+                        g.members.contains_key(&id) && g.owners.get(tp) == Some(&id)
+                    }
                     _ => false,
                 };
                 if !owns {
@@ -643,7 +695,9 @@ impl EmbeddedConsumer {
     }
 
     fn release(&self, partitions: &[TopicPartition]) {
-        let Some(group_name) = self.group_name() else { return };
+        let Some(group_name) = self.group_name() else {
+            return;
+        };
         let mut state = self.log.shared.state.lock();
         if let (Some(group), Some(id)) = (state.groups.get_mut(group_name), self.member) {
             for tp in partitions {
@@ -672,8 +726,14 @@ impl EmbeddedConsumer {
                     break;
                 }
                 let tp = &partitions[(start + i) % n];
-                let Some(position) = self.positions.get_mut(tp) else { continue };
-                let room = if pass == 0 { share.min(max_records - out.len()) } else { max_records - out.len() };
+                let Some(position) = self.positions.get_mut(tp) else {
+                    continue;
+                };
+                let room = if pass == 0 {
+                    share.min(max_records - out.len())
+                } else {
+                    max_records - out.len()
+                };
                 let records = state.partition(tp)?.read(tp, *position, room);
                 if let Some(last) = records.last() {
                     *position = last.offset + 1;
@@ -700,7 +760,8 @@ impl Consumer for EmbeddedConsumer {
             self.changes.borrow_and_update();
             match self.group_step() {
                 GroupStep::Lost => {
-                    let lost: Vec<TopicPartition> = std::mem::take(&mut self.positions).into_keys().collect();
+                    let lost: Vec<TopicPartition> =
+                        std::mem::take(&mut self.positions).into_keys().collect();
                     if !lost.is_empty() {
                         tracing::warn!(client = %self.config.client_id, partitions = lost.len(), "partitions lost: this member was presumed dead");
                         listener.on_lost(&lost).await;
@@ -786,7 +847,9 @@ impl Consumer for EmbeddedConsumer {
             result = self.apply_commit(batch);
         }
         self.positions.clear();
-        if let (Some(group_name), Some(id)) = (self.group_name().map(str::to_owned), self.member.take()) {
+        if let (Some(group_name), Some(id)) =
+            (self.group_name().map(str::to_owned), self.member.take())
+        {
             let mut state = self.log.shared.state.lock();
             let State { topics, groups, .. } = &mut *state;
             if let Some(group) = groups.get_mut(&group_name) {

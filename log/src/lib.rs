@@ -183,7 +183,11 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
-    pub fn group(group: impl Into<String>, client_id: impl Into<String>, topics: Vec<String>) -> Self {
+    pub fn group(
+        group: impl Into<String>,
+        client_id: impl Into<String>,
+        topics: Vec<String>,
+    ) -> Self {
         Self {
             group: Some(group.into()),
             instance_id: None,
@@ -194,7 +198,10 @@ impl ConsumerConfig {
         }
     }
 
-    pub fn assign(client_id: impl Into<String>, partitions: Vec<(TopicPartition, Option<Offset>)>) -> Self {
+    pub fn assign(
+        client_id: impl Into<String>,
+        partitions: Vec<(TopicPartition, Option<Offset>)>,
+    ) -> Self {
         Self {
             group: None,
             instance_id: None,
@@ -272,7 +279,9 @@ pub enum LogError {
         found: String,
         fix: String,
     },
-    #[error("partition {0} is not assigned to this member any more (the group rebalanced); nothing was committed")]
+    #[error(
+        "partition {0} is not assigned to this member any more (the group rebalanced); nothing was committed"
+    )]
     NotAssigned(TopicPartition),
     #[error("consumer group {0} is required to subscribe to topics")]
     NoGroup(String),
@@ -299,7 +308,10 @@ pub trait Log: Send + Sync + 'static {
 #[async_trait]
 pub trait Producer: Send + Sync {
     /// Appends in order; resolves once they are durable, with their offsets.
-    async fn send(&self, records: Vec<ProducerRecord>) -> Result<Vec<(TopicPartition, Offset)>, LogError>;
+    async fn send(
+        &self,
+        records: Vec<ProducerRecord>,
+    ) -> Result<Vec<(TopicPartition, Offset)>, LogError>;
 }
 
 #[async_trait(?Send)]

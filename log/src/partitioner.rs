@@ -50,8 +50,14 @@ mod tests {
         assert_eq!(murmur2(b"21") as i32, -973_932_308);
         assert_eq!(murmur2(b"foobar") as i32, -790_332_482);
         assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985_981_536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1_486_304_829);
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58_897_971);
+        assert_eq!(
+            murmur2(b"a-little-bit-longer-string") as i32,
+            -1_486_304_829
+        );
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
+            -58_897_971
+        );
         assert_eq!(murmur2(b"abc") as i32, 479_470_107);
     }
 

@@ -11,7 +11,11 @@ fn tp(topic: &str, p: u32) -> TopicPartition {
 }
 
 fn record(topic: &str, key: &str, value: &str) -> ProducerRecord {
-    ProducerRecord::new(topic, Some(Bytes::copy_from_slice(key.as_bytes())), Some(Bytes::copy_from_slice(value.as_bytes())))
+    ProducerRecord::new(
+        topic,
+        Some(Bytes::copy_from_slice(key.as_bytes())),
+        Some(Bytes::copy_from_slice(value.as_bytes())),
+    )
 }
 
 /// Records every callback, and commits the positions it was told about on revoke.
@@ -27,7 +31,8 @@ struct Recorder {
 #[async_trait(?Send)]
 impl RebalanceListener for Recorder {
     async fn on_assigned(&mut self, partitions: &[Assigned]) {
-        self.assigned.extend(partitions.iter().map(|a| a.partition.clone()));
+        self.assigned
+            .extend(partitions.iter().map(|a| a.partition.clone()));
     }
     async fn on_revoked(&mut self, partitions: &[TopicPartition]) -> CommitBatch {
         self.revoked.extend(partitions.iter().cloned());
@@ -46,8 +51,12 @@ impl RebalanceListener for Recorder {
 
 async fn log_with_topic(partitions: u32) -> EmbeddedLog {
     let log = EmbeddedLog::new();
-    log.ensure_topic(&TopicSpec::new("in", partitions, Cleanup::Delete)).await.unwrap();
-    log.ensure_topic(&TopicSpec::new("out", 1, Cleanup::Delete)).await.unwrap();
+    log.ensure_topic(&TopicSpec::new("in", partitions, Cleanup::Delete))
+        .await
+        .unwrap();
+    log.ensure_topic(&TopicSpec::new("out", 1, Cleanup::Delete))
+        .await
+        .unwrap();
     log
 }
 
@@ -72,12 +81,19 @@ async fn keyed_records_land_in_one_partition_in_order() {
     let log = log_with_topic(4).await;
     let producer = log.producer().unwrap();
     let placed = producer
-        .send((0..10).map(|i| record("in", "same-key", &i.to_string()).with_header("h", "v")).collect())
+        .send(
+            (0..10)
+                .map(|i| record("in", "same-key", &i.to_string()).with_header("h", "v"))
+                .collect(),
+        )
         .await
         .unwrap();
     let partition = placed[0].0.clone();
     assert!(placed.iter().all(|(p, _)| *p == partition));
-    assert_eq!(placed.iter().map(|(_, o)| *o).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        placed.iter().map(|(_, o)| *o).collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
     assert_eq!(partition.partition, partition_for_key(b"same-key", 4));
     let records = log.read(&partition, 3, 100).unwrap();
     assert_eq!(records.len(), 7);
@@ -89,14 +105,29 @@ async fn keyed_records_land_in_one_partition_in_order() {
 #[tokio::test]
 async fn topics_are_checked_on_ensure() {
     let log = log_with_topic(4).await;
-    let err = log.ensure_topic(&TopicSpec::new("in", 8, Cleanup::Delete)).await.unwrap_err();
-    assert!(err.to_string().contains("exists with 4 partitions but Wellspring needs 8 partitions"), "{err}");
-    let err = log.ensure_topic(&TopicSpec::new("in", 4, Cleanup::Compact)).await.unwrap_err();
+    let err = log
+        .ensure_topic(&TopicSpec::new("in", 8, Cleanup::Delete))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("exists with 4 partitions but Wellspring needs 8 partitions"),
+        "{err}"
+    );
+    let err = log
+        .ensure_topic(&TopicSpec::new("in", 4, Cleanup::Compact))
+        .await
+        .unwrap_err();
     assert!(matches!(err, LogError::TopicMismatch { .. }));
     let producer = log.producer().unwrap();
-    assert!(matches!(producer.send(vec![record("nope", "k", "v")]).await, Err(LogError::UnknownTopic(_))));
     assert!(matches!(
-        producer.send(vec![record("in", "k", "v").to_partition(9)]).await,
+        producer.send(vec![record("nope", "k", "v")]).await,
+        Err(LogError::UnknownTopic(_))
+    ));
+    assert!(matches!(
+        producer
+            .send(vec![record("in", "k", "v").to_partition(9)])
+            .await,
         Err(LogError::UnknownPartition { .. })
     ));
 }
@@ -105,12 +136,24 @@ async fn topics_are_checked_on_ensure() {
 async fn a_lone_member_gets_every_partition_and_commits_atomically() {
     let log = log_with_topic(3).await;
     let producer = log.producer().unwrap();
-    producer.send((0..30).map(|i| record("in", &format!("k{i}"), "v")).collect()).await.unwrap();
+    producer
+        .send(
+            (0..30)
+                .map(|i| record("in", &format!("k{i}"), "v"))
+                .collect(),
+        )
+        .await
+        .unwrap();
     let mut consumer = member(&log, "a");
     let mut listener = Recorder::default();
     let mut seen = Vec::new();
     while seen.len() < 30 {
-        seen.extend(consumer.poll(&mut listener, 7, Duration::from_millis(100)).await.unwrap());
+        seen.extend(
+            consumer
+                .poll(&mut listener, 7, Duration::from_millis(100))
+                .await
+                .unwrap(),
+        );
     }
     assert_eq!(listener.assigned.len(), 3);
     // Commit outputs and offsets together.
@@ -120,7 +163,10 @@ async fn a_lone_member_gets_every_partition_and_commits_atomically() {
     };
     consumer.commit(batch).await.unwrap();
     assert_eq!(log.read(&tp("out", 0), 0, 10).unwrap().len(), 1);
-    assert_eq!(consumer.committed(&listener.assigned[0]).await.unwrap(), Some(5));
+    assert_eq!(
+        consumer.committed(&listener.assigned[0]).await.unwrap(),
+        Some(5)
+    );
     // A commit for a partition it does not own is refused, outputs and all.
     let bad = CommitBatch {
         outputs: vec![record("out", "k", "zombie")],
@@ -135,7 +181,9 @@ async fn a_joining_member_gets_partitions_only_after_the_owner_revokes_them() {
     let log = log_with_topic(4).await;
     let mut a = member(&log, "a");
     let mut la = Recorder::default();
-    a.poll(&mut la, 10, Duration::from_millis(10)).await.unwrap();
+    a.poll(&mut la, 10, Duration::from_millis(10))
+        .await
+        .unwrap();
     assert_eq!(held(&log, "a").len(), 4);
     for p in 0..4 {
         la.progress.insert(tp("in", p), 10 + u64::from(p));
@@ -144,12 +192,18 @@ async fn a_joining_member_gets_partitions_only_after_the_owner_revokes_them() {
     let mut b = member(&log, "b");
     let mut lb = Recorder::default();
     // b joins; nothing is free yet because a still holds everything.
-    b.poll(&mut lb, 10, Duration::from_millis(10)).await.unwrap();
+    b.poll(&mut lb, 10, Duration::from_millis(10))
+        .await
+        .unwrap();
     assert!(lb.assigned.is_empty());
     // a's next poll revokes two partitions (committing their progress) and releases them.
-    a.poll(&mut la, 10, Duration::from_millis(10)).await.unwrap();
+    a.poll(&mut la, 10, Duration::from_millis(10))
+        .await
+        .unwrap();
     assert_eq!(la.revoked.len(), 2);
-    b.poll(&mut lb, 10, Duration::from_millis(10)).await.unwrap();
+    b.poll(&mut lb, 10, Duration::from_millis(10))
+        .await
+        .unwrap();
     assert_eq!(lb.assigned.len(), 2);
     let a_held = held(&log, "a");
     let b_held = held(&log, "b");
@@ -157,7 +211,10 @@ async fn a_joining_member_gets_partitions_only_after_the_owner_revokes_them() {
     assert!(a_held.is_disjoint(&b_held));
     // b starts where a committed.
     for p in &lb.assigned {
-        assert_eq!(b.committed(p).await.unwrap(), Some(10 + u64::from(p.partition)));
+        assert_eq!(
+            b.committed(p).await.unwrap(),
+            Some(10 + u64::from(p.partition))
+        );
     }
     // Sticky: a kept the partitions it still holds, and was never asked to give them up.
     assert!(la.revoked.iter().all(|p| !a_held.contains(p)));
@@ -170,8 +227,12 @@ async fn a_silent_member_is_presumed_dead_and_its_partitions_move() {
     let mut b = member(&log, "b");
     let (mut la, mut lb) = (Recorder::default(), Recorder::default());
     for _ in 0..3 {
-        a.poll(&mut la, 10, Duration::from_millis(10)).await.unwrap();
-        b.poll(&mut lb, 10, Duration::from_millis(10)).await.unwrap();
+        a.poll(&mut la, 10, Duration::from_millis(10))
+            .await
+            .unwrap();
+        b.poll(&mut lb, 10, Duration::from_millis(10))
+            .await
+            .unwrap();
     }
     assert_eq!(held(&log, "a").len(), 2);
     assert_eq!(held(&log, "b").len(), 2);
@@ -180,14 +241,29 @@ async fn a_silent_member_is_presumed_dead_and_its_partitions_move() {
     // b goes silent (a crashed process); a keeps polling and inherits after the timeout.
     let start = Instant::now();
     while held(&log, "a").len() < 4 {
-        a.poll(&mut la, 10, Duration::from_millis(500)).await.unwrap();
-        assert!(start.elapsed() < Duration::from_secs(60), "never reassigned");
+        a.poll(&mut la, 10, Duration::from_millis(500))
+            .await
+            .unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never reassigned"
+        );
     }
-    assert!(start.elapsed() >= Duration::from_secs(6), "moved before the session timeout");
+    assert!(
+        start.elapsed() >= Duration::from_secs(6),
+        "moved before the session timeout"
+    );
     // b comes back: it learns it lost everything, and its commits are refused.
-    let refused = b.commit(CommitBatch { outputs: vec![], offsets: vec![(b_had.iter().next().unwrap().clone(), 1)] }).await;
+    let refused = b
+        .commit(CommitBatch {
+            outputs: vec![],
+            offsets: vec![(b_had.iter().next().unwrap().clone(), 1)],
+        })
+        .await;
     assert!(matches!(refused, Err(LogError::NotAssigned(_))));
-    b.poll(&mut lb, 10, Duration::from_millis(10)).await.unwrap();
+    b.poll(&mut lb, 10, Duration::from_millis(10))
+        .await
+        .unwrap();
     assert_eq!(lb.lost.iter().cloned().collect::<BTreeSet<_>>(), b_had);
 }
 
@@ -204,8 +280,12 @@ async fn a_static_member_that_returns_in_time_keeps_its_partitions_without_a_reb
     let mut b = static_member("node-1");
     let (mut la, mut lb) = (Recorder::default(), Recorder::default());
     for _ in 0..3 {
-        a.poll(&mut la, 10, Duration::from_millis(10)).await.unwrap();
-        b.poll(&mut lb, 10, Duration::from_millis(10)).await.unwrap();
+        a.poll(&mut la, 10, Duration::from_millis(10))
+            .await
+            .unwrap();
+        b.poll(&mut lb, 10, Duration::from_millis(10))
+            .await
+            .unwrap();
     }
     let b_had = held(&log, "node-1");
     let generation = log.group_view("g").unwrap().generation;
@@ -214,10 +294,18 @@ async fn a_static_member_that_returns_in_time_keeps_its_partitions_without_a_reb
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut b2 = static_member("node-1");
     let mut lb2 = Recorder::default();
-    b2.poll(&mut lb2, 10, Duration::from_millis(10)).await.unwrap();
+    b2.poll(&mut lb2, 10, Duration::from_millis(10))
+        .await
+        .unwrap();
     assert_eq!(lb2.assigned.iter().cloned().collect::<BTreeSet<_>>(), b_had);
-    assert_eq!(log.group_view("g").unwrap().generation, generation, "no rebalance");
-    a.poll(&mut la, 10, Duration::from_millis(10)).await.unwrap();
+    assert_eq!(
+        log.group_view("g").unwrap().generation,
+        generation,
+        "no rebalance"
+    );
+    a.poll(&mut la, 10, Duration::from_millis(10))
+        .await
+        .unwrap();
     assert_eq!(la.revoked.len(), revoked_before, "a gave nothing up");
     assert!(la.lost.is_empty());
 }
@@ -229,14 +317,20 @@ async fn close_hands_partitions_over_at_once() {
     let mut b = member(&log, "b");
     let (mut la, mut lb) = (Recorder::default(), Recorder::default());
     for _ in 0..3 {
-        a.poll(&mut la, 10, Duration::from_millis(10)).await.unwrap();
-        b.poll(&mut lb, 10, Duration::from_millis(10)).await.unwrap();
+        a.poll(&mut la, 10, Duration::from_millis(10))
+            .await
+            .unwrap();
+        b.poll(&mut lb, 10, Duration::from_millis(10))
+            .await
+            .unwrap();
     }
     for p in held(&log, "b") {
         lb.progress.insert(p, 42);
     }
     b.close(&mut lb).await.unwrap();
-    a.poll(&mut la, 10, Duration::from_millis(10)).await.unwrap();
+    a.poll(&mut la, 10, Duration::from_millis(10))
+        .await
+        .unwrap();
     assert_eq!(held(&log, "a").len(), 2);
     let view = log.group_view("g").unwrap();
     assert_eq!(view.committed.values().filter(|o| **o == 42).count(), 1);
@@ -245,15 +339,28 @@ async fn close_hands_partitions_over_at_once() {
 #[tokio::test]
 async fn compacted_topics_keep_the_latest_value_per_key() {
     let log = EmbeddedLog::new();
-    log.ensure_topic(&TopicSpec::new("changelog", 1, Cleanup::Compact)).await.unwrap();
+    log.ensure_topic(&TopicSpec::new("changelog", 1, Cleanup::Compact))
+        .await
+        .unwrap();
     let producer = log.producer().unwrap();
     for round in 0..5 {
         producer
-            .send((0..1000).map(|k| record("changelog", &format!("k{k}"), &format!("v{round}"))).collect())
+            .send(
+                (0..1000)
+                    .map(|k| record("changelog", &format!("k{k}"), &format!("v{round}")))
+                    .collect(),
+            )
             .await
             .unwrap();
     }
-    producer.send(vec![ProducerRecord::new("changelog", Some(Bytes::from_static(b"k0")), None)]).await.unwrap();
+    producer
+        .send(vec![ProducerRecord::new(
+            "changelog",
+            Some(Bytes::from_static(b"k0")),
+            None,
+        )])
+        .await
+        .unwrap();
     let records = log.read(&tp("changelog", 0), 0, usize::MAX).unwrap();
     assert!(records.len() < 3000, "compaction ran: {}", records.len());
     let mut latest = BTreeMap::new();
@@ -262,28 +369,33 @@ async fn compacted_topics_keep_the_latest_value_per_key() {
     }
     assert_eq!(latest.len(), 1000);
     assert_eq!(latest[&Bytes::from_static(b"k0")], None, "tombstone kept");
-    assert_eq!(latest[&Bytes::from_static(b"k1")].as_deref(), Some(&b"v4"[..]));
+    assert_eq!(
+        latest[&Bytes::from_static(b"k1")].as_deref(),
+        Some(&b"v4"[..])
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn poll_waits_for_data_and_can_be_woken() {
     let log = log_with_topic(1).await;
-    let mut reader = log.consumer(ConsumerConfig::assign("r", vec![(tp("in", 0), None)])).unwrap();
+    let mut reader = log
+        .consumer(ConsumerConfig::assign("r", vec![(tp("in", 0), None)]))
+        .unwrap();
     let producer = log.producer().unwrap();
     let started = Instant::now();
     let mut none = NoListener;
-    let (records, _) = tokio::join!(
-        reader.poll(&mut none, 10, Duration::from_secs(5)),
-        async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            producer.send(vec![record("in", "k", "v")]).await.unwrap();
-        }
-    );
+    let (records, _) = tokio::join!(reader.poll(&mut none, 10, Duration::from_secs(5)), async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        producer.send(vec![record("in", "k", "v")]).await.unwrap();
+    });
     assert_eq!(records.unwrap().len(), 1);
     assert_eq!(started.elapsed(), Duration::from_secs(1));
     let waker = reader.waker();
     waker.notify_one();
-    let records = reader.poll(&mut NoListener, 10, Duration::from_secs(5)).await.unwrap();
+    let records = reader
+        .poll(&mut NoListener, 10, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert!(records.is_empty());
     assert_eq!(started.elapsed(), Duration::from_secs(1), "woken at once");
 }

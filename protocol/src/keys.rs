@@ -17,9 +17,7 @@ pub enum KeyError {
     EmptyExperiment,
     #[error("experiment id is longer than {max} characters")]
     ExperimentTooLong { max: usize },
-    #[error(
-        "experiment id {0:?} has a character outside letters, digits, '.', '_', ':' and '-'"
-    )]
+    #[error("experiment id {0:?} has a character outside letters, digits, '.', '_', ':' and '-'")]
     ExperimentCharacters(String),
     #[error("well {0:?} is not a well name like B02 (row letters A-Z or AA-AF, column 1-48)")]
     Well(String),
@@ -130,6 +128,13 @@ impl WellId {
     /// A dense index (row-major over the largest plate), handy for bitsets.
     pub fn index(self) -> u16 {
         u16::from(self.row) * u16::from(Self::MAX_COLUMNS) + u16::from(self.column - 1)
+    }
+
+    /// The inverse of [`WellId::index`].
+    pub fn from_index(index: u16) -> Option<Self> {
+        let columns = u16::from(Self::MAX_COLUMNS);
+        let row = u8::try_from(index / columns).ok()?;
+        Self::new(row, (index % columns) as u8 + 1)
     }
 
     pub fn parse(text: &str) -> Result<Self, KeyError> {
@@ -331,7 +336,11 @@ fn parts<'k, const N: usize>(key: &'k str, form: &'static str) -> Result<[&'k st
 
 fn number(text: &str, key: &str, form: &'static str) -> Result<i64, KeyError> {
     // Only canonical decimal: no sign, no leading zeros, so the text form round-trips.
-    if text.is_empty() || text.len() > 10 || text.starts_with('0') || !text.bytes().all(|b| b.is_ascii_digit()) {
+    if text.is_empty()
+        || text.len() > 10
+        || text.starts_with('0')
+        || !text.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(KeyError::Form {
             key: key.to_owned(),
             form,
@@ -429,7 +438,9 @@ mod tests {
         assert_eq!(WellId::parse("B2").unwrap().to_string(), "B02");
         assert_eq!(WellId::parse("P24").unwrap().to_string(), "P24");
         assert_eq!(WellId::parse("AF48").unwrap().to_string(), "AF48");
-        for bad in ["", "B", "02", "b02", "B00", "B49", "AG01", "B002", "B-1", "ZZ01", "B02 "] {
+        for bad in [
+            "", "B", "02", "b02", "B00", "B49", "AG01", "B002", "B-1", "ZZ01", "B02 ",
+        ] {
             assert!(WellId::parse(bad).is_err(), "{bad:?} should not parse");
         }
     }
@@ -470,6 +481,7 @@ mod tests {
             };
             let text = key.to_string();
             prop_assert_eq!(text.parse::<ChannelKey>().unwrap(), key.clone());
+            prop_assert_eq!(WellId::from_index(key.well.index()), Some(key.well));
             prop_assert_eq!(key.site_key().to_string().parse::<SiteKey>().unwrap(), key.site_key());
             prop_assert_eq!(key.site_key().well_key().to_string().parse::<WellKey>().unwrap(), key.site_key().well_key());
         }

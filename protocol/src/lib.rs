@@ -11,6 +11,7 @@ pub mod keys;
 pub mod records;
 pub mod schema;
 pub mod spec;
+pub mod synthetic;
 pub mod value;
 pub mod wire;
 

@@ -11,9 +11,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::keys::{
-    self, ChannelKey, ExperimentId, KeyError, PlateKey, SiteKey, WellId, WellKey,
-};
+use crate::keys::{self, ChannelKey, ExperimentId, KeyError, PlateKey, SiteKey, WellId, WellKey};
 use crate::schema::Schema;
 use crate::value::Value;
 
@@ -48,7 +46,10 @@ pub(crate) fn str_field<'a>(value: &'a Value, field: &'static str) -> Result<&'a
     }
 }
 
-fn opt_str_field<'a>(value: &'a Value, field: &'static str) -> Result<Option<&'a str>, RecordError> {
+fn opt_str_field<'a>(
+    value: &'a Value,
+    field: &'static str,
+) -> Result<Option<&'a str>, RecordError> {
     match value.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -269,7 +270,10 @@ impl ExperimentLayout {
                                 (
                                     "wells",
                                     Value::Array(
-                                        p.wells.iter().map(|w| Value::from(w.to_string())).collect(),
+                                        p.wells
+                                            .iter()
+                                            .map(|w| Value::from(w.to_string()))
+                                            .collect(),
                                     ),
                                 ),
                             ])
@@ -361,7 +365,10 @@ impl SiteRecord {
             ("experiment_id", Value::from(self.key.experiment.as_str())),
             ("cell_type", Value::from(self.provenance.cell_type.as_str())),
             ("plate_number", Value::from(self.key.plate)),
-            ("plate_barcode", Value::from(self.provenance.plate_barcode.as_str())),
+            (
+                "plate_barcode",
+                Value::from(self.provenance.plate_barcode.as_str()),
+            ),
             ("well", Value::from(self.key.well.to_string())),
             ("site", Value::from(self.key.site)),
             ("channels", channel_refs_to_value(&self.channels)),
@@ -413,7 +420,10 @@ impl WellRecord {
             ("experiment_id", Value::from(self.key.experiment.as_str())),
             ("cell_type", Value::from(self.provenance.cell_type.as_str())),
             ("plate_number", Value::from(self.key.plate)),
-            ("plate_barcode", Value::from(self.provenance.plate_barcode.as_str())),
+            (
+                "plate_barcode",
+                Value::from(self.provenance.plate_barcode.as_str()),
+            ),
             ("well", Value::from(self.key.well.to_string())),
             (
                 "sites",
@@ -487,7 +497,10 @@ impl PlateRecord {
             ("experiment_id", Value::from(self.key.experiment.as_str())),
             ("cell_type", Value::from(self.provenance.cell_type.as_str())),
             ("plate_number", Value::from(self.key.plate)),
-            ("plate_barcode", Value::from(self.provenance.plate_barcode.as_str())),
+            (
+                "plate_barcode",
+                Value::from(self.provenance.plate_barcode.as_str()),
+            ),
             (
                 "wells",
                 Value::Array(
@@ -625,7 +638,12 @@ impl IncompleteRecord {
             ("expected", self.expected.map_or(Value::Null, Value::from)),
             (
                 "missing",
-                Value::Array(self.missing.iter().map(|m| Value::from(m.as_str())).collect()),
+                Value::Array(
+                    self.missing
+                        .iter()
+                        .map(|m| Value::from(m.as_str()))
+                        .collect(),
+                ),
             ),
             ("description", Value::from(self.description())),
             ("open_since_ms", Value::Int(self.open_since_ms)),
@@ -663,9 +681,18 @@ impl DeadLetter {
             ("dag", Value::from(self.dag.as_str())),
             ("node", Value::from(self.node.as_str())),
             ("reason", Value::from(self.reason.as_str())),
-            ("source_topic", origin.map_or(Value::Null, |o| Value::from(o.topic.as_str()))),
-            ("source_partition", origin.map_or(Value::Null, |o| Value::from(o.partition))),
-            ("source_offset", origin.map_or(Value::Null, |o| Value::Int(o.offset as i64))),
+            (
+                "source_topic",
+                origin.map_or(Value::Null, |o| Value::from(o.topic.as_str())),
+            ),
+            (
+                "source_partition",
+                origin.map_or(Value::Null, |o| Value::from(o.partition)),
+            ),
+            (
+                "source_offset",
+                origin.map_or(Value::Null, |o| Value::Int(o.offset as i64)),
+            ),
             ("key", self.key.as_deref().map_or(Value::Null, Value::from)),
             ("record", self.record.clone()),
             ("attempts", Value::from(self.attempts)),
@@ -691,7 +718,11 @@ pub fn builtin_schemas() -> Vec<Schema> {
         ),
         Schema::builtin(
             "plate_layout",
-            &[("plate_number", "int"), ("plate_barcode", "string?"), ("wells", "array<string>")],
+            &[
+                ("plate_number", "int"),
+                ("plate_barcode", "string?"),
+                ("wells", "array<string>"),
+            ],
         ),
         Schema::builtin(
             ExperimentLayout::SCHEMA,
@@ -702,7 +733,10 @@ pub fn builtin_schemas() -> Vec<Schema> {
                 ("plates", "array<plate_layout>"),
             ],
         ),
-        Schema::builtin("channel_image", &[("channel", "int"), ("location", "string")]),
+        Schema::builtin(
+            "channel_image",
+            &[("channel", "int"), ("location", "string")],
+        ),
         Schema::builtin(
             SiteRecord::SCHEMA,
             &[
@@ -715,7 +749,10 @@ pub fn builtin_schemas() -> Vec<Schema> {
                 ("channels", "array<channel_image>"),
             ],
         ),
-        Schema::builtin("site_images", &[("site", "int"), ("channels", "array<channel_image>")]),
+        Schema::builtin(
+            "site_images",
+            &[("site", "int"), ("channels", "array<channel_image>")],
+        ),
         Schema::builtin(
             WellRecord::SCHEMA,
             &[
@@ -727,7 +764,10 @@ pub fn builtin_schemas() -> Vec<Schema> {
                 ("sites", "array<site_images>"),
             ],
         ),
-        Schema::builtin("well_summary", &[("well", "string"), ("sites", "int"), ("images", "long")]),
+        Schema::builtin(
+            "well_summary",
+            &[("well", "string"), ("sites", "int"), ("images", "long")],
+        ),
         Schema::builtin(
             PlateRecord::SCHEMA,
             &[
@@ -807,23 +847,41 @@ mod tests {
         let set = SchemaSet::with_builtins();
         let site = SiteRecord {
             key: image().key.site_key(),
-            provenance: Provenance { cell_type: "HUVEC".into(), plate_barcode: "BC-2".into() },
-            channels: vec![ChannelRef { channel: 5, location: "x".into() }],
+            provenance: Provenance {
+                cell_type: "HUVEC".into(),
+                plate_barcode: "BC-2".into(),
+            },
+            channels: vec![ChannelRef {
+                channel: 5,
+                location: "x".into(),
+            }],
         };
         let well = WellRecord {
             key: site.key.well_key(),
             provenance: site.provenance.clone(),
-            sites: vec![SiteImages { site: 3, channels: site.channels.clone() }],
+            sites: vec![SiteImages {
+                site: 3,
+                channels: site.channels.clone(),
+            }],
         };
         let plate = PlateRecord {
             key: well.key.plate_key(),
             provenance: site.provenance.clone(),
-            wells: vec![WellSummary { well: well.key.well, sites: 1, images: 1 }],
+            wells: vec![WellSummary {
+                well: well.key.well,
+                sites: 1,
+                images: 1,
+            }],
         };
         let experiment = ExperimentRecord {
             experiment: plate.key.experiment.clone(),
             cell_type: "HUVEC".into(),
-            plates: vec![PlateSummary { plate: 2, barcode: "BC-2".into(), wells: 1, images: 1 }],
+            plates: vec![PlateSummary {
+                plate: 2,
+                barcode: "BC-2".into(),
+                wells: 1,
+                images: 1,
+            }],
         };
         let incomplete = IncompleteRecord {
             level: "site".into(),
@@ -838,7 +896,11 @@ mod tests {
             dag: "d".into(),
             node: "n".into(),
             reason: "r".into(),
-            origin: Some(Origin { topic: "t".into(), partition: 1, offset: 9 }),
+            origin: Some(Origin {
+                topic: "t".into(),
+                partition: 1,
+                offset: 9,
+            }),
             key: None,
             record: Value::Null,
             attempts: 0,
@@ -852,10 +914,15 @@ mod tests {
             (IncompleteRecord::SCHEMA, incomplete.to_value()),
             (DeadLetter::SCHEMA, dead.to_value()),
         ] {
-            let checked = set.validate_value(schema, &value).unwrap_or_else(|e| panic!("{e}"));
+            let checked = set
+                .validate_value(schema, &value)
+                .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(checked, value, "{schema} round trip");
         }
-        assert_eq!(ChannelImage::from_value(&image().to_value()).unwrap(), image());
+        assert_eq!(
+            ChannelImage::from_value(&image().to_value()).unwrap(),
+            image()
+        );
         assert_eq!(SiteRecord::from_value(&site.to_value()).unwrap(), site);
         assert_eq!(WellRecord::from_value(&well.to_value()).unwrap(), well);
         assert_eq!(PlateRecord::from_value(&plate.to_value()).unwrap(), plate);
@@ -887,7 +954,10 @@ mod tests {
             json!({"experiment_id": "E", "channels_per_site": 6, "sites_per_well": 4,
                    "plates": [{"plate_number": 1, "wells": ["A01"]}, {"plate_number": 1, "wells": ["A01"]}]}),
         ] {
-            assert!(ExperimentLayout::from_value(&Value::from(&bad)).is_err(), "{bad}");
+            assert!(
+                ExperimentLayout::from_value(&Value::from(&bad)).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -55,7 +55,10 @@ impl FieldType {
             return Ok(FieldType::Optional(Box::new(inner)));
         }
         for (prefix, wrap) in [
-            ("array<", FieldType::Array as fn(Box<FieldType>) -> FieldType),
+            (
+                "array<",
+                FieldType::Array as fn(Box<FieldType>) -> FieldType,
+            ),
             ("map<", FieldType::Map),
         ] {
             if let Some(rest) = text.strip_prefix(prefix) {
@@ -245,7 +248,11 @@ impl SchemaSet {
 
     /// Validates JSON against the schema `name` (a record schema or a primitive) and
     /// returns the projected value.
-    pub fn validate(&self, name: &str, json: &serde_json::Value) -> Result<Value, ValidationErrors> {
+    pub fn validate(
+        &self,
+        name: &str,
+        json: &serde_json::Value,
+    ) -> Result<Value, ValidationErrors> {
         let mut errors = Vec::new();
         let ty = match FieldType::parse(name) {
             Ok(ty) => ty,
@@ -286,7 +293,11 @@ impl SchemaSet {
     ) -> Value {
         use serde_json::Value as J;
         if depth > MAX_DEPTH {
-            return fail(errors, path, format!("nested deeper than {MAX_DEPTH} levels"));
+            return fail(
+                errors,
+                path,
+                format!("nested deeper than {MAX_DEPTH} levels"),
+            );
         }
         let found = |json: &J| match json {
             J::Null => "null",
@@ -342,7 +353,11 @@ impl SchemaSet {
                     return fail(errors, path, format!("unknown schema {name:?}"));
                 };
                 let J::Object(fields) = json else {
-                    return fail(errors, path, format!("expected a {name} record, found {}", found(json)));
+                    return fail(
+                        errors,
+                        path,
+                        format!("expected a {name} record, found {}", found(json)),
+                    );
                 };
                 let mut out = BTreeMap::new();
                 for field in &schema.fields {
@@ -372,7 +387,11 @@ impl SchemaSet {
                 }
                 Value::Record(out)
             }
-            (expected, _) => fail(errors, path, format!("expected {expected}, found {}", found(json))),
+            (expected, _) => fail(
+                errors,
+                path,
+                format!("expected {expected}, found {}", found(json)),
+            ),
         }
     }
 
@@ -391,7 +410,10 @@ impl SchemaSet {
         for field in &to_schema.fields {
             match from_schema.field(&field.name) {
                 None if matches!(field.ty, FieldType::Optional(_)) => {}
-                None => reasons.push(format!("{from} has no field {} (needed by {to})", field.name)),
+                None => reasons.push(format!(
+                    "{from} has no field {} (needed by {to})",
+                    field.name
+                )),
                 Some(have) if !self.type_fits(&have.ty, &field.ty, 0) => reasons.push(format!(
                     "field {} is {} in {from} but {} in {to}",
                     field.name, have.ty, field.ty
@@ -399,7 +421,11 @@ impl SchemaSet {
                 Some(_) => {}
             }
         }
-        if reasons.is_empty() { Ok(()) } else { Err(reasons) }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
     }
 
     fn type_fits(&self, have: &FieldType, want: &FieldType, depth: usize) -> bool {
@@ -448,8 +474,14 @@ mod tests {
         set.insert(Schema {
             name: "point".into(),
             fields: vec![
-                Field { name: "x".into(), ty: FieldType::parse("int").unwrap() },
-                Field { name: "tags".into(), ty: FieldType::parse("array<string>?").unwrap() },
+                Field {
+                    name: "x".into(),
+                    ty: FieldType::parse("int").unwrap(),
+                },
+                Field {
+                    name: "tags".into(),
+                    ty: FieldType::parse("array<string>?").unwrap(),
+                },
             ],
             additional_fields: AdditionalFields::Reject,
             builtin: false,
@@ -459,7 +491,13 @@ mod tests {
 
     #[test]
     fn types_parse_and_print() {
-        for text in ["string", "array<map<long>>", "site_images?", "array<string>?", "json"] {
+        for text in [
+            "string",
+            "array<map<long>>",
+            "site_images?",
+            "array<string>?",
+            "json",
+        ] {
             assert_eq!(FieldType::parse(text).unwrap().to_string(), text);
         }
         assert!(FieldType::parse("array<string").is_err());
@@ -474,10 +512,22 @@ mod tests {
                             "well": "B02", "site": 1, "channel": 1});
         let errors = set.validate("channel_level", &record).unwrap_err();
         let text: Vec<String> = errors.errors.iter().map(ToString::to_string).collect();
-        assert!(text.contains(&"experiment_id: expected string, found integer".to_string()), "{text:?}");
-        assert!(text.contains(&"plate_number: expected int, found string".to_string()), "{text:?}");
-        assert!(text.contains(&"plate_barcode: missing (expected string)".to_string()), "{text:?}");
-        assert!(text.contains(&"location: missing (expected string)".to_string()), "{text:?}");
+        assert!(
+            text.contains(&"experiment_id: expected string, found integer".to_string()),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&"plate_number: expected int, found string".to_string()),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&"plate_barcode: missing (expected string)".to_string()),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&"location: missing (expected string)".to_string()),
+            "{text:?}"
+        );
     }
 
     #[test]
@@ -487,7 +537,9 @@ mod tests {
         assert_eq!(ok.get("tags"), Some(&Value::Null));
         let err = set.validate("point", &json!({"x": 3, "y": 4})).unwrap_err();
         assert_eq!(err.errors[0].to_string(), "y: not a field of point");
-        let err = set.validate("point", &json!({"x": 3_000_000_000i64})).unwrap_err();
+        let err = set
+            .validate("point", &json!({"x": 3_000_000_000i64}))
+            .unwrap_err();
         assert!(err.errors[0].message.contains("32-bit"));
         assert!(set.validate("point", &json!([1])).is_err());
         assert_eq!(set.validate("long", &json!(5)).unwrap(), Value::Int(5));
@@ -507,7 +559,10 @@ mod tests {
         let mut set = SchemaSet::default();
         set.insert(Schema {
             name: "deep".into(),
-            fields: vec![Field { name: "v".into(), ty: FieldType::parse("json").unwrap() }],
+            fields: vec![Field {
+                name: "v".into(),
+                ty: FieldType::parse("json").unwrap(),
+            }],
             additional_fields: AdditionalFields::Ignore,
             builtin: false,
         });
@@ -518,7 +573,10 @@ mod tests {
         let ty = FieldType::parse("array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<array<long>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>").unwrap();
         set.insert(Schema {
             name: "deeper".into(),
-            fields: vec![Field { name: "v".into(), ty }],
+            fields: vec![Field {
+                name: "v".into(),
+                ty,
+            }],
             additional_fields: AdditionalFields::Ignore,
             builtin: false,
         });

@@ -44,7 +44,8 @@ impl Value {
         if path.is_empty() {
             return Some(self);
         }
-        path.split('.').try_fold(self, |value, part| value.get(part))
+        path.split('.')
+            .try_fold(self, |value, part| value.get(part))
     }
 
     pub fn as_str(&self) -> Option<&str> {
@@ -91,7 +92,10 @@ impl Value {
             Value::String(s) => serde_json::Value::String(s.clone()),
             Value::Array(items) => items.iter().map(Value::to_json).collect(),
             Value::Record(fields) => serde_json::Value::Object(
-                fields.iter().map(|(k, v)| (k.clone(), v.to_json())).collect(),
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_json()))
+                    .collect(),
             ),
         }
     }
@@ -112,7 +116,9 @@ impl From<&serde_json::Value> for Value {
                 None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
             },
             serde_json::Value::String(s) => Value::String(s.clone()),
-            serde_json::Value::Array(items) => Value::Array(items.iter().map(Value::from).collect()),
+            serde_json::Value::Array(items) => {
+                Value::Array(items.iter().map(Value::from).collect())
+            }
             serde_json::Value::Object(fields) => Value::Record(
                 fields
                     .iter()
@@ -194,7 +200,10 @@ mod tests {
         let value = Value::from(&json);
         assert_eq!(value.to_json(), json);
         assert_eq!(value.path("c"), Some(&Value::Int(-3)));
-        assert_eq!(value.path("a.b").and_then(Value::as_array).map(<[_]>::len), Some(5));
+        assert_eq!(
+            value.path("a.b").and_then(Value::as_array).map(<[_]>::len),
+            Some(5)
+        );
         assert_eq!(value.path("a.zz"), None);
         assert_eq!(value.path(""), Some(&value));
     }

@@ -56,7 +56,10 @@ mod tests {
         let mut envelope = Envelope::new(
             MessageId::derive("d", "n", "k"),
             "k",
-            Value::record([("a", Value::Int(1)), ("b", Value::Array(vec![Value::Float(0.5)]))]),
+            Value::record([
+                ("a", Value::Int(1)),
+                ("b", Value::Array(vec![Value::Float(0.5)])),
+            ]),
         );
         envelope.headers.push(("h".into(), "v".into()));
         let bytes = encode(&envelope);

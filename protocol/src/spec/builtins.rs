@@ -3,7 +3,9 @@
 //! `wellspring validate`) only needs to know what they read and emit.
 
 use super::FunctionSignature;
-use crate::records::{ChannelImage, ExperimentLayout, ExperimentRecord, PlateRecord, SiteRecord, WellRecord};
+use crate::records::{
+    ChannelImage, ExperimentLayout, ExperimentRecord, PlateRecord, SiteRecord, WellRecord,
+};
 
 pub const IMAGES_SITE_GROUPING: &str = "aggregations/images-site-grouping";
 pub const SITES_WELL_GROUPING: &str = "aggregations/sites-well-grouping";
@@ -21,19 +23,35 @@ pub fn hierarchy() -> Vec<(&'static str, FunctionSignature)> {
     vec![
         (
             IMAGES_SITE_GROUPING,
-            sig(ChannelImage::SCHEMA, SiteRecord::SCHEMA, "one site record once all channels of a site are in"),
+            sig(
+                ChannelImage::SCHEMA,
+                SiteRecord::SCHEMA,
+                "one site record once all channels of a site are in",
+            ),
         ),
         (
             SITES_WELL_GROUPING,
-            sig(SiteRecord::SCHEMA, WellRecord::SCHEMA, "one well record once all sites of a well are in"),
+            sig(
+                SiteRecord::SCHEMA,
+                WellRecord::SCHEMA,
+                "one well record once all sites of a well are in",
+            ),
         ),
         (
             WELLS_PLATE_GROUPING,
-            sig(WellRecord::SCHEMA, PlateRecord::SCHEMA, "one plate record once all wells of a plate are in"),
+            sig(
+                WellRecord::SCHEMA,
+                PlateRecord::SCHEMA,
+                "one plate record once all wells of a plate are in",
+            ),
         ),
         (
             PLATES_EXPERIMENT_GROUPING,
-            sig(PlateRecord::SCHEMA, ExperimentRecord::SCHEMA, "one experiment record once all plates are in"),
+            sig(
+                PlateRecord::SCHEMA,
+                ExperimentRecord::SCHEMA,
+                "one experiment record once all plates are in",
+            ),
         ),
     ]
 }

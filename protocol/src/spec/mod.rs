@@ -28,9 +28,9 @@
 pub mod builtins;
 mod parse;
 mod render;
+pub mod template;
 #[cfg(test)]
 mod tests;
-pub mod template;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -110,7 +110,11 @@ pub struct SpecErrors(pub Vec<SpecError>);
 impl fmt::Display for SpecErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        writeln!(f, "{n} error{} in the DAG spec:", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{n} error{} in the DAG spec:",
+            if n == 1 { "" } else { "s" }
+        )?;
         for e in &self.0 {
             writeln!(f, "  - {e}")?;
         }
@@ -172,14 +176,24 @@ pub struct StreamOperation {
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeKind {
     /// Every record of an external topic, as a stream.
-    TopicStream { topic: String },
+    TopicStream {
+        topic: String,
+    },
     /// An external topic read as a table (latest value per key), e.g. experiment metadata.
-    TopicTable { topic: String },
+    TopicTable {
+        topic: String,
+    },
     StreamOperation(StreamOperation),
     /// Calls a task (HTTP microservice) for every record of `stream`.
-    ExternalTask { stream: String, task: String },
+    ExternalTask {
+        stream: String,
+        task: String,
+    },
     /// Writes every record of `stream` to an external topic as JSON.
-    Publish { stream: String, topic: String },
+    Publish {
+        stream: String,
+        topic: String,
+    },
 }
 
 impl NodeKind {
@@ -348,7 +362,10 @@ impl SuccessPredicate {
             let value = header(&condition.name);
             if !condition.holds(value.as_deref()) {
                 return Some(match value {
-                    Some(v) => format!("header {}: {v:?} fails the success condition", condition.name),
+                    Some(v) => format!(
+                        "header {}: {v:?} fails the success condition",
+                        condition.name
+                    ),
                     None => format!("header {} is missing", condition.name),
                 });
             }
@@ -442,7 +459,11 @@ impl Dag {
                     "variables",
                     format!(
                         "variable {k:?} is not declared (declared: {})",
-                        self.variables.keys().cloned().collect::<Vec<_>>().join(", ")
+                        self.variables
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 )
             })

@@ -41,13 +41,18 @@ pub(crate) fn parse(text: &str, format: SpecFormat) -> (Option<RawSpec>, Vec<Spe
         errors.push(SpecError::new(
             "",
             "",
-            format!("the spec is {} bytes; the limit is {MAX_SPEC_BYTES}", text.len()),
+            format!(
+                "the spec is {} bytes; the limit is {MAX_SPEC_BYTES}",
+                text.len()
+            ),
         ));
         return (None, errors);
     }
     let doc: Result<Json, String> = match format {
         SpecFormat::Json => serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}")),
-        SpecFormat::Yaml => serde_saphyr::from_str(text).map_err(|e| format!("not valid YAML: {e}")),
+        SpecFormat::Yaml => {
+            serde_saphyr::from_str(text).map_err(|e| format!("not valid YAML: {e}"))
+        }
     };
     let doc = match doc {
         Ok(doc) => doc,
@@ -57,7 +62,11 @@ pub(crate) fn parse(text: &str, format: SpecFormat) -> (Option<RawSpec>, Vec<Spe
         }
     };
     let Json::Object(top) = doc else {
-        errors.push(SpecError::new("", "", "the spec must be an object with name and graph"));
+        errors.push(SpecError::new(
+            "",
+            "",
+            "the spec must be an object with name and graph",
+        ));
         return (None, errors);
     };
     let raw = {
@@ -99,7 +108,12 @@ impl<'a> Obj<'a> {
         errors.push(SpecError::new(&self.location, field, message));
     }
 
-    fn string(&mut self, errors: &mut Vec<SpecError>, field: &'static str, required: bool) -> Option<String> {
+    fn string(
+        &mut self,
+        errors: &mut Vec<SpecError>,
+        field: &'static str,
+        required: bool,
+    ) -> Option<String> {
         match self.get(field) {
             Some(Json::String(s)) if !s.is_empty() => Some(s.clone()),
             Some(Json::String(_)) => {
@@ -107,7 +121,11 @@ impl<'a> Obj<'a> {
                 None
             }
             Some(other) => {
-                self.error(errors, field, format!("must be a string, found {}", kind(other)));
+                self.error(
+                    errors,
+                    field,
+                    format!("must be a string, found {}", kind(other)),
+                );
                 None
             }
             None if required => {
@@ -118,17 +136,31 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn integer(&mut self, errors: &mut Vec<SpecError>, field: &'static str, min: u64, max: u64) -> Option<u64> {
+    fn integer(
+        &mut self,
+        errors: &mut Vec<SpecError>,
+        field: &'static str,
+        min: u64,
+        max: u64,
+    ) -> Option<u64> {
         match self.get(field)? {
             Json::Number(n) => match n.as_u64() {
                 Some(v) if (min..=max).contains(&v) => Some(v),
                 _ => {
-                    self.error(errors, field, format!("must be a whole number from {min} to {max}, found {n}"));
+                    self.error(
+                        errors,
+                        field,
+                        format!("must be a whole number from {min} to {max}, found {n}"),
+                    );
                     None
                 }
             },
             other => {
-                self.error(errors, field, format!("must be a number, found {}", kind(other)));
+                self.error(
+                    errors,
+                    field,
+                    format!("must be a number, found {}", kind(other)),
+                );
                 None
             }
         }
@@ -153,7 +185,11 @@ impl<'a> Obj<'a> {
                     match item {
                         Json::String(s) => out.push(s.clone()),
                         other => {
-                            self.error(errors, field, format!("must list strings, found {}", kind(other)));
+                            self.error(
+                                errors,
+                                field,
+                                format!("must list strings, found {}", kind(other)),
+                            );
                             return None;
                         }
                     }
@@ -161,17 +197,29 @@ impl<'a> Obj<'a> {
                 Some(out)
             }
             other => {
-                self.error(errors, field, format!("must be a list, found {}", kind(other)));
+                self.error(
+                    errors,
+                    field,
+                    format!("must be a list, found {}", kind(other)),
+                );
                 None
             }
         }
     }
 
-    fn object(&mut self, errors: &mut Vec<SpecError>, field: &'static str) -> Option<&'a Map<String, Json>> {
+    fn object(
+        &mut self,
+        errors: &mut Vec<SpecError>,
+        field: &'static str,
+    ) -> Option<&'a Map<String, Json>> {
         match self.get(field)? {
             Json::Object(map) => Some(map),
             other => {
-                self.error(errors, field, format!("must be an object, found {}", kind(other)));
+                self.error(
+                    errors,
+                    field,
+                    format!("must be an object, found {}", kind(other)),
+                );
                 None
             }
         }
@@ -208,13 +256,17 @@ fn kind(v: &Json) -> &'static str {
 pub(crate) fn parse_duration(value: &Json) -> Result<Duration, String> {
     let text = match value {
         Json::Number(n) => {
-            return n
-                .as_u64()
-                .map(Duration::from_millis)
-                .ok_or_else(|| format!("{n} is not a duration (a whole number of milliseconds, or text like 30s)"));
+            return n.as_u64().map(Duration::from_millis).ok_or_else(|| {
+                format!("{n} is not a duration (a whole number of milliseconds, or text like 30s)")
+            });
         }
         Json::String(s) => s.trim(),
-        other => return Err(format!("must be a duration like 30s, found {}", kind(other))),
+        other => {
+            return Err(format!(
+                "must be a duration like 30s, found {}",
+                kind(other)
+            ));
+        }
     };
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -229,7 +281,11 @@ pub(crate) fn parse_duration(value: &Json) -> Result<Duration, String> {
         "m" | "min" => 60.0,
         "h" => 3600.0,
         "d" => 86_400.0,
-        _ => return Err(format!("{text:?} has an unknown unit (use ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit (use ms, s, m, h or d)"
+            ));
+        }
     };
     let secs = number * scale;
     if !(0.0..=1.0e9).contains(&secs) {
@@ -239,7 +295,10 @@ pub(crate) fn parse_duration(value: &Json) -> Result<Duration, String> {
 }
 
 /// The closest candidate within a small edit distance, to suggest for a typo.
-pub(crate) fn suggest<'c>(name: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+pub(crate) fn suggest<'c>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<&'c str> {
     let limit = (name.len() / 3).clamp(1, 3);
     candidates
         .into_iter()
@@ -269,7 +328,11 @@ impl Parser<'_> {
         let mut obj = Obj::new("", top);
         let name = obj.string(self.errors, "name", true).unwrap_or_default();
         if !name.is_empty() && !valid_name(&name) {
-            obj.error(self.errors, "name", format!("{name:?} may only use letters, digits, '-', '_' and '.'"));
+            obj.error(
+                self.errors,
+                "name",
+                format!("{name:?} may only use letters, digits, '-', '_' and '.'"),
+            );
         }
         let description = obj.string(self.errors, "description", false);
         let mut raw = RawSpec {
@@ -389,21 +452,36 @@ impl Parser<'_> {
     fn schema(&mut self, name: &str, decl: &Json) -> Option<Schema> {
         let location = format!("schemas.{name}");
         let Json::Object(map) = decl else {
-            self.errors.push(SpecError::new(&location, "", format!("must be an object with fields, found {}", kind(decl))));
+            self.errors.push(SpecError::new(
+                &location,
+                "",
+                format!("must be an object with fields, found {}", kind(decl)),
+            ));
             return None;
         };
         if !valid_name(name) {
-            self.errors.push(SpecError::new(&location, "", "a schema name may only use letters, digits, '-', '_' and '.'"));
+            self.errors.push(SpecError::new(
+                &location,
+                "",
+                "a schema name may only use letters, digits, '-', '_' and '.'",
+            ));
             return None;
         }
         let mut obj = Obj::new(&location, map);
         let start = self.errors.len();
         let _ = obj.string(self.errors, "description", false);
-        let additional_fields = match obj.string(self.errors, "additional-fields", false).as_deref() {
+        let additional_fields = match obj
+            .string(self.errors, "additional-fields", false)
+            .as_deref()
+        {
             None | Some("ignore") => AdditionalFields::Ignore,
             Some("reject") => AdditionalFields::Reject,
             Some(other) => {
-                obj.error(self.errors, "additional-fields", format!("{other:?} is not ignore or reject"));
+                obj.error(
+                    self.errors,
+                    "additional-fields",
+                    format!("{other:?} is not ignore or reject"),
+                );
                 AdditionalFields::Ignore
             }
         };
@@ -413,9 +491,19 @@ impl Parser<'_> {
             Some(map) => {
                 for (field, ty) in map {
                     match ty.as_str().map(FieldType::parse) {
-                        Some(Ok(ty)) => fields.push(Field { name: field.clone(), ty }),
+                        Some(Ok(ty)) => fields.push(Field {
+                            name: field.clone(),
+                            ty,
+                        }),
                         Some(Err(e)) => obj.error(self.errors, &format!("fields.{field}"), e),
-                        None => obj.error(self.errors, &format!("fields.{field}"), format!("must be a type name like string or array<long>, found {}", kind(ty))),
+                        None => obj.error(
+                            self.errors,
+                            &format!("fields.{field}"),
+                            format!(
+                                "must be a type name like string or array<long>, found {}",
+                                kind(ty)
+                            ),
+                        ),
                     }
                 }
             }
@@ -434,17 +522,29 @@ impl Parser<'_> {
     fn topic(&mut self, name: &str, decl: &Json) -> Option<TopicDecl> {
         let location = format!("topics.{name}");
         let Json::Object(map) = decl else {
-            self.errors.push(SpecError::new(&location, "", format!("must be an object, found {}", kind(decl))));
+            self.errors.push(SpecError::new(
+                &location,
+                "",
+                format!("must be an object, found {}", kind(decl)),
+            ));
             return None;
         };
         let start = self.errors.len();
         if !valid_name(name) {
-            self.errors.push(SpecError::new(&location, "", "a topic name may only use letters, digits, '-', '_' and '.'"));
+            self.errors.push(SpecError::new(
+                &location,
+                "",
+                "a topic name may only use letters, digits, '-', '_' and '.'",
+            ));
         }
         let mut obj = Obj::new(&location, map);
-        let key_schema = obj.string(self.errors, "key-schema", false).unwrap_or_else(|| "string".into());
+        let key_schema = obj
+            .string(self.errors, "key-schema", false)
+            .unwrap_or_else(|| "string".into());
         let value_schema = obj.string(self.errors, "value-schema", true);
-        let partitions = obj.integer(self.errors, "partitions", 1, 10_000).map(|p| p as u32);
+        let partitions = obj
+            .integer(self.errors, "partitions", 1, 10_000)
+            .map(|p| p as u32);
         let _ = obj.string(self.errors, "description", false);
         obj.finish(self.errors);
         let value_schema = value_schema?;
@@ -459,7 +559,11 @@ impl Parser<'_> {
     fn task(&mut self, name: &str, decl: &Json) -> Option<TaskDecl> {
         let location = format!("tasks.{name}");
         let Json::Object(map) = decl else {
-            self.errors.push(SpecError::new(&location, "", format!("must be an object, found {}", kind(decl))));
+            self.errors.push(SpecError::new(
+                &location,
+                "",
+                format!("must be an object, found {}", kind(decl)),
+            ));
             return None;
         };
         let start = self.errors.len();
@@ -467,33 +571,55 @@ impl Parser<'_> {
         match obj.string(self.errors, "type", false).as_deref() {
             None | Some("http") => {}
             Some(other) => {
-                obj.error(self.errors, "type", format!("{other:?} is not a task type this version runs (supported: http)"));
+                obj.error(
+                    self.errors,
+                    "type",
+                    format!("{other:?} is not a task type this version runs (supported: http)"),
+                );
                 return None;
             }
         }
         let _ = obj.string(self.errors, "description", false);
-        let method = match obj.string(self.errors, "method", false).as_deref().map(str::to_ascii_uppercase).as_deref() {
+        let method = match obj
+            .string(self.errors, "method", false)
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
             None | Some("POST") => Method::Post,
             Some("GET") => Method::Get,
             Some("PUT") => Method::Put,
             Some("PATCH") => Method::Patch,
             Some("DELETE") => Method::Delete,
             Some(other) => {
-                obj.error(self.errors, "method", format!("{other:?} is not GET, POST, PUT, PATCH or DELETE"));
+                obj.error(
+                    self.errors,
+                    "method",
+                    format!("{other:?} is not GET, POST, PUT, PATCH or DELETE"),
+                );
                 Method::Post
             }
         };
-        let url = obj.string(self.errors, "url", true).and_then(|u| match TextTemplate::parse(&u) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                obj.error(self.errors, "url", e.to_string());
-                None
-            }
-        });
+        let url =
+            obj.string(self.errors, "url", true)
+                .and_then(|u| match TextTemplate::parse(&u) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        obj.error(self.errors, "url", e.to_string());
+                        None
+                    }
+                });
         if let Some(url) = &url {
             let text = url.source();
-            if !(text.starts_with("http://") || text.starts_with("https://") || text.starts_with("${")) {
-                obj.error(self.errors, "url", format!("{text:?} must start with http://, https:// or a ${{variable}}"));
+            if !(text.starts_with("http://")
+                || text.starts_with("https://")
+                || text.starts_with("${"))
+            {
+                obj.error(
+                    self.errors,
+                    "url",
+                    format!("{text:?} must start with http://, https:// or a ${{variable}}"),
+                );
             }
         }
         let mut headers = Vec::new();
@@ -501,27 +627,38 @@ impl Parser<'_> {
             for (header, value) in map {
                 match value.as_str().map(TextTemplate::parse) {
                     Some(Ok(t)) => headers.push((header.clone(), t)),
-                    Some(Err(e)) => obj.error(self.errors, &format!("headers.{header}"), e.to_string()),
-                    None => obj.error(self.errors, &format!("headers.{header}"), "must be a string"),
+                    Some(Err(e)) => {
+                        obj.error(self.errors, &format!("headers.{header}"), e.to_string())
+                    }
+                    None => obj.error(
+                        self.errors,
+                        &format!("headers.{header}"),
+                        "must be a string",
+                    ),
                 }
             }
         }
         let template = |obj: &mut Obj, errors: &mut Vec<SpecError>, field: &'static str| {
-            obj.get(field).and_then(|v| match JsonTemplate::parse(v.clone()) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    obj.error(errors, field, e.to_string());
-                    None
-                }
-            })
+            obj.get(field)
+                .and_then(|v| match JsonTemplate::parse(v.clone()) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        obj.error(errors, field, e.to_string());
+                        None
+                    }
+                })
         };
         let body = template(&mut obj, self.errors, "body");
         let output = template(&mut obj, self.errors, "output");
         let input_schema = obj.string(self.errors, "input-schema", false);
         let output_schema = obj.string(self.errors, "output-schema", false);
-        let max_inflight = obj.integer(self.errors, "max-inflight", 1, 100_000).unwrap_or(16) as u32;
+        let max_inflight = obj
+            .integer(self.errors, "max-inflight", 1, 100_000)
+            .unwrap_or(16) as u32;
         let retries = obj.integer(self.errors, "retries", 0, 1_000).unwrap_or(5) as u32;
-        let timeout = obj.duration(self.errors, "timeout").unwrap_or(Duration::from_secs(30));
+        let timeout = obj
+            .duration(self.errors, "timeout")
+            .unwrap_or(Duration::from_secs(30));
         if timeout.is_zero() {
             obj.error(self.errors, "timeout", "must be longer than zero");
         }
@@ -538,12 +675,20 @@ impl Parser<'_> {
                 Some(Json::Number(n)) if n.as_f64().is_some_and(|m| (1.0..=100.0).contains(&m)) => {
                     backoff.multiplier = n.as_f64().unwrap_or(2.0);
                 }
-                Some(other) => b.error(self.errors, "multiplier", format!("must be a number from 1 to 100, found {other}")),
+                Some(other) => b.error(
+                    self.errors,
+                    "multiplier",
+                    format!("must be a number from 1 to 100, found {other}"),
+                ),
                 None => {}
             }
             match b.get("jitter") {
                 Some(Json::Bool(j)) => backoff.jitter = *j,
-                Some(other) => b.error(self.errors, "jitter", format!("must be true or false, found {}", kind(other))),
+                Some(other) => b.error(
+                    self.errors,
+                    "jitter",
+                    format!("must be true or false, found {}", kind(other)),
+                ),
                 None => {}
             }
             if backoff.initial > backoff.max {
@@ -602,11 +747,19 @@ impl Parser<'_> {
     fn node(&mut self, name: &str, decl: &Json) -> Option<NodeSpec> {
         let location = format!("graph.{name}");
         let Json::Object(map) = decl else {
-            self.errors.push(SpecError::new(&location, "", format!("must be an object, found {}", kind(decl))));
+            self.errors.push(SpecError::new(
+                &location,
+                "",
+                format!("must be an object, found {}", kind(decl)),
+            ));
             return None;
         };
         if !valid_name(name) {
-            self.errors.push(SpecError::new(&location, "", "a node name may only use letters, digits, '-', '_' and '.'"));
+            self.errors.push(SpecError::new(
+                &location,
+                "",
+                "a node name may only use letters, digits, '-', '_' and '.'",
+            ));
             return None;
         }
         let start = self.errors.len();
@@ -628,33 +781,56 @@ impl Parser<'_> {
                 let key_schema = obj.string(self.errors, "key-schema", false);
                 let value_schema = obj.string(self.errors, "value-schema", false);
                 let incomplete_timeout = obj.duration(self.errors, "incomplete-timeout");
-                let partitions = obj.integer(self.errors, "partitions", 1, 10_000).map(|p| p as u32);
+                let partitions = obj
+                    .integer(self.errors, "partitions", 1, 10_000)
+                    .map(|p| p as u32);
                 match (inputs, function) {
-                    (Some(inputs), Some(function)) => Some(NodeKind::StreamOperation(StreamOperation {
-                        inputs,
-                        function,
-                        key_schema,
-                        value_schema,
-                        incomplete_timeout,
-                        partitions,
-                    })),
+                    (Some(inputs), Some(function)) => {
+                        Some(NodeKind::StreamOperation(StreamOperation {
+                            inputs,
+                            function,
+                            key_schema,
+                            value_schema,
+                            incomplete_timeout,
+                            partitions,
+                        }))
+                    }
                     _ => None,
                 }
             }
             Some("external-task") => {
                 let stream = obj.string(self.errors, "stream", true);
                 let task = obj.string(self.errors, "task-name", true);
-                stream.zip(task).map(|(stream, task)| NodeKind::ExternalTask { stream, task })
+                stream
+                    .zip(task)
+                    .map(|(stream, task)| NodeKind::ExternalTask { stream, task })
             }
             Some("publish") => {
                 let stream = obj.string(self.errors, "stream", true);
                 let topic = obj.string(self.errors, "topic-name", true);
-                stream.zip(topic).map(|(stream, topic)| NodeKind::Publish { stream, topic })
+                stream
+                    .zip(topic)
+                    .map(|(stream, topic)| NodeKind::Publish { stream, topic })
             }
             Some(other) => {
-                const TYPES: [&str; 5] = ["topic-stream", "topic-table", "stream-operation", "external-task", "publish"];
-                let hint = suggest(other, TYPES).map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default();
-                obj.error(self.errors, "type", format!("{other:?} is not a node type{hint}; expected one of: {}", TYPES.join(", ")));
+                const TYPES: [&str; 5] = [
+                    "topic-stream",
+                    "topic-table",
+                    "stream-operation",
+                    "external-task",
+                    "publish",
+                ];
+                let hint = suggest(other, TYPES)
+                    .map(|s| format!(" (did you mean {s:?}?)"))
+                    .unwrap_or_default();
+                obj.error(
+                    self.errors,
+                    "type",
+                    format!(
+                        "{other:?} is not a node type{hint}; expected one of: {}",
+                        TYPES.join(", ")
+                    ),
+                );
                 return None;
             }
             None => return None,
@@ -691,13 +867,20 @@ fn parse_statuses(value: &Json) -> Result<Vec<StatusMatch>, String> {
                 _ => return Err(format!("{n} is not an HTTP status")),
             },
             Json::String(s) => match s.as_bytes() {
-                [d @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => out.push(StatusMatch::Class(d - b'0')),
+                [d @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
+                    out.push(StatusMatch::Class(d - b'0'))
+                }
                 _ => match s.parse::<u16>() {
                     Ok(c @ 100..=599) => out.push(StatusMatch::Code(c)),
                     _ => return Err(format!("{s:?} is not an HTTP status or class like 2xx")),
                 },
             },
-            other => return Err(format!("statuses are numbers or classes like 2xx, found {}", kind(other))),
+            other => {
+                return Err(format!(
+                    "statuses are numbers or classes like 2xx, found {}",
+                    kind(other)
+                ));
+            }
         }
     }
     if out.is_empty() {
@@ -708,13 +891,20 @@ fn parse_statuses(value: &Json) -> Result<Vec<StatusMatch>, String> {
 
 fn parse_header_conditions(value: &Json) -> Result<Vec<HeaderCondition>, String> {
     let Json::Array(items) = value else {
-        return Err(format!("must be a list of conditions, found {}", kind(value)));
+        return Err(format!(
+            "must be a list of conditions, found {}",
+            kind(value)
+        ));
     };
     let strings = |v: &Json| -> Result<Vec<String>, String> {
         match v {
             Json::Array(items) => items
                 .iter()
-                .map(|i| i.as_str().map(str::to_owned).ok_or_else(|| "values must be strings".to_string()))
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| "values must be strings".to_string())
+                })
                 .collect(),
             Json::String(s) => Ok(vec![s.clone()]),
             other => Err(format!("values must be strings, found {}", kind(other))),
@@ -730,16 +920,25 @@ fn parse_header_conditions(value: &Json) -> Result<Vec<HeaderCondition>, String>
             .and_then(Json::as_str)
             .ok_or("each condition needs a name")?
             .to_ascii_lowercase();
-        let tests: Vec<(&String, &Json)> = map.iter().filter(|(k, _)| k.as_str() != "name").collect();
+        let tests: Vec<(&String, &Json)> =
+            map.iter().filter(|(k, _)| k.as_str() != "name").collect();
         let [(test, arg)] = tests.as_slice() else {
-            return Err(format!("condition on {name} needs exactly one of present, equals, in, not-in"));
+            return Err(format!(
+                "condition on {name} needs exactly one of present, equals, in, not-in"
+            ));
         };
         let test = match test.as_str() {
             "present" => HeaderTest::Present(arg.as_bool().ok_or("present must be true or false")?),
-            "equals" => HeaderTest::Equals(arg.as_str().ok_or("equals must be a string")?.to_owned()),
+            "equals" => {
+                HeaderTest::Equals(arg.as_str().ok_or("equals must be a string")?.to_owned())
+            }
             "in" => HeaderTest::In(strings(arg)?),
             "not-in" => HeaderTest::NotIn(strings(arg)?),
-            other => return Err(format!("{other:?} is not a header test (present, equals, in, not-in)")),
+            other => {
+                return Err(format!(
+                    "{other:?} is not a header test (present, equals, in, not-in)"
+                ));
+            }
         };
         out.push(HeaderCondition { name, test });
     }
@@ -753,18 +952,41 @@ mod tests {
 
     #[test]
     fn durations() {
-        for (text, ms) in [("250ms", 250), ("30s", 30_000), ("5m", 300_000), ("2h", 7_200_000), ("1.5s", 1_500), ("1d", 86_400_000)] {
-            assert_eq!(parse_duration(&json!(text)).unwrap(), Duration::from_millis(ms), "{text}");
+        for (text, ms) in [
+            ("250ms", 250),
+            ("30s", 30_000),
+            ("5m", 300_000),
+            ("2h", 7_200_000),
+            ("1.5s", 1_500),
+            ("1d", 86_400_000),
+        ] {
+            assert_eq!(
+                parse_duration(&json!(text)).unwrap(),
+                Duration::from_millis(ms),
+                "{text}"
+            );
         }
-        assert_eq!(parse_duration(&json!(40)).unwrap(), Duration::from_millis(40));
-        for bad in [json!("5 parsecs"), json!("x"), json!(-1), json!(true), json!("1e30h")] {
+        assert_eq!(
+            parse_duration(&json!(40)).unwrap(),
+            Duration::from_millis(40)
+        );
+        for bad in [
+            json!("5 parsecs"),
+            json!("x"),
+            json!(-1),
+            json!(true),
+            json!("1e30h"),
+        ] {
             assert!(parse_duration(&bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn suggestions() {
-        assert_eq!(suggest("topic_name", ["topic-name", "stream"]), Some("topic-name"));
+        assert_eq!(
+            suggest("topic_name", ["topic-name", "stream"]),
+            Some("topic-name")
+        );
         assert_eq!(suggest("zzzzzz", ["topic-name", "stream"]), None);
     }
 }

@@ -44,10 +44,18 @@ fn mermaid_text(text: &str) -> String {
 pub fn to_mermaid(dag: &Dag) -> String {
     let ids = ids(dag);
     let mut out = String::new();
-    let _ = writeln!(out, "---\ntitle: {}\n---\nflowchart LR", mermaid_text(&dag.name));
+    let _ = writeln!(
+        out,
+        "---\ntitle: {}\n---\nflowchart LR",
+        mermaid_text(&dag.name)
+    );
     for node in &dag.nodes {
         let (name, detail) = label(dag, &node.name, &node.kind);
-        let text = format!("\"{}<br/><small>{}</small>\"", mermaid_text(&name), mermaid_text(&detail));
+        let text = format!(
+            "\"{}<br/><small>{}</small>\"",
+            mermaid_text(&name),
+            mermaid_text(&detail)
+        );
         let shape = match node.kind {
             NodeKind::TopicStream { .. } | NodeKind::TopicTable { .. } => format!("[({text})]"),
             NodeKind::StreamOperation(_) => format!("([{text}])"),
@@ -100,7 +108,12 @@ pub fn to_dot(dag: &Dag) -> String {
                 Some(NodeKind::TopicTable { .. }) => " [style=dashed]",
                 _ => "",
             };
-            let _ = writeln!(out, "    \"{}\" -> \"{}\"{style};", dot_text(up), dot_text(&node.name));
+            let _ = writeln!(
+                out,
+                "    \"{}\" -> \"{}\"{style};",
+                dot_text(up),
+                dot_text(&node.name)
+            );
         }
     }
     out.push_str("}\n");

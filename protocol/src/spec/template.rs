@@ -64,9 +64,12 @@ impl TextTemplate {
                     continue;
                 }
             };
-            let end = source[start..].find('}').map(|e| start + e).ok_or_else(|| {
-                TemplateError::Syntax(format!("unclosed '{{' at position {i} of {source:?}"))
-            })?;
+            let end = source[start..]
+                .find('}')
+                .map(|e| start + e)
+                .ok_or_else(|| {
+                    TemplateError::Syntax(format!("unclosed '{{' at position {i} of {source:?}"))
+                })?;
             let name = &source[start..end];
             if name.is_empty() || name.contains('{') || name.contains(char::is_whitespace) {
                 return Err(TemplateError::Syntax(format!(
@@ -264,7 +267,9 @@ impl JsonTemplate {
                         .path(path)
                         .cloned()
                         .ok_or_else(|| TemplateError::Field(path.to_owned()))?,
-                    StringPart::Text(t) => Value::String(t.render(variables, &Value::Null, false)?),
+                    StringPart::Text(t) => {
+                        Value::String(t.render(variables, &Value::Null, false)?)
+                    }
                     StringPart::Escaped(text) => Value::String(text.to_owned()),
                 },
                 serde_json::Value::Array(items) => Value::Array(
@@ -299,8 +304,12 @@ mod tests {
     fn text_templates_interpolate_and_encode() {
         let t = TextTemplate::parse("${host}/v1/{experiment_id}/{well}?loc={location}").unwrap();
         assert_eq!(t.variables().collect::<Vec<_>>(), ["host"]);
-        assert_eq!(t.fields().collect::<Vec<_>>(), ["experiment_id", "well", "location"]);
-        let record = Value::from(&json!({"experiment_id": "E 1", "well": "B02", "location": "s3://a/b"}));
+        assert_eq!(
+            t.fields().collect::<Vec<_>>(),
+            ["experiment_id", "well", "location"]
+        );
+        let record =
+            Value::from(&json!({"experiment_id": "E 1", "well": "B02", "location": "s3://a/b"}));
         assert_eq!(
             t.render(&vars(), &record, true).unwrap(),
             "http://127.0.0.1:9/v1/E%201/B02?loc=s3%3A%2F%2Fa%2Fb"

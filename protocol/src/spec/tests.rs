@@ -19,7 +19,10 @@ impl FunctionCatalog for Catalog {
             .map(|(_, s)| s)
     }
     fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = builtins::hierarchy().into_iter().map(|(n, _)| n.to_owned()).collect();
+        let mut names: Vec<String> = builtins::hierarchy()
+            .into_iter()
+            .map(|(n, _)| n.to_owned())
+            .collect();
         names.push("custom/identity".into());
         names
     }
@@ -74,12 +77,23 @@ fn the_reference_dag_validates_in_yaml_and_json() {
             assert!(j < i, "{up} must come before {}", node.name);
         }
     }
-    assert_eq!(dag.output_schema("images-site").as_deref(), Some("site_level"));
-    assert_eq!(dag.output_schema("image-metrics").as_deref(), Some("image_metrics"));
+    assert_eq!(
+        dag.output_schema("images-site").as_deref(),
+        Some("site_level")
+    );
+    assert_eq!(
+        dag.output_schema("image-metrics").as_deref(),
+        Some("image_metrics")
+    );
     let TaskDecl::Http(task) = &dag.tasks["image-metrics"];
     assert_eq!(task.max_inflight, 64);
     assert_eq!(task.retries, 5);
-    assert_eq!(task.success.failure(200, |_| Some("Handled".into())).is_some(), true);
+    assert_eq!(
+        task.success
+            .failure(200, |_| Some("Handled".into()))
+            .is_some(),
+        true
+    );
     assert_eq!(task.success.failure(200, |_| None), None);
     assert!(task.success.failure(503, |_| None).is_some());
 
@@ -111,8 +125,19 @@ fn base_spec_is_valid() {
 
 #[test]
 fn unknown_input_names_node_and_field_with_a_suggestion() {
-    let errors = errors_of(&BASE.replace("stream: images-site, task-name", "stream: images-sight, task-name"));
-    assert!(has(&errors, "graph.call-site", "stream", "unknown input \"images-sight\" (did you mean \"images-site\"?)"), "{errors:?}");
+    let errors = errors_of(&BASE.replace(
+        "stream: images-site, task-name",
+        "stream: images-sight, task-name",
+    ));
+    assert!(
+        has(
+            &errors,
+            "graph.call-site",
+            "stream",
+            "unknown input \"images-sight\" (did you mean \"images-site\"?)"
+        ),
+        "{errors:?}"
+    );
     assert_eq!(errors[0].node(), Some("call-site"));
 }
 
@@ -121,22 +146,60 @@ fn cycles_are_reported_with_their_path() {
     let spec = format!("{BASE}  loop-a: {{type: stream-operation, inputs: [loop-b, metadata], function: custom/identity}}\n  loop-b: {{type: stream-operation, inputs: [loop-a], function: custom/identity}}\n")
         .replace("function: custom/identity}\n  loop-b", "function: custom/identity}\n  loop-b");
     let errors = errors_of(&spec);
-    assert!(errors.iter().any(|e| e.location == "graph.loop-a" && e.field == "inputs" && e.message.contains("is on a cycle")), "{errors:?}");
-    assert!(errors.iter().any(|e| e.location == "graph.loop-b" && e.message.contains("loop-a -> loop-b") || e.message.contains("loop-b -> loop-a")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.location == "graph.loop-a"
+            && e.field == "inputs"
+            && e.message.contains("is on a cycle")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.location == "graph.loop-b"
+            && e.message.contains("loop-a -> loop-b")
+            || e.message.contains("loop-b -> loop-a")),
+        "{errors:?}"
+    );
 }
 
 #[test]
 fn unknown_schema_task_function_and_topic() {
     let spec = BASE
-        .replace("out: {value-schema: site_level}", "out: {value-schema: site_levle}")
+        .replace(
+            "out: {value-schema: site_level}",
+            "out: {value-schema: site_levle}",
+        )
         .replace("task-name: call}", "task-name: cal}")
-        .replace("function: aggregations/images-site-grouping", "function: aggregations/images-site-groupin")
+        .replace(
+            "function: aggregations/images-site-grouping",
+            "function: aggregations/images-site-groupin",
+        )
         .replace("topic-name: meta}", "topic-name: metaa}");
     let errors = errors_of(&spec);
-    assert!(has(&errors, "topics.out", "value-schema", "unknown schema \"site_levle\" (did you mean \"site_level\"?)"), "{errors:?}");
-    assert!(has(&errors, "graph.call-site", "task-name", "unknown task \"cal\" (did you mean \"call\"?)"), "{errors:?}");
-    assert!(has(&errors, "graph.images-site", "function", "unknown function"), "{errors:?}");
-    assert!(has(&errors, "graph.metadata", "topic-name", "not declared"), "{errors:?}");
+    assert!(
+        has(
+            &errors,
+            "topics.out",
+            "value-schema",
+            "unknown schema \"site_levle\" (did you mean \"site_level\"?)"
+        ),
+        "{errors:?}"
+    );
+    assert!(
+        has(
+            &errors,
+            "graph.call-site",
+            "task-name",
+            "unknown task \"cal\" (did you mean \"call\"?)"
+        ),
+        "{errors:?}"
+    );
+    assert!(
+        has(&errors, "graph.images-site", "function", "unknown function"),
+        "{errors:?}"
+    );
+    assert!(
+        has(&errors, "graph.metadata", "topic-name", "not declared"),
+        "{errors:?}"
+    );
     assert!(errors.len() >= 4, "every error at once: {errors:?}");
 }
 
@@ -144,50 +207,147 @@ fn unknown_schema_task_function_and_topic() {
 fn schema_mismatch_between_connected_nodes() {
     // The task expects well records but is fed site records.
     let errors = errors_of(&BASE.replace("input-schema: site_level", "input-schema: well_level"));
-    assert!(has(&errors, "graph.call-site", "stream", "schema mismatch: \"images-site\" emits site_level but task call expects well_level"), "{errors:?}");
+    assert!(
+        has(
+            &errors,
+            "graph.call-site",
+            "stream",
+            "schema mismatch: \"images-site\" emits site_level but task call expects well_level"
+        ),
+        "{errors:?}"
+    );
     // Publishing site records to a topic of channel records.
-    let errors = errors_of(&BASE.replace("out: {value-schema: site_level}", "out: {value-schema: channel_level}"));
-    assert!(has(&errors, "graph.publish-site", "stream", "schema mismatch"), "{errors:?}");
+    let errors = errors_of(&BASE.replace(
+        "out: {value-schema: site_level}",
+        "out: {value-schema: channel_level}",
+    ));
+    assert!(
+        has(&errors, "graph.publish-site", "stream", "schema mismatch"),
+        "{errors:?}"
+    );
     // Feeding a grouping the wrong level.
-    let errors = errors_of(&BASE.replace("aggregations/images-site-grouping", "aggregations/wells-plate-grouping"));
-    assert!(has(&errors, "graph.images-site", "inputs", "emits channel_level but function aggregations/wells-plate-grouping expects well_level"), "{errors:?}");
+    let errors = errors_of(&BASE.replace(
+        "aggregations/images-site-grouping",
+        "aggregations/wells-plate-grouping",
+    ));
+    assert!(
+        has(
+            &errors,
+            "graph.images-site",
+            "inputs",
+            "emits channel_level but function aggregations/wells-plate-grouping expects well_level"
+        ),
+        "{errors:?}"
+    );
 }
 
 #[test]
 fn structural_errors_name_their_field() {
     let spec = BASE
-        .replace("{type: topic-stream, topic-name: images}", "{type: topic-stream, topic_name: images}")
+        .replace(
+            "{type: topic-stream, topic-name: images}",
+            "{type: topic-stream, topic_name: images}",
+        )
         .replace("url: \"${svc}/x\"", "url: \"${svcs}/x\", max-inflight: 0");
     let errors = errors_of(&spec);
-    assert!(has(&errors, "graph.images-channel", "topic_name", "unknown field (did you mean \"topic-name\"?)"), "{errors:?}");
-    assert!(has(&errors, "graph.images-channel", "topic-name", "is required"), "{errors:?}");
-    assert!(has(&errors, "tasks.call", "max-inflight", "from 1 to 100000"), "{errors:?}");
+    assert!(
+        has(
+            &errors,
+            "graph.images-channel",
+            "topic_name",
+            "unknown field (did you mean \"topic-name\"?)"
+        ),
+        "{errors:?}"
+    );
+    assert!(
+        has(&errors, "graph.images-channel", "topic-name", "is required"),
+        "{errors:?}"
+    );
+    assert!(
+        has(&errors, "tasks.call", "max-inflight", "from 1 to 100000"),
+        "{errors:?}"
+    );
     // The broken node is not reported again as an unknown input.
-    assert!(!errors.iter().any(|e| e.message.contains("unknown input \"images-channel\"")), "{errors:?}");
+    assert!(
+        !errors
+            .iter()
+            .any(|e| e.message.contains("unknown input \"images-channel\"")),
+        "{errors:?}"
+    );
 }
 
 #[test]
 fn template_fields_and_variables_are_checked() {
-    let errors = errors_of(&BASE.replace("url: \"${svc}/x\"", "url: \"${svcc}/x/{wel}\", body: {a: \"$.input.sitee\", b: \"$.nope\"}"));
-    assert!(has(&errors, "tasks.call", "url", "variable ${svcc} is not declared under variables (did you mean \"svc\"?)"), "{errors:?}");
-    assert!(has(&errors, "tasks.call", "url", "site_level has no field \"wel\" (did you mean \"well\"?)"), "{errors:?}");
-    assert!(has(&errors, "tasks.call", "body", "has no field \"sitee\""), "{errors:?}");
-    assert!(has(&errors, "tasks.call", "body", "\"nope\" is not one of"), "{errors:?}");
+    let errors = errors_of(&BASE.replace(
+        "url: \"${svc}/x\"",
+        "url: \"${svcc}/x/{wel}\", body: {a: \"$.input.sitee\", b: \"$.nope\"}",
+    ));
+    assert!(
+        has(
+            &errors,
+            "tasks.call",
+            "url",
+            "variable ${svcc} is not declared under variables (did you mean \"svc\"?)"
+        ),
+        "{errors:?}"
+    );
+    assert!(
+        has(
+            &errors,
+            "tasks.call",
+            "url",
+            "site_level has no field \"wel\" (did you mean \"well\"?)"
+        ),
+        "{errors:?}"
+    );
+    assert!(
+        has(&errors, "tasks.call", "body", "has no field \"sitee\""),
+        "{errors:?}"
+    );
+    assert!(
+        has(&errors, "tasks.call", "body", "\"nope\" is not one of"),
+        "{errors:?}"
+    );
 }
 
 #[test]
 fn tables_and_publish_nodes_are_used_correctly() {
-    let spec = format!("{BASE}  bad-task: {{type: external-task, stream: metadata, task-name: call}}\n  bad-read: {{type: external-task, stream: publish-site, task-name: call}}\n");
+    let spec = format!(
+        "{BASE}  bad-task: {{type: external-task, stream: metadata, task-name: call}}\n  bad-read: {{type: external-task, stream: publish-site, task-name: call}}\n"
+    );
     let errors = errors_of(&spec);
-    assert!(has(&errors, "graph.bad-task", "stream", "is a topic-table"), "{errors:?}");
-    assert!(has(&errors, "graph.bad-read", "stream", "is a publish node"), "{errors:?}");
-    let errors = errors_of(&BASE.replace("inputs: [images-channel, metadata]", "inputs: [images-channel]"));
-    assert!(has(&errors, "graph.images-site", "inputs", "needs a topic-table input"), "{errors:?}");
+    assert!(
+        has(&errors, "graph.bad-task", "stream", "is a topic-table"),
+        "{errors:?}"
+    );
+    assert!(
+        has(&errors, "graph.bad-read", "stream", "is a publish node"),
+        "{errors:?}"
+    );
+    let errors = errors_of(&BASE.replace(
+        "inputs: [images-channel, metadata]",
+        "inputs: [images-channel]",
+    ));
+    assert!(
+        has(
+            &errors,
+            "graph.images-site",
+            "inputs",
+            "needs a topic-table input"
+        ),
+        "{errors:?}"
+    );
 }
 
 #[test]
 fn malformed_documents_are_errors_not_panics() {
-    for (text, format) in [("{", SpecFormat::Json), ("a: [", SpecFormat::Yaml), ("[1, 2]", SpecFormat::Json), ("", SpecFormat::Yaml), ("name: x", SpecFormat::Yaml)] {
+    for (text, format) in [
+        ("{", SpecFormat::Json),
+        ("a: [", SpecFormat::Yaml),
+        ("[1, 2]", SpecFormat::Json),
+        ("", SpecFormat::Yaml),
+        ("name: x", SpecFormat::Yaml),
+    ] {
         let err = Dag::load(text, format, &Catalog).unwrap_err();
         assert!(!err.0.is_empty(), "{text:?}");
     }
@@ -198,7 +358,10 @@ fn renders_mermaid_and_dot() {
     let dag = load_yaml(REFERENCE).unwrap();
     let mermaid = to_mermaid(&dag);
     assert!(mermaid.contains("flowchart LR"));
-    assert_eq!(mermaid.matches("-->").count() + mermaid.matches("-.->").count(), 20);
+    assert_eq!(
+        mermaid.matches("-->").count() + mermaid.matches("-.->").count(),
+        20
+    );
     let dot = to_dot(&dag);
     assert!(dot.starts_with("digraph \"microscopy-reference\""));
     assert!(dot.contains("\"images-site\" -> \"site-features\";"));
@@ -208,7 +371,14 @@ fn renders_mermaid_and_dot() {
 #[test]
 fn variables_can_be_overridden_but_not_invented() {
     let mut dag = load_yaml(BASE).unwrap();
-    dag.set_variables(&BTreeMap::from([("svc".into(), "http://127.0.0.1:2".into())])).unwrap();
+    dag.set_variables(&BTreeMap::from([(
+        "svc".into(),
+        "http://127.0.0.1:2".into(),
+    )]))
+    .unwrap();
     assert_eq!(dag.variables["svc"], "http://127.0.0.1:2");
-    assert!(dag.set_variables(&BTreeMap::from([("nope".into(), "x".into())])).is_err());
+    assert!(
+        dag.set_variables(&BTreeMap::from([("nope".into(), "x".into())]))
+            .is_err()
+    );
 }

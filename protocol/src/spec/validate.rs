@@ -12,7 +12,11 @@ const BODY_CONTEXT: &[&str] = &["input", "key", "id", "attempt"];
 /// Roots an output template may reference.
 const OUTPUT_CONTEXT: &[&str] = &["input", "key", "id", "attempt", "response", "status"];
 
-pub(crate) fn validate(raw: RawSpec, catalog: &dyn FunctionCatalog, errors: &mut Vec<SpecError>) -> Dag {
+pub(crate) fn validate(
+    raw: RawSpec,
+    catalog: &dyn FunctionCatalog,
+    errors: &mut Vec<SpecError>,
+) -> Dag {
     let mut v = Validator {
         raw: &raw,
         catalog,
@@ -58,7 +62,9 @@ fn node_output(
             None => op.value_schema.clone(),
         },
         NodeKind::ExternalTask { task, .. } => match tasks.get(task) {
-            Some(TaskDecl::Http(http)) => Some(http.output_schema.clone().unwrap_or_else(|| "json".into())),
+            Some(TaskDecl::Http(http)) => {
+                Some(http.output_schema.clone().unwrap_or_else(|| "json".into()))
+            }
             None => None,
         },
         NodeKind::Publish { .. } => None,
@@ -83,21 +89,38 @@ impl Validator<'_, '_> {
         if self.raw.broken.contains(&format!("schemas.{name}")) {
             return false;
         }
-        let candidates: Vec<&str> = self.raw.schemas.names().chain(PRIMITIVE_SCHEMAS.iter().copied()).collect();
-        let hint = suggest(name, candidates).map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default();
+        let candidates: Vec<&str> = self
+            .raw
+            .schemas
+            .names()
+            .chain(PRIMITIVE_SCHEMAS.iter().copied())
+            .collect();
+        let hint = suggest(name, candidates)
+            .map(|s| format!(" (did you mean {s:?}?)"))
+            .unwrap_or_default();
         self.error(location, field, format!("unknown schema {name:?}{hint}"));
         false
     }
 
     fn schemas(&mut self) {
         for name in &self.raw.declared_schemas {
-            let Some(schema) = self.raw.schemas.get(name) else { continue };
+            let Some(schema) = self.raw.schemas.get(name) else {
+                continue;
+            };
             if PRIMITIVE_SCHEMAS.contains(&name.as_str()) {
-                self.error(&format!("schemas.{name}"), "", "is a primitive type name; choose another name");
+                self.error(
+                    &format!("schemas.{name}"),
+                    "",
+                    "is a primitive type name; choose another name",
+                );
             }
             for field in &schema.fields {
                 for reference in field.ty.references() {
-                    self.schema_exists(&format!("schemas.{name}"), &format!("fields.{}", field.name), reference);
+                    self.schema_exists(
+                        &format!("schemas.{name}"),
+                        &format!("fields.{}", field.name),
+                        reference,
+                    );
                 }
             }
         }
@@ -125,7 +148,11 @@ impl Validator<'_, '_> {
         if let Some(s) = &task.output_schema {
             self.schema_exists(location, "output-schema", s);
         }
-        let mut variables: Vec<(&str, String)> = task.url.variables().map(|v| ("url", v.to_owned())).collect();
+        let mut variables: Vec<(&str, String)> = task
+            .url
+            .variables()
+            .map(|v| ("url", v.to_owned()))
+            .collect();
         for (header, value) in &task.headers {
             let _ = header;
             variables.extend(value.variables().map(|v| ("headers", v.to_owned())));
@@ -138,7 +165,11 @@ impl Validator<'_, '_> {
                 let hint = suggest(&var, self.raw.variables.keys().map(String::as_str))
                     .map(|s| format!(" (did you mean {s:?}?)"))
                     .unwrap_or_default();
-                self.error(location, field, format!("variable ${{{var}}} is not declared under variables{hint}"));
+                self.error(
+                    location,
+                    field,
+                    format!("variable ${{{var}}} is not declared under variables{hint}"),
+                );
             }
         }
         // Record fields the URL and headers read must exist in the input schema.
@@ -146,20 +177,33 @@ impl Validator<'_, '_> {
             .url
             .fields()
             .map(|f| ("url", f.to_owned()))
-            .chain(task.headers.iter().flat_map(|(_, t)| t.fields().map(|f| ("headers", f.to_owned())).collect::<Vec<_>>()))
+            .chain(task.headers.iter().flat_map(|(_, t)| {
+                t.fields()
+                    .map(|f| ("headers", f.to_owned()))
+                    .collect::<Vec<_>>()
+            }))
             .collect();
         for (field, path) in record_fields {
             self.check_path(location, field, input.as_deref(), &path);
         }
-        for (field, template, roots) in [("body", &task.body, BODY_CONTEXT), ("output", &task.output, OUTPUT_CONTEXT)] {
+        for (field, template, roots) in [
+            ("body", &task.body, BODY_CONTEXT),
+            ("output", &task.output, OUTPUT_CONTEXT),
+        ] {
             let Some(template) = template else { continue };
             for reference in template.references() {
                 if reference.is_empty() {
                     continue;
                 }
-                let (root, rest) = reference.split_once('.').unwrap_or((reference.as_str(), ""));
+                let (root, rest) = reference
+                    .split_once('.')
+                    .unwrap_or((reference.as_str(), ""));
                 if !roots.contains(&root) {
-                    self.error(location, field, format!("$.{reference}: {root:?} is not one of {}", roots.join(", ")));
+                    self.error(
+                        location,
+                        field,
+                        format!("$.{reference}: {root:?} is not one of {}", roots.join(", ")),
+                    );
                 } else if root == "input" && !rest.is_empty() {
                     self.check_path(location, field, input.as_deref(), rest);
                 }
@@ -170,23 +214,46 @@ impl Validator<'_, '_> {
     /// Checks that the first segment of `path` is a field of `schema` (when known).
     fn check_path(&mut self, location: &str, field: &str, schema: Option<&str>, path: &str) {
         let Some(schema_name) = schema else { return };
-        let Some(schema) = self.raw.schemas.get(schema_name) else { return };
+        let Some(schema) = self.raw.schemas.get(schema_name) else {
+            return;
+        };
         let first = path.split('.').next().unwrap_or(path);
         if schema.field(first).is_none() {
             let names: Vec<&str> = schema.fields.iter().map(|f| f.name.as_str()).collect();
-            let hint = suggest(first, names.iter().copied()).map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default();
-            self.error(location, field, format!("{path:?}: {schema_name} has no field {first:?}{hint}"));
+            let hint = suggest(first, names.iter().copied())
+                .map(|s| format!(" (did you mean {s:?}?)"))
+                .unwrap_or_default();
+            self.error(
+                location,
+                field,
+                format!("{path:?}: {schema_name} has no field {first:?}{hint}"),
+            );
         }
     }
 
     /// Checks every node; returns the topological position of each node.
     fn graph(&mut self) -> BTreeMap<String, usize> {
-        let nodes: BTreeMap<&str, &NodeSpec> = self.raw.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+        let nodes: BTreeMap<&str, &NodeSpec> = self
+            .raw
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n))
+            .collect();
         let names: Vec<&str> = nodes.keys().copied().collect();
         // Output schema of each node, for edge checks.
         let outputs: BTreeMap<&str, Option<String>> = nodes
             .iter()
-            .map(|(name, node)| (*name, node_output(&node.kind, &self.raw.topics, &self.raw.tasks, Some(self.catalog))))
+            .map(|(name, node)| {
+                (
+                    *name,
+                    node_output(
+                        &node.kind,
+                        &self.raw.topics,
+                        &self.raw.tasks,
+                        Some(self.catalog),
+                    ),
+                )
+            })
             .collect();
         let mut upstream_ok: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
 
@@ -208,7 +275,9 @@ impl Validator<'_, '_> {
                         resolved.push(input);
                     }
                 } else if !self.raw.broken.contains(&format!("graph.{input}")) {
-                    let hint = suggest(input, names.iter().copied()).map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default();
+                    let hint = suggest(input, names.iter().copied())
+                        .map(|s| format!(" (did you mean {s:?}?)"))
+                        .unwrap_or_default();
                     self.error(&location, field, format!("unknown input {input:?}{hint}"));
                 }
             }
@@ -222,7 +291,14 @@ impl Validator<'_, '_> {
                     self.not_a_table(&location, "stream", stream, &nodes);
                     if self.topic_exists(&location, topic) {
                         let want = self.raw.topics[topic].value_schema.clone();
-                        self.edge(&location, "stream", stream, outputs.get(stream.as_str()), &want, &format!("topic {topic}"));
+                        self.edge(
+                            &location,
+                            "stream",
+                            stream,
+                            outputs.get(stream.as_str()),
+                            &want,
+                            &format!("topic {topic}"),
+                        );
                     }
                 }
                 NodeKind::ExternalTask { stream, task } => {
@@ -230,7 +306,14 @@ impl Validator<'_, '_> {
                     match self.raw.tasks.get(task) {
                         Some(TaskDecl::Http(http)) => {
                             if let Some(want) = &http.input_schema {
-                                self.edge(&location, "stream", stream, outputs.get(stream.as_str()), want, &format!("task {task}"));
+                                self.edge(
+                                    &location,
+                                    "stream",
+                                    stream,
+                                    outputs.get(stream.as_str()),
+                                    want,
+                                    &format!("task {task}"),
+                                );
                             }
                         }
                         None if self.raw.broken.contains(&format!("tasks.{task}")) => {}
@@ -238,7 +321,11 @@ impl Validator<'_, '_> {
                             let hint = suggest(task, self.raw.tasks.keys().map(String::as_str))
                                 .map(|s| format!(" (did you mean {s:?}?)"))
                                 .unwrap_or_default();
-                            self.error(&location, "task-name", format!("unknown task {task:?}{hint}"));
+                            self.error(
+                                &location,
+                                "task-name",
+                                format!("unknown task {task:?}{hint}"),
+                            );
                         }
                     }
                 }
@@ -248,33 +335,86 @@ impl Validator<'_, '_> {
                         let hint = suggest(&op.function, known.iter().map(String::as_str))
                             .map(|s| format!(" (did you mean {s:?}?)"))
                             .unwrap_or_default();
-                        self.error(&location, "function", format!("unknown function {:?}{hint}; known functions: {}", op.function, known.join(", ")));
+                        self.error(
+                            &location,
+                            "function",
+                            format!(
+                                "unknown function {:?}{hint}; known functions: {}",
+                                op.function,
+                                known.join(", ")
+                            ),
+                        );
                         continue;
                     };
                     let (tables, streams): (Vec<&str>, Vec<&str>) = resolved
                         .iter()
                         .partition(|i| matches!(nodes[*i].kind, NodeKind::TopicTable { .. }));
                     match streams.as_slice() {
-                        [stream] => self.edge(&location, "inputs", stream, outputs.get(stream), &signature.input, &format!("function {}", op.function)),
+                        [stream] => self.edge(
+                            &location,
+                            "inputs",
+                            stream,
+                            outputs.get(stream),
+                            &signature.input,
+                            &format!("function {}", op.function),
+                        ),
                         [] if op.inputs.len() == resolved.len() => {
-                            self.error(&location, "inputs", format!("needs one stream input ({} records)", signature.input));
+                            self.error(
+                                &location,
+                                "inputs",
+                                format!("needs one stream input ({} records)", signature.input),
+                            );
                         }
                         [] => {}
-                        _ => self.error(&location, "inputs", format!("has {} stream inputs; {} takes one", streams.len(), op.function)),
+                        _ => self.error(
+                            &location,
+                            "inputs",
+                            format!(
+                                "has {} stream inputs; {} takes one",
+                                streams.len(),
+                                op.function
+                            ),
+                        ),
                     }
                     match (&signature.table, tables.as_slice()) {
-                        (Some(want), [table]) => self.edge(&location, "inputs", table, outputs.get(table), want, &format!("function {}", op.function)),
+                        (Some(want), [table]) => self.edge(
+                            &location,
+                            "inputs",
+                            table,
+                            outputs.get(table),
+                            want,
+                            &format!("function {}", op.function),
+                        ),
                         (Some(want), []) if op.inputs.len() == resolved.len() => {
                             self.error(&location, "inputs", format!("{} needs a topic-table input of {want} (the experiment metadata)", op.function));
                         }
-                        (None, [_, ..]) => self.error(&location, "inputs", format!("{} takes no table input", op.function)),
-                        (Some(_), [_, _, ..]) => self.error(&location, "inputs", format!("{} takes one table input", op.function)),
+                        (None, [_, ..]) => self.error(
+                            &location,
+                            "inputs",
+                            format!("{} takes no table input", op.function),
+                        ),
+                        (Some(_), [_, _, ..]) => self.error(
+                            &location,
+                            "inputs",
+                            format!("{} takes one table input", op.function),
+                        ),
                         _ => {}
                     }
                     if let Some(declared) = &op.value_schema {
                         if self.schema_exists(&location, "value-schema", declared) {
-                            if let Err(reasons) = self.raw.schemas.assignable(&signature.output, declared) {
-                                self.error(&location, "value-schema", format!("{} emits {} records, which do not fit {declared}: {}", op.function, signature.output, reasons.join("; ")));
+                            if let Err(reasons) =
+                                self.raw.schemas.assignable(&signature.output, declared)
+                            {
+                                self.error(
+                                    &location,
+                                    "value-schema",
+                                    format!(
+                                        "{} emits {} records, which do not fit {declared}: {}",
+                                        op.function,
+                                        signature.output,
+                                        reasons.join("; ")
+                                    ),
+                                );
                             }
                         }
                     }
@@ -297,32 +437,72 @@ impl Validator<'_, '_> {
             let hint = suggest(topic, self.raw.topics.keys().map(String::as_str))
                 .map(|s| format!(" (did you mean {s:?}?)"))
                 .unwrap_or_default();
-            self.error(location, "topic-name", format!("topic {topic:?} is not declared under topics{hint}"));
+            self.error(
+                location,
+                "topic-name",
+                format!("topic {topic:?} is not declared under topics{hint}"),
+            );
         }
         false
     }
 
-    fn not_a_table(&mut self, location: &str, field: &str, input: &str, nodes: &BTreeMap<&str, &NodeSpec>) {
-        if nodes.get(input).is_some_and(|n| matches!(n.kind, NodeKind::TopicTable { .. })) {
-            self.error(location, field, format!("{input:?} is a topic-table; only stream-operations join tables"));
+    fn not_a_table(
+        &mut self,
+        location: &str,
+        field: &str,
+        input: &str,
+        nodes: &BTreeMap<&str, &NodeSpec>,
+    ) {
+        if nodes
+            .get(input)
+            .is_some_and(|n| matches!(n.kind, NodeKind::TopicTable { .. }))
+        {
+            self.error(
+                location,
+                field,
+                format!("{input:?} is a topic-table; only stream-operations join tables"),
+            );
         }
     }
 
     /// Checks that what `from` emits fits what the consumer wants.
-    fn edge(&mut self, location: &str, field: &str, from: &str, have: Option<&Option<String>>, want: &str, consumer: &str) {
+    fn edge(
+        &mut self,
+        location: &str,
+        field: &str,
+        from: &str,
+        have: Option<&Option<String>>,
+        want: &str,
+        consumer: &str,
+    ) {
         let Some(Some(have)) = have else { return };
         if !self.raw.schemas.knows(want) || !self.raw.schemas.knows(have) {
             return;
         }
         if let Err(reasons) = self.raw.schemas.assignable(have, want) {
-            self.error(location, field, format!("schema mismatch: {from:?} emits {have} but {consumer} expects {want} ({})", reasons.join("; ")));
+            self.error(
+                location,
+                field,
+                format!(
+                    "schema mismatch: {from:?} emits {have} but {consumer} expects {want} ({})",
+                    reasons.join("; ")
+                ),
+            );
         }
     }
 
     /// Kahn's algorithm; nodes left over are on a cycle.
-    fn topological_order(&mut self, upstream: &BTreeMap<&str, Vec<&str>>) -> BTreeMap<String, usize> {
-        let mut indegree: BTreeMap<&str, usize> = upstream.iter().map(|(n, ups)| (*n, ups.len())).collect();
-        let mut ready: Vec<&str> = indegree.iter().filter(|(_, d)| **d == 0).map(|(n, _)| *n).collect();
+    fn topological_order(
+        &mut self,
+        upstream: &BTreeMap<&str, Vec<&str>>,
+    ) -> BTreeMap<String, usize> {
+        let mut indegree: BTreeMap<&str, usize> =
+            upstream.iter().map(|(n, ups)| (*n, ups.len())).collect();
+        let mut ready: Vec<&str> = indegree
+            .iter()
+            .filter(|(_, d)| **d == 0)
+            .map(|(n, _)| *n)
+            .collect();
         ready.reverse();
         let mut order = BTreeMap::new();
         while let Some(node) = ready.pop() {
@@ -337,19 +517,48 @@ impl Validator<'_, '_> {
                 }
             }
         }
-        let cyclic: BTreeSet<&str> = upstream.keys().filter(|n| !order.contains_key(**n)).copied().collect();
+        let cyclic: BTreeSet<&str> = upstream
+            .keys()
+            .filter(|n| !order.contains_key(**n))
+            .copied()
+            .collect();
         for node in &cyclic {
             let path = self.cycle_through(node, upstream, &cyclic);
-            self.error(&format!("graph.{node}"), if matches!(self.raw.nodes.iter().find(|n| n.name == *node).map(|n| &n.kind), Some(NodeKind::StreamOperation(_))) { "inputs" } else { "stream" }, format!("is on a cycle: {path}"));
+            self.error(
+                &format!("graph.{node}"),
+                if matches!(
+                    self.raw
+                        .nodes
+                        .iter()
+                        .find(|n| n.name == *node)
+                        .map(|n| &n.kind),
+                    Some(NodeKind::StreamOperation(_))
+                ) {
+                    "inputs"
+                } else {
+                    "stream"
+                },
+                format!("is on a cycle: {path}"),
+            );
         }
         order
     }
 
-    fn cycle_through(&self, start: &str, upstream: &BTreeMap<&str, Vec<&str>>, cyclic: &BTreeSet<&str>) -> String {
+    fn cycle_through(
+        &self,
+        start: &str,
+        upstream: &BTreeMap<&str, Vec<&str>>,
+        cyclic: &BTreeSet<&str>,
+    ) -> String {
         let mut path = vec![start];
         let mut current = start;
         for _ in 0..cyclic.len() {
-            let Some(next) = upstream.get(current).and_then(|ups| ups.iter().find(|u| cyclic.contains(*u))) else { break };
+            let Some(next) = upstream
+                .get(current)
+                .and_then(|ups| ups.iter().find(|u| cyclic.contains(*u)))
+            else {
+                break;
+            };
             if *next == start {
                 path.push(start);
                 break;

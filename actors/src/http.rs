@@ -1,0 +1,369 @@
+//! HTTP tasks: calling a microservice for one record, with the task's in-flight limit,
+//! timeout, success predicate, retries with exponential back-off and jitter.
+//!
+//! The network sits behind [`HttpTransport`] (the determinism seam): production uses
+//! [`ReqwestTransport`]; the simulation harness plugs in simulated services.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use tokio::sync::Semaphore;
+use wellspring_protocol::spec::{HttpTask, Method};
+use wellspring_protocol::{Envelope, SchemaSet, Value, envelope::headers};
+
+use crate::metrics::{Counter, Gauge};
+
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub method: Method,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Bytes>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("could not connect: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Sends one HTTP request.
+#[async_trait]
+pub trait HttpTransport: Send + Sync + 'static {
+    async fn send(
+        &self,
+        request: HttpRequest,
+        timeout: Duration,
+    ) -> Result<HttpResponse, TransportError>;
+}
+
+/// HTTP over the network with reqwest (plain HTTP; no proxy).
+#[derive(Clone)]
+pub struct ReqwestTransport {
+    client: reqwest::Client,
+}
+
+impl ReqwestTransport {
+    pub fn new() -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()
+            .map_err(|e| format!("could not build the HTTP client: {e}"))?;
+        Ok(Self { client })
+    }
+}
+
+#[async_trait]
+impl HttpTransport for ReqwestTransport {
+    async fn send(
+        &self,
+        request: HttpRequest,
+        timeout: Duration,
+    ) -> Result<HttpResponse, TransportError> {
+        let method = match request.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            Method::Patch => reqwest::Method::PATCH,
+            Method::Delete => reqwest::Method::DELETE,
+        };
+        let mut builder = self.client.request(method, &request.url);
+        for (name, value) in &request.headers {
+            builder = builder.header(name, value);
+        }
+        if let Some(body) = request.body {
+            builder = builder.body(body);
+        }
+        let call = async {
+            let response = builder.send().await.map_err(|e| {
+                if e.is_connect() {
+                    TransportError::Connect(e.to_string())
+                } else {
+                    TransportError::Other(e.to_string())
+                }
+            })?;
+            let status = response.status().as_u16();
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| TransportError::Other(format!("reading the response body: {e}")))?;
+            Ok(HttpResponse {
+                status,
+                headers,
+                body,
+            })
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Timeout(timeout)),
+        }
+    }
+}
+
+/// A seeded random source shared by a node's actors (the randomness seam).
+#[derive(Clone)]
+pub struct SharedRng(Arc<Mutex<StdRng>>);
+
+impl SharedRng {
+    pub fn seeded(seed: u64) -> Self {
+        Self(Arc::new(Mutex::new(StdRng::seed_from_u64(seed))))
+    }
+
+    /// A uniform fraction in [0, 1).
+    pub fn fraction(&self) -> f64 {
+        self.0.lock().random::<f64>()
+    }
+}
+
+/// How one record's task ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskOutcome {
+    Succeeded {
+        output: Value,
+        attempts: u32,
+    },
+    /// Retries exhausted, or a failure retrying cannot fix.
+    Failed {
+        error: String,
+        attempts: u32,
+    },
+}
+
+/// Everything needed to call one HTTP task, shared by the task's shards on a node.
+pub struct HttpTaskRunner {
+    pub task_name: String,
+    pub spec: HttpTask,
+    pub variables: BTreeMap<String, String>,
+    pub schemas: SchemaSet,
+    pub transport: Arc<dyn HttpTransport>,
+    /// The task's in-flight limit on this node.
+    pub limiter: Arc<Semaphore>,
+    pub rng: SharedRng,
+    pub inflight: Gauge,
+    pub requests: Counter,
+    pub retries: Counter,
+}
+
+impl HttpTaskRunner {
+    fn request(&self, envelope: &Envelope, attempt: u32) -> Result<HttpRequest, String> {
+        let input = &envelope.payload;
+        let url = self
+            .spec
+            .url
+            .render(&self.variables, input, true)
+            .map_err(|e| format!("building the URL: {e}"))?;
+        let context = Value::record([
+            ("input", input.clone()),
+            ("key", Value::from(envelope.key.as_str())),
+            ("id", Value::from(envelope.id.to_string())),
+            ("attempt", Value::from(attempt)),
+        ]);
+        let body = match (&self.spec.body, self.spec.method) {
+            (_, Method::Get | Method::Delete) => None,
+            (Some(template), _) => Some(
+                template
+                    .evaluate(&context, &self.variables)
+                    .map_err(|e| format!("building the body: {e}"))?,
+            ),
+            (None, _) => Some(input.clone()),
+        };
+        let mut headers = Vec::with_capacity(self.spec.headers.len() + 4);
+        for (name, value) in &self.spec.headers {
+            let value = value
+                .render(&self.variables, input, false)
+                .map_err(|e| format!("building header {name}: {e}"))?;
+            headers.push((name.clone(), value));
+        }
+        if body.is_some()
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            headers.push(("content-type".into(), "application/json".into()));
+        }
+        // The deterministic id lets a service drop a repeated call.
+        headers.push(("idempotency-key".into(), envelope.id.to_string()));
+        if let Some(trace) = &envelope.trace {
+            headers.push((headers::TRACEPARENT.into(), trace.traceparent.clone()));
+            if let Some(state) = &trace.tracestate {
+                headers.push((headers::TRACESTATE.into(), state.clone()));
+            }
+        }
+        Ok(HttpRequest {
+            method: self.spec.method,
+            url,
+            headers,
+            body: body.map(|b| Bytes::from(b.to_json_string())),
+        })
+    }
+
+    /// The task's output for a successful response.
+    fn output(
+        &self,
+        envelope: &Envelope,
+        response: &HttpResponse,
+        attempt: u32,
+    ) -> Result<Value, String> {
+        let body = match serde_json::from_slice::<serde_json::Value>(&response.body) {
+            Ok(json) => Value::from(&json),
+            Err(_) => Value::String(String::from_utf8_lossy(&response.body).into_owned()),
+        };
+        let output = match &self.spec.output {
+            None => body,
+            Some(template) => {
+                let context = Value::record([
+                    ("input", envelope.payload.clone()),
+                    ("key", Value::from(envelope.key.as_str())),
+                    ("id", Value::from(envelope.id.to_string())),
+                    ("attempt", Value::from(attempt)),
+                    ("response", body),
+                    ("status", Value::from(response.status)),
+                ]);
+                template
+                    .evaluate(&context, &self.variables)
+                    .map_err(|e| format!("mapping the response: {e}"))?
+            }
+        };
+        match &self.spec.output_schema {
+            Some(schema) => self
+                .schemas
+                .validate_value(schema, &output)
+                .map_err(|e| format!("the response {e}")),
+            None => Ok(output),
+        }
+    }
+
+    fn backoff(&self, retry: u32) -> Duration {
+        let delay = self.spec.backoff.delay(retry);
+        if self.spec.backoff.jitter {
+            delay.mul_f64(self.rng.fraction())
+        } else {
+            delay
+        }
+    }
+
+    /// Calls the task for one record until it succeeds, fails for good, or runs out of
+    /// retries. Holds an in-flight permit only while a request is out.
+    pub async fn call(&self, envelope: &Envelope) -> TaskOutcome {
+        let attempts_allowed = self.spec.retries + 1;
+        let mut last_error = String::new();
+        for attempt in 1..=attempts_allowed {
+            let request = match self.request(envelope, attempt) {
+                Ok(r) => r,
+                // The record cannot make a request: retrying will not help.
+                Err(error) => {
+                    return TaskOutcome::Failed {
+                        error,
+                        attempts: attempt,
+                    };
+                }
+            };
+            let result = {
+                let Ok(_permit) = self.limiter.acquire().await else {
+                    return TaskOutcome::Failed {
+                        error: "the task is shutting down".into(),
+                        attempts: attempt,
+                    };
+                };
+                self.inflight.add(1);
+                self.requests.inc();
+                let result = self.transport.send(request, self.spec.timeout).await;
+                self.inflight.add(-1);
+                result
+            };
+            let permanent = match result {
+                Ok(response) => match self
+                    .spec
+                    .success
+                    .failure(response.status, |h| response.header(h).map(str::to_owned))
+                {
+                    None => match self.output(envelope, &response, attempt) {
+                        Ok(output) => {
+                            return TaskOutcome::Succeeded {
+                                output,
+                                attempts: attempt,
+                            };
+                        }
+                        Err(error) => {
+                            return TaskOutcome::Failed {
+                                error,
+                                attempts: attempt,
+                            };
+                        }
+                    },
+                    Some(why) => {
+                        let body =
+                            String::from_utf8_lossy(&response.body[..response.body.len().min(200)])
+                                .into_owned();
+                        last_error = if body.is_empty() {
+                            why
+                        } else {
+                            format!("{why}: {body}")
+                        };
+                        self.spec
+                            .permanent_statuses
+                            .iter()
+                            .any(|s| s.matches(response.status))
+                    }
+                },
+                Err(e) => {
+                    last_error = e.to_string();
+                    false
+                }
+            };
+            if permanent {
+                return TaskOutcome::Failed {
+                    error: format!("{last_error} (not retried: the request itself was refused)"),
+                    attempts: attempt,
+                };
+            }
+            if attempt < attempts_allowed {
+                self.retries.inc();
+                tokio::time::sleep(self.backoff(attempt)).await;
+            }
+        }
+        TaskOutcome::Failed {
+            error: format!("gave up after {attempts_allowed} attempts; last error: {last_error}"),
+            attempts: attempts_allowed,
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! Stages: one per sharded DAG node (source, grouping, task) on each Wellspring node.
+//!
+//! A [`StageActor`] is the supervisor of its DAG node on this Wellspring node. It is a
+//! member of the DAG node's consumer group and owns the group's consumer. The group gives
+//! it partitions; each partition is a shard, served by a shard actor. One cycle:
+//!
+//! 1. poll the consumer; rebalances call the [`ShardSet`] from inside the poll, which
+//!    restores a new shard's state before it processes, and flushes and commits a
+//!    revoked shard before it goes;
+//! 2. hand each shard its slice of the records (one message per shard per cycle, not per
+//!    record) and collect what each produced: outputs, changelog entries, dead letters,
+//!    and how far its partition is done;
+//! 3. commit it all in one batch: outputs durable, then offsets (atomically where the
+//!    log supports it).
+//!
+//! A shard that fails (a panic in a user function, a lost actor) is restarted after a
+//! back-off: its state is restored from the changelog and its partition rewound to the
+//! last commit. The record it failed on is remembered as poison and goes to the
+//! dead-letter topic on replay, so a bad record never stalls its partition. More
+//! failures than the budget allows escalate: the stage fails and its DAG supervisor
+//! restarts it.
+
+mod grouping;
+mod shard;
+mod source;
+mod task;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use wellspring_log::{
+    Assigned, CommitBatch, Consumer, ConsumerConfig, LogError, LogRecord, Offset, ProducerRecord,
+    RebalanceListener, TopicPartition,
+};
+use wellspring_protocol::Origin;
+
+use crate::routing::DeadLetterWriter;
+use crate::supervision::{
+    ChildLink, Exit, RestartDecision, RestartPolicy, RestartTracker, StopChild,
+};
+
+pub use grouping::GroupingFactory;
+pub use shard::{RecordProcessor, SyncShard};
+pub use source::SourceFactory;
+pub use task::TaskFactory;
+
+/// What a shard produced.
+#[derive(Debug, Default)]
+pub struct ShardOutput {
+    pub outputs: Vec<ProducerRecord>,
+    /// The partition is done up to here (the next offset to read), when it advanced.
+    pub commit_to: Option<Offset>,
+}
+
+/// Why a shard failed.
+#[derive(Debug, Clone)]
+pub struct ShardFailure {
+    /// The record it failed on, if one.
+    pub offset: Option<Offset>,
+    pub reason: String,
+}
+
+/// What a stage asks of a shard.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<ShardOutput, ShardFailure>")]
+pub enum ShardRequest {
+    /// Process these records of the shard's partition (in offset order).
+    Process(Vec<LogRecord>),
+    /// Report what finished since the last request (timers, async work, layouts).
+    Drain,
+    /// The partition moves away: report what is done, then stop.
+    Revoke,
+    /// Stop now; nothing will be committed for this shard.
+    Stop,
+}
+
+/// Starts the shard of one partition (restoring its state first if it has any).
+#[async_trait(?Send)]
+pub trait ShardFactory {
+    async fn start(
+        &self,
+        partition: &TopicPartition,
+        waker: Arc<Notify>,
+    ) -> Result<Recipient<ShardRequest>, String>;
+}
+
+/// How a stage reads and commits.
+#[derive(Debug, Clone)]
+pub struct StageSettings {
+    pub max_records: usize,
+    pub max_wait: std::time::Duration,
+    pub shard_restart: RestartPolicy,
+}
+
+enum Slot {
+    Running(Recipient<ShardRequest>),
+    /// Failed; to be started again at `until`.
+    Down {
+        until: Instant,
+        reason: String,
+    },
+}
+
+struct ShardState {
+    slot: Slot,
+    tracker: RestartTracker,
+    /// Where the partition was assigned from, for rewinding when nothing was committed.
+    assigned_at: Offset,
+    /// Records that made the shard fail, by offset, with the reason.
+    poison: BTreeMap<Offset, String>,
+}
+
+/// The shards of a stage; the rebalance listener of its consumer.
+pub struct ShardSet {
+    name: String,
+    factory: Rc<dyn ShardFactory>,
+    settings: StageSettings,
+    dead: DeadLetterWriter,
+    waker: Arc<Notify>,
+    shards: BTreeMap<TopicPartition, ShardState>,
+    /// Set when a shard's restart budget is spent: the stage must fail.
+    escalation: Option<String>,
+    restarts: crate::metrics::Counter,
+}
+
+use std::rc::Rc;
+
+impl ShardSet {
+    fn mark_failed(&mut self, tp: &TopicPartition, failure: ShardFailure) {
+        let Some(state) = self.shards.get_mut(tp) else {
+            return;
+        };
+        if let Some(offset) = failure.offset {
+            state.poison.insert(offset, failure.reason.clone());
+        }
+        self.restarts.inc();
+        match state.tracker.on_failure(Instant::now()) {
+            RestartDecision::RestartAfter(delay) => {
+                tracing::warn!(stage = %self.name, partition = %tp, reason = %failure.reason, ?delay, "shard failed; restarting after back-off");
+                state.slot = Slot::Down {
+                    until: Instant::now() + delay,
+                    reason: failure.reason,
+                };
+            }
+            RestartDecision::Escalate { failures } => {
+                state.slot = Slot::Down {
+                    until: Instant::now() + self.settings.shard_restart.max_backoff,
+                    reason: failure.reason.clone(),
+                };
+                self.escalation = Some(format!(
+                    "shard {tp} failed {failures} times within {:?}; last: {}",
+                    self.settings.shard_restart.window, failure.reason
+                ));
+            }
+        }
+    }
+
+    async fn start_shard(&mut self, tp: &TopicPartition) -> bool {
+        match self.factory.start(tp, self.waker.clone()).await {
+            Ok(addr) => {
+                if let Some(state) = self.shards.get_mut(tp) {
+                    state.slot = Slot::Running(addr);
+                }
+                true
+            }
+            Err(reason) => {
+                self.mark_failed(
+                    tp,
+                    ShardFailure {
+                        offset: None,
+                        reason: format!("could not start: {reason}"),
+                    },
+                );
+                false
+            }
+        }
+    }
+
+    /// Partitions whose shard is down and due for a restart.
+    fn due_restarts(&self) -> Vec<TopicPartition> {
+        let now = Instant::now();
+        self.shards
+            .iter()
+            .filter(|(_, s)| matches!(s.slot, Slot::Down { until, .. } if until <= now))
+            .map(|(tp, _)| tp.clone())
+            .collect()
+    }
+
+    /// The soonest pending restart, so the poll does not sleep past it.
+    fn next_restart(&self) -> Option<Instant> {
+        self.shards
+            .values()
+            .filter_map(|s| match s.slot {
+                Slot::Down { until, .. } => Some(until),
+                Slot::Running(_) => None,
+            })
+            .min()
+    }
+
+    /// Sends a request to a running shard; a failure marks it down.
+    async fn ask(&mut self, tp: &TopicPartition, request: ShardRequest) -> Option<ShardOutput> {
+        let Some(Slot::Running(addr)) = self.shards.get(tp).map(|s| &s.slot) else {
+            return None;
+        };
+        let addr = addr.clone();
+        match addr.send(request).await {
+            Ok(Ok(output)) => Some(output),
+            Ok(Err(failure)) => {
+                self.mark_failed(tp, failure);
+                None
+            }
+            Err(mailbox) => {
+                self.mark_failed(
+                    tp,
+                    ShardFailure {
+                        offset: None,
+                        reason: format!("shard actor is gone: {mailbox}"),
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// Splits out the records that made this shard fail before: they become dead letters.
+    fn take_poison(
+        &mut self,
+        tp: &TopicPartition,
+        records: &mut Vec<LogRecord>,
+        out: &mut Vec<ProducerRecord>,
+    ) -> Option<Offset> {
+        let state = self.shards.get_mut(tp)?;
+        if state.poison.is_empty() {
+            return None;
+        }
+        let mut last = None;
+        records.retain(|r| match state.poison.remove(&r.offset) {
+            Some(reason) => {
+                out.push(self.dead.unreadable(
+                    format!("processing this record failed: {reason}"),
+                    Origin {
+                        topic: r.topic.to_string(),
+                        partition: r.partition,
+                        offset: r.offset,
+                    },
+                    r.key.as_deref(),
+                    r.value.as_deref(),
+                ));
+                last = Some(r.offset + 1);
+                false
+            }
+            None => true,
+        });
+        last
+    }
+}
+
+#[async_trait(?Send)]
+impl RebalanceListener for ShardSet {
+    async fn on_assigned(&mut self, partitions: &[Assigned]) {
+        for assigned in partitions {
+            tracing::info!(stage = %self.name, partition = %assigned.partition, from = assigned.position, "shard assigned");
+            self.shards.insert(
+                assigned.partition.clone(),
+                ShardState {
+                    slot: Slot::Down {
+                        until: Instant::now(),
+                        reason: "starting".into(),
+                    },
+                    tracker: RestartTracker::new(self.settings.shard_restart.clone()),
+                    assigned_at: assigned.position,
+                    poison: BTreeMap::new(),
+                },
+            );
+            self.start_shard(&assigned.partition).await;
+        }
+    }
+
+    async fn on_revoked(&mut self, partitions: &[TopicPartition]) -> CommitBatch {
+        let mut batch = CommitBatch::default();
+        for tp in partitions {
+            if let Some(output) = self.ask(tp, ShardRequest::Revoke).await {
+                batch.outputs.extend(output.outputs);
+                if let Some(offset) = output.commit_to {
+                    batch.offsets.push((tp.clone(), offset));
+                }
+            }
+            self.shards.remove(tp);
+            tracing::info!(stage = %self.name, partition = %tp, "shard revoked");
+        }
+        batch
+    }
+
+    async fn on_lost(&mut self, partitions: &[TopicPartition]) {
+        for tp in partitions {
+            if let Some(Slot::Running(addr)) = self.shards.remove(tp).map(|s| s.slot) {
+                let _ = addr.send(ShardRequest::Stop).await;
+            }
+            tracing::warn!(stage = %self.name, partition = %tp, "shard lost (this member was presumed dead)");
+        }
+    }
+}
+
+/// The consumer and its shards: what a cycle works on.
+struct StageLoop {
+    consumer: Box<dyn Consumer>,
+    shards: ShardSet,
+}
+
+impl StageLoop {
+    /// One poll-process-commit cycle.
+    async fn cycle(&mut self) -> Result<(), String> {
+        let settings = self.shards.settings.clone();
+        let wait = match self.shards.next_restart() {
+            Some(at) => settings
+                .max_wait
+                .min(at.saturating_duration_since(Instant::now())),
+            None => settings.max_wait,
+        };
+        let records = self
+            .consumer
+            .poll(&mut self.shards, settings.max_records, wait)
+            .await
+            .map_err(|e| format!("polling: {e}"))?;
+        if let Some(why) = self.shards.escalation.take() {
+            return Err(why);
+        }
+
+        let mut batch = CommitBatch::default();
+        // Restart shards whose back-off is over: restore, then rewind to the last commit.
+        for tp in self.shards.due_restarts() {
+            if let Some(ShardState {
+                slot: Slot::Down { reason, .. },
+                ..
+            }) = self.shards.shards.get(&tp)
+            {
+                tracing::info!(stage = %self.shards.name, partition = %tp, after = %reason, "starting shard");
+            }
+            if self.shards.start_shard(&tp).await {
+                let committed = self
+                    .consumer
+                    .committed(&tp)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let from = committed
+                    .unwrap_or_else(|| self.shards.shards.get(&tp).map_or(0, |s| s.assigned_at));
+                if let Err(e) = self.consumer.seek(&tp, from) {
+                    tracing::warn!(partition = %tp, "could not rewind a restarted shard: {e}");
+                }
+            }
+        }
+
+        let mut by_partition: BTreeMap<TopicPartition, Vec<LogRecord>> = BTreeMap::new();
+        for record in records {
+            by_partition
+                .entry(record.topic_partition())
+                .or_default()
+                .push(record);
+        }
+        let partitions: Vec<TopicPartition> = self.shards.shards.keys().cloned().collect();
+        for tp in partitions {
+            let mut records = by_partition.remove(&tp).unwrap_or_default();
+            let running = matches!(
+                self.shards.shards.get(&tp).map(|s| &s.slot),
+                Some(Slot::Running(_))
+            );
+            if !running {
+                // Dropped: the partition is rewound when its shard restarts.
+                continue;
+            }
+            let mut poison_outputs = Vec::new();
+            let poison_to = self
+                .shards
+                .take_poison(&tp, &mut records, &mut poison_outputs);
+            let request = if records.is_empty() {
+                ShardRequest::Drain
+            } else {
+                ShardRequest::Process(records)
+            };
+            let Some(output) = self.shards.ask(&tp, request).await else {
+                continue;
+            };
+            batch.outputs.extend(poison_outputs);
+            batch.outputs.extend(output.outputs);
+            let commit_to = match (output.commit_to, poison_to) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(offset) = commit_to {
+                batch.offsets.push((tp, offset));
+            }
+        }
+        if let Some(why) = self.shards.escalation.take() {
+            return Err(why);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self.consumer.commit(batch).await {
+            Ok(()) => Ok(()),
+            // A rebalance took a partition while we worked: its new owner redoes the work
+            // from the last commit; the next poll revokes or loses it here.
+            Err(LogError::NotAssigned(tp)) => {
+                tracing::info!(stage = %self.shards.name, partition = %tp, "commit refused after a rebalance; the new owner takes over");
+                Ok(())
+            }
+            Err(e) => Err(format!("committing: {e}")),
+        }
+    }
+}
+
+/// Everything a stage needs to run; cheap to clone for restarts.
+#[derive(Clone)]
+pub struct StageSpec {
+    /// `dag/node`.
+    pub name: String,
+    pub consumer: ConsumerConfig,
+    pub settings: StageSettings,
+    pub log: Arc<dyn wellspring_log::Log>,
+    pub factory: Rc<dyn ShardFactory>,
+    pub dead: DeadLetterWriter,
+    pub restarts: crate::metrics::Counter,
+}
+
+/// The supervisor of one DAG node on this Wellspring node.
+pub struct StageActor {
+    spec: StageSpec,
+    link: ChildLink,
+    state: Option<StageLoop>,
+    waker: Option<Arc<Notify>>,
+    stop_requested: bool,
+    exit: Exit,
+}
+
+impl StageActor {
+    pub fn new(spec: StageSpec, link: ChildLink) -> Self {
+        Self {
+            spec,
+            link,
+            state: None,
+            waker: None,
+            stop_requested: false,
+            exit: Exit::Normal,
+        }
+    }
+
+    fn fail(&mut self, reason: String, ctx: &mut Context<Self>) {
+        tracing::error!(stage = %self.spec.name, %reason, "stage failed");
+        self.exit = Exit::Failed(reason);
+        // The consumer is dropped without leaving: like a crash, its partitions are
+        // picked up again by this node's restarted stage (same static member id).
+        self.state = None;
+        ctx.stop();
+    }
+
+    fn shutdown(&mut self, ctx: &mut Context<Self>) {
+        let Some(mut state) = self.state.take() else {
+            ctx.stop();
+            return;
+        };
+        let name = self.spec.name.clone();
+        ctx.wait(
+            async move {
+                if let Err(e) = state.consumer.close(&mut state.shards).await {
+                    tracing::warn!(stage = %name, "leaving the group: {e}");
+                }
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| ctx.stop()),
+        );
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RunCycle;
+
+impl Actor for StageActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let consumer = match self.spec.log.consumer(self.spec.consumer.clone()) {
+            Ok(c) => c,
+            Err(e) => return self.fail(format!("could not create the consumer: {e}"), ctx),
+        };
+        let waker = consumer.waker();
+        self.waker = Some(waker.clone());
+        self.state = Some(StageLoop {
+            consumer,
+            shards: ShardSet {
+                name: self.spec.name.clone(),
+                factory: self.spec.factory.clone(),
+                settings: self.spec.settings.clone(),
+                dead: self.spec.dead.clone(),
+                waker,
+                shards: BTreeMap::new(),
+                escalation: None,
+                restarts: self.spec.restarts.clone(),
+            },
+        });
+        ctx.notify(RunCycle);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.link.report(self.exit.clone());
+    }
+}
+
+impl Handler<RunCycle> for StageActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: RunCycle, _: &mut Self::Context) -> Self::Result {
+        let Some(mut state) = self.state.take() else {
+            return Box::pin(fut::ready(()));
+        };
+        Box::pin(
+            async move {
+                let result = state.cycle().await;
+                (state, result)
+            }
+            .into_actor(self)
+            .map(|(state, result), act, ctx| {
+                act.state = Some(state);
+                match result {
+                    Err(reason) => act.fail(reason, ctx),
+                    Ok(()) if act.stop_requested => act.shutdown(ctx),
+                    Ok(()) => ctx.notify(RunCycle),
+                }
+            }),
+        )
+    }
+}
+
+impl Handler<StopChild> for StageActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopChild, ctx: &mut Self::Context) {
+        self.stop_requested = true;
+        match &self.waker {
+            // A cycle is running: end its wait; it shuts down when it finishes.
+            Some(waker) if self.state.is_none() => waker.notify_one(),
+            _ => self.shutdown(ctx),
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! A shard actor around a synchronous record processor (sources and groupings).
+//!
+//! actix does not catch a panic in a handler (it would unwind the arbiter's thread), so
+//! every call into the processor runs under `catch_unwind`. A panic stops the shard (its
+//! state may be half-updated) and names the record it happened on; the stage restores
+//! the shard from its changelog and sends that record to the dead-letter topic.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::Notify;
+use wellspring_log::{LogRecord, ProducerRecord};
+use wellspring_protocol::ExperimentId;
+
+use super::{ShardFailure, ShardOutput, ShardRequest};
+use crate::metadata::LayoutArrived;
+use crate::metrics::Counter;
+use crate::supervision::panic_message;
+
+/// Processes the records of one partition, synchronously.
+pub trait RecordProcessor: Unpin + 'static {
+    /// Processes one record; everything it produces goes to `out`. Bad records become
+    /// dead letters in `out`: only a panic fails the shard.
+    fn process(&mut self, record: &LogRecord, out: &mut Vec<ProducerRecord>);
+    /// Timers and state changes (changelog entries) since the last call.
+    fn drain(&mut self, _out: &mut Vec<ProducerRecord>) {}
+    /// An experiment's layout arrived.
+    fn layout_arrived(&mut self, _experiment: &ExperimentId, _out: &mut Vec<ProducerRecord>) {}
+}
+
+pub struct SyncShard<P: RecordProcessor> {
+    name: String,
+    processor: P,
+    /// Produced outside a request (layouts arriving), delivered with the next one.
+    outbox: Vec<ProducerRecord>,
+    /// Ends the stage's poll wait when the outbox has something.
+    waker: Arc<Notify>,
+    panics: Counter,
+    mailbox: usize,
+}
+
+impl<P: RecordProcessor> SyncShard<P> {
+    pub fn new(
+        name: String,
+        processor: P,
+        initial: Vec<ProducerRecord>,
+        waker: Arc<Notify>,
+        panics: Counter,
+        mailbox: usize,
+    ) -> Self {
+        Self {
+            name,
+            processor,
+            outbox: initial,
+            waker,
+            panics,
+            mailbox,
+        }
+    }
+
+    fn panicked(
+        &mut self,
+        payload: Box<dyn std::any::Any + Send>,
+        offset: Option<u64>,
+        ctx: &mut Context<Self>,
+    ) -> ShardFailure {
+        self.panics.inc();
+        let reason = format!("panic: {}", panic_message(&*payload));
+        tracing::error!(shard = %self.name, ?offset, %reason, "contained a panic; the shard restarts");
+        ctx.stop();
+        ShardFailure { offset, reason }
+    }
+
+    fn drain(&mut self, ctx: &mut Context<Self>) -> Result<Vec<ProducerRecord>, ShardFailure> {
+        let mut out = std::mem::take(&mut self.outbox);
+        match catch_unwind(AssertUnwindSafe(|| self.processor.drain(&mut out))) {
+            Ok(()) => Ok(out),
+            Err(payload) => Err(self.panicked(payload, None, ctx)),
+        }
+    }
+}
+
+impl<P: RecordProcessor> Actor for SyncShard<P> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // A bounded mailbox: senders wait when it is full (backpressure, never drops).
+        ctx.set_mailbox_capacity(self.mailbox);
+    }
+}
+
+impl<P: RecordProcessor> Handler<ShardRequest> for SyncShard<P> {
+    type Result = Result<ShardOutput, ShardFailure>;
+
+    fn handle(&mut self, request: ShardRequest, ctx: &mut Self::Context) -> Self::Result {
+        match request {
+            ShardRequest::Process(records) => {
+                let mut commit_to = None;
+                for record in &records {
+                    let outbox = &mut self.outbox;
+                    let processor = &mut self.processor;
+                    if let Err(payload) =
+                        catch_unwind(AssertUnwindSafe(|| processor.process(record, outbox)))
+                    {
+                        return Err(self.panicked(payload, Some(record.offset), ctx));
+                    }
+                    commit_to = Some(record.offset + 1);
+                }
+                Ok(ShardOutput {
+                    outputs: self.drain(ctx)?,
+                    commit_to,
+                })
+            }
+            ShardRequest::Drain => Ok(ShardOutput {
+                outputs: self.drain(ctx)?,
+                commit_to: None,
+            }),
+            ShardRequest::Revoke => {
+                let outputs = self.drain(ctx)?;
+                ctx.stop();
+                Ok(ShardOutput {
+                    outputs,
+                    commit_to: None,
+                })
+            }
+            ShardRequest::Stop => {
+                ctx.stop();
+                Ok(ShardOutput::default())
+            }
+        }
+    }
+}
+
+impl<P: RecordProcessor> Handler<LayoutArrived> for SyncShard<P> {
+    type Result = ();
+
+    fn handle(&mut self, msg: LayoutArrived, ctx: &mut Self::Context) {
+        let outbox = &mut self.outbox;
+        let processor = &mut self.processor;
+        match catch_unwind(AssertUnwindSafe(|| {
+            processor.layout_arrived(&msg.experiment, outbox)
+        })) {
+            Ok(()) => {
+                if !self.outbox.is_empty() {
+                    self.waker.notify_one();
+                }
+            }
+            Err(payload) => {
+                // The stage finds the shard gone at its next request and restarts it.
+                let _ = self.panicked(payload, None, ctx);
+            }
+        }
+    }
+}

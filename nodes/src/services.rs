@@ -1,0 +1,373 @@
+//! Simulated microservices, as real HTTP servers on loopback: image metrics, site
+//! features, well thumbnails and plate features, as the reference DAG calls them.
+//!
+//! They run on their own thread and tokio runtime (like the separate processes they
+//! stand for), answer after a configurable latency, and fail at a configurable rate:
+//! `503`s, `200`s flagged with `X-Function-Error: Unhandled` (the reference system's
+//! function-error header) and stalls that never answer in time. Every answer is computed
+//! from the request, so the same input always gives the same output.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde_json::{Value, json};
+
+/// How the simulated services behave.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Typical time to answer.
+    pub latency: Duration,
+    /// Fraction of requests answered `503 Service Unavailable`.
+    pub error_rate: f64,
+    /// Fraction answered `200` with `X-Function-Error: Unhandled`.
+    pub function_error_rate: f64,
+    /// Fraction that stall for `stall` before answering (past a task's timeout).
+    pub stall_rate: f64,
+    pub stall: Duration,
+    pub seed: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            latency: Duration::from_millis(2),
+            error_rate: 0.0,
+            function_error_rate: 0.0,
+            stall_rate: 0.0,
+            stall: Duration::from_secs(60),
+            seed: 7,
+        }
+    }
+}
+
+/// What a service saw.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    pub requests: AtomicU64,
+    pub failures_injected: AtomicU64,
+    pub inflight: AtomicI64,
+    pub max_inflight: AtomicI64,
+    /// The `traceparent` header of the last request, for tracing tests.
+    pub last_traceparent: Mutex<Option<String>>,
+}
+
+impl ServiceStats {
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn max_inflight(&self) -> i64 {
+        self.max_inflight.load(Ordering::Relaxed)
+    }
+}
+
+struct Shared {
+    config: ServiceConfig,
+    rng: Mutex<StdRng>,
+    stats: Arc<ServiceStats>,
+}
+
+/// The four services, running.
+pub struct Services {
+    pub addr: SocketAddr,
+    pub stats: ServiceStatsSet,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Stats per service.
+#[derive(Clone, Default)]
+pub struct ServiceStatsSet {
+    pub image_metrics: Arc<ServiceStats>,
+    pub site_features: Arc<ServiceStats>,
+    pub well_thumbnails: Arc<ServiceStats>,
+    pub plate_features: Arc<ServiceStats>,
+}
+
+impl Services {
+    /// Starts the services on `127.0.0.1` on a free port.
+    pub fn start(config: ServiceConfig) -> std::io::Result<Services> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let stats = ServiceStatsSet::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let router = routes(&config, &stats);
+        let thread = std::thread::Builder::new()
+            .name("demo-services".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("demo services could not start a runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!("demo services could not listen: {e}");
+                            return;
+                        }
+                    };
+                    let server = axum::serve(listener, router).with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    });
+                    if let Err(e) = server.await {
+                        tracing::error!("demo services stopped: {e}");
+                    }
+                });
+            })?;
+        Ok(Services {
+            addr,
+            stats,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The DAG variables pointing the reference DAG's tasks at these services.
+    pub fn variables(&self) -> std::collections::BTreeMap<String, String> {
+        [
+            "image-metrics-url",
+            "site-features-url",
+            "well-thumbnails-url",
+            "plate-features-url",
+        ]
+        .into_iter()
+        .map(|name| (name.to_owned(), self.url()))
+        .collect()
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn routes(config: &ServiceConfig, stats: &ServiceStatsSet) -> Router {
+    let shared = |stats: &Arc<ServiceStats>, salt: u64| {
+        Arc::new(Shared {
+            config: config.clone(),
+            rng: Mutex::new(StdRng::seed_from_u64(config.seed ^ salt)),
+            stats: stats.clone(),
+        })
+    };
+    Router::new()
+        .route(
+            "/v1/image-metrics",
+            post(image_metrics).with_state(shared(&stats.image_metrics, 1)),
+        )
+        .route(
+            "/v1/sites/{experiment}/{plate}/{well}/{site}/features",
+            post(site_features).with_state(shared(&stats.site_features, 2)),
+        )
+        .route(
+            "/v1/well-thumbnails",
+            post(well_thumbnails).with_state(shared(&stats.well_thumbnails, 3)),
+        )
+        .route(
+            "/v1/plate-features",
+            post(plate_features).with_state(shared(&stats.plate_features, 4)),
+        )
+}
+
+/// A deterministic number in [0, 1) from anything hashable.
+fn unit<T: Hash>(value: &T, salt: u64) -> f64 {
+    let mut hasher = DefaultHasher::new();
+    salt.hash(&mut hasher);
+    value.hash(&mut hasher);
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+enum Fate {
+    Answer,
+    Fail(Response),
+}
+
+/// Waits the latency, counts the request, and decides whether to fail it.
+async fn serve(shared: &Shared, headers: &HeaderMap) -> Fate {
+    let stats = &shared.stats;
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let now = stats.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+    stats.max_inflight.fetch_max(now, Ordering::Relaxed);
+    if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        *stats.last_traceparent.lock() = Some(parent.to_owned());
+    }
+    let (draw, jitter) = {
+        let mut rng = shared.rng.lock();
+        (rng.random::<f64>(), rng.random::<f64>())
+    };
+    let config = &shared.config;
+    let stall = draw < config.stall_rate;
+    let delay = if stall {
+        config.stall
+    } else {
+        config.latency.mul_f64(0.5 + jitter)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    stats.inflight.fetch_sub(1, Ordering::Relaxed);
+    let error_at = config.stall_rate;
+    let function_error_at = error_at + config.error_rate;
+    if !stall && draw >= error_at && draw < function_error_at {
+        stats.failures_injected.fetch_add(1, Ordering::Relaxed);
+        return Fate::Fail((StatusCode::SERVICE_UNAVAILABLE, "simulated outage").into_response());
+    }
+    if draw >= function_error_at && draw < function_error_at + config.function_error_rate {
+        stats.failures_injected.fetch_add(1, Ordering::Relaxed);
+        return Fate::Fail(
+            (
+                StatusCode::OK,
+                [("X-Function-Error", "Unhandled")],
+                axum::Json(json!({"error": "simulated crash"})),
+            )
+                .into_response(),
+        );
+    }
+    Fate::Answer
+}
+
+fn field<'a>(body: &'a Value, name: &str) -> &'a Value {
+    body.get(name).unwrap_or(&Value::Null)
+}
+
+fn bad_request(message: &str) -> Response {
+    (StatusCode::BAD_REQUEST, message.to_owned()).into_response()
+}
+
+async fn image_metrics(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Fate::Fail(response) = serve(&shared, &headers).await {
+        return response;
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("expected a channel_level record");
+    };
+    let location = field(&body, "location")
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if location.is_empty() {
+        return bad_request("location is missing");
+    }
+    axum::Json(json!({
+        "experiment_id": field(&body, "experiment_id"),
+        "plate_number": field(&body, "plate_number"),
+        "well": field(&body, "well"),
+        "site": field(&body, "site"),
+        "channel": field(&body, "channel"),
+        "mean_intensity": 100.0 + 900.0 * unit(&location, 1),
+        "std_intensity": 10.0 + 90.0 * unit(&location, 2),
+        "saturated_fraction": 0.02 * unit(&location, 3),
+    }))
+    .into_response()
+}
+
+async fn site_features(
+    State(shared): State<Arc<Shared>>,
+    Path((experiment, plate, well, site)): Path<(String, i64, String, i64)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Fate::Fail(response) = serve(&shared, &headers).await {
+        return response;
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("expected channels");
+    };
+    let channels = field(&body, "channels").as_array().map_or(0, Vec::len);
+    if channels == 0 {
+        return bad_request("no channel images");
+    }
+    let key = (experiment.clone(), plate, well.clone(), site);
+    axum::Json(json!({
+        "experiment_id": experiment,
+        "plate_number": plate,
+        "well": well,
+        "site": site,
+        "cell_count": 50 + (unit(&key, 4) * 400.0) as i64,
+        "features": (0..8).map(|i| unit(&key, 10 + i)).collect::<Vec<f64>>(),
+    }))
+    .into_response()
+}
+
+async fn well_thumbnails(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Fate::Fail(response) = serve(&shared, &headers).await {
+        return response;
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("expected a well_level record");
+    };
+    let experiment = field(&body, "experiment_id").as_str().unwrap_or_default();
+    let plate = field(&body, "plate_number").as_i64().unwrap_or_default();
+    let well = field(&body, "well").as_str().unwrap_or_default();
+    axum::Json(json!({
+        "experiment_id": experiment,
+        "plate_number": plate,
+        "well": well,
+        "thumbnail": format!("s3://wellspring-demo/{experiment}/plate-{plate}/{well}/thumbnail.png"),
+        "sites": field(&body, "sites").as_array().map_or(0, Vec::len),
+    }))
+    .into_response()
+}
+
+async fn plate_features(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Fate::Fail(response) = serve(&shared, &headers).await {
+        return response;
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("expected a plate_level record");
+    };
+    let key = (
+        field(&body, "experiment_id").to_string(),
+        field(&body, "plate_number").to_string(),
+    );
+    let z_prime = 0.3 + 0.6 * unit(&key, 5);
+    axum::Json(json!({
+        "experiment_id": field(&body, "experiment_id"),
+        "plate_number": field(&body, "plate_number"),
+        "wells": field(&body, "wells").as_array().map_or(0, Vec::len),
+        "z_prime": z_prime,
+        "qc_pass": z_prime >= 0.5,
+    }))
+    .into_response()
+}

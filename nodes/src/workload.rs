@@ -1,0 +1,214 @@
+//! Synthetic experiments as a lab would send them: one message per channel image,
+//! plates out of order, images of neighbouring wells interleaved (uploads run in
+//! parallel), some images sent twice, the experiment's metadata arriving after its first
+//! images, and optionally a few malformed records.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+use wellspring_log::{LogError, Producer, ProducerRecord};
+use wellspring_protocol::{ChannelImage, ExperimentLayout, synthetic};
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct WorkloadConfig {
+    pub experiment: String,
+    pub plates: u32,
+    pub wells: usize,
+    pub sites: u16,
+    pub channels: u8,
+    pub cell_type: String,
+    /// Fraction of images sent a second time.
+    pub duplicates: f64,
+    /// Images sent before the experiment's metadata.
+    pub metadata_after: usize,
+    /// Malformed records mixed in (they must end up as dead letters).
+    pub bad_records: usize,
+    pub seed: u64,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        Self {
+            experiment: "EXP-DEMO".into(),
+            plates: 2,
+            wells: 308,
+            sites: 4,
+            channels: 6,
+            cell_type: "HUVEC".into(),
+            duplicates: 0.02,
+            metadata_after: 200,
+            bad_records: 0,
+            seed: 1,
+        }
+    }
+}
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub enum Message {
+    Metadata(ExperimentLayout),
+    Image(ChannelImage),
+    /// A malformed `images_channel` record (raw JSON text).
+    Bad(String),
+}
+
+pub struct Workload {
+    pub layout: ExperimentLayout,
+    pub messages: Vec<Message>,
+}
+
+impl Workload {
+    pub fn build(config: &WorkloadConfig) -> Result<Workload, String> {
+        let layout = synthetic::layout(
+            &config.experiment,
+            config.plates,
+            config.wells,
+            config.sites,
+            config.channels,
+        )
+        .map_err(|e| format!("experiment id: {e}"))?;
+        let mut rng = StdRng::seed_from_u64(config.seed);
+        let per_plate = config.wells * usize::from(config.sites) * usize::from(config.channels);
+        let mut plates: Vec<Vec<ChannelImage>> = synthetic::images(&layout, &config.cell_type)
+            .chunks(per_plate.max(1))
+            .map(<[ChannelImage]>::to_vec)
+            .collect();
+        // Plates are imaged in any order.
+        plates.shuffle(&mut rng);
+        let mut images: Vec<ChannelImage> = Vec::with_capacity(per_plate * plates.len());
+        for mut plate in plates {
+            // Parallel uploads interleave the images of neighbouring wells.
+            let window = (usize::from(config.sites) * usize::from(config.channels) * 2).max(2);
+            for chunk in plate.chunks_mut(window) {
+                chunk.shuffle(&mut rng);
+            }
+            images.extend(plate);
+        }
+        // Some images are sent again, a little later or much later.
+        let repeats = (images.len() as f64 * config.duplicates) as usize;
+        for _ in 0..repeats {
+            let original = rng.random_range(0..images.len());
+            let later = rng.random_range(original..=images.len());
+            let copy = images[original].clone();
+            images.insert(later, copy);
+        }
+        let mut messages: Vec<Message> = images.into_iter().map(Message::Image).collect();
+        let at = config.metadata_after.min(messages.len());
+        messages.insert(at, Message::Metadata(layout.clone()));
+        let bad_examples = [
+            r#"{"experiment_id": "EXP-BAD", "cell_type": "HUVEC", "plate_number": 1, "plate_barcode": "X", "well": "Z99", "site": 1, "channel": 1, "location": "s3://x"}"#,
+            r#"{"experiment_id": "EXP-BAD", "plate_number": "one", "well": "B02"}"#,
+            r#"{"experiment_id": 7, "cell_type": "HUVEC", "plate_number": 1, "plate_barcode": "X", "well": "B02", "site": 1, "channel": 1, "location": "s3://x"}"#,
+            "this is not json",
+        ];
+        for i in 0..config.bad_records {
+            let at = rng.random_range(0..=messages.len());
+            messages.insert(
+                at,
+                Message::Bad(bad_examples[i % bad_examples.len()].to_owned()),
+            );
+        }
+        Ok(Workload { layout, messages })
+    }
+
+    pub fn image_count(&self) -> usize {
+        self.messages
+            .iter()
+            .filter(|m| matches!(m, Message::Image(_)))
+            .count()
+    }
+}
+
+/// The log record of a message.
+pub fn record(message: &Message, images_topic: &str, metadata_topic: &str) -> ProducerRecord {
+    match message {
+        Message::Metadata(layout) => ProducerRecord::new(
+            metadata_topic,
+            Some(Bytes::from(layout.experiment.to_string())),
+            Some(Bytes::from(layout.to_value().to_json_string())),
+        ),
+        Message::Image(image) => ProducerRecord::new(
+            images_topic,
+            Some(Bytes::from(image.key.to_string())),
+            Some(Bytes::from(image.to_value().to_json_string())),
+        ),
+        Message::Bad(text) => ProducerRecord::new(
+            images_topic,
+            Some(Bytes::from_static(b"bad-record")),
+            Some(Bytes::from(text.clone())),
+        ),
+    }
+}
+
+/// Publishes messages in batches, at most `rate` per second when given; calls
+/// `published` after each batch with the messages it contained.
+pub async fn publish(
+    producer: &dyn Producer,
+    messages: &[Message],
+    images_topic: &str,
+    metadata_topic: &str,
+    rate: Option<f64>,
+    mut published: impl FnMut(&[Message]),
+) -> Result<(), LogError> {
+    const BATCH: usize = 256;
+    let start = tokio::time::Instant::now();
+    let mut sent = 0usize;
+    for batch in messages.chunks(BATCH) {
+        if let Some(rate) = rate.filter(|r| *r > 0.0) {
+            let due = start + Duration::from_secs_f64(sent as f64 / rate);
+            tokio::time::sleep_until(due).await;
+        }
+        let records = batch
+            .iter()
+            .map(|m| record(m, images_topic, metadata_topic))
+            .collect();
+        producer.send(records).await?;
+        sent += batch.len();
+        published(batch);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_workload_is_realistic() {
+        let config = WorkloadConfig {
+            bad_records: 3,
+            ..WorkloadConfig::default()
+        };
+        let workload = Workload::build(&config).unwrap();
+        assert_eq!(workload.layout.image_count(), 14_784);
+        let images = workload.image_count();
+        assert!(images > 14_784, "duplicates included: {images}");
+        let metadata_at = workload
+            .messages
+            .iter()
+            .position(|m| matches!(m, Message::Metadata(_)))
+            .unwrap();
+        assert!(
+            metadata_at >= 190,
+            "metadata arrives after the first images"
+        );
+        assert_eq!(
+            workload
+                .messages
+                .iter()
+                .filter(|m| matches!(m, Message::Bad(_)))
+                .count(),
+            3
+        );
+        // Same seed, same workload.
+        let again = Workload::build(&config).unwrap();
+        assert_eq!(
+            format!("{:?}", again.messages.len()),
+            format!("{:?}", workload.messages.len())
+        );
+    }
+}

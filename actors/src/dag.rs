@@ -403,6 +403,7 @@ pub fn dag_children(dag: &Arc<Dag>, env: &NodeEnv) -> Result<Vec<ChildSpec>, Str
                     records_in: counter(names::IN),
                     records_out: counter(names::OUT),
                     panics: counter(names::PANICS),
+                    pending: metrics.gauge(&dag.name, &node.name, names::PENDING),
                     mailbox: env.config.mailbox,
                 })
             }

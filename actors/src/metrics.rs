@@ -63,6 +63,8 @@ pub mod names {
     pub const SHARD_RESTARTS: &str = "shard_restarts";
     /// Gauge: HTTP requests in flight.
     pub const INFLIGHT: &str = "inflight";
+    /// Gauge: records a task has admitted and not finished.
+    pub const PENDING: &str = "pending";
     /// Gauge: open aggregates.
     pub const OPEN: &str = "open";
 }

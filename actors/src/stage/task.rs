@@ -10,7 +10,7 @@
 //! shard answers the stage late: the stage stops polling (backpressure), nothing is
 //! dropped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -22,7 +22,7 @@ use wellspring_protocol::{Envelope, MessageId, Origin, wire};
 
 use super::{ShardFactory, ShardFailure, ShardOutput, ShardRequest};
 use crate::http::{HttpTaskRunner, TaskOutcome};
-use crate::metrics::Counter;
+use crate::metrics::{Counter, Gauge};
 use crate::routing::{DeadLetterWriter, Router};
 use crate::supervision::panic_message;
 
@@ -36,6 +36,7 @@ pub struct TaskFactory {
     pub records_in: Counter,
     pub records_out: Counter,
     pub panics: Counter,
+    pub pending: Gauge,
     pub mailbox: usize,
 }
 
@@ -56,12 +57,14 @@ impl ShardFactory for TaskFactory {
             records_in: self.records_in.clone(),
             records_out: self.records_out.clone(),
             panics: self.panics.clone(),
+            pending: self.pending.clone(),
             waker,
             outstanding: BTreeSet::new(),
             finished: BTreeMap::new(),
             next_offset: None,
             reported_to: None,
             max_pending,
+            queued: VecDeque::new(),
             admission: Vec::new(),
             mailbox: self.mailbox,
         }
@@ -79,6 +82,7 @@ struct TaskShard {
     records_in: Counter,
     records_out: Counter,
     panics: Counter,
+    pending: Gauge,
     waker: Arc<Notify>,
     /// Records admitted and not finished.
     outstanding: BTreeSet<Offset>,
@@ -89,7 +93,9 @@ struct TaskShard {
     /// The watermark last reported to the stage.
     reported_to: Option<Offset>,
     max_pending: usize,
-    /// The stage waits here while too much is pending.
+    /// Records handed over but not admitted yet (at most one poll's worth).
+    queued: VecDeque<LogRecord>,
+    /// The stage waits here until its records are all admitted.
     admission: Vec<oneshot::Sender<()>>,
     mailbox: usize,
 }
@@ -107,6 +113,22 @@ impl TaskShard {
         let commit_to = (self.reported_to != Some(watermark)).then_some(watermark);
         self.reported_to = Some(watermark);
         ShardOutput { outputs, commit_to }
+    }
+
+    /// Admits queued records while fewer than the bound are pending; wakes the stage once
+    /// everything it handed over is admitted.
+    fn admit_queued(&mut self, ctx: &mut Context<Self>) {
+        while self.outstanding.len() < self.max_pending {
+            let Some(record) = self.queued.pop_front() else {
+                break;
+            };
+            self.admit(record, ctx);
+        }
+        if self.queued.is_empty() {
+            for waiter in self.admission.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
     }
 
     fn admit(&mut self, record: LogRecord, ctx: &mut Context<Self>) {
@@ -142,6 +164,7 @@ impl TaskShard {
             }
         };
         self.outstanding.insert(offset);
+        self.pending.add(1);
         let runner = self.runner.clone();
         let call = async move {
             // A panic in the task's mapping must not unwind the arbiter: it fails this
@@ -153,7 +176,7 @@ impl TaskShard {
         };
         ctx.spawn(
             call.into_actor(self)
-                .map(move |(envelope, outcome), act, _| {
+                .map(move |(envelope, outcome), act, ctx| {
                     let outcome = outcome.unwrap_or_else(|payload| {
                         act.panics.inc();
                         TaskOutcome::Failed {
@@ -161,12 +184,18 @@ impl TaskShard {
                             attempts: 0,
                         }
                     });
-                    act.finish(offset, envelope, outcome);
+                    act.finish(offset, envelope, outcome, ctx);
                 }),
         );
     }
 
-    fn finish(&mut self, offset: Offset, envelope: Envelope, outcome: TaskOutcome) {
+    fn finish(
+        &mut self,
+        offset: Offset,
+        envelope: Envelope,
+        outcome: TaskOutcome,
+        ctx: &mut Context<Self>,
+    ) {
         let mut outputs = Vec::new();
         match outcome {
             TaskOutcome::Succeeded { output, .. } => {
@@ -199,17 +228,15 @@ impl TaskShard {
                 ));
             }
         }
-        self.outstanding.remove(&offset);
+        if self.outstanding.remove(&offset) {
+            self.pending.add(-1);
+        }
         self.finished.insert(offset, outputs);
         if self.outstanding.first().is_none_or(|first| *first > offset) {
             // The watermark moved: let the stage commit soon.
             self.waker.notify_one();
         }
-        if self.outstanding.len() < self.max_pending {
-            for waiter in self.admission.drain(..) {
-                let _ = waiter.send(());
-            }
-        }
+        self.admit_queued(ctx);
     }
 }
 
@@ -227,13 +254,13 @@ impl Handler<ShardRequest> for TaskShard {
     fn handle(&mut self, request: ShardRequest, ctx: &mut Self::Context) -> Self::Result {
         match request {
             ShardRequest::Process(records) => {
-                for record in records {
-                    self.admit(record, ctx);
-                }
-                if self.outstanding.len() < self.max_pending {
+                self.queued.extend(records);
+                self.admit_queued(ctx);
+                if self.queued.is_empty() {
                     return Box::pin(fut::ready(Ok(self.take_ready())));
                 }
-                // Too much pending: answer once some of it has finished.
+                // Too much pending: answer once all of it is admitted; meanwhile the
+                // stage does not poll (backpressure).
                 let (tx, rx) = oneshot::channel();
                 self.admission.push(tx);
                 Box::pin(

@@ -163,6 +163,15 @@ impl ChildLink {
         }
     }
 
+    /// A link that reports to `supervisor` (the top of a tree, or a test).
+    pub fn to(name: impl Into<String>, supervisor: Recipient<ChildExited>) -> Self {
+        Self {
+            name: name.into(),
+            generation: 0,
+            supervisor: Some(supervisor),
+        }
+    }
+
     pub fn report(&self, exit: Exit) {
         if let Some(supervisor) = &self.supervisor {
             supervisor.do_send(ChildExited {

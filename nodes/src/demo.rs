@@ -317,7 +317,8 @@ async fn run_in_system(options: DemoOptions) -> Result<DemoReport, DemoError> {
 
     // Watch the outputs.
     let mut assignment = Vec::new();
-    for topic in tracker.borrow().topics() {
+    let topics = tracker.borrow().topics();
+    for topic in topics {
         let partitions = log
             .partitions(&topic)
             .await

@@ -88,11 +88,10 @@ fn the_reference_dag_validates_in_yaml_and_json() {
     let TaskDecl::Http(task) = &dag.tasks["image-metrics"];
     assert_eq!(task.max_inflight, 64);
     assert_eq!(task.retries, 5);
-    assert_eq!(
+    assert!(
         task.success
             .failure(200, |_| Some("Handled".into()))
-            .is_some(),
-        true
+            .is_some()
     );
     assert_eq!(task.success.failure(200, |_| None), None);
     assert!(task.success.failure(503, |_| None).is_some());
@@ -381,4 +380,18 @@ fn variables_can_be_overridden_but_not_invented() {
         dag.set_variables(&BTreeMap::from([("nope".into(), "x".into())]))
             .is_err()
     );
+}
+
+#[test]
+fn the_json_and_yaml_examples_are_the_same_dag() {
+    let yaml = load_yaml(REFERENCE).unwrap();
+    let json = Dag::load(
+        include_str!("../../../examples/reference-dag.json"),
+        SpecFormat::Json,
+        &Catalog,
+    )
+    .unwrap();
+    assert_eq!(to_dot(&yaml), to_dot(&json));
+    assert_eq!(yaml.tasks, json.tasks);
+    assert_eq!(yaml.topics, json.topics);
 }

@@ -61,12 +61,9 @@ fn node_output(
             Some(c) => c.signature(&op.function).map(|s| s.output),
             None => op.value_schema.clone(),
         },
-        NodeKind::ExternalTask { task, .. } => match tasks.get(task) {
-            Some(TaskDecl::Http(http)) => {
-                Some(http.output_schema.clone().unwrap_or_else(|| "json".into()))
-            }
-            None => None,
-        },
+        NodeKind::ExternalTask { task, .. } => tasks.get(task).map(|TaskDecl::Http(http)| {
+            http.output_schema.clone().unwrap_or_else(|| "json".into())
+        }),
         NodeKind::Publish { .. } => None,
     }
 }

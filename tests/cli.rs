@@ -1,0 +1,148 @@
+//! The `wellspring` command as a user runs it.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn wellspring(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wellspring"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn temp_file(name: &str, content: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wellspring-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+#[test]
+fn validate_accepts_the_examples() {
+    for file in ["examples/reference-dag.yaml", "examples/reference-dag.json"] {
+        let out = wellspring(&["validate", file]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("DAG microscopy-reference is valid: 18 nodes"));
+    }
+}
+
+/// One spec with every kind of error at once.
+const BROKEN: &str = r#"
+name: broken
+variables: {svc: "http://127.0.0.1:1"}
+topics:
+  images: {value-schema: channel_level}
+  meta: {value-schema: experiment_metadata}
+  out: {value-schema: site_levle}
+  wells: {value-schema: channel_level}
+tasks:
+  call: {url: "${svc}/x", input-schema: well_level}
+graph:
+  images: {type: topic-stream, topic-name: images}
+  meta: {type: topic-table, topic-name: meta}
+  site: {type: stream-operation, inputs: [images, meta], function: aggregations/images-site-grouping}
+  typo: {type: external-task, stream: imagez, task-name: call}
+  no-task: {type: external-task, stream: site, task-name: calll}
+  mismatch: {type: external-task, stream: site, task-name: call}
+  publish-wells: {type: publish, stream: site, topic-name: wells}
+  loop-a: {type: stream-operation, inputs: [loop-b, meta], function: aggregations/sites-well-grouping}
+  loop-b: {type: stream-operation, inputs: [loop-a, meta], function: aggregations/images-site-grouping}
+"#;
+
+#[test]
+fn validate_reports_every_error_with_its_node_and_field() {
+    let path = temp_file("broken.yaml", BROKEN);
+    let out = wellspring(&["validate", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    for expected in [
+        "graph.typo.stream: unknown input \"imagez\" (did you mean \"images\"?)",
+        "graph.no-task.task-name: unknown task \"calll\" (did you mean \"call\"?)",
+        "topics.out.value-schema: unknown schema \"site_levle\" (did you mean \"site_level\"?)",
+        "graph.mismatch.stream: schema mismatch: \"site\" emits site_level but task call expects well_level",
+        "graph.publish-wells.stream: schema mismatch: \"site\" emits site_level but topic wells expects channel_level",
+        "graph.loop-a.inputs: is on a cycle",
+        "graph.loop-b.inputs: is on a cycle",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("errors in the DAG spec"), "{stderr}");
+}
+
+#[test]
+fn validate_explains_unreadable_files_and_bad_overrides() {
+    let out = wellspring(&["validate", "no/such/file.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read no/such/file.yaml"));
+    let out = wellspring(&["validate", "examples/reference-dag.yaml", "--set", "nope=1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("variable \"nope\" is not declared"));
+    let out = wellspring(&[
+        "validate",
+        "examples/reference-dag.yaml",
+        "--set",
+        "image-metrics-url=http://127.0.0.1:1",
+    ]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn graph_prints_mermaid_and_dot() {
+    let out = wellspring(&["graph", "examples/reference-dag.yaml"]);
+    assert!(out.status.success());
+    let mermaid = text(&out.stdout);
+    assert!(
+        mermaid.contains("flowchart LR") && mermaid.contains("aggregations/images-site-grouping")
+    );
+    let out = wellspring(&["graph", "examples/reference-dag.yaml", "--format", "dot"]);
+    let dot = text(&out.stdout);
+    assert!(
+        dot.starts_with("digraph \"microscopy-reference\"")
+            && dot.contains("\"images-well\" -> \"well-thumbnails\";")
+    );
+}
+
+#[test]
+fn the_demo_runs_an_experiment_exactly_once_with_bad_records_dead_lettered() {
+    let out = wellspring(&[
+        "demo",
+        "--plates",
+        "2",
+        "--wells",
+        "24",
+        "--bad-records",
+        "4",
+        "--no-progress",
+        "--stall-timeout",
+        "30",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("every expected aggregate exactly once: OK"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("dead letters: 4"), "{stdout}");
+    assert!(
+        stdout.contains("p50") && stdout.contains("events/s"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_demo_rejects_nonsense_options() {
+    let out = wellspring(&["demo", "--error-rate", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--error-rate must be between 0 and 1"));
+}

@@ -15,7 +15,9 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::Semaphore;
 use wellspring_protocol::spec::{HttpTask, Method};
-use wellspring_protocol::{Envelope, SchemaSet, Value, envelope::headers};
+use wellspring_protocol::{
+    SchemaSet, TaskOutcome, TaskRequest, TaskResult, Value, envelope::headers,
+};
 
 use crate::metrics::{Counter, Gauge};
 
@@ -154,20 +156,6 @@ impl SharedRng {
     }
 }
 
-/// How one record's task ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TaskOutcome {
-    Succeeded {
-        output: Value,
-        attempts: u32,
-    },
-    /// Retries exhausted, or a failure retrying cannot fix.
-    Failed {
-        error: String,
-        attempts: u32,
-    },
-}
-
 /// Everything needed to call one HTTP task, shared by the task's shards on a node.
 pub struct HttpTaskRunner {
     pub task_name: String,
@@ -184,8 +172,8 @@ pub struct HttpTaskRunner {
 }
 
 impl HttpTaskRunner {
-    fn request(&self, envelope: &Envelope, attempt: u32) -> Result<HttpRequest, String> {
-        let input = &envelope.payload;
+    fn request(&self, task: &TaskRequest, attempt: u32) -> Result<HttpRequest, String> {
+        let input = &task.input;
         let url = self
             .spec
             .url
@@ -193,8 +181,8 @@ impl HttpTaskRunner {
             .map_err(|e| format!("building the URL: {e}"))?;
         let context = Value::record([
             ("input", input.clone()),
-            ("key", Value::from(envelope.key.as_str())),
-            ("id", Value::from(envelope.id.to_string())),
+            ("key", Value::from(task.key.as_str())),
+            ("id", Value::from(task.id.to_string())),
             ("attempt", Value::from(attempt)),
         ]);
         let body = match (&self.spec.body, self.spec.method) {
@@ -221,8 +209,8 @@ impl HttpTaskRunner {
             headers.push(("content-type".into(), "application/json".into()));
         }
         // The deterministic id lets a service drop a repeated call.
-        headers.push(("idempotency-key".into(), envelope.id.to_string()));
-        if let Some(trace) = &envelope.trace {
+        headers.push(("idempotency-key".into(), task.id.to_string()));
+        if let Some(trace) = &task.trace {
             headers.push((headers::TRACEPARENT.into(), trace.traceparent.clone()));
             if let Some(state) = &trace.tracestate {
                 headers.push((headers::TRACESTATE.into(), state.clone()));
@@ -239,7 +227,7 @@ impl HttpTaskRunner {
     /// The task's output for a successful response.
     fn output(
         &self,
-        envelope: &Envelope,
+        task: &TaskRequest,
         response: &HttpResponse,
         attempt: u32,
     ) -> Result<Value, String> {
@@ -251,9 +239,9 @@ impl HttpTaskRunner {
             None => body,
             Some(template) => {
                 let context = Value::record([
-                    ("input", envelope.payload.clone()),
-                    ("key", Value::from(envelope.key.as_str())),
-                    ("id", Value::from(envelope.id.to_string())),
+                    ("input", task.input.clone()),
+                    ("key", Value::from(task.key.as_str())),
+                    ("id", Value::from(task.id.to_string())),
                     ("attempt", Value::from(attempt)),
                     ("response", body),
                     ("status", Value::from(response.status)),
@@ -283,26 +271,28 @@ impl HttpTaskRunner {
 
     /// Calls the task for one record until it succeeds, fails for good, or runs out of
     /// retries. Holds an in-flight permit only while a request is out.
-    pub async fn call(&self, envelope: &Envelope) -> TaskOutcome {
+    pub async fn call(&self, task: TaskRequest) -> TaskResult {
+        let (attempts, outcome) = self.attempts(&task).await;
+        TaskResult {
+            request: task,
+            attempts,
+            outcome,
+        }
+    }
+
+    async fn attempts(&self, task: &TaskRequest) -> (u32, TaskOutcome) {
+        let failed = |error: String| TaskOutcome::Failed { error };
         let attempts_allowed = self.spec.retries + 1;
         let mut last_error = String::new();
         for attempt in 1..=attempts_allowed {
-            let request = match self.request(envelope, attempt) {
+            let request = match self.request(task, attempt) {
                 Ok(r) => r,
                 // The record cannot make a request: retrying will not help.
-                Err(error) => {
-                    return TaskOutcome::Failed {
-                        error,
-                        attempts: attempt,
-                    };
-                }
+                Err(error) => return (attempt, failed(error)),
             };
             let result = {
                 let Ok(_permit) = self.limiter.acquire().await else {
-                    return TaskOutcome::Failed {
-                        error: "the task is shutting down".into(),
-                        attempts: attempt,
-                    };
+                    return (attempt, failed("the task is shutting down".into()));
                 };
                 self.inflight.add(1);
                 self.requests.inc();
@@ -316,20 +306,12 @@ impl HttpTaskRunner {
                     .success
                     .failure(response.status, |h| response.header(h).map(str::to_owned))
                 {
-                    None => match self.output(envelope, &response, attempt) {
-                        Ok(output) => {
-                            return TaskOutcome::Succeeded {
-                                output,
-                                attempts: attempt,
-                            };
-                        }
-                        Err(error) => {
-                            return TaskOutcome::Failed {
-                                error,
-                                attempts: attempt,
-                            };
-                        }
-                    },
+                    None => {
+                        return match self.output(task, &response, attempt) {
+                            Ok(output) => (attempt, TaskOutcome::Succeeded { output }),
+                            Err(error) => (attempt, failed(error)),
+                        };
+                    }
                     Some(why) => {
                         let body =
                             String::from_utf8_lossy(&response.body[..response.body.len().min(200)])
@@ -351,19 +333,23 @@ impl HttpTaskRunner {
                 }
             };
             if permanent {
-                return TaskOutcome::Failed {
-                    error: format!("{last_error} (not retried: the request itself was refused)"),
-                    attempts: attempt,
-                };
+                return (
+                    attempt,
+                    failed(format!(
+                        "{last_error} (not retried: the request itself was refused)"
+                    )),
+                );
             }
             if attempt < attempts_allowed {
                 self.retries.inc();
                 tokio::time::sleep(self.backoff(attempt)).await;
             }
         }
-        TaskOutcome::Failed {
-            error: format!("gave up after {attempts_allowed} attempts; last error: {last_error}"),
-            attempts: attempts_allowed,
-        }
+        (
+            attempts_allowed,
+            failed(format!(
+                "gave up after {attempts_allowed} attempts; last error: {last_error}"
+            )),
+        )
     }
 }

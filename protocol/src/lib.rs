@@ -12,6 +12,7 @@ pub mod records;
 pub mod schema;
 pub mod spec;
 pub mod synthetic;
+pub mod task;
 pub mod value;
 pub mod wire;
 
@@ -23,4 +24,5 @@ pub use records::{
 };
 pub use schema::{Schema, SchemaSet, ValidationErrors};
 pub use spec::{Dag, SpecErrors, SpecFormat};
+pub use task::{TaskOutcome, TaskRequest, TaskResult};
 pub use value::Value;

@@ -18,10 +18,12 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use tokio::sync::{Notify, oneshot};
 use wellspring_log::{LogRecord, Offset, ProducerRecord, TopicPartition};
-use wellspring_protocol::{Envelope, MessageId, Origin, wire};
+use wellspring_protocol::{
+    Envelope, MessageId, Origin, TaskOutcome, TaskRequest, TaskResult, wire,
+};
 
 use super::{ShardFactory, ShardFailure, ShardOutput, ShardRequest};
-use crate::http::{HttpTaskRunner, TaskOutcome};
+use crate::http::HttpTaskRunner;
 use crate::metrics::{Counter, Gauge};
 use crate::routing::{DeadLetterWriter, Router};
 use crate::supervision::panic_message;
@@ -166,64 +168,64 @@ impl TaskShard {
         self.outstanding.insert(offset);
         self.pending.add(1);
         let runner = self.runner.clone();
+        let request = TaskRequest::from_envelope(&runner.task_name, envelope);
+        let kept = request.clone();
         let call = async move {
             // A panic in the task's mapping must not unwind the arbiter: it fails this
             // record only.
-            let outcome = std::panic::AssertUnwindSafe(runner.call(&envelope))
+            std::panic::AssertUnwindSafe(runner.call(request))
                 .catch_unwind()
-                .await;
-            (envelope, outcome)
+                .await
         };
-        ctx.spawn(
-            call.into_actor(self)
-                .map(move |(envelope, outcome), act, ctx| {
-                    let outcome = outcome.unwrap_or_else(|payload| {
-                        act.panics.inc();
-                        TaskOutcome::Failed {
-                            error: format!("panic: {}", panic_message(&*payload)),
-                            attempts: 0,
-                        }
-                    });
-                    act.finish(offset, envelope, outcome, ctx);
-                }),
-        );
+        ctx.spawn(call.into_actor(self).map(move |result, act, ctx| {
+            let result = result.unwrap_or_else(|payload| {
+                act.panics.inc();
+                TaskResult {
+                    request: kept,
+                    attempts: 0,
+                    outcome: TaskOutcome::Failed {
+                        error: format!("panic: {}", panic_message(&*payload)),
+                    },
+                }
+            });
+            act.finish(offset, result, ctx);
+        }));
     }
 
-    fn finish(
-        &mut self,
-        offset: Offset,
-        envelope: Envelope,
-        outcome: TaskOutcome,
-        ctx: &mut Context<Self>,
-    ) {
+    fn finish(&mut self, offset: Offset, result: TaskResult, ctx: &mut Context<Self>) {
+        let TaskResult {
+            request,
+            attempts,
+            outcome,
+        } = result;
         let mut outputs = Vec::new();
         match outcome {
-            TaskOutcome::Succeeded { output, .. } => {
-                let mut result = Envelope::new(
-                    MessageId::derive(&self.dag, &self.node, &envelope.key),
-                    envelope.key.clone(),
+            TaskOutcome::Succeeded { output } => {
+                let mut envelope = Envelope::new(
+                    MessageId::derive(&self.dag, &self.node, &request.key),
+                    request.key.clone(),
                     output,
                 );
-                result.trace = envelope.trace.clone();
-                result.origin = envelope.origin.clone();
-                match self.router.route(&result, &mut outputs) {
+                envelope.trace = request.trace;
+                envelope.origin = request.origin.clone();
+                match self.router.route(&envelope, &mut outputs) {
                     Ok(()) => self.records_out.inc(),
                     Err(reason) => outputs.push(self.dead.record(
                         reason,
-                        envelope.origin,
-                        Some(envelope.key),
-                        result.payload,
-                        1,
+                        request.origin,
+                        Some(request.key),
+                        envelope.payload,
+                        attempts,
                     )),
                 }
             }
-            TaskOutcome::Failed { error, attempts } => {
-                tracing::debug!(dag = %self.dag, node = %self.node, key = %envelope.key, %error, "task failed for good");
+            TaskOutcome::Failed { error } => {
+                tracing::debug!(dag = %self.dag, node = %self.node, key = %request.key, %error, "task failed for good");
                 outputs.push(self.dead.record(
                     error,
-                    envelope.origin,
-                    Some(envelope.key),
-                    envelope.payload,
+                    request.origin,
+                    Some(request.key),
+                    request.input,
                     attempts,
                 ));
             }

@@ -1,0 +1,52 @@
+//! Task requests and results: one call of a task (HTTP microservice or worker) for one
+//! record, and how it ended.
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{Envelope, MessageId, TraceContext};
+use crate::records::Origin;
+use crate::value::Value;
+
+/// One record to run a task on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRequest {
+    /// The input record's deterministic id; services can drop repeated calls by it.
+    pub id: MessageId,
+    pub task: String,
+    pub key: String,
+    pub input: Value,
+    pub trace: Option<TraceContext>,
+    pub origin: Option<Origin>,
+}
+
+impl TaskRequest {
+    pub fn from_envelope(task: &str, envelope: Envelope) -> Self {
+        Self {
+            id: envelope.id,
+            task: task.to_owned(),
+            key: envelope.key,
+            input: envelope.payload,
+            trace: envelope.trace,
+            origin: envelope.origin,
+        }
+    }
+}
+
+/// How a task ended for one record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskOutcome {
+    Succeeded {
+        output: Value,
+    },
+    /// Retries exhausted, or a failure retrying cannot fix.
+    Failed {
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub request: TaskRequest,
+    pub attempts: u32,
+    pub outcome: TaskOutcome,
+}

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use wellspring_protocol::records::{RecordError, key_of};
 use wellspring_protocol::spec::builtins;
 use wellspring_protocol::spec::{FunctionCatalog, FunctionSignature};
 use wellspring_protocol::{
@@ -116,24 +117,30 @@ impl FunctionRegistry {
         let mut registry = Self::default();
         for (name, signature) in builtins::hierarchy() {
             let def = match name {
-                builtins::IMAGES_SITE_GROUPING => {
-                    grouping::<SiteLevel>(signature, decode_channel, SiteRecord::to_value)
-                }
+                builtins::IMAGES_SITE_GROUPING => grouping::<SiteLevel>(
+                    signature,
+                    key_of::site,
+                    channel_decoder,
+                    SiteRecord::to_value,
+                ),
                 builtins::SITES_WELL_GROUPING => grouping::<WellLevel>(
                     signature,
-                    SiteRecord::from_value_str,
+                    key_of::well,
+                    || Box::new(SiteRecord::from_value_str),
                     WellRecord::to_value,
                 ),
                 builtins::WELLS_PLATE_GROUPING => grouping::<PlateLevel>(
                     signature,
-                    WellRecord::from_value_str,
+                    key_of::plate,
+                    || Box::new(WellRecord::from_value_str),
                     PlateRecord::to_value,
                 ),
-                builtins::PLATES_EXPERIMENT_GROUPING => {
-                    grouping::<ExperimentLevel>(signature, PlateRecord::from_value_str, |r| {
-                        r.to_value()
-                    })
-                }
+                builtins::PLATES_EXPERIMENT_GROUPING => grouping::<ExperimentLevel>(
+                    signature,
+                    key_of::experiment,
+                    || Box::new(PlateRecord::from_value_str),
+                    |r| r.to_value(),
+                ),
                 _ => continue,
             };
             registry.register(name, def);
@@ -200,9 +207,16 @@ impl StreamFunction for MapFunction {
     }
 }
 
-fn decode_channel(value: &Value) -> Result<ChannelImage, String> {
-    ChannelImage::from_value(value).map_err(|e| e.to_string())
+/// Decodes a shard's channel images, sharing their provenance strings.
+fn channel_decoder() -> Decoder<ChannelImage> {
+    let mut previous = None;
+    Box::new(move |value| {
+        ChannelImage::from_value_sharing(value, &mut previous).map_err(|e| e.to_string())
+    })
 }
+
+/// A grouping's decoder of its inputs (it may keep state, e.g. to share strings).
+type Decoder<I> = Box<dyn FnMut(&Value) -> Result<I, String>>;
 
 /// `from_value` with the error as text, for the grouping table above.
 trait FromValueStr: Sized {
@@ -231,19 +245,24 @@ impl FromValueStr for PlateRecord {
 /// completes.
 fn grouping<L: Level>(
     signature: FunctionSignature,
-    decode: fn(&Value) -> Result<L::Input, String>,
+    key_of: fn(&Value) -> Result<L::Key, RecordError>,
+    decoder: fn() -> Decoder<L::Input>,
     encode: fn(&L::Output) -> Value,
 ) -> FunctionDef {
     FunctionDef {
         signature,
-        group_key: Arc::new(move |_, value| decode(value).map(|input| L::key(&input).to_string())),
+        group_key: Arc::new(move |_, value| {
+            key_of(value)
+                .map(|key| key.to_string())
+                .map_err(|e| e.to_string())
+        }),
         create: Arc::new(move |params| {
             Box::new(Grouping::<L> {
                 aggregator: Aggregator::new(AggregatorConfig {
                     incomplete_timeout: params.incomplete_timeout,
                     ..AggregatorConfig::default()
                 }),
-                decode,
+                decode: decoder(),
                 encode,
                 emitted: Vec::new(),
             })
@@ -253,9 +272,9 @@ fn grouping<L: Level>(
 
 struct Grouping<L: Level> {
     aggregator: Aggregator<L>,
-    decode: fn(&Value) -> Result<L::Input, String>,
+    decode: Decoder<L::Input>,
     encode: fn(&L::Output) -> Value,
-    emitted: Vec<Emitted<L::Output>>,
+    emitted: Vec<Emitted<L::Key, L::Output>>,
 }
 
 impl<L: Level> Grouping<L> {
@@ -263,7 +282,7 @@ impl<L: Level> Grouping<L> {
         for emitted in self.emitted.drain(..) {
             ctx.out.push(match emitted {
                 Emitted::Complete { key, output } => FunctionOutput::Emit {
-                    key,
+                    key: key.to_string(),
                     value: (self.encode)(&output),
                 },
                 Emitted::Incomplete(record) => FunctionOutput::Incomplete(record),

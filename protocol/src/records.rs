@@ -10,6 +10,7 @@
 //! Each record converts to and from [`Value`] with exactly the fields of its schema.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use crate::keys::{self, ChannelKey, ExperimentId, KeyError, PlateKey, SiteKey, WellId, WellKey};
 use crate::schema::Schema;
@@ -106,12 +107,51 @@ fn channel_field(value: &Value) -> Result<u8, RecordError> {
     keys::channel_number(int_field(value, "channel")?).map_err(key_err("channel"))
 }
 
+/// The keys a record carries, read without decoding the rest of it: routing uses them
+/// to send a record to the shard of the aggregate it belongs to.
+pub mod key_of {
+    use super::*;
+
+    /// The site of a `channel_level` record.
+    pub fn site(value: &Value) -> Result<SiteKey, RecordError> {
+        Ok(SiteKey {
+            experiment: experiment_field(value)?,
+            plate: plate_field(value)?,
+            well: well_field(value)?,
+            site: site_field(value)?,
+        })
+    }
+
+    /// The well of a `site_level` record.
+    pub fn well(value: &Value) -> Result<WellKey, RecordError> {
+        Ok(WellKey {
+            experiment: experiment_field(value)?,
+            plate: plate_field(value)?,
+            well: well_field(value)?,
+        })
+    }
+
+    /// The plate of a `well_level` record.
+    pub fn plate(value: &Value) -> Result<PlateKey, RecordError> {
+        Ok(PlateKey {
+            experiment: experiment_field(value)?,
+            plate: plate_field(value)?,
+        })
+    }
+
+    /// The experiment of a `plate_level` record.
+    pub fn experiment(value: &Value) -> Result<ExperimentId, RecordError> {
+        experiment_field(value)
+    }
+}
+
 /// The reference system's `channel_level` record: one channel image of one site.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelImage {
     pub key: ChannelKey,
-    pub cell_type: String,
-    pub plate_barcode: String,
+    /// Shared: every image of a plate carries the same one.
+    pub cell_type: Arc<str>,
+    pub plate_barcode: Arc<str>,
     /// Where the pixels are (object-store URI): Wellspring never moves pixels.
     pub location: String,
 }
@@ -128,8 +168,44 @@ impl ChannelImage {
                 site: site_field(value)?,
                 channel: channel_field(value)?,
             },
-            cell_type: str_field(value, "cell_type")?.to_owned(),
-            plate_barcode: str_field(value, "plate_barcode")?.to_owned(),
+            cell_type: Arc::from(str_field(value, "cell_type")?),
+            plate_barcode: Arc::from(str_field(value, "plate_barcode")?),
+            location: str_field(value, "location")?.to_owned(),
+        })
+    }
+
+    /// Like [`ChannelImage::from_value`], but shares the provenance strings with the
+    /// previous image when they are equal (they nearly always are within a plate), so a
+    /// decoder allocates them once per plate, not once per image.
+    pub fn from_value_sharing(
+        value: &Value,
+        previous: &mut Option<Provenance>,
+    ) -> Result<Self, RecordError> {
+        let cell_type = str_field(value, "cell_type")?;
+        let plate_barcode = str_field(value, "plate_barcode")?;
+        let shared = match previous {
+            Some(p) if *p.cell_type == *cell_type && *p.plate_barcode == *plate_barcode => {
+                p.clone()
+            }
+            _ => {
+                let fresh = Provenance {
+                    cell_type: Arc::from(cell_type),
+                    plate_barcode: Arc::from(plate_barcode),
+                };
+                *previous = Some(fresh.clone());
+                fresh
+            }
+        };
+        Ok(Self {
+            key: ChannelKey {
+                experiment: experiment_field(value)?,
+                plate: plate_field(value)?,
+                well: well_field(value)?,
+                site: site_field(value)?,
+                channel: channel_field(value)?,
+            },
+            cell_type: shared.cell_type,
+            plate_barcode: shared.plate_barcode,
             location: str_field(value, "location")?.to_owned(),
         })
     }
@@ -137,9 +213,9 @@ impl ChannelImage {
     pub fn to_value(&self) -> Value {
         Value::record([
             ("experiment_id", Value::from(self.key.experiment.as_str())),
-            ("cell_type", Value::from(self.cell_type.as_str())),
+            ("cell_type", Value::from(&*self.cell_type)),
             ("plate_number", Value::from(self.key.plate)),
-            ("plate_barcode", Value::from(self.plate_barcode.as_str())),
+            ("plate_barcode", Value::from(&*self.plate_barcode)),
             ("well", Value::from(self.key.well.to_string())),
             ("site", Value::from(self.key.site)),
             ("channel", Value::from(self.key.channel)),
@@ -309,7 +385,7 @@ fn expand_wells(text: &str, wells: &mut BTreeSet<WellId>) -> Result<(), RecordEr
 }
 
 /// One channel image of a site, as listed in site and well records.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChannelRef {
     pub channel: u8,
     pub location: String,
@@ -344,8 +420,8 @@ fn channel_refs_from_value(items: &[Value]) -> Result<Vec<ChannelRef>, RecordErr
 /// Fields every aggregate below the experiment carries from its first image.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Provenance {
-    pub cell_type: String,
-    pub plate_barcode: String,
+    pub cell_type: Arc<str>,
+    pub plate_barcode: Arc<str>,
 }
 
 /// A complete site: all its channel images (`site_level`).
@@ -363,11 +439,11 @@ impl SiteRecord {
     pub fn to_value(&self) -> Value {
         Value::record([
             ("experiment_id", Value::from(self.key.experiment.as_str())),
-            ("cell_type", Value::from(self.provenance.cell_type.as_str())),
+            ("cell_type", Value::from(&*self.provenance.cell_type)),
             ("plate_number", Value::from(self.key.plate)),
             (
                 "plate_barcode",
-                Value::from(self.provenance.plate_barcode.as_str()),
+                Value::from(&*self.provenance.plate_barcode),
             ),
             ("well", Value::from(self.key.well.to_string())),
             ("site", Value::from(self.key.site)),
@@ -391,8 +467,8 @@ impl SiteRecord {
 
 fn provenance(value: &Value) -> Result<Provenance, RecordError> {
     Ok(Provenance {
-        cell_type: str_field(value, "cell_type")?.to_owned(),
-        plate_barcode: str_field(value, "plate_barcode")?.to_owned(),
+        cell_type: Arc::from(str_field(value, "cell_type")?),
+        plate_barcode: Arc::from(str_field(value, "plate_barcode")?),
     })
 }
 
@@ -418,11 +494,11 @@ impl WellRecord {
     pub fn to_value(&self) -> Value {
         Value::record([
             ("experiment_id", Value::from(self.key.experiment.as_str())),
-            ("cell_type", Value::from(self.provenance.cell_type.as_str())),
+            ("cell_type", Value::from(&*self.provenance.cell_type)),
             ("plate_number", Value::from(self.key.plate)),
             (
                 "plate_barcode",
-                Value::from(self.provenance.plate_barcode.as_str()),
+                Value::from(&*self.provenance.plate_barcode),
             ),
             ("well", Value::from(self.key.well.to_string())),
             (
@@ -495,11 +571,11 @@ impl PlateRecord {
     pub fn to_value(&self) -> Value {
         Value::record([
             ("experiment_id", Value::from(self.key.experiment.as_str())),
-            ("cell_type", Value::from(self.provenance.cell_type.as_str())),
+            ("cell_type", Value::from(&*self.provenance.cell_type)),
             ("plate_number", Value::from(self.key.plate)),
             (
                 "plate_barcode",
-                Value::from(self.provenance.plate_barcode.as_str()),
+                Value::from(&*self.provenance.plate_barcode),
             ),
             (
                 "wells",

@@ -1,6 +1,8 @@
 //! Synthetic experiments: realistic layouts and their channel images, for the demo, the
 //! tests, the benchmarks and the simulator.
 
+use std::sync::Arc;
+
 use crate::keys::{ChannelKey, ExperimentId, KeyError, WellId};
 use crate::records::{ChannelImage, ExperimentLayout, PlateLayout};
 
@@ -51,11 +53,15 @@ fn barcode(experiment: &ExperimentId, plate: u32) -> String {
 /// Every channel image of the layout, plate by plate, in imaging order.
 pub fn images(layout: &ExperimentLayout, cell_type: &str) -> Vec<ChannelImage> {
     let mut out = Vec::with_capacity(layout.image_count() as usize);
+    // Shared, as a decoder shares them: every image of a plate carries the same ones.
+    let cell_type: Arc<str> = Arc::from(cell_type);
     for plate in &layout.plates {
-        let plate_barcode = plate
-            .barcode
-            .clone()
-            .unwrap_or_else(|| barcode(&layout.experiment, plate.plate));
+        let plate_barcode: Arc<str> = Arc::from(
+            plate
+                .barcode
+                .clone()
+                .unwrap_or_else(|| barcode(&layout.experiment, plate.plate)),
+        );
         for &well in &plate.wells {
             for site in 1..=layout.sites_per_well {
                 for channel in 1..=layout.channels_per_site {
@@ -72,7 +78,7 @@ pub fn images(layout: &ExperimentLayout, cell_type: &str) -> Vec<ChannelImage> {
                             layout.experiment, plate.plate
                         ),
                         key,
-                        cell_type: cell_type.to_owned(),
+                        cell_type: cell_type.clone(),
                         plate_barcode: plate_barcode.clone(),
                     });
                 }

@@ -2,8 +2,8 @@
 //! in one process. Used by the property tests and the aggregation benchmark.
 
 use wellspring_protocol::{
-    ChannelImage, ExperimentId, ExperimentRecord, IncompleteRecord, PlateRecord, SiteRecord,
-    WellRecord,
+    ChannelImage, ExperimentId, ExperimentRecord, IncompleteRecord, PlateKey, PlateRecord, SiteKey,
+    SiteRecord, WellKey, WellRecord,
 };
 
 use super::{
@@ -27,14 +27,14 @@ pub struct Hierarchy {
     pub wells: Aggregator<WellLevel>,
     pub plates: Aggregator<PlateLevel>,
     pub experiments: Aggregator<ExperimentLevel>,
-    site_out: Vec<Emitted<SiteRecord>>,
-    well_out: Vec<Emitted<WellRecord>>,
-    plate_out: Vec<Emitted<PlateRecord>>,
-    experiment_out: Vec<Emitted<ExperimentRecord>>,
+    site_out: Vec<Emitted<SiteKey, SiteRecord>>,
+    well_out: Vec<Emitted<WellKey, WellRecord>>,
+    plate_out: Vec<Emitted<PlateKey, PlateRecord>>,
+    experiment_out: Vec<Emitted<ExperimentId, ExperimentRecord>>,
 }
 
-fn forward<O>(
-    emitted: Emitted<O>,
+fn forward<K, O>(
+    emitted: Emitted<K, O>,
     sink: &mut dyn FnMut(LevelOutput<'_>),
     wrap: for<'o> fn(&'o O) -> LevelOutput<'o>,
 ) -> Option<O> {

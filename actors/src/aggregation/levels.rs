@@ -104,7 +104,7 @@ impl Level for WellLevel {
     const CHILD: &'static str = "site";
     type Key = WellKey;
     type Input = SiteRecord;
-    type Child = Vec<(u8, String)>;
+    type Child = Vec<ChannelRef>;
     type Output = WellRecord;
 
     fn key(input: &SiteRecord) -> WellKey {
@@ -112,15 +112,7 @@ impl Level for WellLevel {
     }
 
     fn split(input: SiteRecord) -> (u32, Self::Child, Provenance) {
-        (
-            u32::from(input.key.site),
-            input
-                .channels
-                .into_iter()
-                .map(|c| (c.channel, c.location))
-                .collect(),
-            input.provenance,
-        )
+        (u32::from(input.key.site), input.channels, input.provenance)
     }
 
     fn experiment(key: &WellKey) -> &ExperimentId {
@@ -152,10 +144,7 @@ impl Level for WellLevel {
                 .into_iter()
                 .map(|(site, channels)| SiteImages {
                     site: site as u16,
-                    channels: channels
-                        .into_iter()
-                        .map(|(channel, location)| ChannelRef { channel, location })
-                        .collect(),
+                    channels,
                 })
                 .collect(),
         }
@@ -273,13 +262,13 @@ impl Level for ExperimentLevel {
         (
             input.key.plate,
             (
-                input.provenance.plate_barcode.clone(),
+                input.provenance.plate_barcode.to_string(),
                 input.wells.len() as u32,
                 images,
             ),
             Provenance {
                 cell_type: input.provenance.cell_type,
-                plate_barcode: String::new(),
+                plate_barcode: std::sync::Arc::from(""),
             },
         )
     }
@@ -307,7 +296,7 @@ impl Level for ExperimentLevel {
     ) -> ExperimentRecord {
         ExperimentRecord {
             experiment: key.clone(),
-            cell_type: provenance.cell_type,
+            cell_type: provenance.cell_type.to_string(),
             plates: children
                 .into_iter()
                 .map(|(plate, (barcode, wells, images))| PlateSummary {

@@ -21,7 +21,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use wellspring_protocol::records::Provenance;
@@ -93,9 +93,10 @@ pub enum Rejection {
 
 /// Something the aggregator wants written.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Emitted<O> {
+pub enum Emitted<K, O> {
+    /// The key stays typed: formatting it is left to whoever needs the text.
     Complete {
-        key: String,
+        key: K,
         output: O,
     },
     Incomplete(IncompleteRecord),
@@ -112,7 +113,7 @@ struct Open<C> {
     children: Vec<(u32, C)>,
     opened_ms: i64,
     reported_incomplete: bool,
-    /// Already in the dirty set: the hot path then skips the set insert.
+    /// Already listed as dirty: the hot path then skips listing it again.
     dirty: bool,
     /// Children that complete it, once the layout is known.
     expected: Option<usize>,
@@ -158,8 +159,9 @@ pub struct Aggregator<L: Level> {
     closed: FxHashMap<L::Key, i64>,
     /// Open aggregates whose experiment had no layout when they opened.
     awaiting_layout: FxHashMap<ExperimentId, Vec<L::Key>>,
-    /// Keys changed since the last [`Aggregator::take_changes`].
-    dirty: FxHashSet<L::Key>,
+    /// Keys changed since the last [`Aggregator::take_changes`] (may repeat: a vector
+    /// push is cheaper than a set insert on the hot path; repeats are dropped there).
+    dirty: Vec<L::Key>,
     next_scan_ms: i64,
 }
 
@@ -170,7 +172,7 @@ impl<L: Level> Aggregator<L> {
             open: FxHashMap::default(),
             closed: FxHashMap::default(),
             awaiting_layout: FxHashMap::default(),
-            dirty: FxHashSet::default(),
+            dirty: Vec::new(),
             next_scan_ms: i64::MIN,
         }
     }
@@ -189,7 +191,7 @@ impl<L: Level> Aggregator<L> {
         input: L::Input,
         layouts: &dyn Layouts,
         now_ms: i64,
-        out: &mut Vec<Emitted<L::Output>>,
+        out: &mut Vec<Emitted<L::Key, L::Output>>,
     ) -> Result<Ingested, Rejection> {
         let key = L::key(&input);
         let layout = layouts.layout(L::experiment(&key));
@@ -257,21 +259,21 @@ impl<L: Level> Aggregator<L> {
         }
         if !open.dirty {
             open.dirty = true;
-            self.dirty.insert(key);
+            self.dirty.push(key);
         }
         Ok(Ingested::Accepted)
     }
 
-    fn close(&mut self, key: L::Key, now_ms: i64, out: &mut Vec<Emitted<L::Output>>) {
+    fn close(&mut self, key: L::Key, now_ms: i64, out: &mut Vec<Emitted<L::Key, L::Output>>) {
         if let Some(open) = self.open.remove(&key) {
             let output = L::build(&key, open.provenance, open.children);
             out.push(Emitted::Complete {
-                key: key.to_string(),
+                key: key.clone(),
                 output,
             });
         }
         self.closed.insert(key.clone(), now_ms);
-        self.dirty.insert(key);
+        self.dirty.push(key);
     }
 
     /// The layout of `experiment` arrived (or changed): check what waited for it.
@@ -280,7 +282,7 @@ impl<L: Level> Aggregator<L> {
         experiment: &ExperimentId,
         layouts: &dyn Layouts,
         now_ms: i64,
-        out: &mut Vec<Emitted<L::Output>>,
+        out: &mut Vec<Emitted<L::Key, L::Output>>,
     ) {
         let Some(layout) = layouts.layout(experiment) else {
             return;
@@ -300,7 +302,7 @@ impl<L: Level> Aggregator<L> {
                 Err(reason) => {
                     // The whole aggregate is outside the layout: drop it.
                     self.open.remove(&key);
-                    self.dirty.insert(key.clone());
+                    self.dirty.push(key.clone());
                     out.push(Emitted::Rejected {
                         key: key.to_string(),
                         reason,
@@ -330,7 +332,7 @@ impl<L: Level> Aggregator<L> {
             open.expected = Some(expected);
             let complete = open.children.len() >= expected;
             if open.children.len() != before || complete {
-                self.dirty.insert(key.clone());
+                self.dirty.push(key.clone());
             }
             if open.children.is_empty() {
                 self.open.remove(&key);
@@ -342,7 +344,12 @@ impl<L: Level> Aggregator<L> {
 
     /// Reports aggregates open past the timeout and forgets old closed ones. Cheap to
     /// call often: it scans at most every tenth of the timeout.
-    pub fn tick(&mut self, layouts: &dyn Layouts, now_ms: i64, out: &mut Vec<Emitted<L::Output>>) {
+    pub fn tick(
+        &mut self,
+        layouts: &dyn Layouts,
+        now_ms: i64,
+        out: &mut Vec<Emitted<L::Key, L::Output>>,
+    ) {
         if now_ms < self.next_scan_ms {
             return;
         }
@@ -395,7 +402,7 @@ impl<L: Level> Aggregator<L> {
                     missing,
                     open_since_ms: open.opened_ms,
                 }));
-                self.dirty.insert(key);
+                self.dirty.push(key);
             }
         }
         let retention_ms = self.config.closed_retention.as_millis() as i64;
@@ -407,22 +414,23 @@ impl<L: Level> Aggregator<L> {
             .collect();
         for key in expired {
             self.closed.remove(&key);
-            self.dirty.insert(key);
+            self.dirty.push(key);
         }
     }
 
     /// The state changes since the last call, as changelog entries: the key's text and
     /// its encoded state (`None`: forget the key).
     pub fn take_changes(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
-        let mut keys: Vec<L::Key> = self.dirty.drain().collect();
+        let mut keys: Vec<L::Key> = std::mem::take(&mut self.dirty);
         keys.sort();
+        keys.dedup();
         keys.into_iter()
             .map(|key| {
                 let entry = if let Some(open) = self.open.get_mut(&key) {
                     open.dirty = false;
                     Some(wire::encode(&StateEntry::Open {
-                        cell_type: open.provenance.cell_type.clone(),
-                        plate_barcode: open.provenance.plate_barcode.clone(),
+                        cell_type: open.provenance.cell_type.to_string(),
+                        plate_barcode: open.provenance.plate_barcode.to_string(),
                         children: open.children.clone(),
                         opened_ms: open.opened_ms,
                         reported_incomplete: open.reported_incomplete,
@@ -465,8 +473,8 @@ impl<L: Level> Aggregator<L> {
                     key,
                     Open {
                         provenance: Provenance {
-                            cell_type,
-                            plate_barcode,
+                            cell_type: Arc::from(cell_type),
+                            plate_barcode: Arc::from(plate_barcode),
                         },
                         children,
                         opened_ms,
@@ -488,7 +496,7 @@ impl<L: Level> Aggregator<L> {
         &mut self,
         layouts: &dyn Layouts,
         now_ms: i64,
-        out: &mut Vec<Emitted<L::Output>>,
+        out: &mut Vec<Emitted<L::Key, L::Output>>,
     ) {
         let experiments: Vec<ExperimentId> = self.awaiting_layout.keys().cloned().collect();
         for experiment in experiments {

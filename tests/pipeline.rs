@@ -349,22 +349,24 @@ impl NodeThread {
         }
     }
 
-    fn kill(mut self) {
+    /// Kills the node (its actors dropped mid-flight, as a crash would), or stops it
+    /// cleanly.
+    fn end(mut self, graceful: bool) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(false);
+            let _ = stop.send(graceful);
         }
         if let Some(thread) = self.thread.take() {
             thread.join().unwrap();
         }
     }
+}
 
-    fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(true);
-        }
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap();
-        }
+/// Waits (up to a generous bound) until `done` holds; `what` names it if it never does.
+async fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -397,17 +399,11 @@ async fn a_node_killed_mid_plate_is_replaced_from_the_changelog_with_nothing_los
     let log = EmbeddedLog::new();
     let dag = hierarchy_dag("1h");
     let first = NodeThread::start(log.clone(), dag.clone(), "node-a");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while wellspring_log::Log::partitions(&log, "metadata")
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first node never created its topics"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("the first node creating its topics", || {
+        log.read(&wellspring_log::TopicPartition::new("metadata", 0), 0, 1)
+            .is_ok()
+    })
+    .await;
     let producer = wellspring_log::Log::producer(&log).unwrap();
     let half = workload.messages.len() / 2;
     for message in &workload.messages[..half] {
@@ -418,15 +414,11 @@ async fn a_node_killed_mid_plate_is_replaced_from_the_changelog_with_nothing_los
             .await
             .unwrap();
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while count(&log, "sites") < 50 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first node never got going"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    first.kill();
+    wait_for("the first node's first 50 sites", || {
+        count(&log, "sites") >= 50
+    })
+    .await;
+    first.end(false);
     let sites_before = count(&log, "sites");
     assert!(sites_before < 4 * 48, "killed mid-experiment");
 
@@ -443,15 +435,11 @@ async fn a_node_killed_mid_plate_is_replaced_from_the_changelog_with_nothing_los
                 .unwrap();
         }
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while count(&log, "experiments") < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the experiment never completed after the takeover"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    second.stop();
+    wait_for("the experiment record after the takeover", || {
+        count(&log, "experiments") >= 1
+    })
+    .await;
+    second.end(true);
 
     let mut tracker = Tracker::new(
         expectations(&layout),

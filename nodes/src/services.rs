@@ -259,6 +259,19 @@ fn field<'a>(body: &'a Value, name: &str) -> &'a Value {
     body.get(name).unwrap_or(&Value::Null)
 }
 
+/// Serves the request's fate (latency, injected failure), then reads its JSON body.
+async fn accept(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: &[u8],
+    expected: &str,
+) -> Result<Value, Response> {
+    if let Fate::Fail(response) = serve(shared, headers).await {
+        return Err(response);
+    }
+    serde_json::from_slice::<Value>(body).map_err(|_| bad_request(expected))
+}
+
 fn bad_request(message: &str) -> Response {
     (StatusCode::BAD_REQUEST, message.to_owned()).into_response()
 }
@@ -268,11 +281,9 @@ async fn image_metrics(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Fate::Fail(response) = serve(&shared, &headers).await {
-        return response;
-    }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return bad_request("expected a channel_level record");
+    let body = match accept(&shared, &headers, &body, "expected a channel_level record").await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     let location = field(&body, "location")
         .as_str()
@@ -300,11 +311,9 @@ async fn site_features(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Fate::Fail(response) = serve(&shared, &headers).await {
-        return response;
-    }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return bad_request("expected channels");
+    let body = match accept(&shared, &headers, &body, "expected channels").await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     let channels = field(&body, "channels").as_array().map_or(0, Vec::len);
     if channels == 0 {
@@ -327,11 +336,9 @@ async fn well_thumbnails(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Fate::Fail(response) = serve(&shared, &headers).await {
-        return response;
-    }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return bad_request("expected a well_level record");
+    let body = match accept(&shared, &headers, &body, "expected a well_level record").await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     let experiment = field(&body, "experiment_id").as_str().unwrap_or_default();
     let plate = field(&body, "plate_number").as_i64().unwrap_or_default();
@@ -351,11 +358,9 @@ async fn plate_features(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Fate::Fail(response) = serve(&shared, &headers).await {
-        return response;
-    }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return bad_request("expected a plate_level record");
+    let body = match accept(&shared, &headers, &body, "expected a plate_level record").await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     let key = (
         field(&body, "experiment_id").to_string(),

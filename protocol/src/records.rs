@@ -437,18 +437,15 @@ impl SiteRecord {
     pub const SCHEMA: &'static str = "site_level";
 
     pub fn to_value(&self) -> Value {
-        Value::record([
-            ("experiment_id", Value::from(self.key.experiment.as_str())),
-            ("cell_type", Value::from(&*self.provenance.cell_type)),
-            ("plate_number", Value::from(self.key.plate)),
-            (
-                "plate_barcode",
-                Value::from(&*self.provenance.plate_barcode),
-            ),
-            ("well", Value::from(self.key.well.to_string())),
-            ("site", Value::from(self.key.site)),
-            ("channels", channel_refs_to_value(&self.channels)),
-        ])
+        Value::record(
+            plate_fields(&self.key.experiment, self.key.plate, &self.provenance)
+                .into_iter()
+                .chain([
+                    ("well", Value::from(self.key.well.to_string())),
+                    ("site", Value::from(self.key.site)),
+                    ("channels", channel_refs_to_value(&self.channels)),
+                ]),
+        )
     }
 
     pub fn from_value(value: &Value) -> Result<Self, RecordError> {
@@ -463,6 +460,20 @@ impl SiteRecord {
             channels: channel_refs_from_value(array_field(value, "channels")?)?,
         })
     }
+}
+
+/// The fields every record below the experiment level starts with.
+fn plate_fields(
+    experiment: &ExperimentId,
+    plate: u32,
+    provenance: &Provenance,
+) -> [(&'static str, Value); 4] {
+    [
+        ("experiment_id", Value::from(experiment.as_str())),
+        ("cell_type", Value::from(&*provenance.cell_type)),
+        ("plate_number", Value::from(plate)),
+        ("plate_barcode", Value::from(&*provenance.plate_barcode)),
+    ]
 }
 
 fn provenance(value: &Value) -> Result<Provenance, RecordError> {
@@ -492,30 +503,27 @@ impl WellRecord {
     pub const SCHEMA: &'static str = "well_level";
 
     pub fn to_value(&self) -> Value {
-        Value::record([
-            ("experiment_id", Value::from(self.key.experiment.as_str())),
-            ("cell_type", Value::from(&*self.provenance.cell_type)),
-            ("plate_number", Value::from(self.key.plate)),
-            (
-                "plate_barcode",
-                Value::from(&*self.provenance.plate_barcode),
-            ),
-            ("well", Value::from(self.key.well.to_string())),
-            (
-                "sites",
-                Value::Array(
-                    self.sites
-                        .iter()
-                        .map(|s| {
-                            Value::record([
-                                ("site", Value::from(s.site)),
-                                ("channels", channel_refs_to_value(&s.channels)),
-                            ])
-                        })
-                        .collect(),
-                ),
-            ),
-        ])
+        Value::record(
+            plate_fields(&self.key.experiment, self.key.plate, &self.provenance)
+                .into_iter()
+                .chain([
+                    ("well", Value::from(self.key.well.to_string())),
+                    (
+                        "sites",
+                        Value::Array(
+                            self.sites
+                                .iter()
+                                .map(|s| {
+                                    Value::record([
+                                        ("site", Value::from(s.site)),
+                                        ("channels", channel_refs_to_value(&s.channels)),
+                                    ])
+                                })
+                                .collect(),
+                        ),
+                    ),
+                ]),
+        )
     }
 
     pub fn from_value(value: &Value) -> Result<Self, RecordError> {
@@ -569,31 +577,28 @@ impl PlateRecord {
     }
 
     pub fn to_value(&self) -> Value {
-        Value::record([
-            ("experiment_id", Value::from(self.key.experiment.as_str())),
-            ("cell_type", Value::from(&*self.provenance.cell_type)),
-            ("plate_number", Value::from(self.key.plate)),
-            (
-                "plate_barcode",
-                Value::from(&*self.provenance.plate_barcode),
-            ),
-            (
-                "wells",
-                Value::Array(
-                    self.wells
-                        .iter()
-                        .map(|w| {
-                            Value::record([
-                                ("well", Value::from(w.well.to_string())),
-                                ("sites", Value::from(w.sites)),
-                                ("images", Value::Int(w.images as i64)),
-                            ])
-                        })
-                        .collect(),
-                ),
-            ),
-            ("images", Value::Int(self.images() as i64)),
-        ])
+        Value::record(
+            plate_fields(&self.key.experiment, self.key.plate, &self.provenance)
+                .into_iter()
+                .chain([
+                    (
+                        "wells",
+                        Value::Array(
+                            self.wells
+                                .iter()
+                                .map(|w| {
+                                    Value::record([
+                                        ("well", Value::from(w.well.to_string())),
+                                        ("sites", Value::from(w.sites)),
+                                        ("images", Value::Int(w.images as i64)),
+                                    ])
+                                })
+                                .collect(),
+                        ),
+                    ),
+                    ("images", Value::Int(self.images() as i64)),
+                ]),
+        )
     }
 
     pub fn from_value(value: &Value) -> Result<Self, RecordError> {

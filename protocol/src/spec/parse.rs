@@ -435,6 +435,34 @@ impl Parser<'_> {
         raw
     }
 
+    /// The object declaring `section.name`, with its location; `None` (and an error)
+    /// when it is not an object or the name is not usable.
+    fn declaration<'a>(
+        &mut self,
+        section: &str,
+        name: &str,
+        decl: &'a Json,
+    ) -> Option<(String, &'a Map<String, Json>)> {
+        let location = format!("{section}.{name}");
+        let Json::Object(map) = decl else {
+            self.errors.push(SpecError::new(
+                &location,
+                "",
+                format!("must be an object, found {}", kind(decl)),
+            ));
+            return None;
+        };
+        if !valid_name(name) {
+            self.errors.push(SpecError::new(
+                &location,
+                "",
+                "a name may only use letters, digits, '-', '_' and '.'",
+            ));
+            return None;
+        }
+        Some((location, map))
+    }
+
     fn settings(&mut self, map: &Map<String, Json>, settings: &mut DagSettings) {
         let mut obj = Obj::new("settings", map);
         if let Some(p) = obj.integer(self.errors, "partitions", 1, 10_000) {
@@ -450,23 +478,7 @@ impl Parser<'_> {
     }
 
     fn schema(&mut self, name: &str, decl: &Json) -> Option<Schema> {
-        let location = format!("schemas.{name}");
-        let Json::Object(map) = decl else {
-            self.errors.push(SpecError::new(
-                &location,
-                "",
-                format!("must be an object with fields, found {}", kind(decl)),
-            ));
-            return None;
-        };
-        if !valid_name(name) {
-            self.errors.push(SpecError::new(
-                &location,
-                "",
-                "a schema name may only use letters, digits, '-', '_' and '.'",
-            ));
-            return None;
-        }
+        let (location, map) = self.declaration("schemas", name, decl)?;
         let mut obj = Obj::new(&location, map);
         let start = self.errors.len();
         let _ = obj.string(self.errors, "description", false);
@@ -520,23 +532,8 @@ impl Parser<'_> {
     }
 
     fn topic(&mut self, name: &str, decl: &Json) -> Option<TopicDecl> {
-        let location = format!("topics.{name}");
-        let Json::Object(map) = decl else {
-            self.errors.push(SpecError::new(
-                &location,
-                "",
-                format!("must be an object, found {}", kind(decl)),
-            ));
-            return None;
-        };
+        let (location, map) = self.declaration("topics", name, decl)?;
         let start = self.errors.len();
-        if !valid_name(name) {
-            self.errors.push(SpecError::new(
-                &location,
-                "",
-                "a topic name may only use letters, digits, '-', '_' and '.'",
-            ));
-        }
         let mut obj = Obj::new(&location, map);
         let key_schema = obj
             .string(self.errors, "key-schema", false)
@@ -557,15 +554,7 @@ impl Parser<'_> {
     }
 
     fn task(&mut self, name: &str, decl: &Json) -> Option<TaskDecl> {
-        let location = format!("tasks.{name}");
-        let Json::Object(map) = decl else {
-            self.errors.push(SpecError::new(
-                &location,
-                "",
-                format!("must be an object, found {}", kind(decl)),
-            ));
-            return None;
-        };
+        let (location, map) = self.declaration("tasks", name, decl)?;
         let start = self.errors.len();
         let mut obj = Obj::new(&location, map);
         match obj.string(self.errors, "type", false).as_deref() {
@@ -745,23 +734,7 @@ impl Parser<'_> {
     }
 
     fn node(&mut self, name: &str, decl: &Json) -> Option<NodeSpec> {
-        let location = format!("graph.{name}");
-        let Json::Object(map) = decl else {
-            self.errors.push(SpecError::new(
-                &location,
-                "",
-                format!("must be an object, found {}", kind(decl)),
-            ));
-            return None;
-        };
-        if !valid_name(name) {
-            self.errors.push(SpecError::new(
-                &location,
-                "",
-                "a node name may only use letters, digits, '-', '_' and '.'",
-            ));
-            return None;
-        }
+        let (location, map) = self.declaration("graph", name, decl)?;
         let start = self.errors.len();
         let mut obj = Obj::new(&location, map);
         let _ = obj.string(self.errors, "description", false);

@@ -320,6 +320,7 @@ impl NodeThread {
                     metrics: Metrics::default(),
                     health: Health::default(),
                     rng: SharedRng::seeded(1),
+                    task_store: None,
                     config: wellspring_actors::RuntimeConfig {
                         node_id,
                         session_timeout: Duration::from_secs(2),

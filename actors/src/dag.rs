@@ -22,15 +22,17 @@ use wellspring_protocol::spec::{NodeKind, TaskDecl};
 use wellspring_protocol::{Dag, ExperimentLayout, SchemaSet};
 
 use crate::functions::{FunctionParams, FunctionRegistry};
-use crate::http::{HttpTaskRunner, HttpTransport, SharedRng};
+use crate::http::{HttpTaskRunner, HttpTransport, SharedRng, TaskRunner};
 use crate::metadata::MetadataTable;
 use crate::metrics::{Metrics, names};
 use crate::routing::{DeadLetterWriter, IncompleteWriter, Route, Router};
 use crate::stage::{
-    GroupingFactory, ShardFactory, SourceFactory, StageActor, StageSettings, StageSpec, TaskFactory,
+    GroupingFactory, RelayFactory, ShardFactory, SourceFactory, StageActor, StageSettings,
+    StageSpec, TaskFactory,
 };
 use crate::supervision::{ChildSpec, Health, RestartPolicy, Supervisor};
 use crate::table::{TableActor, TableSpec};
+use crate::taskstore::runner::QueueTaskRunner;
 
 /// How a node runs its DAGs.
 #[derive(Debug, Clone)]
@@ -83,6 +85,8 @@ pub struct NodeEnv {
     pub health: Health,
     pub rng: SharedRng,
     pub config: RuntimeConfig,
+    /// This node's part of the task store, when it runs one (queue tasks need it).
+    pub task_store: Option<crate::taskstore::TaskStore>,
 }
 
 /// Names of a DAG's internal topics and groups.
@@ -94,6 +98,11 @@ pub struct Names<'a> {
 impl Names<'_> {
     pub fn input(&self, node: &str) -> String {
         format!("{}{}.{node}.input", self.prefix, self.dag)
+    }
+
+    /// Where the task store writes a queue task's outputs.
+    pub fn output(&self, node: &str) -> String {
+        format!("{}{}.{node}.output", self.prefix, self.dag)
     }
 
     pub fn changelog(&self, node: &str) -> String {
@@ -162,15 +171,20 @@ pub fn topics(dag: &Dag, prefix: &str) -> Vec<(TopicSpec, bool)> {
                     true,
                 ));
             }
-            NodeKind::ExternalTask { .. } => {
+            NodeKind::ExternalTask { task, .. } => {
+                let n = shard_count(dag, &node.name);
                 out.push((
-                    TopicSpec::new(
-                        names.input(&node.name),
-                        shard_count(dag, &node.name),
-                        Cleanup::Delete,
-                    ),
+                    TopicSpec::new(names.input(&node.name), n, Cleanup::Delete),
                     true,
                 ));
+                // A queue task's outputs come back from the task store on a topic of
+                // their own.
+                if matches!(dag.tasks.get(task), Some(TaskDecl::Queue(_))) {
+                    out.push((
+                        TopicSpec::new(names.output(&node.name), n, Cleanup::Delete),
+                        true,
+                    ));
+                }
             }
         }
     }
@@ -379,21 +393,72 @@ pub fn dag_children(dag: &Arc<Dag>, env: &NodeEnv) -> Result<Vec<ChildSpec>, Str
                 })
             }
             NodeKind::ExternalTask { task, .. } => {
-                let Some(TaskDecl::Http(spec)) = dag.tasks.get(task) else {
-                    return Err(format!("node {}: task {task} is not declared", node.name));
+                let runner: Rc<dyn TaskRunner> = match dag.tasks.get(task) {
+                    Some(TaskDecl::Http(spec)) => Rc::new(HttpTaskRunner {
+                        task_name: task.clone(),
+                        spec: spec.clone(),
+                        variables: dag.variables.clone(),
+                        schemas: SchemaSet::clone(&schemas),
+                        transport: env.transport.clone(),
+                        limiter: Arc::new(Semaphore::new(spec.max_inflight as usize)),
+                        rng: env.rng.clone(),
+                        inflight: metrics.gauge(&dag.name, &node.name, names::INFLIGHT),
+                        requests: counter(names::HTTP_REQUESTS),
+                        retries: counter(names::RETRIES),
+                    }),
+                    Some(TaskDecl::Queue(spec)) => {
+                        let Some(store) = env.task_store.clone() else {
+                            return Err(format!(
+                                "node {}: queue task {task} needs a node that runs the task store (wellspring run)",
+                                node.name
+                            ));
+                        };
+                        // The task store writes outputs to the task's output topic; a
+                        // relay stage routes them on to the node's consumers.
+                        let mut relay_consumer = ConsumerConfig::group(
+                            format!("{}.output", names.group(&node.name)),
+                            format!("{}/{}.output", env.config.node_id, node.name),
+                            vec![names.output(&node.name)],
+                        );
+                        relay_consumer.instance_id = Some(env.config.node_id.clone());
+                        relay_consumer.session_timeout = env.config.session_timeout;
+                        let relay = StageSpec {
+                            name: format!("{}/{}.output", dag.name, node.name),
+                            consumer: relay_consumer,
+                            settings: settings.clone(),
+                            log: env.log.clone(),
+                            factory: Rc::new(RelayFactory {
+                                name: format!("{}/{}.output", dag.name, node.name),
+                                router: router.clone(),
+                                dead: dead(&node.name),
+                                records_out: counter(names::OUT),
+                                panics: counter(names::PANICS),
+                                mailbox: env.config.mailbox,
+                            }),
+                            dead: dead(&node.name),
+                            restarts: counter(names::SHARD_RESTARTS),
+                        };
+                        children.push(ChildSpec::new(
+                            format!("{}.output", node.name),
+                            move |link| {
+                                Ok(StageActor::new(relay.clone(), link).start().recipient())
+                            },
+                        ));
+                        Rc::new(QueueTaskRunner {
+                            task_name: task.clone(),
+                            spec: spec.clone(),
+                            variables: dag.variables.clone(),
+                            store,
+                            dag: dag.name.clone(),
+                            node: node.name.clone(),
+                            output_topic: names.output(&node.name),
+                            dead_letter_topic: dag.settings.dead_letter_topic.clone(),
+                            retries: counter(names::RETRIES),
+                            group_ready: std::cell::Cell::new(false),
+                        })
+                    }
+                    None => return Err(format!("node {}: task {task} is not declared", node.name)),
                 };
-                let runner = Arc::new(HttpTaskRunner {
-                    task_name: task.clone(),
-                    spec: spec.clone(),
-                    variables: dag.variables.clone(),
-                    schemas: SchemaSet::clone(&schemas),
-                    transport: env.transport.clone(),
-                    limiter: Arc::new(Semaphore::new(spec.max_inflight as usize)),
-                    rng: env.rng.clone(),
-                    inflight: metrics.gauge(&dag.name, &node.name, names::INFLIGHT),
-                    requests: counter(names::HTTP_REQUESTS),
-                    retries: counter(names::RETRIES),
-                });
                 Rc::new(TaskFactory {
                     dag: dag_name.clone(),
                     node: node_name.clone(),

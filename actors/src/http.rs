@@ -154,6 +154,21 @@ impl SharedRng {
     pub fn fraction(&self) -> f64 {
         self.0.lock().random::<f64>()
     }
+
+    /// A random (version 4) UUID from this source: replayable in simulations.
+    pub fn uuid_v4(&self) -> uuid::Uuid {
+        let bytes: [u8; 16] = self.0.lock().random();
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
+    }
+}
+
+/// Runs one task for one record: an HTTP call, or a submission to the task store.
+#[async_trait(?Send)]
+pub trait TaskRunner {
+    fn task_name(&self) -> &str;
+    /// How many records a shard may have admitted and not finished.
+    fn max_pending(&self) -> usize;
+    async fn call(&self, task: TaskRequest) -> TaskResult;
 }
 
 /// Everything needed to call one HTTP task, shared by the task's shards on a node.
@@ -269,17 +284,8 @@ impl HttpTaskRunner {
         }
     }
 
-    /// Calls the task for one record until it succeeds, fails for good, or runs out of
-    /// retries. Holds an in-flight permit only while a request is out.
-    pub async fn call(&self, task: TaskRequest) -> TaskResult {
-        let (attempts, outcome) = self.attempts(&task).await;
-        TaskResult {
-            request: task,
-            attempts,
-            outcome,
-        }
-    }
-
+    /// Calls the task until it succeeds, fails for good, or runs out of retries. Holds an
+    /// in-flight permit only while a request is out.
     async fn attempts(&self, task: &TaskRequest) -> (u32, TaskOutcome) {
         let failed = |error: String| TaskOutcome::Failed { error };
         let attempts_allowed = self.spec.retries + 1;
@@ -351,5 +357,25 @@ impl HttpTaskRunner {
                 "gave up after {attempts_allowed} attempts; last error: {last_error}"
             )),
         )
+    }
+}
+
+#[async_trait(?Send)]
+impl TaskRunner for HttpTaskRunner {
+    fn task_name(&self) -> &str {
+        &self.task_name
+    }
+
+    fn max_pending(&self) -> usize {
+        (self.spec.max_inflight as usize * 2).max(64)
+    }
+
+    async fn call(&self, task: TaskRequest) -> TaskResult {
+        let (attempts, outcome) = self.attempts(&task).await;
+        TaskResult {
+            request: task,
+            attempts,
+            outcome,
+        }
     }
 }

@@ -23,6 +23,7 @@ pub mod routing;
 pub mod stage;
 pub mod supervision;
 pub mod table;
+pub mod taskstore;
 
 pub use dag::{NodeEnv, RuntimeConfig};
 pub use functions::FunctionRegistry;

@@ -49,6 +49,7 @@ fn run_once(workload: &Workload) -> Duration {
             metrics: Metrics::default(),
             health: Health::default(),
             rng: SharedRng::seeded(1),
+            task_store: None,
             config: RuntimeConfig {
                 node_id: "bench".into(),
                 max_wait: Duration::from_millis(5),

@@ -42,6 +42,110 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
+    /// Run a node: DAGs (optional) and the task-store API, until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Talk to a node's task-store API.
+    Tasks(TasksArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A DAG spec to run (repeat for several).
+    #[arg(long = "dag", value_name = "FILE")]
+    dags: Vec<PathBuf>,
+    /// Override a DAG variable: --set name=value
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Where the API listens. Loopback unless you say otherwise.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "WELLSPRING_HTTP_ADDR")]
+    http_addr: std::net::SocketAddr,
+    /// This node's identity (its consumer-group membership).
+    #[arg(long, default_value = "wellspring-0", env = "POD_NAME")]
+    node_id: String,
+    /// A file holding the bearer token the API requires (or set WELLSPRING_API_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Shards of the task store (fixed once its topic exists).
+    #[arg(long, default_value_t = 8)]
+    task_partitions: u32,
+    /// Largest request body the API accepts, in bytes.
+    #[arg(long, default_value_t = crate::api::DEFAULT_BODY_LIMIT)]
+    body_limit: usize,
+}
+
+#[derive(Args)]
+struct TasksArgs {
+    /// The node's API.
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:8080",
+        env = "WELLSPRING_URL"
+    )]
+    url: String,
+    #[command(subcommand)]
+    command: TasksCommand,
+}
+
+#[derive(Subcommand)]
+enum TasksCommand {
+    /// Create a group (or update its settings).
+    CreateGroup {
+        name: String,
+        /// A task running longer is presumed hanging: halted and retried.
+        #[arg(long, default_value = "1h")]
+        max_run_time: String,
+        #[arg(long, default_value_t = 3)]
+        max_attempts: u32,
+        #[arg(long, default_value = "1s")]
+        initial_backoff: String,
+        #[arg(long, default_value = "60s")]
+        max_backoff: String,
+        #[arg(long, default_value_t = 10)]
+        tasks_per_worker: u32,
+        #[arg(long, default_value_t = 0)]
+        min_workers: u32,
+        #[arg(long, default_value_t = 10)]
+        max_workers: u32,
+    },
+    /// Submit a task: `wellspring tasks submit --group G -- program args...`
+    Submit {
+        #[arg(long)]
+        group: String,
+        /// A label: --label name=value (repeat).
+        #[arg(long = "label", value_name = "NAME=VALUE")]
+        labels: Vec<String>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Lease the next task of the groups.
+    Claim {
+        #[arg(long = "group", required = true)]
+        groups: Vec<String>,
+        #[arg(long)]
+        client_id: String,
+        #[arg(long, default_value = "30s")]
+        duration: String,
+    },
+    /// List a group's tasks.
+    List {
+        #[arg(long)]
+        group: String,
+        /// available, leased, succeeded or dead-lettered
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// A group's statistics and desired workers.
+    Stats {
+        #[arg(long)]
+        group: String,
+    },
+    /// Read one task.
+    Get { id: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -123,6 +227,153 @@ fn read_dag(file: &PathBuf, overrides: &[String]) -> Result<Dag, ExitCode> {
     Ok(dag)
 }
 
+fn pairs(
+    items: &[String],
+    flag: &str,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    items
+        .iter()
+        .map(|item| {
+            item.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("{flag} {item:?} must look like name=value"))
+        })
+        .collect()
+}
+
+fn duration_ms(text: &str, flag: &str) -> Result<u64, String> {
+    wellspring_protocol::spec::parse_duration_text(text)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|e| format!("{flag}: {e}"))
+}
+
+fn tasks_command(args: TasksArgs) -> ExitCode {
+    use serde_json::json;
+
+    use crate::client::{Client, Reply, segment};
+    let request = || -> Result<(reqwest::Method, String, Option<serde_json::Value>), String> {
+        Ok(match &args.command {
+            TasksCommand::CreateGroup {
+                name,
+                max_run_time,
+                max_attempts,
+                initial_backoff,
+                max_backoff,
+                tasks_per_worker,
+                min_workers,
+                max_workers,
+            } => (
+                reqwest::Method::POST,
+                "/groups".into(),
+                Some(json!({
+                    "name": name,
+                    "max-run-time": duration_ms(max_run_time, "--max-run-time")?,
+                    "retry": {
+                        "max-attempts": max_attempts,
+                        "initial-backoff": duration_ms(initial_backoff, "--initial-backoff")?,
+                        "max-backoff": duration_ms(max_backoff, "--max-backoff")?,
+                    },
+                    "autoscaling": {"tasks-per-worker": tasks_per_worker, "min-workers": min_workers, "max-workers": max_workers},
+                })),
+            ),
+            TasksCommand::Submit {
+                group,
+                labels,
+                idempotency_key,
+                cmd,
+            } => {
+                let mut body =
+                    json!({"cmd": cmd, "group": group, "labels": pairs(labels, "--label")?});
+                if let Some(key) = idempotency_key {
+                    body["idempotency-key"] = json!(key);
+                }
+                (reqwest::Method::POST, "/tasks".into(), Some(body))
+            }
+            TasksCommand::Claim {
+                groups,
+                client_id,
+                duration,
+            } => (
+                reqwest::Method::POST,
+                "/tasks/claim".into(),
+                Some(
+                    json!({"groups": groups, "client-id": client_id, "duration": duration_ms(duration, "--duration")?}),
+                ),
+            ),
+            TasksCommand::List {
+                group,
+                status,
+                limit,
+            } => {
+                let status = status
+                    .as_deref()
+                    .map(|s| format!("&status={}", segment(s)))
+                    .unwrap_or_default();
+                (
+                    reqwest::Method::GET,
+                    format!("/groups/{}/tasks?limit={limit}{status}", segment(group)),
+                    None,
+                )
+            }
+            TasksCommand::Stats { group } => (
+                reqwest::Method::GET,
+                format!("/groups/{}/stats", segment(group)),
+                None,
+            ),
+            TasksCommand::Get { id } => (
+                reqwest::Method::GET,
+                format!("/tasks/{}", segment(id)),
+                None,
+            ),
+        })
+    };
+    let (method, path, body) = match request() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let token = match crate::run::token(None) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start a runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        let client = Client::new(&args.url, token)?;
+        client.call(method, &path, body.as_ref()).await
+    });
+    match result {
+        Ok(Reply::Json(json)) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json).unwrap_or_else(|_| json.to_string())
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Reply::Empty) => {
+            println!("no task available");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -163,6 +414,42 @@ pub fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Tasks(args) => tasks_command(args),
+        Command::Run(args) => {
+            let mut dags = Vec::new();
+            for file in &args.dags {
+                match read_dag(file, &args.set) {
+                    Ok(dag) => dags.push(dag),
+                    Err(code) => return code,
+                }
+            }
+            let token = match crate::run::token(args.token_file.as_ref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if args.task_partitions == 0 {
+                eprintln!("error: --task-partitions must be at least 1");
+                return ExitCode::from(2);
+            }
+            let options = crate::run::RunOptions {
+                dags,
+                node_id: args.node_id,
+                token,
+                task_partitions: args.task_partitions,
+                body_limit: args.body_limit,
+                ..crate::run::RunOptions::new(args.http_addr)
+            };
+            match crate::run::run(options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Demo(args) => {
             for (name, value) in [
                 ("--error-rate", args.error_rate),

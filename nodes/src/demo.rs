@@ -300,6 +300,7 @@ async fn run_in_system(options: DemoOptions) -> Result<DemoReport, DemoError> {
         metrics: metrics.clone(),
         health: health.clone(),
         rng: SharedRng::seeded(options.workload.seed),
+        task_store: None,
         config: RuntimeConfig {
             node_id: "demo-0".into(),
             ..RuntimeConfig::default()

@@ -3,8 +3,11 @@
 //!
 //! Start with [`cli::main`] for the commands, or [`demo::run`] for the demo as a library.
 
+pub mod api;
 pub mod cli;
+pub mod client;
 pub mod demo;
+pub mod run;
 pub mod services;
 pub mod verify;
 pub mod workload;

@@ -13,6 +13,7 @@ pub mod schema;
 pub mod spec;
 pub mod synthetic;
 pub mod task;
+pub mod taskstore;
 pub mod value;
 pub mod wire;
 

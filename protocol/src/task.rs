@@ -38,6 +38,9 @@ pub enum TaskOutcome {
     Succeeded {
         output: Value,
     },
+    /// Handed over durably to the task store: workers run it, and its output arrives on
+    /// the task's output topic.
+    Submitted,
     /// Retries exhausted, or a failure retrying cannot fix.
     Failed {
         error: String,

@@ -78,6 +78,7 @@ impl Harness {
             metrics: metrics.clone(),
             health: health.clone(),
             rng: SharedRng::seeded(3),
+            task_store: None,
             config,
         };
         let node = Node::start(env, vec![dag.clone()]).await.unwrap();

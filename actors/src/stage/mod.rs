@@ -21,6 +21,7 @@
 //! restarts it.
 
 mod grouping;
+mod relay;
 mod shard;
 mod source;
 mod task;
@@ -44,6 +45,7 @@ use crate::supervision::{
 };
 
 pub use grouping::GroupingFactory;
+pub use relay::RelayFactory;
 pub use shard::{RecordProcessor, SyncShard};
 pub use source::SourceFactory;
 pub use task::TaskFactory;
@@ -54,6 +56,28 @@ pub struct ShardOutput {
     pub outputs: Vec<ProducerRecord>,
     /// The partition is done up to here (the next offset to read), when it advanced.
     pub commit_to: Option<Offset>,
+    /// Told whether the commit carrying `outputs` succeeded: answers that must not go out
+    /// before what they report is durable (the task store's API).
+    pub acks: Vec<Ack>,
+}
+
+/// A callback told the outcome of a commit.
+pub struct Ack(Box<dyn FnOnce(Result<(), String>) + Send>);
+
+impl Ack {
+    pub fn new(f: impl FnOnce(Result<(), String>) + Send + 'static) -> Self {
+        Self(Box::new(f))
+    }
+
+    pub fn send(self, outcome: Result<(), String>) {
+        (self.0)(outcome)
+    }
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ack")
+    }
 }
 
 /// Why a shard failed.
@@ -284,6 +308,13 @@ impl RebalanceListener for ShardSet {
         let mut batch = CommitBatch::default();
         for tp in partitions {
             if let Some(output) = self.ask(tp, ShardRequest::Revoke).await {
+                // The commit of a revoke happens inside the poll, out of our sight: a
+                // shard must not hand over acknowledged work here.
+                for ack in output.acks {
+                    ack.send(Err(
+                        "the shard moved to another node during the request; retry".into(),
+                    ));
+                }
                 batch.outputs.extend(output.outputs);
                 if let Some(offset) = output.commit_to {
                     batch.offsets.push((tp.clone(), offset));
@@ -331,6 +362,7 @@ impl StageLoop {
         }
 
         let mut batch = CommitBatch::default();
+        let mut acks = Vec::new();
         // Restart shards whose back-off is over: restore, then rewind to the last commit.
         for tp in self.shards.due_restarts() {
             if let Some(ShardState {
@@ -386,6 +418,7 @@ impl StageLoop {
             };
             batch.outputs.extend(poison_outputs);
             batch.outputs.extend(output.outputs);
+            acks.extend(output.acks);
             let commit_to = match (output.commit_to, poison_to) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
@@ -398,9 +431,22 @@ impl StageLoop {
             return Err(why);
         }
         if batch.is_empty() {
+            for ack in acks {
+                ack.send(Ok(()));
+            }
             return Ok(());
         }
-        match self.consumer.commit(batch).await {
+        let result = self.consumer.commit(batch).await;
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| match e {
+            LogError::NotAssigned(_) => {
+                "the shard moved to another node during the request; retry".to_owned()
+            }
+            other => format!("the log refused the write: {other}"),
+        });
+        for ack in acks {
+            ack.send(outcome.clone());
+        }
+        match result {
             Ok(()) => Ok(()),
             // A rebalance took a partition while we worked: its new owner redoes the work
             // from the last commit; the next poll revokes or loses it here.

@@ -110,11 +110,13 @@ impl<P: RecordProcessor> Handler<ShardRequest> for SyncShard<P> {
                 Ok(ShardOutput {
                     outputs: self.drain(ctx)?,
                     commit_to,
+                    acks: Vec::new(),
                 })
             }
             ShardRequest::Drain => Ok(ShardOutput {
                 outputs: self.drain(ctx)?,
                 commit_to: None,
+                acks: Vec::new(),
             }),
             ShardRequest::Revoke => {
                 let outputs = self.drain(ctx)?;
@@ -122,6 +124,7 @@ impl<P: RecordProcessor> Handler<ShardRequest> for SyncShard<P> {
                 Ok(ShardOutput {
                     outputs,
                     commit_to: None,
+                    acks: Vec::new(),
                 })
             }
             ShardRequest::Stop => {

@@ -11,6 +11,7 @@
 //! dropped.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -23,7 +24,7 @@ use wellspring_protocol::{
 };
 
 use super::{ShardFactory, ShardFailure, ShardOutput, ShardRequest};
-use crate::http::HttpTaskRunner;
+use crate::http::TaskRunner;
 use crate::metrics::{Counter, Gauge};
 use crate::routing::{DeadLetterWriter, Router};
 use crate::supervision::panic_message;
@@ -32,7 +33,7 @@ use crate::supervision::panic_message;
 pub struct TaskFactory {
     pub dag: Arc<str>,
     pub node: Arc<str>,
-    pub runner: Arc<HttpTaskRunner>,
+    pub runner: Rc<dyn TaskRunner>,
     pub router: Arc<Router>,
     pub dead: DeadLetterWriter,
     pub records_in: Counter,
@@ -49,7 +50,7 @@ impl ShardFactory for TaskFactory {
         _partition: &TopicPartition,
         waker: Arc<Notify>,
     ) -> Result<Recipient<ShardRequest>, String> {
-        let max_pending = (self.runner.spec.max_inflight as usize * 2).max(64);
+        let max_pending = self.runner.max_pending();
         Ok(TaskShard {
             dag: self.dag.clone(),
             node: self.node.clone(),
@@ -78,7 +79,7 @@ impl ShardFactory for TaskFactory {
 struct TaskShard {
     dag: Arc<str>,
     node: Arc<str>,
-    runner: Arc<HttpTaskRunner>,
+    runner: Rc<dyn TaskRunner>,
     router: Arc<Router>,
     dead: DeadLetterWriter,
     records_in: Counter,
@@ -114,7 +115,11 @@ impl TaskShard {
         let outputs = ready.into_values().flatten().collect();
         let commit_to = (self.reported_to != Some(watermark)).then_some(watermark);
         self.reported_to = Some(watermark);
-        ShardOutput { outputs, commit_to }
+        ShardOutput {
+            outputs,
+            commit_to,
+            acks: Vec::new(),
+        }
     }
 
     /// Admits queued records while fewer than the bound are pending; wakes the stage once
@@ -168,7 +173,7 @@ impl TaskShard {
         self.outstanding.insert(offset);
         self.pending.add(1);
         let runner = self.runner.clone();
-        let request = TaskRequest::from_envelope(&runner.task_name, envelope);
+        let request = TaskRequest::from_envelope(runner.task_name(), envelope);
         let kept = request.clone();
         let call = async move {
             // A panic in the task's mapping must not unwind the arbiter: it fails this
@@ -219,6 +224,8 @@ impl TaskShard {
                     )),
                 }
             }
+            // The task store has it; its output comes through the task's output topic.
+            TaskOutcome::Submitted => self.records_out.inc(),
             TaskOutcome::Failed { error } => {
                 tracing::debug!(dag = %self.dag, node = %self.node, key = %request.key, %error, "task failed for good");
                 outputs.push(self.dead.record(

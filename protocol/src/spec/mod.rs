@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use crate::schema::SchemaSet;
 
+pub use parse::parse_duration_text;
 pub use render::{to_dot, to_mermaid};
 pub use template::{JsonTemplate, TextTemplate};
 
@@ -400,6 +401,39 @@ pub struct HttpTask {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskDecl {
     Http(HttpTask),
+    Queue(QueueTask),
+}
+
+impl TaskDecl {
+    pub fn input_schema(&self) -> Option<&str> {
+        match self {
+            TaskDecl::Http(t) => t.input_schema.as_deref(),
+            TaskDecl::Queue(t) => t.input_schema.as_deref(),
+        }
+    }
+
+    /// The schema of the task's output (`json` when it declares none).
+    pub fn output_schema(&self) -> String {
+        match self {
+            TaskDecl::Http(t) => t.output_schema.clone(),
+            TaskDecl::Queue(t) => t.output_schema.clone(),
+        }
+        .unwrap_or_else(|| "json".into())
+    }
+}
+
+/// A queue task: every record becomes a task in a task-store group, run by workers;
+/// a worker's success output is the task's output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueTask {
+    pub group: String,
+    /// The command line, each argument a template over the input record.
+    pub cmd: Vec<TextTemplate>,
+    pub labels: Vec<(String, TextTemplate)>,
+    /// Settings to create the group with if it does not exist (as `POST /groups`).
+    pub group_settings: Option<serde_json::Value>,
+    pub input_schema: Option<String>,
+    pub output_schema: Option<String>,
 }
 
 /// A validated DAG, nodes in topological order.

@@ -254,20 +254,21 @@ fn kind(v: &Json) -> &'static str {
 
 /// `250ms`, `30s`, `5m`, `2h`, `1d`, `1.5s`, or a number of milliseconds.
 pub(crate) fn parse_duration(value: &Json) -> Result<Duration, String> {
-    let text = match value {
-        Json::Number(n) => {
-            return n.as_u64().map(Duration::from_millis).ok_or_else(|| {
-                format!("{n} is not a duration (a whole number of milliseconds, or text like 30s)")
-            });
-        }
-        Json::String(s) => s.trim(),
-        other => {
-            return Err(format!(
-                "must be a duration like 30s, found {}",
-                kind(other)
-            ));
-        }
-    };
+    match value {
+        Json::Number(n) => n.as_u64().map(Duration::from_millis).ok_or_else(|| {
+            format!("{n} is not a duration (a whole number of milliseconds, or text like 30s)")
+        }),
+        Json::String(s) => parse_duration_text(s),
+        other => Err(format!(
+            "must be a duration like 30s, found {}",
+            kind(other)
+        )),
+    }
+}
+
+/// `250ms`, `30s`, `5m`, `2h`, `1d`, `1.5s` (a bare number is seconds).
+pub fn parse_duration_text(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
@@ -559,11 +560,12 @@ impl Parser<'_> {
         let mut obj = Obj::new(&location, map);
         match obj.string(self.errors, "type", false).as_deref() {
             None | Some("http") => {}
+            Some("queue") => return self.queue_task(obj, start),
             Some(other) => {
                 obj.error(
                     self.errors,
                     "type",
-                    format!("{other:?} is not a task type this version runs (supported: http)"),
+                    format!("{other:?} is not a task type (supported: http, queue)"),
                 );
                 return None;
             }
@@ -730,6 +732,89 @@ impl Parser<'_> {
             timeout,
             success,
             permanent_statuses,
+        }))
+    }
+
+    /// A `type: queue` task: records become tasks of a task-store group.
+    fn queue_task(&mut self, mut obj: Obj<'_>, start: usize) -> Option<TaskDecl> {
+        let _ = obj.string(self.errors, "description", false);
+        let group = obj.string(self.errors, "group", true);
+        if let Some(g) = &group {
+            if !crate::taskstore::valid_group_name(g) {
+                obj.error(
+                    self.errors,
+                    "group",
+                    format!(
+                        "{g:?} is not a group name (letters, digits, spaces, '-', '_', '.', ':')"
+                    ),
+                );
+            }
+        }
+        let mut cmd = Vec::new();
+        match obj.strings(self.errors, "cmd") {
+            Some(args) if args.is_empty() => {
+                obj.error(self.errors, "cmd", "must list at least the program to run")
+            }
+            Some(args) => {
+                for arg in args {
+                    match TextTemplate::parse(&arg) {
+                        Ok(t) => cmd.push(t),
+                        Err(e) => obj.error(self.errors, "cmd", e.to_string()),
+                    }
+                }
+            }
+            None if !obj.map.contains_key("cmd") => obj.error(self.errors, "cmd", "is required"),
+            None => {}
+        }
+        let mut labels = Vec::new();
+        if let Some(map) = obj.object(self.errors, "labels") {
+            for (label, value) in map {
+                match value.as_str().map(TextTemplate::parse) {
+                    Some(Ok(t)) => labels.push((label.clone(), t)),
+                    Some(Err(e)) => {
+                        obj.error(self.errors, &format!("labels.{label}"), e.to_string())
+                    }
+                    None => obj.error(self.errors, &format!("labels.{label}"), "must be a string"),
+                }
+            }
+        }
+        let group_settings = match obj.object(self.errors, "group-settings") {
+            Some(map) => {
+                let mut settings = map.clone();
+                settings.insert(
+                    "name".into(),
+                    Json::String(group.clone().unwrap_or_default()),
+                );
+                match serde_json::from_value::<crate::taskstore::GroupSettings>(Json::Object(
+                    settings.clone(),
+                )) {
+                    Ok(parsed) => {
+                        for problem in parsed.problems() {
+                            obj.error(self.errors, "group-settings", problem);
+                        }
+                        Some(Json::Object(settings))
+                    }
+                    Err(e) => {
+                        obj.error(self.errors, "group-settings", e.to_string());
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let input_schema = obj.string(self.errors, "input-schema", false);
+        let output_schema = obj.string(self.errors, "output-schema", false);
+        obj.finish(self.errors);
+        if self.errors.len() != start {
+            return None;
+        }
+        Some(TaskDecl::Queue(super::QueueTask {
+            group: group?,
+            cmd,
+            labels,
+            group_settings,
+            input_schema,
+            output_schema,
         }))
     }
 

@@ -12,6 +12,7 @@ fn label(dag: &Dag, name: &str, kind: &NodeKind) -> (String, String) {
         NodeKind::StreamOperation(op) => (name.to_owned(), op.function.clone()),
         NodeKind::ExternalTask { task, .. } => {
             let detail = match dag.tasks.get(task) {
+                Some(TaskDecl::Queue(queue)) => format!("queue group {}", queue.group),
                 Some(TaskDecl::Http(http)) => format!(
                     "{} {} (max-inflight {}, retries {})",
                     http.method.as_str(),

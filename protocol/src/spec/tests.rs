@@ -85,7 +85,9 @@ fn the_reference_dag_validates_in_yaml_and_json() {
         dag.output_schema("image-metrics").as_deref(),
         Some("image_metrics")
     );
-    let TaskDecl::Http(task) = &dag.tasks["image-metrics"];
+    let TaskDecl::Http(task) = &dag.tasks["image-metrics"] else {
+        panic!("an HTTP task")
+    };
     assert_eq!(task.max_inflight, 64);
     assert_eq!(task.retries, 5);
     assert!(

@@ -61,9 +61,7 @@ fn node_output(
             Some(c) => c.signature(&op.function).map(|s| s.output),
             None => op.value_schema.clone(),
         },
-        NodeKind::ExternalTask { task, .. } => tasks.get(task).map(|TaskDecl::Http(http)| {
-            http.output_schema.clone().unwrap_or_else(|| "json".into())
-        }),
+        NodeKind::ExternalTask { task, .. } => tasks.get(task).map(TaskDecl::output_schema),
         NodeKind::Publish { .. } => None,
     }
 }
@@ -132,8 +130,12 @@ impl Validator<'_, '_> {
     }
 
     fn tasks(&mut self) {
-        for (name, TaskDecl::Http(task)) in &self.raw.tasks {
-            self.http_task(&format!("tasks.{name}"), task);
+        for (name, task) in &self.raw.tasks {
+            let location = format!("tasks.{name}");
+            match task {
+                TaskDecl::Http(task) => self.http_task(&location, task),
+                TaskDecl::Queue(task) => self.queue_task(&location, task),
+            }
         }
     }
 
@@ -204,6 +206,48 @@ impl Validator<'_, '_> {
                 } else if root == "input" && !rest.is_empty() {
                     self.check_path(location, field, input.as_deref(), rest);
                 }
+            }
+        }
+    }
+
+    fn queue_task(&mut self, location: &str, task: &super::QueueTask) {
+        if let Some(s) = &task.input_schema {
+            self.schema_exists(location, "input-schema", s);
+        }
+        if let Some(s) = &task.output_schema {
+            self.schema_exists(location, "output-schema", s);
+        }
+        let input = task.input_schema.clone();
+        let fields: Vec<(&str, String)> = task
+            .cmd
+            .iter()
+            .flat_map(|t| {
+                t.fields()
+                    .map(|f| ("cmd", f.to_owned()))
+                    .collect::<Vec<_>>()
+            })
+            .chain(task.labels.iter().flat_map(|(_, t)| {
+                t.fields()
+                    .map(|f| ("labels", f.to_owned()))
+                    .collect::<Vec<_>>()
+            }))
+            .collect();
+        for (field, path) in fields {
+            self.check_path(location, field, input.as_deref(), &path);
+        }
+        let variables: Vec<String> = task
+            .cmd
+            .iter()
+            .chain(task.labels.iter().map(|(_, t)| t))
+            .flat_map(|t| t.variables().map(str::to_owned).collect::<Vec<_>>())
+            .collect();
+        for var in variables {
+            if !self.raw.variables.contains_key(&var) {
+                self.error(
+                    location,
+                    "cmd",
+                    format!("variable ${{{var}}} is not declared under variables"),
+                );
             }
         }
     }
@@ -301,8 +345,8 @@ impl Validator<'_, '_> {
                 NodeKind::ExternalTask { stream, task } => {
                     self.not_a_table(&location, "stream", stream, &nodes);
                     match self.raw.tasks.get(task) {
-                        Some(TaskDecl::Http(http)) => {
-                            if let Some(want) = &http.input_schema {
+                        Some(decl) => {
+                            if let Some(want) = decl.input_schema() {
                                 self.edge(
                                     &location,
                                     "stream",

@@ -1,0 +1,143 @@
+//! Queue tasks of a DAG: each record becomes a task of a task-store group.
+//!
+//! The submission is idempotent (the record's deterministic id is its idempotency key),
+//! so a record processed again after a crash finds its task instead of making a second
+//! one. The task shard commits the record once the submission is durable; workers then
+//! run the task, and the task store writes its output (or dead letter) to the DAG.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use wellspring_protocol::spec::QueueTask;
+use wellspring_protocol::taskstore::{DagTaskOrigin, GroupSettings, NewTask};
+use wellspring_protocol::{TaskOutcome, TaskRequest, TaskResult};
+
+use super::{TaskError, TaskStore};
+use crate::http::TaskRunner;
+use crate::metrics::Counter;
+
+pub struct QueueTaskRunner {
+    pub task_name: String,
+    pub spec: QueueTask,
+    pub variables: BTreeMap<String, String>,
+    pub store: TaskStore,
+    pub dag: String,
+    pub node: String,
+    pub output_topic: String,
+    pub dead_letter_topic: String,
+    pub retries: Counter,
+    /// The group is known to exist.
+    pub group_ready: Cell<bool>,
+}
+
+/// How long a submission keeps retrying while the task store cannot take it (starting,
+/// shards moving) before the record is dead-lettered.
+const SUBMIT_PATIENCE: Duration = Duration::from_secs(120);
+
+impl QueueTaskRunner {
+    fn new_task(&self, task: &TaskRequest) -> Result<NewTask, String> {
+        let cmd = self
+            .spec
+            .cmd
+            .iter()
+            .map(|t| t.render(&self.variables, &task.input, false))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("building the command: {e}"))?;
+        let labels = self
+            .spec
+            .labels
+            .iter()
+            .map(|(name, t)| Ok((name.clone(), t.render(&self.variables, &task.input, false)?)))
+            .collect::<Result<BTreeMap<_, _>, wellspring_protocol::spec::template::TemplateError>>()
+            .map_err(|e| format!("building the labels: {e}"))?;
+        Ok(NewTask {
+            cmd,
+            group: self.spec.group.clone(),
+            labels,
+            idempotency_key: Some(task.id.to_string()),
+        })
+    }
+
+    async fn ensure_group(&self) -> Result<(), TaskError> {
+        if self.group_ready.get()
+            || self
+                .store
+                .groups()
+                .iter()
+                .any(|g| g.name == self.spec.group)
+        {
+            self.group_ready.set(true);
+            return Ok(());
+        }
+        let settings = match &self.spec.group_settings {
+            Some(json) => serde_json::from_value(json.clone())
+                .map_err(|e| TaskError::Invalid(e.to_string()))?,
+            None => GroupSettings::named(&self.spec.group),
+        };
+        self.store.create_group(settings).await?;
+        self.group_ready.set(true);
+        Ok(())
+    }
+
+    async fn submit(&self, task: &TaskRequest) -> Result<(), String> {
+        let new = self.new_task(task)?;
+        let origin = DagTaskOrigin {
+            dag: self.dag.clone(),
+            node: self.node.clone(),
+            key: task.key.clone(),
+            id: task.id,
+            trace: task.trace.clone(),
+            origin: task.origin.clone(),
+            output_topic: self.output_topic.clone(),
+            dead_letter_topic: self.dead_letter_topic.clone(),
+            input: task.input.clone(),
+        };
+        let started = tokio::time::Instant::now();
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let result = match self.ensure_group().await {
+                Ok(()) => self
+                    .store
+                    .submit(new.clone(), Some(origin.clone()))
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(TaskError::Unavailable(reason)) if started.elapsed() < SUBMIT_PATIENCE => {
+                    tracing::debug!(task = %self.task_name, %reason, "the task store cannot take the task yet; retrying");
+                    self.retries.inc();
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(format!("submitting to group {}: {e}", self.spec.group)),
+            }
+        }
+    }
+}
+
+#[async_trait(?Send)]
+impl TaskRunner for QueueTaskRunner {
+    fn task_name(&self) -> &str {
+        &self.task_name
+    }
+
+    fn max_pending(&self) -> usize {
+        256
+    }
+
+    async fn call(&self, task: TaskRequest) -> TaskResult {
+        let outcome = match self.submit(&task).await {
+            Ok(()) => TaskOutcome::Submitted,
+            Err(error) => TaskOutcome::Failed { error },
+        };
+        TaskResult {
+            request: task,
+            attempts: 1,
+            outcome,
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! The node's HTTP API: the task store (the reference task-queue API), health, metrics.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `POST /groups` | create a group, or update its settings |
+//! | `GET /groups`, `GET /groups/{name}` | list groups, read one |
+//! | `GET /groups/{name}/stats` | available, leased, succeeded, failed, dead-lettered, oldest waiting, desired workers |
+//! | `GET /groups/{name}/tasks?status=&limit=` | a group's tasks, oldest first |
+//! | `GET /groups/{name}/autoscaling` | the desired number of workers and why |
+//! | `POST /tasks` | submit a task |
+//! | `GET /tasks/{id}` | read a task |
+//! | `POST /tasks/claim` | lease the next task (`204` when none) |
+//! | `POST /tasks/extend-claim` | extend a lease |
+//! | `POST /tasks/success`, `POST /tasks/failure` | report how a task ended |
+//! | `GET /health/live`, `GET /health/ready` | liveness, readiness |
+//! | `GET /metrics` | Prometheus metrics |
+//!
+//! Bodies are strict JSON: unknown fields, wrong types and bad values are `400` with a
+//! message; bodies over the limit are `413`; with a token configured, every call but the
+//! health checks needs `Authorization: Bearer TOKEN` (`401` otherwise).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+use wellspring_actors::metrics::Metrics;
+use wellspring_actors::supervision::Health;
+use wellspring_actors::taskstore::store::group_name;
+use wellspring_actors::taskstore::{TaskError, TaskStore};
+use wellspring_protocol::taskstore::{
+    Claim, ExtendClaim, GroupSettings, NewTask, Report, TaskStatus,
+};
+
+/// Largest request body accepted by default.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+#[derive(Clone)]
+struct Api {
+    store: TaskStore,
+    health: Health,
+    metrics: Metrics,
+    token: Option<Arc<str>>,
+}
+
+/// An error answer: a status and a message, as `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<TaskError> for ApiError {
+    fn from(e: TaskError) -> Self {
+        let status = match &e {
+            TaskError::UnknownGroup(_) | TaskError::NotFound(_) => StatusCode::NOT_FOUND,
+            TaskError::Conflict(_) => StatusCode::CONFLICT,
+            TaskError::Invalid(_) => StatusCode::BAD_REQUEST,
+            TaskError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = match &rejection {
+            JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError(status, rejection.body_text())
+    }
+}
+
+type Answer<T> = Result<T, ApiError>;
+
+/// The API, ready to serve.
+pub fn router(
+    store: TaskStore,
+    health: Health,
+    metrics: Metrics,
+    token: Option<String>,
+    body_limit: usize,
+) -> Router {
+    let api = Api {
+        store,
+        health,
+        metrics,
+        token: token.map(Arc::from),
+    };
+    let protected = Router::new()
+        .route("/groups", post(create_group).get(list_groups))
+        .route("/groups/{name}", get(read_group))
+        .route("/groups/{name}/stats", get(group_stats))
+        .route("/groups/{name}/tasks", get(group_tasks))
+        .route("/groups/{name}/autoscaling", get(autoscaling))
+        .route("/tasks", post(submit))
+        .route("/tasks/{id}", get(read_task))
+        .route("/tasks/claim", post(claim))
+        .route("/tasks/extend-claim", post(extend))
+        .route("/tasks/success", post(success))
+        .route("/tasks/failure", post(failure))
+        .route("/metrics", get(metrics_text))
+        .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
+    Router::new()
+        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/ready", get(ready))
+        .merge(protected)
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see the README for the API".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(api)
+}
+
+/// Compares in time independent of where the strings differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authorize(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &api.token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !presented.is_some_and(|p| same_secret(p.as_bytes(), token.as_bytes())) {
+            let mut response = ApiError(
+                StatusCode::UNAUTHORIZED,
+                "this API needs Authorization: Bearer TOKEN".into(),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+async fn ready(State(api): State<Api>) -> Response {
+    let failed = api.health.failed();
+    if failed.is_empty() {
+        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
+    } else {
+        let failed: Vec<_> = failed
+            .into_iter()
+            .map(|(component, reason)| json!({ "component": component, "reason": reason }))
+            .collect();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "failed": failed })),
+        )
+            .into_response()
+    }
+}
+
+async fn create_group(
+    State(api): State<Api>,
+    body: Result<Json<GroupSettings>, JsonRejection>,
+) -> Answer<(StatusCode, Json<GroupSettings>)> {
+    let Json(settings) = body?;
+    let (settings, created) = api.store.create_group(settings).await?;
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(settings),
+    ))
+}
+
+async fn list_groups(State(api): State<Api>) -> Json<Vec<GroupSettings>> {
+    Json(api.store.groups())
+}
+
+async fn read_group(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Answer<Json<GroupSettings>> {
+    let name = group_name(&name)?;
+    api.store
+        .groups()
+        .into_iter()
+        .find(|g| g.name == name)
+        .map(Json)
+        .ok_or_else(|| TaskError::UnknownGroup(name.to_owned()).into())
+}
+
+async fn group_stats(State(api): State<Api>, Path(name): Path<String>) -> Answer<Response> {
+    let stats = api.store.stats(group_name(&name)?).await?;
+    Ok(Json(stats).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn group_tasks(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer<Response> {
+    let Query(query) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(TaskStatus::parse(text).ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("status {text:?} is not available, leased, succeeded or dead-lettered"),
+            )
+        })?),
+    };
+    let limit = query.limit.unwrap_or(100).min(10_000);
+    let tasks = api.store.list(group_name(&name)?, status, limit).await?;
+    Ok(Json(tasks).into_response())
+}
+
+async fn autoscaling(State(api): State<Api>, Path(name): Path<String>) -> Answer<Response> {
+    let name = group_name(&name)?;
+    let stats = api.store.stats(name).await?;
+    let settings = api
+        .store
+        .groups()
+        .into_iter()
+        .find(|g| g.name == name)
+        .ok_or_else(|| TaskError::UnknownGroup(name.to_owned()))?;
+    Ok(Json(json!({
+        "group": name,
+        "desired-workers": stats.desired_workers,
+        "backlog": stats.available + stats.leased,
+        "tasks-per-worker": settings.autoscaling.tasks_per_worker,
+        "min-workers": settings.autoscaling.min_workers,
+        "max-workers": settings.autoscaling.max_workers,
+    }))
+    .into_response())
+}
+
+async fn submit(
+    State(api): State<Api>,
+    body: Result<Json<NewTask>, JsonRejection>,
+) -> Answer<Response> {
+    let Json(task) = body?;
+    let (task, created) = api.store.submit(task, None).await?;
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(task),
+    )
+        .into_response())
+}
+
+async fn read_task(State(api): State<Api>, Path(id): Path<String>) -> Answer<Response> {
+    let id = Uuid::try_parse(&id).map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a task id (a UUID)"),
+        )
+    })?;
+    Ok(Json(api.store.get(id).await?).into_response())
+}
+
+async fn claim(
+    State(api): State<Api>,
+    body: Result<Json<Claim>, JsonRejection>,
+) -> Answer<Response> {
+    let Json(claim) = body?;
+    Ok(match api.store.claim(claim).await? {
+        Some(task) => Json(task).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+async fn extend(
+    State(api): State<Api>,
+    body: Result<Json<ExtendClaim>, JsonRejection>,
+) -> Answer<Response> {
+    let Json(extend) = body?;
+    Ok(Json(api.store.extend(extend).await?).into_response())
+}
+
+async fn success(
+    State(api): State<Api>,
+    body: Result<Json<Report>, JsonRejection>,
+) -> Answer<Response> {
+    let Json(report) = body?;
+    if report.error.is_some() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "a success report carries output, not error".into(),
+        ));
+    }
+    Ok(Json(api.store.report(report, true).await?).into_response())
+}
+
+async fn failure(
+    State(api): State<Api>,
+    body: Result<Json<Report>, JsonRejection>,
+) -> Answer<Response> {
+    let Json(report) = body?;
+    if report.output.is_some() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "a failure report carries error, not output".into(),
+        ));
+    }
+    Ok(Json(api.store.report(report, false).await?).into_response())
+}
+
+/// Prometheus text: every counter and gauge of the node, and per task group its queue
+/// depth, leases and desired workers (the autoscaling signal).
+async fn metrics_text(State(api): State<Api>) -> Response {
+    let mut out = String::new();
+    for (dag, node, name, value) in api.metrics.counters() {
+        let _ = writeln!(
+            out,
+            "wellspring_{name}_total{{dag=\"{}\",node=\"{}\"}} {value}",
+            escape(&dag),
+            escape(&node)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wellspring_task_group_tasks Tasks of a group by status."
+    );
+    let _ = writeln!(out, "# TYPE wellspring_task_group_tasks gauge");
+    let _ = writeln!(
+        out,
+        "# HELP wellspring_task_group_desired_workers Workers a group wants now (autoscaling signal)."
+    );
+    let _ = writeln!(out, "# TYPE wellspring_task_group_desired_workers gauge");
+    for group in api.store.groups() {
+        let Ok(stats) = api.store.stats(&group.name).await else {
+            continue;
+        };
+        let g = escape(&group.name);
+        for (status, n) in [
+            ("available", stats.available),
+            ("leased", stats.leased),
+            ("succeeded", stats.succeeded),
+            ("failed", stats.failed),
+            ("dead-lettered", stats.dead_lettered),
+        ] {
+            let _ = writeln!(
+                out,
+                "wellspring_task_group_tasks{{group=\"{g}\",status=\"{status}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "wellspring_task_group_desired_workers{{group=\"{g}\"}} {}",
+            stats.desired_workers
+        );
+        if let Some(oldest) = stats.oldest_waiting_ms {
+            let _ = writeln!(
+                out,
+                "wellspring_task_group_oldest_waiting_seconds{{group=\"{g}\"}} {}",
+                oldest as f64 / 1000.0
+            );
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,345 @@
+//! `wellspring run`: a node that runs DAGs and serves the task-store API until it gets
+//! SIGINT or SIGTERM.
+//!
+//! [`start`] runs a node on its own threads (the actor system on one, the HTTP API on a
+//! small runtime of its own) and returns a [`RunningNode`] to stop it with; `run` is that
+//! plus waiting for a signal. Tests start nodes the same way, and kill them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wellspring_actors::http::{ReqwestTransport, SharedRng};
+use wellspring_actors::metrics::Metrics;
+use wellspring_actors::supervision::Health;
+use wellspring_actors::taskstore::{TaskStore, TaskStoreConfig};
+use wellspring_actors::{FunctionRegistry, Node, NodeEnv, RuntimeConfig};
+use wellspring_log::{EmbeddedLog, Log, SystemClock};
+use wellspring_protocol::Dag;
+
+use crate::api;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// DAGs to run (validated before anything starts).
+    pub dags: Vec<Dag>,
+    pub http_addr: SocketAddr,
+    pub node_id: String,
+    /// Bearer token the API requires, if any.
+    pub token: Option<String>,
+    pub task_partitions: u32,
+    pub body_limit: usize,
+    /// A node not heard from for this long loses its shards.
+    pub session_timeout: Duration,
+}
+
+impl RunOptions {
+    pub fn new(http_addr: SocketAddr) -> Self {
+        Self {
+            dags: Vec::new(),
+            http_addr,
+            node_id: "wellspring-0".into(),
+            token: None,
+            task_partitions: 8,
+            body_limit: api::DEFAULT_BODY_LIMIT,
+            session_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "cannot listen on {addr}: {source} (is another node running there? choose another --http-addr)"
+    )]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the node: {0}")]
+    Start(String),
+    #[error("cannot start the HTTP server: {0}")]
+    Server(std::io::Error),
+}
+
+/// How a running node is told to stop.
+enum Stop {
+    /// Flush, commit, leave every group.
+    Graceful,
+    /// Drop everything mid-flight, as a crash would (tests).
+    Kill,
+}
+
+/// A node running on its own threads.
+pub struct RunningNode {
+    /// The API's address (the port is real even when 0 was asked for).
+    pub addr: SocketAddr,
+    pub metrics: Metrics,
+    pub health: Health,
+    stop: Option<std::sync::mpsc::Sender<Stop>>,
+    thread: Option<std::thread::JoinHandle<Result<(), RunError>>>,
+}
+
+impl RunningNode {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn finish(&mut self, how: Stop) -> Result<(), RunError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(how);
+        }
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(RunError::Start("the node's thread panicked".into())),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops cleanly: the API first, then every stage flushes, commits and leaves.
+    pub fn stop(mut self) -> Result<(), RunError> {
+        self.finish(Stop::Graceful)
+    }
+
+    /// Drops the node mid-flight, as if its process were killed.
+    pub fn kill(mut self) {
+        let _ = self.finish(Stop::Kill);
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        let _ = self.finish(Stop::Graceful);
+    }
+}
+
+/// Starts a node on `log` (the embedded log unless given) and serves its API.
+pub fn start(options: RunOptions, log: Option<Arc<dyn Log>>) -> Result<RunningNode, RunError> {
+    // Bind first: a taken port is reported before anything else starts.
+    let listener =
+        std::net::TcpListener::bind(options.http_addr).map_err(|source| RunError::Listen {
+            addr: options.http_addr,
+            source,
+        })?;
+    listener.set_nonblocking(true).map_err(RunError::Server)?;
+    let addr = listener.local_addr().map_err(RunError::Server)?;
+    let metrics = Metrics::default();
+    let health = Health::default();
+    let log = log.unwrap_or_else(|| Arc::new(EmbeddedLog::new()));
+    let (stop, stopped) = std::sync::mpsc::channel::<Stop>();
+    let (started, ready) = std::sync::mpsc::channel::<Result<(), RunError>>();
+    let (node_metrics, node_health) = (metrics.clone(), health.clone());
+    let thread = std::thread::Builder::new()
+        .name(format!("node-{}", options.node_id))
+        .spawn(move || {
+            let system = actix_rt::System::new();
+            system.block_on(serve(
+                options,
+                log,
+                listener,
+                node_metrics,
+                node_health,
+                started,
+                stopped,
+            ))
+        })
+        .map_err(RunError::Server)?;
+    match ready.recv() {
+        Ok(Ok(())) => Ok(RunningNode {
+            addr,
+            metrics,
+            health,
+            stop: Some(stop),
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(match thread.join() {
+            Ok(Err(e)) => e,
+            _ => RunError::Start("the node stopped while starting".into()),
+        }),
+    }
+}
+
+async fn serve(
+    options: RunOptions,
+    log: Arc<dyn Log>,
+    listener: std::net::TcpListener,
+    metrics: Metrics,
+    health: Health,
+    started: std::sync::mpsc::Sender<Result<(), RunError>>,
+    stopped: std::sync::mpsc::Receiver<Stop>,
+) -> Result<(), RunError> {
+    let clock = Arc::new(SystemClock);
+    // Task ids must differ between nodes and runs; this seed is not a secret.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()).rotate_left(32);
+    let rng = SharedRng::seeded(seed);
+    let starting = async {
+        let store = TaskStore::new(
+            TaskStoreConfig {
+                partitions: options.task_partitions,
+                node_id: options.node_id.clone(),
+                session_timeout: options.session_timeout,
+                ..TaskStoreConfig::default()
+            },
+            log.clone(),
+            clock.clone(),
+            rng.clone(),
+            metrics.clone(),
+        )
+        .map_err(|e| RunError::Start(e.to_string()))?;
+        let env = NodeEnv {
+            log: log.clone(),
+            clock: clock.clone(),
+            transport: Arc::new(ReqwestTransport::new().map_err(RunError::Start)?),
+            registry: Arc::new(FunctionRegistry::with_builtins()),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            rng: rng.clone(),
+            task_store: Some(store.clone()),
+            config: RuntimeConfig {
+                node_id: options.node_id.clone(),
+                session_timeout: options.session_timeout,
+                ..RuntimeConfig::default()
+            },
+        };
+        let node = Node::start(env, options.dags.clone())
+            .await
+            .map_err(|e| RunError::Start(e.to_string()))?;
+        Ok::<_, RunError>((node, store))
+    };
+    let (node, store) = match starting.await {
+        Ok(started_node) => started_node,
+        Err(e) => {
+            let _ = started.send(Err(e));
+            return Ok(());
+        }
+    };
+
+    // The API runs on its own threads; it reaches the actors through their addresses.
+    let router = api::router(
+        store,
+        health,
+        metrics,
+        options.token.clone(),
+        options.body_limit,
+    );
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::Builder::new()
+        .name("http-api".into())
+        .spawn(move || -> std::io::Result<()> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async {
+                        let _ = http_stopped.await;
+                    })
+                    .await
+            })
+        })
+        .map_err(RunError::Server)?;
+    let _ = started.send(Ok(()));
+
+    // Wait for the word to stop, without blocking the actors.
+    let how = loop {
+        match stopped.try_recv() {
+            Ok(how) => break how,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => break Stop::Graceful,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+        }
+    };
+    let _ = stop_http.send(());
+    let joined = tokio::task::spawn_blocking(move || server.join()).await;
+    if matches!(how, Stop::Graceful) {
+        let _ = tokio::time::timeout(Duration::from_secs(60), node.shutdown()).await;
+    }
+    match joined {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(RunError::Server(e)),
+        _ => Err(RunError::Start("the HTTP server thread panicked".into())),
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM, then stops it cleanly.
+pub fn run(options: RunOptions) -> Result<(), RunError> {
+    let node_id = options.node_id.clone();
+    let names: Vec<String> = options.dags.iter().map(|d| d.name.clone()).collect();
+    let token = options.token.is_some();
+    let node = start(options, None)?;
+    eprintln!(
+        "wellspring node {node_id} serving the task-store API on {}{}{}",
+        node.url(),
+        if token {
+            " (bearer token required)"
+        } else {
+            ""
+        },
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!("; running DAGs: {}", names.join(", "))
+        }
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Server)?;
+    let signal = runtime.block_on(wait_for_signal());
+    eprintln!(
+        "{signal}: stopping (the API first, then every stage flushes, commits and leaves its group)"
+    );
+    node.stop()
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (Kubernetes stopping the pod).
+async fn wait_for_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
+/// Reads the API token from `--token-file` or `WELLSPRING_API_TOKEN` (never from the
+/// command line, where `ps` would show it).
+pub fn token(file: Option<&PathBuf>) -> Result<Option<String>, String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+        let token = text.trim().to_owned();
+        if token.is_empty() {
+            return Err(format!("the token file {} is empty", path.display()));
+        }
+        return Ok(Some(token));
+    }
+    Ok(std::env::var("WELLSPRING_API_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| t.trim().to_owned()))
+}

@@ -1,0 +1,741 @@
+//! The task store over HTTP on loopback: the reference API, leases, durability.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wellspring_log::{EmbeddedLog, Log};
+use wellspring_nodes::run::{RunOptions, RunningNode, start};
+
+fn node(log: &EmbeddedLog, node_id: &str, token: Option<&str>) -> RunningNode {
+    let mut options = RunOptions::new("127.0.0.1:0".parse().unwrap());
+    options.node_id = node_id.into();
+    options.token = token.map(str::to_owned);
+    options.task_partitions = 4;
+    options.session_timeout = Duration::from_secs(2);
+    options.body_limit = 64 * 1024;
+    start(options, Some(Arc::new(log.clone()) as Arc<dyn Log>)).unwrap()
+}
+
+#[derive(Clone)]
+struct Api {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(node: &RunningNode) -> Api {
+        Api {
+            base: node.url(),
+            token: None,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(
+            reqwest::Method::POST,
+            path,
+            Some("application/json"),
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None, None).await
+    }
+
+    /// Posts until the node's shards are served (a fresh node takes a moment).
+    async fn ready_post(&self, path: &str, body: Value) -> (u16, Value) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, answer) = self.post(path, body.clone()).await;
+            if status != 503 || tokio::time::Instant::now() > deadline {
+                return (status, answer);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn group(&self, name: &str, settings: Value) {
+        let mut body = json!({"name": name});
+        body.as_object_mut()
+            .unwrap()
+            .extend(settings.as_object().cloned().unwrap_or_default());
+        let (status, answer) = self.post("/groups", body).await;
+        assert!(status == 201 || status == 200, "{status} {answer}");
+    }
+
+    async fn submit(&self, group: &str, cmd: &str) -> Value {
+        let (status, task) = self
+            .ready_post("/tasks", json!({"cmd": [cmd], "group": group}))
+            .await;
+        assert_eq!(status, 201, "{task}");
+        task
+    }
+
+    async fn claim(&self, group: &str, client: &str, duration_ms: u64) -> Option<Value> {
+        let (status, task) = self
+            .ready_post(
+                "/tasks/claim",
+                json!({"groups": [group], "client-id": client, "duration": duration_ms}),
+            )
+            .await;
+        match status {
+            200 => Some(task),
+            204 => None,
+            other => panic!("claim answered {other}: {task}"),
+        }
+    }
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_reference_api_end_to_end() {
+    let log = EmbeddedLog::new();
+    let node = node(&log, "n0", None);
+    let api = Api::new(&node);
+
+    let (status, group) = api
+        .post(
+            "/groups",
+            json!({"name": "Group A", "max-run-time": "10m", "retry": {"max-attempts": 5}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{group}");
+    assert_eq!(group["max-run-time"], 600_000);
+    let (status, _) = api.post("/groups", group.clone()).await;
+    assert_eq!(status, 200, "creating it again changes nothing");
+
+    let (status, task) = api.ready_post("/tasks", json!({"cmd": ["my-program.py", "url-to-data", "settings"], "group": "Group A", "labels": {"my-label": "is-good"}})).await;
+    assert_eq!(status, 201, "{task}");
+    assert_eq!(
+        (task["version"].as_u64(), task["status"].as_str()),
+        (Some(0), Some("available"))
+    );
+    let id = task["id"].as_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok());
+
+    let (status, keyed) = api
+        .post(
+            "/tasks",
+            json!({"cmd": ["x"], "group": "Group A", "idempotency-key": "k-1"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, again) = api
+        .post(
+            "/tasks",
+            json!({"cmd": ["x"], "group": "Group A", "idempotency-key": "k-1"}),
+        )
+        .await;
+    assert_eq!(status, 200, "the same key gives the same task");
+    assert_eq!(again["id"], keyed["id"]);
+
+    let claimed = api.claim("Group A", "client-123", 30_000).await.unwrap();
+    assert_eq!(claimed["id"], task["id"], "first in, first out");
+    assert_eq!(
+        (claimed["version"].as_u64(), claimed["status"].as_str()),
+        (Some(1), Some("leased"))
+    );
+    assert_eq!(claimed["client-id"], "client-123");
+
+    let (status, extended) = api
+        .post(
+            "/tasks/extend-claim",
+            json!({"client-id": "client-123", "duration": 30000, "id": id, "version": 1}),
+        )
+        .await;
+    assert_eq!((status, extended["version"].as_u64()), (200, Some(2)));
+    let (status, stale) = api
+        .post(
+            "/tasks/extend-claim",
+            json!({"client-id": "client-123", "duration": 30000, "id": id, "version": 1}),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert!(
+        stale["error"].as_str().unwrap().contains("stale"),
+        "{stale}"
+    );
+    let (status, other) = api
+        .post(
+            "/tasks/success",
+            json!({"client-id": "someone-else", "id": id, "version": 2}),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert!(
+        other["error"].as_str().unwrap().contains("another client"),
+        "{other}"
+    );
+
+    let report = json!({"client-id": "client-123", "elapsed-time": 300232000, "id": id, "version": 2, "output": {"cells": 412}});
+    let (status, done) = api.post("/tasks/success", report.clone()).await;
+    assert_eq!(
+        (status, done["status"].as_str(), done["version"].as_u64()),
+        (200, Some("succeeded"), Some(3))
+    );
+    let (status, repeat) = api.post("/tasks/success", report).await;
+    assert_eq!(
+        (status, repeat["version"].as_u64()),
+        (200, Some(3)),
+        "a repeated report is idempotent"
+    );
+
+    let (status, read) = api.get(&format!("/tasks/{id}")).await;
+    assert_eq!((status, read["output"]["cells"].as_u64()), (200, Some(412)));
+    let (status, listed) = api.get("/groups/Group%20A/tasks?status=succeeded").await;
+    assert_eq!((status, listed.as_array().map(Vec::len)), (200, Some(1)));
+    let (status, stats) = api.get("/groups/Group%20A/stats").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (stats["available"].as_u64(), stats["succeeded"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(stats["desired-workers"], 1);
+    let (status, scaling) = api.get("/groups/Group%20A/autoscaling").await;
+    assert_eq!(
+        (status, scaling["desired-workers"].as_u64()),
+        (200, Some(1))
+    );
+
+    let (_, metrics) = api.send(reqwest::Method::GET, "/metrics", None, None).await;
+    let _ = metrics;
+    let text = reqwest::get(format!("{}/metrics", api.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("wellspring_task_group_desired_workers{group=\"Group A\"} 1"),
+        "{text}"
+    );
+    assert_eq!(api.get("/health/live").await.0, 200);
+    assert_eq!(api.get("/health/ready").await.0, 200);
+    node.stop().unwrap();
+}
+
+type BadRequest = (
+    &'static str,
+    Option<&'static str>,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
+
+#[tokio::test]
+async fn bad_requests_get_clear_4xx_answers_and_never_crash_the_node() {
+    let log = EmbeddedLog::new();
+    let node = node(&log, "n0", None);
+    let api = Api::new(&node);
+    api.group("g", json!({})).await;
+    let post_raw = |path: &'static str, ct: Option<&'static str>, body: Vec<u8>| {
+        let api = api.clone();
+        async move { api.send(reqwest::Method::POST, path, ct, Some(body)).await }
+    };
+    // (path, content type, body, status wanted, text the error must contain)
+    let cases: Vec<BadRequest> = vec![
+        (
+            "/tasks",
+            Some("application/json"),
+            br#"{"cmd": ["x"], "group": "g", "bogus": 1}"#.to_vec(),
+            400,
+            "unknown field `bogus`",
+        ),
+        (
+            "/tasks",
+            Some("application/json"),
+            br#"{"cmd": "x", "group": "g"}"#.to_vec(),
+            400,
+            "cmd",
+        ),
+        (
+            "/tasks",
+            Some("application/json"),
+            br#"{"cmd": [], "group": "g"}"#.to_vec(),
+            400,
+            "at least the program",
+        ),
+        (
+            "/tasks",
+            Some("application/json"),
+            br#"{"cmd": ["x"], "group": "nope"}"#.to_vec(),
+            404,
+            "group \"nope\" does not exist",
+        ),
+        (
+            "/tasks",
+            Some("application/json"),
+            b"{not json".to_vec(),
+            400,
+            "",
+        ),
+        ("/tasks", Some("application/json"), Vec::new(), 400, ""),
+        (
+            "/tasks",
+            None,
+            br#"{"cmd": ["x"], "group": "g"}"#.to_vec(),
+            415,
+            "Content-Type",
+        ),
+        (
+            "/tasks",
+            Some("application/json"),
+            vec![b'['; 100 * 1024],
+            413,
+            "",
+        ),
+        (
+            "/tasks/claim",
+            Some("application/json"),
+            br#"{"groups": ["g"], "client-id": "c", "duration": -5}"#.to_vec(),
+            400,
+            "duration",
+        ),
+        (
+            "/tasks/claim",
+            Some("application/json"),
+            br#"{"groups": ["g"], "client-id": "c", "duration": 0}"#.to_vec(),
+            400,
+            "longer than zero",
+        ),
+        (
+            "/tasks/extend-claim",
+            Some("application/json"),
+            br#"{"client-id": "c", "duration": 1, "id": "not-a-uuid", "version": 1}"#.to_vec(),
+            400,
+            "UUID",
+        ),
+        (
+            "/tasks/success",
+            Some("application/json"),
+            br#"{"client-id": "c", "id": "6b1a4b9e-9a8e-4c4e-8f5d-0f6f1c2d3e4f", "version": 1}"#
+                .to_vec(),
+            404,
+            "does not exist",
+        ),
+        (
+            "/groups",
+            Some("application/json"),
+            br#"{"name": "bad/name"}"#.to_vec(),
+            400,
+            "name",
+        ),
+        (
+            "/groups",
+            Some("application/json"),
+            br#"{"name": "g2", "retry": {"max-attempts": 0}}"#.to_vec(),
+            400,
+            "max-attempts",
+        ),
+    ];
+    for (path, ct, body, want, needle) in cases {
+        let shown = String::from_utf8_lossy(&body[..body.len().min(60)]).into_owned();
+        let (status, answer) = post_raw(path, ct, body).await;
+        assert_eq!(status, want, "{path} {shown}: {answer}");
+        if status != 413 {
+            assert!(
+                answer["error"].as_str().is_some_and(|e| e.contains(needle)),
+                "{path} {shown}: {answer}"
+            );
+        }
+    }
+    assert_eq!(api.get("/tasks/not-a-uuid").await.0, 400);
+    assert_eq!(
+        api.get("/tasks/6b1a4b9e-9a8e-4c4e-8f5d-0f6f1c2d3e4f")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(api.get("/groups/nope/stats").await.0, 404);
+    assert_eq!(api.get("/groups/g/tasks?status=sleeping").await.0, 400);
+    assert_eq!(api.get("/no/such/endpoint").await.0, 404);
+    // Still serving.
+    api.submit("g", "x").await;
+    node.stop().unwrap();
+}
+
+#[tokio::test]
+async fn a_token_protects_everything_but_the_health_checks() {
+    let log = EmbeddedLog::new();
+    let node = node(&log, "n0", Some("s3cret"));
+    let mut api = Api::new(&node);
+    let (status, answer) = api.post("/groups", json!({"name": "g"})).await;
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(api.get("/health/live").await.0, 200);
+    api.token = Some("wrong".into());
+    assert_eq!(api.post("/groups", json!({"name": "g"})).await.0, 401);
+    api.token = Some("s3cret".into());
+    assert_eq!(api.post("/groups", json!({"name": "g"})).await.0, 201);
+    node.stop().unwrap();
+}
+
+#[tokio::test]
+async fn many_claimers_in_parallel_never_share_a_task() {
+    let log = EmbeddedLog::new();
+    let node = node(&log, "n0", None);
+    let api = Api::new(&node);
+    api.group("g", json!({})).await;
+    for i in 0..300 {
+        api.submit("g", &format!("job-{i}")).await;
+    }
+    let mut workers = Vec::new();
+    for w in 0..16 {
+        let api = api.clone();
+        workers.push(tokio::spawn(async move {
+            let client = format!("worker-{w}");
+            let mut done = Vec::new();
+            while let Some(task) = api.claim("g", &client, 30_000).await {
+                let id = task["id"].as_str().unwrap().to_owned();
+                let (status, answer) = api
+                    .post(
+                        "/tasks/success",
+                        json!({"client-id": client, "id": id, "version": task["version"]}),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{answer}");
+                done.push(id);
+            }
+            done
+        }));
+    }
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    let distinct: BTreeSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), 300, "every task claimed once");
+    assert_eq!(distinct.len(), 300, "no task leased to two workers");
+    let (_, stats) = api.get("/groups/g/stats").await;
+    assert_eq!(stats["succeeded"], 300);
+    node.stop().unwrap();
+}
+
+#[tokio::test]
+async fn an_unextended_lease_expires_and_the_task_is_claimed_again() {
+    let log = EmbeddedLog::new();
+    let node = node(&log, "n0", None);
+    let api = Api::new(&node);
+    api.group("g", json!({"retry": {"initial-backoff": 10}}))
+        .await;
+    let task = api.submit("g", "x").await;
+    let first = api.claim("g", "vanishing", 300).await.unwrap();
+    assert_eq!(first["id"], task["id"]);
+    let mut second = None;
+    eventually("the task to be claimable again", async || {
+        second = api.claim("g", "rescuer", 30_000).await;
+        second.is_some()
+    })
+    .await;
+    let second = second.unwrap();
+    assert_eq!(
+        (second["id"].clone(), second["attempts"].as_u64()),
+        (task["id"].clone(), Some(2))
+    );
+    assert!(
+        second["last-error"].as_str().unwrap().contains("expired"),
+        "{second}"
+    );
+    let (status, _) = api
+        .post(
+            "/tasks/success",
+            json!({"client-id": "vanishing", "id": task["id"], "version": first["version"]}),
+        )
+        .await;
+    assert_eq!(status, 409, "the vanished client's late report is refused");
+    node.stop().unwrap();
+}
+
+#[tokio::test]
+async fn a_hanging_task_is_halted_and_retried() {
+    let log = EmbeddedLog::new();
+    let node = node(&log, "n0", None);
+    let api = Api::new(&node);
+    api.group(
+        "g",
+        json!({"max-run-time": 400, "retry": {"initial-backoff": 10}}),
+    )
+    .await;
+    let task = api.submit("g", "x").await;
+    let claimed = api.claim("g", "slow", 60_000).await.unwrap();
+    let id = task["id"].as_str().unwrap().to_owned();
+    // The worker keeps extending, but runs past the maximum run time.
+    let mut version = claimed["version"].as_u64().unwrap();
+    let mut halted = Value::Null;
+    eventually("the task to be halted", async || {
+        let (status, answer) = api
+            .post(
+                "/tasks/extend-claim",
+                json!({"client-id": "slow", "duration": 60000, "id": id, "version": version}),
+            )
+            .await;
+        if status == 200 {
+            version = answer["version"].as_u64().unwrap();
+            return false;
+        }
+        halted = api.get(&format!("/tasks/{id}")).await.1;
+        true
+    })
+    .await;
+    assert_eq!(halted["status"], "available");
+    assert!(
+        halted["last-error"]
+            .as_str()
+            .unwrap()
+            .contains("max-run-time"),
+        "{halted}"
+    );
+    node.stop().unwrap();
+}
+
+#[tokio::test]
+async fn failures_retry_with_backoff_then_dead_letter_with_the_last_error() {
+    let log = EmbeddedLog::new();
+    let node = node(&log, "n0", None);
+    let api = Api::new(&node);
+    api.group(
+        "g",
+        json!({"retry": {"max-attempts": 3, "initial-backoff": 50, "max-backoff": 200}}),
+    )
+    .await;
+    let task = api.submit("g", "x").await;
+    for attempt in 1..=3 {
+        let mut claimed = None;
+        eventually("the retry", async || {
+            claimed = api.claim("g", "w", 30_000).await;
+            claimed.is_some()
+        })
+        .await;
+        let claimed = claimed.unwrap();
+        assert_eq!(claimed["attempts"], attempt);
+        let (status, answer) = api.post("/tasks/failure", json!({"client-id": "w", "id": task["id"], "version": claimed["version"], "error": format!("disk full {attempt}")})).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (_, dead) = api
+        .get(&format!("/tasks/{}", task["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(dead["status"], "dead-lettered");
+    assert_eq!(dead["last-error"], "disk full 3 (attempt 3 of 3)");
+    let (_, stats) = api.get("/groups/g/stats").await;
+    assert_eq!(
+        (stats["dead-lettered"].as_u64(), stats["available"].as_u64()),
+        (Some(1), Some(0))
+    );
+    node.stop().unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_node_keeps_every_task_and_dead_leases_become_claimable() {
+    let log = EmbeddedLog::new();
+    let first = node(&log, "n0", None);
+    let api = Api::new(&first);
+    api.group("g", json!({"retry": {"initial-backoff": 10}}))
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(
+            api.submit("g", &format!("job-{i}")).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut leased = Vec::new();
+    for _ in 0..10 {
+        leased.push(api.claim("g", "doomed", 1_000).await.unwrap());
+    }
+    for task in &leased[..4] {
+        let (status, _) = api
+            .post(
+                "/tasks/success",
+                json!({"client-id": "doomed", "id": task["id"], "version": task["version"]}),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    first.kill();
+
+    let second = node(&log, "n0", None);
+    let api = Api::new(&second);
+    let mut statuses = BTreeMap::new();
+    eventually("every task readable on the new node", async || {
+        statuses.clear();
+        for id in &ids {
+            let (status, task) = api.get(&format!("/tasks/{id}")).await;
+            if status != 200 {
+                return false;
+            }
+            *statuses
+                .entry(task["status"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
+        }
+        true
+    })
+    .await;
+    assert_eq!(statuses.get("succeeded"), Some(&4), "{statuses:?}");
+    assert_eq!(statuses.values().sum::<i32>(), 40, "no task lost");
+    // The leases that died with the node expire, and everything else can be worked off.
+    let mut worked = 0;
+    eventually("every unfinished task worked off", async || {
+        while let Some(task) = api.claim("g", "survivor", 30_000).await {
+            let (status, _) = api
+                .post(
+                    "/tasks/success",
+                    json!({"client-id": "survivor", "id": task["id"], "version": task["version"]}),
+                )
+                .await;
+            assert_eq!(status, 200);
+            worked += 1;
+        }
+        worked == 36
+    })
+    .await;
+    second.stop().unwrap();
+}
+
+#[tokio::test]
+async fn a_dags_queue_task_hands_records_to_workers_and_carries_their_output_on() {
+    let dag = r#"
+name: segmentation
+variables: {}
+settings: {partitions: 2}
+topics:
+  images: {value-schema: channel_level, partitions: 2}
+  segments: {value-schema: json}
+tasks:
+  segment:
+    type: queue
+    group: segmentation
+    cmd: ["segment.py", "{location}"]
+    labels: {experiment: "{experiment_id}", well: "{well}"}
+    group-settings: {retry: {max-attempts: 1}}
+    input-schema: channel_level
+graph:
+  images: {type: topic-stream, topic-name: images}
+  segment: {type: external-task, stream: images, task-name: segment}
+  out: {type: publish, stream: segment, topic-name: segments}
+"#;
+    let registry = wellspring_actors::FunctionRegistry::with_builtins();
+    let dag = wellspring_protocol::Dag::load(dag, wellspring_protocol::SpecFormat::Yaml, &registry)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log = EmbeddedLog::new();
+    let mut options = RunOptions::new("127.0.0.1:0".parse().unwrap());
+    options.dags = vec![dag];
+    options.task_partitions = 2;
+    let node = start(options, Some(Arc::new(log.clone()) as Arc<dyn Log>)).unwrap();
+    let api = Api::new(&node);
+
+    let layout = wellspring_protocol::synthetic::layout("EXP-Q", 1, 1, 1, 3).unwrap();
+    let images = wellspring_protocol::synthetic::images(&layout, "HUVEC");
+    let producer = log.producer().unwrap();
+    producer
+        .send(
+            images
+                .iter()
+                .map(|i| {
+                    wellspring_log::ProducerRecord::new(
+                        "images",
+                        Some(i.key.to_string().into()),
+                        Some(i.to_value().to_json_string().into()),
+                    )
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+
+    // A worker takes the three tasks: two succeed, one fails for good.
+    let mut handled = 0;
+    eventually("three tasks worked", async || {
+        if let Some(task) = api.claim("segmentation", "gpu-worker", 30_000).await {
+            assert_eq!(task["cmd"][0], "segment.py");
+            assert!(task["cmd"][1].as_str().unwrap().starts_with("s3://"));
+            assert_eq!(task["labels"]["experiment"], "EXP-Q");
+            let location = task["cmd"][1].as_str().unwrap();
+            let (path, body) = if location.ends_with("ch3.tiff") {
+                ("/tasks/failure", json!({"client-id": "gpu-worker", "id": task["id"], "version": task["version"], "error": "segmentation diverged"}))
+            } else {
+                ("/tasks/success", json!({"client-id": "gpu-worker", "id": task["id"], "version": task["version"], "output": {"cells": 17, "image": location}}))
+            };
+            let (status, answer) = api.post(path, body).await;
+            assert_eq!(status, 200, "{answer}");
+            handled += 1;
+        }
+        handled == 3
+    })
+    .await;
+    let read = |topic: &str| -> Vec<Value> {
+        (0..2)
+            .flat_map(|p| {
+                log.read(&wellspring_log::TopicPartition::new(topic, p), 0, 100)
+                    .unwrap_or_default()
+            })
+            .filter_map(|r| r.value.and_then(|v| serde_json::from_slice(&v).ok()))
+            .collect()
+    };
+    eventually("two outputs and a dead letter", async || {
+        read("segments").len() == 2 && read("segmentation.dead-letters").len() == 1
+    })
+    .await;
+    assert!(read("segments").iter().all(|o| o["cells"] == 17));
+    let letter = &read("segmentation.dead-letters")[0];
+    assert!(
+        letter["reason"]
+            .as_str()
+            .unwrap()
+            .contains("segmentation diverged"),
+        "{letter}"
+    );
+    assert_eq!(letter["node"], "segment");
+    assert!(
+        letter["record"]["location"]
+            .as_str()
+            .unwrap()
+            .ends_with("ch3.tiff")
+    );
+    node.stop().unwrap();
+}

@@ -739,3 +739,76 @@ graph:
     );
     node.stop().unwrap();
 }
+
+#[tokio::test]
+async fn the_python_worker_example_claims_extends_and_reports() {
+    let log = EmbeddedLog::new();
+    let node = node(&log, "n0", None);
+    let api = Api::new(&node);
+    api.group("py", json!({"retry": {"max-attempts": 1}})).await;
+    // A task that outlives its lease unless the worker extends it, one that succeeds
+    // quickly, and one that fails.
+    let slow = api.ready_post("/tasks", json!({"cmd": ["python3", "-c", "import time; time.sleep(2.5); print('slow done')"], "group": "py"})).await.1;
+    let quick = api
+        .ready_post(
+            "/tasks",
+            json!({"cmd": ["python3", "-c", "print('quick done')"], "group": "py"}),
+        )
+        .await
+        .1;
+    let bad = api.ready_post("/tasks", json!({"cmd": ["python3", "-c", "import sys; sys.stderr.write('no input'); sys.exit(3)"], "group": "py"})).await.1;
+    let worker = tokio::process::Command::new("python3")
+        .args([
+            "examples/worker.py",
+            "--url",
+            &api.base,
+            "--group",
+            "py",
+            "--lease",
+            "1",
+            "--exit-when-empty",
+            "--client-id",
+            "py-worker",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .await
+        .expect("python3 runs the worker example");
+    assert!(
+        worker.status.success(),
+        "{}",
+        String::from_utf8_lossy(&worker.stderr)
+    );
+    let get = |task: &Value| {
+        let api = api.clone();
+        let id = task["id"].as_str().unwrap().to_owned();
+        async move { api.get(&format!("/tasks/{id}")).await.1 }
+    };
+    let slow = get(&slow).await;
+    assert_eq!(
+        slow["status"], "succeeded",
+        "the worker kept the 1 s lease alive for 2.5 s: {slow}"
+    );
+    assert_eq!(slow["attempts"], 1);
+    assert!(
+        slow["output"]["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("slow done")
+    );
+    assert!(
+        slow["version"].as_u64().unwrap() >= 4,
+        "extended at least once: {slow}"
+    );
+    assert_eq!(get(&quick).await["status"], "succeeded");
+    let bad = get(&bad).await;
+    assert_eq!(bad["status"], "dead-lettered");
+    assert!(
+        bad["last-error"]
+            .as_str()
+            .unwrap()
+            .contains("exit code 3: no input"),
+        "{bad}"
+    );
+    node.stop().unwrap();
+}

@@ -812,3 +812,79 @@ async fn the_python_worker_example_claims_extends_and_reports() {
     );
     node.stop().unwrap();
 }
+
+#[tokio::test]
+async fn two_nodes_share_the_shards_and_either_answers_any_call() {
+    let log = EmbeddedLog::new();
+    let a = node(&log, "n0", None);
+    let b = node(&log, "n1", None);
+    let (api_a, api_b) = (Api::new(&a), Api::new(&b));
+    // Wait until the group gave each node some shards and each knows of the other.
+    eventually("both nodes serving shards and announced", async || {
+        let (_, sa) = api_a.get("/task-store/shards").await;
+        let (_, sb) = api_b.get("/task-store/shards").await;
+        let serving = |s: &Value| s["serving"].as_array().map_or(0, Vec::len);
+        let known = |s: &Value| {
+            s["nodes"].as_array().map_or(0, |n| {
+                n.iter()
+                    .filter(|x| !x["partitions"].as_array().unwrap().is_empty())
+                    .count()
+            })
+        };
+        serving(&sa) > 0
+            && serving(&sb) > 0
+            && serving(&sa) + serving(&sb) == 4
+            && known(&sa) == 2
+            && known(&sb) == 2
+    })
+    .await;
+    api_a.group("shared", json!({})).await;
+    eventually("node b to learn the group", async || {
+        api_b.get("/groups/shared").await.0 == 200
+    })
+    .await;
+
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let (status, task) = api_a
+            .ready_post(
+                "/tasks",
+                json!({"cmd": [format!("job-{i}")], "group": "shared"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{task}");
+        ids.push(task["id"].as_str().unwrap().to_owned());
+    }
+    // Every task is readable through either node.
+    for id in &ids {
+        assert_eq!(api_b.get(&format!("/tasks/{id}")).await.0, 200);
+        assert_eq!(api_a.get(&format!("/tasks/{id}")).await.0, 200);
+    }
+    let (_, stats) = api_b.get("/groups/shared/stats").await;
+    assert_eq!(
+        stats["available"], 40,
+        "statistics cover both nodes: {stats}"
+    );
+    // A worker talking to one node only gets every task (its own shards, then the other's),
+    // and its reports reach the owners.
+    let mut done = BTreeSet::new();
+    while let Some(task) = api_a.claim("shared", "one-sided", 30_000).await {
+        let (status, answer) = api_a
+            .ready_post(
+                "/tasks/success",
+                json!({"client-id": "one-sided", "id": task["id"], "version": task["version"]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        done.insert(task["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(done.len(), 40);
+    let (_, stats) = api_a.get("/groups/shared/stats").await;
+    assert_eq!(stats["succeeded"], 40, "{stats}");
+    let (_, listed) = api_b
+        .get("/groups/shared/tasks?status=succeeded&limit=100")
+        .await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(40));
+    a.stop().unwrap();
+    b.stop().unwrap();
+}

@@ -14,6 +14,8 @@
 //! | `POST /tasks/success`, `POST /tasks/failure` | report how a task ended |
 //! | `GET /health/live`, `GET /health/ready` | liveness, readiness |
 //! | `GET /metrics` | Prometheus metrics |
+//! | `GET /task-store/shards` | the shards this node serves, and every node's |
+//! | `POST /internal/tasks` | a submission forwarded by another node |
 //!
 //! Bodies are strict JSON: unknown fields, wrong types and bad values are `400` with a
 //! message; bodies over the limit are `413`; with a token configured, every call but the
@@ -34,8 +36,10 @@ use serde_json::json;
 use uuid::Uuid;
 use wellspring_actors::metrics::Metrics;
 use wellspring_actors::supervision::Health;
-use wellspring_actors::taskstore::store::group_name;
-use wellspring_actors::taskstore::{TaskError, TaskStore};
+use wellspring_actors::taskstore::store::{
+    FORWARDED, ForwardedAnswer, ForwardedSubmit, group_name,
+};
+use wellspring_actors::taskstore::{Scope, TaskError, TaskStore};
 use wellspring_protocol::taskstore::{
     Claim, ExtendClaim, GroupSettings, NewTask, Report, TaskStatus,
 };
@@ -68,6 +72,9 @@ impl From<TaskError> for ApiError {
             TaskError::Conflict(_) => StatusCode::CONFLICT,
             TaskError::Invalid(_) => StatusCode::BAD_REQUEST,
             TaskError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            TaskError::Remote { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
         };
         ApiError(status, e.to_string())
     }
@@ -85,6 +92,15 @@ impl From<JsonRejection> for ApiError {
 }
 
 type Answer<T> = Result<T, ApiError>;
+
+/// A call another node forwarded is served here only.
+fn scope(headers: &HeaderMap) -> Scope {
+    if headers.contains_key(FORWARDED) {
+        Scope::Local
+    } else {
+        Scope::Cluster
+    }
+}
 
 /// The API, ready to serve.
 pub fn router(
@@ -112,7 +128,9 @@ pub fn router(
         .route("/tasks/extend-claim", post(extend))
         .route("/tasks/success", post(success))
         .route("/tasks/failure", post(failure))
+        .route("/internal/tasks", post(forwarded_submit))
         .route("/metrics", get(metrics_text))
+        .route("/task-store/shards", get(shards))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     Router::new()
         .route("/health/live", get(|| async { "ok" }))
@@ -210,8 +228,12 @@ async fn read_group(
         .ok_or_else(|| TaskError::UnknownGroup(name.to_owned()).into())
 }
 
-async fn group_stats(State(api): State<Api>, Path(name): Path<String>) -> Answer<Response> {
-    let stats = api.store.stats(group_name(&name)?).await?;
+async fn group_stats(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Answer<Response> {
+    let stats = api.store.stats(group_name(&name)?, scope(&headers)).await?;
     Ok(Json(stats).into_response())
 }
 
@@ -224,6 +246,7 @@ struct ListQuery {
 
 async fn group_tasks(
     State(api): State<Api>,
+    headers: HeaderMap,
     Path(name): Path<String>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Response> {
@@ -238,13 +261,16 @@ async fn group_tasks(
         })?),
     };
     let limit = query.limit.unwrap_or(100).min(10_000);
-    let tasks = api.store.list(group_name(&name)?, status, limit).await?;
+    let tasks = api
+        .store
+        .list(group_name(&name)?, status, limit, scope(&headers))
+        .await?;
     Ok(Json(tasks).into_response())
 }
 
 async fn autoscaling(State(api): State<Api>, Path(name): Path<String>) -> Answer<Response> {
     let name = group_name(&name)?;
-    let stats = api.store.stats(name).await?;
+    let stats = api.store.stats(name, Scope::Cluster).await?;
     let settings = api
         .store
         .groups()
@@ -279,22 +305,51 @@ async fn submit(
         .into_response())
 }
 
-async fn read_task(State(api): State<Api>, Path(id): Path<String>) -> Answer<Response> {
+async fn read_task(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer<Response> {
     let id = Uuid::try_parse(&id).map_err(|_| {
         ApiError(
             StatusCode::BAD_REQUEST,
             format!("{id:?} is not a task id (a UUID)"),
         )
     })?;
-    Ok(Json(api.store.get(id).await?).into_response())
+    Ok(Json(api.store.get(id, scope(&headers)).await?).into_response())
+}
+
+/// The shards this node serves, and every node's announcement.
+async fn shards(State(api): State<Api>) -> Response {
+    Json(json!({
+        "node": api.store.config().node_id,
+        "serving": api.store.local_partitions(),
+        "partitions": api.store.config().partitions,
+        "nodes": api.store.directory(),
+    }))
+    .into_response()
+}
+
+/// A submission another node forwarded here, with its id and DAG origin.
+async fn forwarded_submit(
+    State(api): State<Api>,
+    body: Result<Json<ForwardedSubmit>, JsonRejection>,
+) -> Answer<Response> {
+    let Json(ForwardedSubmit { id, task, dag }) = body?;
+    let (task, created) = api
+        .store
+        .submit_with_id(id, task, dag, Scope::Local)
+        .await?;
+    Ok(Json(ForwardedAnswer { task, created }).into_response())
 }
 
 async fn claim(
     State(api): State<Api>,
+    headers: HeaderMap,
     body: Result<Json<Claim>, JsonRejection>,
 ) -> Answer<Response> {
     let Json(claim) = body?;
-    Ok(match api.store.claim(claim).await? {
+    Ok(match api.store.claim(claim, scope(&headers)).await? {
         Some(task) => Json(task).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     })
@@ -302,14 +357,16 @@ async fn claim(
 
 async fn extend(
     State(api): State<Api>,
+    headers: HeaderMap,
     body: Result<Json<ExtendClaim>, JsonRejection>,
 ) -> Answer<Response> {
     let Json(extend) = body?;
-    Ok(Json(api.store.extend(extend).await?).into_response())
+    Ok(Json(api.store.extend(extend, scope(&headers)).await?).into_response())
 }
 
 async fn success(
     State(api): State<Api>,
+    headers: HeaderMap,
     body: Result<Json<Report>, JsonRejection>,
 ) -> Answer<Response> {
     let Json(report) = body?;
@@ -319,11 +376,12 @@ async fn success(
             "a success report carries output, not error".into(),
         ));
     }
-    Ok(Json(api.store.report(report, true).await?).into_response())
+    Ok(Json(api.store.report(report, true, scope(&headers)).await?).into_response())
 }
 
 async fn failure(
     State(api): State<Api>,
+    headers: HeaderMap,
     body: Result<Json<Report>, JsonRejection>,
 ) -> Answer<Response> {
     let Json(report) = body?;
@@ -333,7 +391,7 @@ async fn failure(
             "a failure report carries error, not output".into(),
         ));
     }
-    Ok(Json(api.store.report(report, false).await?).into_response())
+    Ok(Json(api.store.report(report, false, scope(&headers)).await?).into_response())
 }
 
 /// Prometheus text: every counter and gauge of the node, and per task group its queue
@@ -359,7 +417,8 @@ async fn metrics_text(State(api): State<Api>) -> Response {
     );
     let _ = writeln!(out, "# TYPE wellspring_task_group_desired_workers gauge");
     for group in api.store.groups() {
-        let Ok(stats) = api.store.stats(&group.name).await else {
+        // This node's shards only: every node exports its own, and a scraper sums them.
+        let Ok(stats) = api.store.stats(&group.name, Scope::Local).await else {
             continue;
         };
         let g = escape(&group.name);

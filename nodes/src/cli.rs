@@ -71,6 +71,9 @@ struct RunArgs {
     /// Largest request body the API accepts, in bytes.
     #[arg(long, default_value_t = crate::api::DEFAULT_BODY_LIMIT)]
     body_limit: usize,
+    /// Where other nodes reach this node's API (default: the address it listens on).
+    #[arg(long, env = "WELLSPRING_ADVERTISE_URL")]
+    advertise_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -440,6 +443,7 @@ pub fn main() -> ExitCode {
                 token,
                 task_partitions: args.task_partitions,
                 body_limit: args.body_limit,
+                advertise_url: args.advertise_url,
                 ..crate::run::RunOptions::new(args.http_addr)
             };
             match crate::run::run(options) {

@@ -32,6 +32,8 @@ pub struct RunOptions {
     pub body_limit: usize,
     /// A node not heard from for this long loses its shards.
     pub session_timeout: Duration,
+    /// Where other nodes reach this node's API (default: the address it listens on).
+    pub advertise_url: Option<String>,
 }
 
 impl RunOptions {
@@ -44,6 +46,7 @@ impl RunOptions {
             task_partitions: 8,
             body_limit: api::DEFAULT_BODY_LIMIT,
             session_timeout: Duration::from_secs(10),
+            advertise_url: None,
         }
     }
 }
@@ -124,6 +127,10 @@ pub fn start(options: RunOptions, log: Option<Arc<dyn Log>>) -> Result<RunningNo
         })?;
     listener.set_nonblocking(true).map_err(RunError::Server)?;
     let addr = listener.local_addr().map_err(RunError::Server)?;
+    let mut options = options;
+    options
+        .advertise_url
+        .get_or_insert_with(|| format!("http://{addr}"));
     let metrics = Metrics::default();
     let health = Health::default();
     let log = log.unwrap_or_else(|| Arc::new(EmbeddedLog::new()));
@@ -186,6 +193,8 @@ async fn serve(
                 partitions: options.task_partitions,
                 node_id: options.node_id.clone(),
                 session_timeout: options.session_timeout,
+                advertise_url: options.advertise_url.clone(),
+                token: options.token.clone(),
                 ..TaskStoreConfig::default()
             },
             log.clone(),

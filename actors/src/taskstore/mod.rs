@@ -10,11 +10,12 @@
 //! Shards are partitions of one topic shared by every group (`wellspring.tasks`); which
 //! node owns which is decided by the consumer group `wellspring.task-store`.
 
+pub mod directory;
 pub mod groups;
 pub mod runner;
 pub mod shard;
 pub mod store;
 pub mod table;
 
-pub use store::{TaskStore, TaskStoreConfig};
+pub use store::{Scope, TaskStore, TaskStoreConfig};
 pub use table::{Change, TaskError, TaskTable};

@@ -1,12 +1,21 @@
 //! The task store as the API sees it: a handle that routes each call to the shard that
 //! owns the task, and answers once the change is durable.
+//!
+//! Any node accepts any call. A call for a shard this node serves goes to the shard
+//! actor; a call for a shard another node serves is forwarded to that node's API (marked
+//! as forwarded, so it is never forwarded twice). A claim is served from this node's shards
+//! first, then by asking the others; statistics and lists combine every node's.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
 use uuid::Uuid;
 use wellspring_log::{
     Cleanup, Clock, ConsumerConfig, Log, LogError, Producer, ProducerRecord, TopicSpec,
@@ -17,6 +26,7 @@ use wellspring_protocol::taskstore::{
     TaskView, valid_group_name,
 };
 
+use super::directory::{Announcer, Directory};
 use super::groups::{GroupTable, GroupsReader};
 use super::shard::{
     Answer, LocalShards, QueueCounters, QueueReply, QueueRequest, QueueShardFactory,
@@ -30,6 +40,10 @@ use crate::supervision::{ChildSpec, RestartPolicy};
 
 /// Namespace of task ids derived from idempotency keys.
 const TASK_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5745_4c4c_5350_5249_4e47_0000_0000_0002);
+
+/// The header marking a call forwarded by another node: it is served here, not again
+/// forwarded.
+pub const FORWARDED: &str = "x-wellspring-forwarded";
 
 /// How a node runs its part of the task store.
 #[derive(Debug, Clone)]
@@ -45,6 +59,11 @@ pub struct TaskStoreConfig {
     /// Finished tasks stay readable this long.
     pub retention: Duration,
     pub shard_restart: RestartPolicy,
+    /// Where other nodes reach this node's API (to forward calls here). `None`: this
+    /// node does not announce itself (it then serves only the calls for its own shards).
+    pub advertise_url: Option<String>,
+    /// Bearer token for forwarded calls (the cluster shares one).
+    pub token: Option<String>,
 }
 
 impl Default for TaskStoreConfig {
@@ -57,8 +76,27 @@ impl Default for TaskStoreConfig {
             tick: Duration::from_millis(100),
             retention: Duration::from_secs(7 * 24 * 3600),
             shard_restart: RestartPolicy::default(),
+            advertise_url: None,
+            token: None,
         }
     }
+}
+
+/// Whether a call may reach other nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Anywhere in the cluster (a call from a client).
+    Cluster,
+    /// This node only (a call another node forwarded).
+    Local,
+}
+
+/// A submission forwarded between nodes: the chosen id and the DAG origin travel with it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardedSubmit {
+    pub id: Uuid,
+    pub task: NewTask,
+    pub dag: Option<DagTaskOrigin>,
 }
 
 struct Inner {
@@ -67,18 +105,27 @@ struct Inner {
     clock: Arc<dyn Clock>,
     groups: GroupTable,
     shards: LocalShards,
+    directory: Directory,
     producer: Box<dyn Producer>,
     rng: SharedRng,
     counters: QueueCounters,
     metrics: Metrics,
     /// The last queue sequence number handed out.
     last_seq: AtomicU64,
+    http: reqwest::Client,
 }
 
 /// A handle to the task store; cheap to clone, usable from any thread.
 #[derive(Clone)]
 pub struct TaskStore {
     inner: Arc<Inner>,
+}
+
+/// Where a call goes.
+enum Route {
+    Here(Recipient<QueueRequest>),
+    /// Another node's API.
+    There(String),
 }
 
 impl TaskStore {
@@ -99,6 +146,11 @@ impl TaskStore {
             dead_lettered: counter("dead_lettered"),
             expired: counter("lapsed"),
         };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .no_proxy()
+            .build()
+            .map_err(|e| LogError::Other(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -106,11 +158,13 @@ impl TaskStore {
                 clock,
                 groups: GroupTable::default(),
                 shards: LocalShards::default(),
+                directory: Directory::default(),
                 producer,
                 rng,
                 counters,
                 metrics,
                 last_seq: AtomicU64::new(0),
+                http,
             }),
         })
     }
@@ -123,8 +177,31 @@ impl TaskStore {
         format!("{}task-groups", self.inner.config.prefix)
     }
 
+    fn members_topic(&self) -> String {
+        format!("{}task-store.members", self.inner.config.prefix)
+    }
+
+    fn dead_letter_topic(&self) -> String {
+        format!("{}task-store.dead-letters", self.inner.config.prefix)
+    }
+
     pub fn config(&self) -> &TaskStoreConfig {
         &self.inner.config
+    }
+
+    /// The partitions this node serves now.
+    pub fn local_partitions(&self) -> Vec<u32> {
+        self.inner
+            .shards
+            .all()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Every node's announced shards (this one's included).
+    pub fn directory(&self) -> Vec<super::directory::Announcement> {
+        self.inner.directory.live(self.now_ms())
     }
 
     /// Creates the task store's topics (or checks them).
@@ -138,6 +215,8 @@ impl TaskStore {
         .await?;
         log.ensure_topic(&TopicSpec::new(self.groups_topic(), 1, Cleanup::Compact))
             .await?;
+        log.ensure_topic(&TopicSpec::new(self.members_topic(), 1, Cleanup::Compact))
+            .await?;
         log.ensure_topic(&TopicSpec::new(
             self.dead_letter_topic(),
             1,
@@ -146,12 +225,8 @@ impl TaskStore {
         .await
     }
 
-    fn dead_letter_topic(&self) -> String {
-        format!("{}task-store.dead-letters", self.inner.config.prefix)
-    }
-
-    /// The actors of this node's part of the task store: the groups reader and the stage
-    /// whose shards are the task topic's partitions this node owns.
+    /// The actors of this node's part of the task store: the groups reader, the stage
+    /// whose shards are the task topic's partitions this node owns, and the announcer.
     pub fn children(&self) -> Vec<ChildSpec> {
         let inner = &self.inner;
         let config = &inner.config;
@@ -199,7 +274,7 @@ impl TaskStore {
                 crate::metrics::names::SHARD_RESTARTS,
             ),
         };
-        vec![
+        let mut children = vec![
             ChildSpec::new("groups", move |link| {
                 Ok(GroupsReader::new(
                     groups_topic.clone(),
@@ -213,7 +288,36 @@ impl TaskStore {
             ChildSpec::new("shards", move |link| {
                 Ok(StageActor::new(spec.clone(), link).start().recipient())
             }),
-        ]
+        ];
+        if let Some(url) = config.advertise_url.clone() {
+            let (node, topic, log, clock, shards, directory) = (
+                config.node_id.clone(),
+                self.members_topic(),
+                inner.log.clone(),
+                inner.clock.clone(),
+                inner.shards.clone(),
+                inner.directory.clone(),
+            );
+            children.push(ChildSpec::new("directory", move |link| {
+                Ok(Announcer::new(
+                    node.clone(),
+                    url.clone(),
+                    topic.clone(),
+                    log.clone(),
+                    clock.clone(),
+                    shards.clone(),
+                    directory.clone(),
+                    link,
+                )
+                .start()
+                .recipient())
+            }));
+        }
+        children
+    }
+
+    fn partition_of(&self, id: &Uuid) -> u32 {
+        partition_for_key(id.to_string().as_bytes(), self.inner.config.partitions)
     }
 
     /// Queue order of a new task: increasing on this node, and close to submission time
@@ -230,16 +334,23 @@ impl TaskStore {
         (previous + 1).max(floor)
     }
 
-    fn partition_of(&self, id: &Uuid) -> u32 {
-        partition_for_key(id.to_string().as_bytes(), self.inner.config.partitions)
-    }
-
-    fn shard(&self, partition: u32) -> Result<Recipient<QueueRequest>, TaskError> {
-        self.inner.shards.get(partition).ok_or_else(|| {
-            TaskError::Unavailable(format!(
-                "shard {partition} of the task store is not served by this node right now (starting, or owned by another node); retry"
-            ))
-        })
+    /// Where the shard of `partition` is served.
+    fn route(&self, partition: u32, scope: Scope) -> Result<Route, TaskError> {
+        if let Some(shard) = self.inner.shards.get(partition) {
+            return Ok(Route::Here(shard));
+        }
+        if scope == Scope::Cluster {
+            if let Some(owner) =
+                self.inner
+                    .directory
+                    .owner(partition, &self.inner.config.node_id, self.now_ms())
+            {
+                return Ok(Route::There(owner.url));
+            }
+        }
+        Err(TaskError::Unavailable(format!(
+            "shard {partition} of the task store is not served by this node right now (starting, or moving between nodes); retry"
+        )))
     }
 
     async fn ask(
@@ -263,6 +374,56 @@ impl TaskStore {
             }
         }
         Ok(answer)
+    }
+
+    /// Calls another node's API; `Ok(None)` for `204`.
+    async fn forward<T: DeserializeOwned>(
+        &self,
+        base: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Json>,
+    ) -> Result<Option<T>, TaskError> {
+        let url = format!("{base}{path}");
+        let mut request = self
+            .inner
+            .http
+            .request(method, &url)
+            .header(FORWARDED, self.inner.config.node_id.as_str());
+        if let Some(token) = &self.inner.config.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.map_err(|e| {
+            TaskError::Unavailable(format!(
+                "the node serving this shard ({base}) is unreachable: {e}; retry"
+            ))
+        })?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| TaskError::Unavailable(format!("reading {url}: {e}")))?;
+        match status {
+            204 => Ok(None),
+            200..=299 => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| TaskError::Unavailable(format!("unreadable answer from {url}: {e}"))),
+            _ => {
+                let message = serde_json::from_slice::<Json>(&bytes)
+                    .ok()
+                    .and_then(|j| j.get("error").and_then(Json::as_str).map(str::to_owned))
+                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+                Err(match status {
+                    503 => TaskError::Unavailable(message),
+                    _ => TaskError::Remote { status, message },
+                })
+            }
+        }
     }
 
     fn group(&self, name: &str) -> Result<GroupSettings, TaskError> {
@@ -304,6 +465,18 @@ impl TaskStore {
         Ok((settings, existing.is_none()))
     }
 
+    /// The id a new task gets: from its idempotency key (so the same key always lands in
+    /// the same shard), else random.
+    pub fn task_id(&self, task: &NewTask) -> Uuid {
+        match &task.idempotency_key {
+            Some(key) => Uuid::new_v5(
+                &TASK_ID_NAMESPACE,
+                format!("{}\0{key}", task.group).as_bytes(),
+            ),
+            None => self.inner.rng.uuid_v4(),
+        }
+    }
+
     /// Submits a task. `Ok((task, created))`: with an idempotency key already used, the
     /// existing task and `false`.
     pub async fn submit(
@@ -311,38 +484,48 @@ impl TaskStore {
         task: NewTask,
         dag: Option<DagTaskOrigin>,
     ) -> Result<(TaskView, bool), TaskError> {
+        let id = self.task_id(&task);
+        self.submit_with_id(id, task, dag, Scope::Cluster).await
+    }
+
+    pub async fn submit_with_id(
+        &self,
+        id: Uuid,
+        task: NewTask,
+        dag: Option<DagTaskOrigin>,
+        scope: Scope,
+    ) -> Result<(TaskView, bool), TaskError> {
         self.group(&task.group)?;
-        let id = match &task.idempotency_key {
-            // The same key always gives the same id, so it always lands in the same shard.
-            Some(key) => Uuid::new_v5(
-                &TASK_ID_NAMESPACE,
-                format!("{}\0{key}", task.group).as_bytes(),
-            ),
-            None => self.inner.rng.uuid_v4(),
-        };
-        let shard = self.shard(self.partition_of(&id))?;
-        match self
-            .ask(
-                &shard,
-                QueueRequest::Submit {
+        match self.route(self.partition_of(&id), scope)? {
+            Route::Here(shard) => {
+                let request = QueueRequest::Submit {
                     id,
                     task,
                     dag: dag.map(Box::new),
                     seq: self.next_seq(),
-                },
-            )
-            .await?
-        {
-            Answer::Task { task, changed } => Ok((task, changed)),
-            other => Err(TaskError::Unavailable(format!(
-                "unexpected answer from a task shard: {other:?}"
-            ))),
+                };
+                match self.ask(&shard, request).await? {
+                    Answer::Task { task, changed } => Ok((task, changed)),
+                    other => Err(unexpected(other)),
+                }
+            }
+            Route::There(base) => {
+                let body = serde_json::to_value(ForwardedSubmit { id, task, dag })
+                    .map_err(|e| TaskError::Invalid(e.to_string()))?;
+                let answer: Option<ForwardedAnswer> = self
+                    .forward(&base, reqwest::Method::POST, "/internal/tasks", Some(&body))
+                    .await?;
+                let answer = answer
+                    .ok_or_else(|| TaskError::Unavailable(format!("{base} answered nothing")))?;
+                Ok((answer.task, answer.created))
+            }
         }
     }
 
-    /// Leases the next task of the first listed group that has one, from the shards this
-    /// node serves. `Ok(None)`: nothing is available.
-    pub async fn claim(&self, claim: Claim) -> Result<Option<TaskView>, TaskError> {
+    /// Leases the next task of the first listed group that has one: from this node's
+    /// shards first (oldest of all first), then from the other nodes'. `Ok(None)`: nothing
+    /// is available.
+    pub async fn claim(&self, claim: Claim, scope: Scope) -> Result<Option<TaskView>, TaskError> {
         if claim.groups.is_empty() {
             return Err(TaskError::Invalid("groups lists no group".into()));
         }
@@ -355,13 +538,6 @@ impl TaskStore {
             ));
         }
         let shards = self.inner.shards.all();
-        if shards.is_empty() {
-            return Err(TaskError::Unavailable(
-                "this node serves no task shard yet; retry".into(),
-            ));
-        }
-        // The oldest task of all the shards first: a group's queue is ordered across
-        // this node's shards, not only within each.
         let mut heads = Vec::with_capacity(shards.len());
         for (_, shard) in &shards {
             let request = QueueRequest::Head {
@@ -388,54 +564,113 @@ impl TaskStore {
                 Err(e) => return Err(e),
             }
         }
+        if scope == Scope::Cluster {
+            let body =
+                serde_json::to_value(&claim).map_err(|e| TaskError::Invalid(e.to_string()))?;
+            for peer in self
+                .inner
+                .directory
+                .others(&self.inner.config.node_id, self.now_ms())
+            {
+                match self
+                    .forward::<TaskView>(
+                        &peer.url,
+                        reqwest::Method::POST,
+                        "/tasks/claim",
+                        Some(&body),
+                    )
+                    .await
+                {
+                    Ok(Some(task)) => return Ok(Some(task)),
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(peer = %peer.node, "claim could not ask a peer: {e}"),
+                }
+            }
+        }
+        if shards.is_empty() && scope == Scope::Local {
+            return Err(TaskError::Unavailable(
+                "this node serves no task shard yet; retry".into(),
+            ));
+        }
         Ok(None)
     }
 
-    pub async fn extend(&self, extend: ExtendClaim) -> Result<TaskView, TaskError> {
+    pub async fn extend(&self, extend: ExtendClaim, scope: Scope) -> Result<TaskView, TaskError> {
         if extend.duration.0 == 0 {
             return Err(TaskError::Invalid(
                 "duration must be longer than zero".into(),
             ));
         }
-        let shard = self.shard(self.partition_of(&extend.id))?;
-        match self.ask(&shard, QueueRequest::Extend(extend)).await? {
-            Answer::Task { task, .. } => Ok(task),
-            other => Err(TaskError::Unavailable(format!(
-                "unexpected answer from a task shard: {other:?}"
-            ))),
+        match self.route(self.partition_of(&extend.id), scope)? {
+            Route::Here(shard) => match self.ask(&shard, QueueRequest::Extend(extend)).await? {
+                Answer::Task { task, .. } => Ok(task),
+                other => Err(unexpected(other)),
+            },
+            Route::There(base) => {
+                let body =
+                    serde_json::to_value(&extend).map_err(|e| TaskError::Invalid(e.to_string()))?;
+                self.forward(
+                    &base,
+                    reqwest::Method::POST,
+                    "/tasks/extend-claim",
+                    Some(&body),
+                )
+                .await?
+                .ok_or_else(|| nothing(&base))
+            }
         }
     }
 
     /// Reports a success or failure; a repeated report gets the same answer.
-    pub async fn report(&self, report: Report, success: bool) -> Result<TaskView, TaskError> {
-        let shard = self.shard(self.partition_of(&report.id))?;
-        match self
-            .ask(&shard, QueueRequest::Report { report, success })
-            .await?
-        {
-            Answer::Task { task, .. } => Ok(task),
-            other => Err(TaskError::Unavailable(format!(
-                "unexpected answer from a task shard: {other:?}"
-            ))),
+    pub async fn report(
+        &self,
+        report: Report,
+        success: bool,
+        scope: Scope,
+    ) -> Result<TaskView, TaskError> {
+        match self.route(self.partition_of(&report.id), scope)? {
+            Route::Here(shard) => match self
+                .ask(&shard, QueueRequest::Report { report, success })
+                .await?
+            {
+                Answer::Task { task, .. } => Ok(task),
+                other => Err(unexpected(other)),
+            },
+            Route::There(base) => {
+                let body =
+                    serde_json::to_value(&report).map_err(|e| TaskError::Invalid(e.to_string()))?;
+                let path = if success {
+                    "/tasks/success"
+                } else {
+                    "/tasks/failure"
+                };
+                self.forward(&base, reqwest::Method::POST, path, Some(&body))
+                    .await?
+                    .ok_or_else(|| nothing(&base))
+            }
         }
     }
 
-    pub async fn get(&self, id: Uuid) -> Result<TaskView, TaskError> {
-        let shard = self.shard(self.partition_of(&id))?;
-        match self.ask(&shard, QueueRequest::Get(id)).await? {
-            Answer::Task { task, .. } => Ok(task),
-            other => Err(TaskError::Unavailable(format!(
-                "unexpected answer from a task shard: {other:?}"
-            ))),
+    pub async fn get(&self, id: Uuid, scope: Scope) -> Result<TaskView, TaskError> {
+        match self.route(self.partition_of(&id), scope)? {
+            Route::Here(shard) => match self.ask(&shard, QueueRequest::Get(id)).await? {
+                Answer::Task { task, .. } => Ok(task),
+                other => Err(unexpected(other)),
+            },
+            Route::There(base) => self
+                .forward(&base, reqwest::Method::GET, &format!("/tasks/{id}"), None)
+                .await?
+                .ok_or_else(|| nothing(&base)),
         }
     }
 
-    /// A group's tasks (from the shards this node serves), oldest first.
+    /// A group's tasks, oldest first, from every node.
     pub async fn list(
         &self,
         group: &str,
         status: Option<TaskStatus>,
         limit: usize,
+        scope: Scope,
     ) -> Result<Vec<TaskView>, TaskError> {
         self.group(group)?;
         let mut tasks = Vec::new();
@@ -449,13 +684,34 @@ impl TaskStore {
                 tasks.extend(found);
             }
         }
+        if scope == Scope::Cluster {
+            let status = status.map(|s| format!("&status={s}")).unwrap_or_default();
+            let path = format!(
+                "/groups/{}/tasks?limit={limit}{status}",
+                path_segment(group)
+            );
+            for peer in self
+                .inner
+                .directory
+                .others(&self.inner.config.node_id, self.now_ms())
+            {
+                match self
+                    .forward::<Vec<TaskView>>(&peer.url, reqwest::Method::GET, &path, None)
+                    .await
+                {
+                    Ok(found) => tasks.extend(found.unwrap_or_default()),
+                    Err(e) => tracing::warn!(peer = %peer.node, "listing tasks of a peer: {e}"),
+                }
+            }
+        }
         tasks.sort_by_key(|t| (t.created_at, t.id));
+        tasks.dedup_by_key(|t| t.id);
         tasks.truncate(limit);
         Ok(tasks)
     }
 
-    /// A group's statistics and the workers it wants.
-    pub async fn stats(&self, group: &str) -> Result<GroupStats, TaskError> {
+    /// A group's statistics and the workers it wants, over every node.
+    pub async fn stats(&self, group: &str, scope: Scope) -> Result<GroupStats, TaskError> {
         let settings = self.group(group)?;
         let mut stats = GroupStats {
             group: group.to_owned(),
@@ -474,6 +730,23 @@ impl TaskStore {
                 stats.merge(&part);
             }
         }
+        if scope == Scope::Cluster {
+            let path = format!("/groups/{}/stats", path_segment(group));
+            for peer in self
+                .inner
+                .directory
+                .others(&self.inner.config.node_id, self.now_ms())
+            {
+                match self
+                    .forward::<GroupStats>(&peer.url, reqwest::Method::GET, &path, None)
+                    .await
+                {
+                    Ok(Some(part)) => stats.merge(&part),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(peer = %peer.node, "statistics of a peer: {e}"),
+                }
+            }
+        }
         stats.desired_workers = settings.autoscaling.desired(stats.available + stats.leased);
         Ok(stats)
     }
@@ -487,6 +760,33 @@ impl TaskStore {
     }
 }
 
+/// What a node answers a forwarded submission.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardedAnswer {
+    pub task: TaskView,
+    pub created: bool,
+}
+
+fn unexpected(answer: Answer) -> TaskError {
+    TaskError::Unavailable(format!("unexpected answer from a task shard: {answer:?}"))
+}
+
+fn nothing(base: &str) -> TaskError {
+    TaskError::Unavailable(format!("{base} answered nothing"))
+}
+
+fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// A group name from a URL path, checked.
 pub fn group_name(name: &str) -> Result<&str, TaskError> {
     if valid_group_name(name) {
@@ -496,4 +796,7 @@ pub fn group_name(name: &str) -> Result<&str, TaskError> {
     }
 }
 
-use std::rc::Rc;
+/// The body shape of a forwarded claim, for tests and tools.
+pub fn claim_body(groups: &[&str], client: &str, duration_ms: u64) -> Json {
+    json!({"groups": groups, "client-id": client, "duration": duration_ms})
+}

@@ -36,6 +36,9 @@ pub enum TaskError {
     /// The shard cannot serve right now (moved to another node, shutting down).
     #[error("{0}")]
     Unavailable(String),
+    /// Another node answered a forwarded call with this status.
+    #[error("{message}")]
+    Remote { status: u16, message: String },
 }
 
 /// A change to make durable: a task's new state, or its removal.

@@ -146,3 +146,127 @@ fn the_demo_rejects_nonsense_options() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--error-rate must be between 0 and 1"));
 }
+
+/// Starts `wellspring run` on a free port; returns the process and its API's URL.
+fn run_node() -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wellspring"))
+        .args([
+            "run",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--task-partitions",
+            "2",
+        ])
+        .env("RUST_LOG", "error")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the node says where it serves")
+            .unwrap();
+        if let Some(at) = line.find("http://") {
+            break line[at..].split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stderr so the node never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
+fn tasks(url: &str, args: &[&str]) -> Output {
+    let mut all = vec!["tasks", "--url", url];
+    all.extend_from_slice(args);
+    wellspring(&all)
+}
+
+#[test]
+fn the_tasks_commands_drive_a_running_node_which_stops_on_sigterm() {
+    let (mut node, url) = run_node();
+    let out = tasks(
+        &url,
+        &[
+            "create-group",
+            "cli group",
+            "--max-attempts",
+            "2",
+            "--max-run-time",
+            "5m",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("\"max-run-time\": 300000"));
+    // The node may still be taking its shards: submit until it accepts.
+    let submitted = (0..200)
+        .map(|_| {
+            tasks(
+                &url,
+                &[
+                    "submit",
+                    "--group",
+                    "cli group",
+                    "--label",
+                    "kind=test",
+                    "--",
+                    "echo",
+                    "hello",
+                ],
+            )
+        })
+        .find(|out| out.status.success())
+        .expect("the node accepts a task");
+    let task: serde_json::Value = serde_json::from_slice(&submitted.stdout).unwrap();
+    assert_eq!(task["cmd"], serde_json::json!(["echo", "hello"]));
+    let claimed = tasks(
+        &url,
+        &["claim", "--group", "cli group", "--client-id", "cli"],
+    );
+    let claimed: serde_json::Value = serde_json::from_slice(&claimed.stdout).unwrap();
+    assert_eq!(
+        (claimed["id"].clone(), claimed["status"].as_str()),
+        (task["id"].clone(), Some("leased"))
+    );
+    let empty = tasks(
+        &url,
+        &["claim", "--group", "cli group", "--client-id", "cli"],
+    );
+    assert!(text(&empty.stdout).contains("no task available"));
+    let stats: serde_json::Value =
+        serde_json::from_slice(&tasks(&url, &["stats", "--group", "cli group"]).stdout).unwrap();
+    assert_eq!(stats["leased"], 1);
+    let listed: serde_json::Value = serde_json::from_slice(
+        &tasks(
+            &url,
+            &["list", "--group", "cli group", "--status", "leased"],
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    let missing = tasks(&url, &["stats", "--group", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        text(&missing.stderr).contains("404") && text(&missing.stderr).contains("does not exist")
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = node.wait().unwrap();
+    assert!(
+        status.success(),
+        "a node stops cleanly on SIGTERM: {status}"
+    );
+    let unreachable = tasks(&url, &["stats", "--group", "cli group"]);
+    assert!(
+        text(&unreachable.stderr).contains("cannot reach"),
+        "{}",
+        text(&unreachable.stderr)
+    );
+}

@@ -835,6 +835,16 @@ impl Consumer for EmbeddedConsumer {
         self.positions.keys().cloned().collect()
     }
 
+    fn caught_up(&self, partition: &TopicPartition) -> bool {
+        let Some(position) = self.positions.get(partition) else {
+            return false;
+        };
+        let state = self.log.shared.state.lock();
+        state
+            .partition(partition)
+            .is_ok_and(|log| *position >= log.next_offset)
+    }
+
     fn waker(&self) -> Arc<Notify> {
         self.waker.clone()
     }

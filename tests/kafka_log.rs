@@ -59,8 +59,7 @@ async fn an_unreachable_broker_is_reported_plainly() {
     settings.timeout = Duration::from_secs(3);
     let err = KafkaLog::connect(settings)
         .await
-        .err()
-        .expect("nothing listens there");
+        .expect_err("nothing listens there");
     assert!(matches!(err, LogError::Unreachable(_)), "{err}");
     assert!(err.to_string().contains("check --kafka"), "{err}");
 }
@@ -148,12 +147,12 @@ async fn keyed_records_round_trip_with_headers_and_the_same_partitioning_as_the_
     }
     assert_eq!(seen.len(), 20);
     // The end of a partition is reported after its last record: keep polling until then.
-    let all_caught_up = |reader: &Box<dyn wellspring_log::Consumer>| {
+    let all_caught_up = |reader: &dyn wellspring_log::Consumer| {
         ["in", "empty"]
             .iter()
             .all(|t| (0..4).all(|p| reader.caught_up(&TopicPartition::new(*t, p))))
     };
-    while !all_caught_up(&reader) && tokio::time::Instant::now() < deadline {
+    while !all_caught_up(reader.as_ref()) && tokio::time::Instant::now() < deadline {
         assert!(
             reader
                 .poll(&mut NoListener, 100, Duration::from_millis(200))
@@ -168,7 +167,10 @@ async fn keyed_records_round_trip_with_headers_and_the_same_partitioning_as_the_
         .unwrap();
     assert_eq!(record.value.as_deref(), Some(&b"v7"[..]));
     assert_eq!(record.header("h").map(|h| &h[..]), Some(&b"7"[..]));
-    assert!(all_caught_up(&reader), "every partition read to its end");
+    assert!(
+        all_caught_up(reader.as_ref()),
+        "every partition read to its end"
+    );
 }
 
 #[tokio::test]
@@ -382,4 +384,195 @@ async fn read_committed_hides_open_transactions_and_the_probe_measures_aborted_o
     // transactions; the probe measures it by aborting one and reading back.
     let hides = log.hides_aborted_transactions("test.").await.unwrap();
     eprintln!("broker hides aborted transactions: {hides}");
+}
+
+#[tokio::test]
+async fn the_brokers_default_replication_factor_is_accepted_and_secrets_are_not_printed() {
+    let broker = Broker::start();
+    let mut settings = KafkaSettings::new(broker.address.clone());
+    assert_eq!(
+        settings.replication_factor, -1,
+        "the brokers' default unless told"
+    );
+    settings
+        .properties
+        .insert("sasl.password".into(), "hunter2".into());
+    settings
+        .properties
+        .insert("client.rack".into(), "rack-a".into());
+    let shown = format!("{settings:?}");
+    assert!(
+        !shown.contains("hunter2") && shown.contains("rack-a"),
+        "{shown}"
+    );
+    settings.properties.remove("sasl.password");
+    let log = KafkaLog::connect(settings).await.unwrap();
+    log.ensure_topic(&TopicSpec::new("defaulted", 2, Cleanup::Delete))
+        .await
+        .unwrap();
+    assert_eq!(log.partitions("defaulted").await.unwrap(), 2);
+}
+
+/// Reads a whole one-partition topic.
+async fn read_topic(log: &KafkaLog, topic: &str, reader: &str) -> Vec<wellspring_log::LogRecord> {
+    let tp = TopicPartition::new(topic, 0);
+    let mut consumer = log
+        .consumer(ConsumerConfig::assign(reader, vec![(tp.clone(), Some(0))]))
+        .unwrap();
+    let mut out = Vec::new();
+    while !consumer.caught_up(&tp) {
+        out.extend(
+            consumer
+                .poll(&mut NoListener, 100, Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// A member that has read the one record of `input`.
+async fn member_with_input(
+    log: &KafkaLog,
+    group: &str,
+    input: &str,
+) -> Box<dyn wellspring_log::Consumer> {
+    let mut config = ConsumerConfig::group(group, "member", vec![input.into()]);
+    config.instance_id = Some("node-a".into());
+    config.session_timeout = Duration::from_secs(6);
+    let mut member = log.consumer(config).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut read = Vec::new();
+    while read.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no input within a minute"
+        );
+        read = member
+            .poll(&mut Recorder::default(), 10, Duration::from_millis(200))
+            .await
+            .unwrap();
+    }
+    member
+}
+
+#[tokio::test]
+async fn a_failed_transaction_is_aborted_commits_no_offsets_and_its_retry_carries_the_same_ids() {
+    let broker = Broker::start();
+    let log = connect(&broker).await;
+    log.ensure_topic(&TopicSpec::new("fail-in", 1, Cleanup::Delete))
+        .await
+        .unwrap();
+    log.ensure_topic(&TopicSpec::new("fail-out", 1, Cleanup::Delete))
+        .await
+        .unwrap();
+    log.producer()
+        .unwrap()
+        .send(vec![record("fail-in", "k", "input")])
+        .await
+        .unwrap();
+    let mut member = member_with_input(&log, "fail-g", "fail-in").await;
+    let input = TopicPartition::new("fail-in", 0);
+    let output = |value: &str| {
+        record("fail-out", "k", value).with_header("wellspring-id", Bytes::from_static(b"id-1"))
+    };
+
+    // The second output cannot be written (it is larger than the producer's
+    // message.max.bytes, 1 MB): the whole transaction, with the first output already
+    // sent, is aborted and the input offset is not committed.
+    let oversized = "x".repeat(2_000_000);
+    let failing = CommitBatch {
+        outputs: vec![output("first"), output(&oversized)],
+        offsets: vec![(input.clone(), 1)],
+    };
+    assert!(member.commit(failing).await.is_err());
+    assert_eq!(
+        member.committed(&input).await.unwrap(),
+        None,
+        "no offsets from an aborted transaction"
+    );
+    let hides_aborted = log.hides_aborted_transactions("test.").await.unwrap();
+    let after_abort = read_topic(&log, "fail-out", "after-abort").await;
+    if hides_aborted {
+        assert!(
+            after_abort.is_empty(),
+            "an aborted transaction leaves no visible output: {after_abort:?}"
+        );
+    }
+
+    // The retry commits; whatever an aborted attempt left visible (on a broker that shows
+    // aborted records) carries the retry's id, so readers drop it by id.
+    member
+        .commit(CommitBatch {
+            outputs: vec![output("first")],
+            offsets: vec![(input.clone(), 1)],
+        })
+        .await
+        .unwrap();
+    assert_eq!(member.committed(&input).await.unwrap(), Some(1));
+    let visible = read_topic(&log, "fail-out", "after-retry").await;
+    assert_eq!(
+        visible
+            .iter()
+            .filter(|r| r.value.as_deref() == Some(&b"first"[..]))
+            .count(),
+        after_abort.len() + 1
+    );
+    assert!(
+        visible
+            .iter()
+            .all(|r| r.header("wellspring-id").map(|h| &h[..]) == Some(&b"id-1"[..]))
+    );
+    member.close(&mut Recorder::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_zombie_member_is_fenced_and_its_transaction_leaves_nothing() {
+    let broker = Broker::start();
+    let mut settings = KafkaSettings::new(broker.address.clone());
+    // librdkafka tells a fenced producer apart only when the transaction call times out.
+    settings.timeout = Duration::from_secs(5);
+    let log = KafkaLog::connect(settings).await.unwrap();
+    log.ensure_topic(&TopicSpec::new("zombie-in", 1, Cleanup::Delete))
+        .await
+        .unwrap();
+    log.ensure_topic(&TopicSpec::new("zombie-out", 1, Cleanup::Delete))
+        .await
+        .unwrap();
+    log.producer()
+        .unwrap()
+        .send(vec![record("zombie-in", "k", "input")])
+        .await
+        .unwrap();
+    let mut zombie = member_with_input(&log, "zombie-g", "zombie-in").await;
+    // The same member comes back (a restarted pod) while the old one still runs: the new
+    // incarnation's transactional id fences the old one.
+    let mut successor = member_with_input(&log, "zombie-g", "zombie-in").await;
+    let input = TopicPartition::new("zombie-in", 0);
+    let refused = zombie
+        .commit(CommitBatch {
+            outputs: vec![record("zombie-out", "k", "from the zombie")],
+            offsets: vec![(input.clone(), 1)],
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(LogError::Fenced(_))),
+        "the zombie cannot commit: {refused:?}"
+    );
+    successor
+        .commit(CommitBatch {
+            outputs: vec![record("zombie-out", "k", "from the successor")],
+            offsets: vec![(input.clone(), 1)],
+        })
+        .await
+        .unwrap();
+    let visible = read_topic(&log, "zombie-out", "zombie-reader").await;
+    let values: Vec<&[u8]> = visible.iter().filter_map(|r| r.value.as_deref()).collect();
+    assert_eq!(
+        values,
+        vec![&b"from the successor"[..]],
+        "nothing of the zombie's is visible"
+    );
+    successor.close(&mut Recorder::default()).await.unwrap();
+    drop(zombie);
 }

@@ -445,6 +445,10 @@ impl Log for EmbeddedLog {
         Ok(Box::new(EmbeddedProducer { log: self.clone() }))
     }
 
+    fn describe(&self) -> String {
+        "the embedded log (in memory)".into()
+    }
+
     fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>, LogError> {
         if matches!(config.subscription, Subscription::Topics(_)) && config.group.is_none() {
             return Err(LogError::NoGroup(config.client_id.clone()));

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -27,7 +27,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer as _, PurgeConfig,
+};
 use rdkafka::{ClientContext, Offset as KafkaOffset, TopicPartitionList};
 use tokio::sync::{Notify, mpsc};
 
@@ -39,14 +41,14 @@ use crate::{
 };
 
 /// How to reach and use a Kafka cluster.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaSettings {
     /// `host:port,host:port`.
     pub brokers: String,
     /// Extra librdkafka properties, passed through: `security.protocol`, `sasl.*`,
     /// `ssl.*`, ... (secrets among them are never logged).
     pub properties: BTreeMap<String, String>,
-    /// Replication factor of the topics Wellspring creates.
+    /// Replication factor of the topics Wellspring creates; -1: the brokers' default.
     pub replication_factor: i32,
     /// Commit with transactions (else outputs first, then offsets).
     pub transactions: bool,
@@ -59,10 +61,25 @@ impl KafkaSettings {
         Self {
             brokers: brokers.into(),
             properties: BTreeMap::new(),
-            replication_factor: 1,
+            replication_factor: -1,
             transactions: true,
             timeout: Duration::from_secs(30),
         }
+    }
+
+    /// Whether a librdkafka property holds a secret (never printed).
+    pub fn is_secret(property: &str) -> bool {
+        let p = property.to_ascii_lowercase();
+        [
+            "password",
+            "secret",
+            "token",
+            "jaas",
+            "key.pem",
+            "credentials",
+        ]
+        .iter()
+        .any(|s| p.contains(s))
     }
 
     fn client(&self) -> ClientConfig {
@@ -72,6 +89,40 @@ impl KafkaSettings {
             config.set(k, v);
         }
         config
+    }
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if Self::is_secret(k) {
+                        "(secret)"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("properties", &properties)
+            .field("replication_factor", &self.replication_factor)
+            .field("transactions", &self.transactions)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for KafkaLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaLog")
+            .field("settings", &self.shared.settings)
+            .finish()
     }
 }
 
@@ -86,16 +137,48 @@ fn explain(e: &KafkaError, brokers: &str) -> LogError {
             "no answer from the Kafka brokers at {brokers} ({e}); check --kafka and that the brokers are up"
         )),
         Some(
+            RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::FencedInstanceId,
+        ) => LogError::Fenced(format!("{e}")),
+        // The member may keep its partitions, but this batch is not committed: the caller
+        // must restart from the last commit rather than carry on past it.
+        Some(
             RDKafkaErrorCode::IllegalGeneration
             | RDKafkaErrorCode::UnknownMemberId
-            | RDKafkaErrorCode::FencedInstanceId
             | RDKafkaErrorCode::RebalanceInProgress,
-        ) => LogError::NotAssigned(TopicPartition::new("(group)", 0)),
+        ) => LogError::Other(format!(
+            "the group rebalanced during the commit, which was aborted ({e}); resume from the last commit"
+        )),
         _ => LogError::Other(format!("Kafka: {e}")),
     }
 }
 
 /// Runs a blocking librdkafka call off the async thread.
+/// Aborts the producer's current transaction. The abort waits until every record of the
+/// transaction has had its delivery report served, and nothing else serves this
+/// producer's reports: so the records still queued or in flight are purged and their
+/// reports served here first. When the abort still outlasts `timeout`, librdkafka asks
+/// for the call to be repeated, which it is, a few times.
+fn abort(producer: &BaseProducer, timeout: Duration) -> Result<(), KafkaError> {
+    producer.purge(PurgeConfig::default().queue().inflight());
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        producer.poll(Duration::from_millis(10));
+    }
+    let mut attempts = 0;
+    loop {
+        match producer.abort_transaction(timeout) {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && attempts < 3 => {
+                attempts += 1;
+                producer.poll(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, LogError> {
@@ -217,6 +300,20 @@ impl KafkaLog {
         Ok(n)
     }
 
+    fn headers_of(record: &ProducerRecord) -> Option<OwnedHeaders> {
+        (!record.headers.is_empty()).then(|| {
+            record.headers.iter().fold(
+                OwnedHeaders::new_with_capacity(record.headers.len()),
+                |headers, (k, v)| {
+                    headers.insert(Header {
+                        key: k,
+                        value: Some(v.as_ref()),
+                    })
+                },
+            )
+        })
+    }
+
     fn future_record<'a>(
         record: &'a ProducerRecord,
         partition: i32,
@@ -228,17 +325,24 @@ impl KafkaLog {
         if let Some(value) = &record.value {
             future = future.payload(value.as_ref());
         }
-        if !record.headers.is_empty() {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (k, v) in &record.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v.as_ref()),
-                });
-            }
+        if let Some(headers) = Self::headers_of(record) {
             future = future.headers(headers);
         }
         future
+    }
+
+    fn base_record<'a>(record: &'a ProducerRecord, partition: i32) -> BaseRecord<'a, [u8], [u8]> {
+        let mut base = BaseRecord::to(&record.topic).partition(partition);
+        if let Some(key) = &record.key {
+            base = base.key(key.as_ref());
+        }
+        if let Some(value) = &record.value {
+            base = base.payload(value.as_ref());
+        }
+        if let Some(headers) = Self::headers_of(record) {
+            base = base.headers(headers);
+        }
+        base
     }
 
     /// The partition a record goes to: its own, or its key's, or the first.
@@ -429,6 +533,10 @@ impl Log for KafkaLog {
 
     fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>, LogError> {
         Ok(Box::new(KafkaConsumer::start(self.clone(), config)?))
+    }
+
+    fn describe(&self) -> String {
+        format!("Kafka at {}", self.shared.settings.brokers)
     }
 }
 
@@ -628,11 +736,10 @@ fn poll_thread(
                 {
                     return;
                 }
-                if let Some(topic) = &topic
-                    && events
-                        .blocking_send(Event::End(TopicPartition::new(topic.clone(), p as u32)))
-                        .is_err()
-                {
+                let end = topic
+                    .as_ref()
+                    .map(|t| Event::End(TopicPartition::new(t.clone(), p as u32)));
+                if end.is_some_and(|end| events.blocking_send(end).is_err()) {
                     return;
                 }
                 continue;
@@ -676,9 +783,12 @@ struct KafkaConsumer {
     clients: Vec<Client>,
     events: mpsc::Receiver<Event>,
     /// The transactional producer of this member's commits.
-    transactional: Option<Arc<FutureProducer>>,
+    transactional: Option<Arc<BaseProducer>>,
     /// `init_transactions` ran for it.
     transactions_ready: bool,
+    /// A failed transaction whose abort has not completed yet: it must complete before
+    /// the next transaction begins.
+    abort_pending: Arc<AtomicBool>,
     waker: Arc<Notify>,
     detached: Arc<AtomicBool>,
     assignment: BTreeSet<TopicPartition>,
@@ -761,10 +871,17 @@ impl KafkaConsumer {
                         "{group}-{}",
                         config.instance_id.as_deref().unwrap_or(&config.client_id)
                     );
-                    let producer: FutureProducer = settings
+                    // A producer without a background thread: the commit polls it for
+                    // the outputs' delivery itself.
+                    let producer: BaseProducer = settings
                         .client()
                         .set("transactional.id", &id)
                         .set("linger.ms", "1")
+                        // Adding a partition to the next transaction is refused (and
+                        // retried) while the previous one completes: retry soon, not
+                        // after librdkafka's default 100 ms (the backoff still grows
+                        // exponentially on repeated failures).
+                        .set("retry.backoff.ms", "5")
                         .create()
                         .map_err(fail)?;
                     transactional = Some(Arc::new(producer));
@@ -791,7 +908,7 @@ impl KafkaConsumer {
                     };
                     by_topic
                         .entry(tp.topic.clone())
-                        .or_insert_with(TopicPartitionList::new)
+                        .or_default()
                         .add_partition_offset(&tp.topic, tp.partition as i32, start)
                         .map_err(fail)?;
                     positions.insert(tp.clone(), offset.unwrap_or(0));
@@ -811,6 +928,7 @@ impl KafkaConsumer {
             events,
             transactional,
             transactions_ready: false,
+            abort_pending: Arc::new(AtomicBool::new(false)),
             waker: Arc::new(Notify::new()),
             detached,
             assignment,
@@ -969,25 +1087,33 @@ impl KafkaConsumer {
             }
         };
         let outputs = batch.outputs;
+        let abort_pending = self.abort_pending.clone();
         blocking(move || -> Result<(), KafkaError> {
+            if abort_pending.load(Ordering::SeqCst) {
+                abort(&producer, timeout)?;
+                abort_pending.store(false, Ordering::SeqCst);
+            }
             let run = || -> Result<(), KafkaError> {
                 producer.begin_transaction()?;
                 for (record, partition) in outputs.iter().zip(placed) {
-                    let mut future = KafkaLog::future_record(record, partition);
+                    let mut base = KafkaLog::base_record(record, partition);
                     loop {
-                        match producer.send_result(future) {
-                            Ok(_) => break,
+                        match producer.send(base) {
+                            Ok(()) => break,
                             Err((
                                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
                                 back,
                             )) => {
                                 producer.poll(Duration::from_millis(10));
-                                future = back;
+                                base = back;
                             }
                             Err((e, _)) => return Err(e),
                         }
                     }
                 }
+                // Deliver the outputs, serving their delivery reports here (the commit
+                // would otherwise wait for someone to serve them).
+                producer.flush(timeout)?;
                 if let Some(metadata) = &metadata {
                     producer.send_offsets_to_transaction(&offsets, metadata, timeout)?;
                 }
@@ -996,7 +1122,11 @@ impl KafkaConsumer {
             let result = run();
             if let Err(e) = &result {
                 tracing::warn!("transaction failed, aborting: {e}");
-                let _ = producer.abort_transaction(timeout);
+                if let Err(e) = abort(&producer, timeout) {
+                    // The next commit finishes the abort before it begins.
+                    tracing::warn!("the abort did not complete yet: {e}");
+                    abort_pending.store(true, Ordering::SeqCst);
+                }
             }
             result
         })

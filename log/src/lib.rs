@@ -2,8 +2,8 @@
 //! groups that share a topic's partitions among their members.
 //!
 //! One interface, [`Log`], with two implementations: [`EmbeddedLog`] here (in memory, no
-//! setup; the default for `wellspring demo`, the tests and the simulation harness) and the
-//! Kafka log in `wellspring-nodes`. Everything above the log is the same code for both.
+//! setup; the default for `wellspring demo`, the tests and the simulation harness) and
+//! [`KafkaLog`] on rdkafka. Everything above the log is the same code for both.
 //!
 //! The interface is Kafka's consume-transform-produce loop:
 //!
@@ -285,6 +285,10 @@ pub enum LogError {
         "partition {0} is not assigned to this member any more (the group rebalanced); nothing was committed"
     )]
     NotAssigned(TopicPartition),
+    #[error(
+        "a newer incarnation of this member (same node identity) took over and fenced this one; nothing was committed ({0}). Two nodes must not share an identity"
+    )]
+    Fenced(String),
     #[error("consumer group {0} is required to subscribe to topics")]
     NoGroup(String),
     #[error("the log is unreachable: {0}")]
@@ -304,6 +308,8 @@ pub trait Log: Send + Sync + 'static {
     async fn end_offset(&self, partition: &TopicPartition) -> Result<Offset, LogError>;
     fn producer(&self) -> Result<Box<dyn Producer>, LogError>;
     fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>, LogError>;
+    /// What this log is, in words for the operator ("Kafka at host:9092").
+    fn describe(&self) -> String;
 }
 
 /// Appends records outside any consumer: sources, generators, tools.

@@ -4,14 +4,21 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use wellspring_actors::FunctionRegistry;
+use indicatif::{ProgressBar, ProgressStyle};
+use wellspring_actors::{FunctionRegistry, RuntimeConfig};
+use wellspring_log::{Cleanup, KafkaLog, KafkaSettings, Log, LogError, TopicSpec};
 use wellspring_protocol::spec::{to_dot, to_mermaid};
 use wellspring_protocol::{Dag, SpecFormat};
 
+use crate::backend::{KafkaArgs, block_on};
 use crate::demo::{self, DemoOptions};
 use crate::services::ServiceConfig;
+use crate::verify::{VerifyOptions, verify_experiment};
 use crate::workload::WorkloadConfig;
+use crate::workload::{Workload, publish};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +53,74 @@ enum Command {
     Run(RunArgs),
     /// Talk to a node's task-store API.
     Tasks(TasksArgs),
+    /// Publish a synthetic experiment (its layout, then its images) to Kafka.
+    Generate(GenerateArgs),
+    /// Check one experiment's outputs on Kafka: every missing and every duplicated
+    /// aggregate (exit code 0 only when there are none).
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Plates in the experiment.
+    #[arg(long, default_value_t = 1)]
+    plates: u32,
+    /// The experiment's id (default: EXP- and the current time).
+    #[arg(long)]
+    experiment: Option<String>,
+    /// Wells in use per plate.
+    #[arg(long, default_value_t = 308)]
+    wells: usize,
+    /// Sites imaged per well.
+    #[arg(long, default_value_t = 4)]
+    sites: u16,
+    /// Channels imaged per site.
+    #[arg(long, default_value_t = 6)]
+    channels: u8,
+    /// Fraction of images sent twice.
+    #[arg(long, default_value_t = 0.02)]
+    duplicates: f64,
+    /// Malformed records mixed into the images (they go to the dead-letter topic).
+    #[arg(long, default_value_t = 0)]
+    bad_records: usize,
+    /// Images published per second (default: as fast as the brokers take them).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seed of the image order and repeats.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The topic the images go to (the reference DAG's image source).
+    #[arg(long, default_value = "images_channel")]
+    images_topic: String,
+    /// The topic the experiment's layout goes to (the reference DAG's metadata table).
+    #[arg(long, default_value = "experiment_metadata")]
+    metadata_topic: String,
+    /// Partitions of the images topic, if it has to be created.
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Print progress lines instead of a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// The experiment to check.
+    #[arg(long)]
+    experiment: String,
+    /// The DAG that produced the outputs (default: the bundled reference DAG).
+    #[arg(long)]
+    dag: Option<PathBuf>,
+    /// Keep reading while outputs are missing, up to this long (e.g. 2m).
+    #[arg(long, default_value = "0s")]
+    wait: String,
+    /// Print progress lines instead of a spinner.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Args)]
@@ -74,6 +149,18 @@ struct RunArgs {
     /// Where other nodes reach this node's API (default: the address it listens on).
     #[arg(long, env = "WELLSPRING_ADVERTISE_URL")]
     advertise_url: Option<String>,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Prefix of Wellspring's internal topics and consumer groups.
+    #[arg(long, default_value = "wellspring.", env = "WELLSPRING_TOPIC_PREFIX")]
+    topic_prefix: String,
+    /// A node not heard from for this long loses its shards to the others.
+    #[arg(long, default_value = "10s")]
+    session_timeout: String,
+    /// Shards of each grouping and task that sets none (overrides the DAG's
+    /// settings.partitions; fixed once the topics exist).
+    #[arg(long)]
+    partitions: Option<u32>,
 }
 
 #[derive(Args)]
@@ -201,6 +288,12 @@ struct DemoArgs {
     /// Print progress lines instead of progress bars.
     #[arg(long)]
     no_progress: bool,
+    /// The experiment's id (default: EXP-DEMO; on Kafka, EXP-DEMO- and the time, so
+    /// runs do not mix).
+    #[arg(long)]
+    experiment: Option<String>,
+    #[command(flatten)]
+    kafka: KafkaArgs,
 }
 
 fn read_dag(file: &PathBuf, overrides: &[String]) -> Result<Dag, ExitCode> {
@@ -377,6 +470,232 @@ fn tasks_command(args: TasksArgs) -> ExitCode {
     }
 }
 
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The Kafka log when `--kafka` was given (checked and probed), else `None`.
+fn connect(kafka: &KafkaArgs, prefix: &str) -> Result<Option<Arc<dyn Log>>, ExitCode> {
+    if !kafka.is_kafka() {
+        return Ok(None);
+    }
+    match block_on(kafka.connect(prefix)) {
+        Ok(Ok(Some(log))) => Ok(Some(Arc::new(log))),
+        Ok(Ok(None)) => Ok(None),
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            eprintln!("error: cannot start a runtime: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// A Kafka log for the operator tools, which need one (`--kafka`).
+fn kafka_for(command: &str, kafka: &KafkaArgs) -> Result<KafkaSettings, ExitCode> {
+    match kafka.settings() {
+        Ok(Some(settings)) => Ok(settings),
+        Ok(None) => {
+            eprintln!(
+                "error: wellspring {command} works on a Kafka cluster: give --kafka BROKERS (or set WELLSPRING_KAFKA)"
+            );
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn generate_command(args: GenerateArgs) -> ExitCode {
+    let settings = match kafka_for("generate", &args.kafka) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if !(0.0..=1.0).contains(&args.duplicates) {
+        eprintln!(
+            "error: --duplicates must be between 0 and 1, not {}",
+            args.duplicates
+        );
+        return ExitCode::from(2);
+    }
+    if args.partitions == 0 {
+        eprintln!("error: --partitions must be at least 1");
+        return ExitCode::from(2);
+    }
+    let experiment = args
+        .experiment
+        .clone()
+        .unwrap_or_else(|| format!("EXP-{}", unix_seconds()));
+    let config = WorkloadConfig {
+        experiment: experiment.clone(),
+        plates: args.plates,
+        wells: args.wells,
+        sites: args.sites,
+        channels: args.channels,
+        duplicates: args.duplicates,
+        bad_records: args.bad_records,
+        seed: args.seed,
+        ..WorkloadConfig::default()
+    };
+    let workload = match Workload::build(&config) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let brokers = settings.brokers.clone();
+    let progress = !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let result = block_on(async {
+        let log = KafkaLog::connect(settings).await?;
+        let topics = [
+            TopicSpec::new(args.images_topic.clone(), args.partitions, Cleanup::Delete),
+            TopicSpec::new(args.metadata_topic.clone(), 1, Cleanup::Compact),
+        ];
+        for spec in &topics {
+            // A topic that exists is used as it is (the DAG's node may have made it).
+            match log.partitions(&spec.name).await {
+                Ok(_) => {}
+                Err(LogError::UnknownTopic(_)) => log.ensure_topic(spec).await?,
+                Err(e) => return Err(e),
+            }
+        }
+        let producer = log.producer()?;
+        let bar = if progress {
+            ProgressBar::new(workload.messages.len() as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "published [{bar:40.cyan/blue}] {pos}/{len} records {per_sec}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let started = std::time::Instant::now();
+        let mut last_line = started;
+        let mut sent = 0usize;
+        publish(
+            producer.as_ref(),
+            &workload.messages,
+            &args.images_topic,
+            &args.metadata_topic,
+            args.rate,
+            |batch| {
+                sent += batch.len();
+                bar.set_position(sent as u64);
+                if !progress && last_line.elapsed() > Duration::from_secs(5) {
+                    last_line = std::time::Instant::now();
+                    eprintln!("published {sent}/{} records", workload.messages.len());
+                }
+            },
+        )
+        .await?;
+        bar.finish_and_clear();
+        Ok::<_, LogError>(started.elapsed())
+    });
+    match result {
+        Ok(Ok(elapsed)) => {
+            let images = workload.image_count();
+            println!(
+                "published experiment {experiment}: {} plate(s), {images} channel images ({} distinct, {} bad records) and its layout, to {brokers} in {:.1} s ({:.0} records/s)",
+                args.plates,
+                workload.layout.image_count(),
+                args.bad_records,
+                elapsed.as_secs_f64(),
+                workload.messages.len() as f64 / elapsed.as_secs_f64().max(1e-9)
+            );
+            println!(
+                "check its outputs with: wellspring verify --kafka {brokers} --experiment {experiment} --wait 5m"
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: cannot start a runtime: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn verify_command(args: VerifyArgs) -> ExitCode {
+    let settings = match kafka_for("verify", &args.kafka) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let wait = match wellspring_protocol::spec::parse_duration_text(&args.wait) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: --wait: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let registry = FunctionRegistry::with_builtins();
+    let dag = match &args.dag {
+        Some(file) => match read_dag(file, &[]) {
+            Ok(dag) => dag,
+            Err(code) => return code,
+        },
+        None => match Dag::load(demo::REFERENCE_DAG, SpecFormat::Yaml, &registry) {
+            Ok(dag) => dag,
+            Err(e) => {
+                eprintln!("error: the bundled reference DAG: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let mut options = VerifyOptions::for_dag(&dag, &args.experiment);
+    options.wait = wait;
+    let progress = !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let result = block_on(async {
+        let log = KafkaLog::connect(settings).await?;
+        let spinner = if progress {
+            ProgressBar::new_spinner()
+        } else {
+            ProgressBar::hidden()
+        };
+        spinner.enable_steady_tick(Duration::from_millis(200));
+        let mut last_line = std::time::Instant::now();
+        let report = verify_experiment(&log, &options, |read| {
+            spinner.set_message(format!("{read} output records read"));
+            if !progress && last_line.elapsed() > Duration::from_secs(5) {
+                last_line = std::time::Instant::now();
+                eprintln!("{read} output records read");
+            }
+        })
+        .await;
+        spinner.finish_and_clear();
+        report
+    });
+    match result {
+        Ok(Ok(report)) => {
+            print!("{}", report.render());
+            if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: cannot start a runtime: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -418,6 +737,8 @@ pub fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Tasks(args) => tasks_command(args),
+        Command::Generate(args) => generate_command(args),
+        Command::Verify(args) => verify_command(args),
         Command::Run(args) => {
             let mut dags = Vec::new();
             for file in &args.dags {
@@ -433,10 +754,31 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if args.task_partitions == 0 {
-                eprintln!("error: --task-partitions must be at least 1");
+            if args.task_partitions == 0 || args.partitions == Some(0) {
+                eprintln!("error: --task-partitions and --partitions must be at least 1");
                 return ExitCode::from(2);
             }
+            if let Some(partitions) = args.partitions {
+                for dag in &mut dags {
+                    dag.settings.partitions = partitions;
+                }
+            }
+            let session_timeout =
+                match wellspring_protocol::spec::parse_duration_text(&args.session_timeout) {
+                    Ok(d) if d >= Duration::from_secs(1) => d,
+                    Ok(_) => {
+                        eprintln!("error: --session-timeout must be at least 1s");
+                        return ExitCode::from(2);
+                    }
+                    Err(e) => {
+                        eprintln!("error: --session-timeout: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+            let log = match connect(&args.kafka, &args.topic_prefix) {
+                Ok(log) => log,
+                Err(code) => return code,
+            };
             let options = crate::run::RunOptions {
                 dags,
                 node_id: args.node_id,
@@ -444,9 +786,11 @@ pub fn main() -> ExitCode {
                 task_partitions: args.task_partitions,
                 body_limit: args.body_limit,
                 advertise_url: args.advertise_url,
+                prefix: args.topic_prefix,
+                session_timeout,
                 ..crate::run::RunOptions::new(args.http_addr)
             };
-            match crate::run::run(options) {
+            match crate::run::run(options, log) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -465,8 +809,20 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
+            let log = match connect(&args.kafka, &RuntimeConfig::default().prefix) {
+                Ok(log) => log,
+                Err(code) => return code,
+            };
+            let experiment = args.experiment.unwrap_or_else(|| {
+                if log.is_some() {
+                    format!("EXP-DEMO-{}", unix_seconds())
+                } else {
+                    WorkloadConfig::default().experiment
+                }
+            });
             let options = DemoOptions {
                 workload: WorkloadConfig {
+                    experiment,
                     plates: args.plates,
                     wells: args.wells,
                     sites: args.sites,
@@ -488,7 +844,7 @@ pub fn main() -> ExitCode {
                 stall_timeout: Duration::from_secs(args.stall_timeout),
                 progress: !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
-            match demo::run(options) {
+            match demo::run(options, log) {
                 Ok(report) => {
                     println!("{}", report.render());
                     if report.ok() {

@@ -81,6 +81,9 @@ pub enum DemoError {
 /// What the demo saw.
 #[derive(Debug)]
 pub struct DemoReport {
+    pub experiment: String,
+    /// What the demo ran on ("the embedded log (in memory)", "Kafka at ...").
+    pub log: String,
     pub levels: Vec<LevelReport>,
     pub images_published: usize,
     pub distinct_images: u64,
@@ -108,7 +111,9 @@ impl DemoReport {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         let _ = writeln!(
             out,
-            "\nWellspring demo: {} channel images ({} distinct) in {:.2} s, {:.0} events/s",
+            "\nWellspring demo: experiment {} on {}\n  {} channel images ({} distinct) in {:.2} s, {:.0} events/s",
+            self.experiment,
+            self.log,
             self.images_published,
             self.distinct_images,
             secs,
@@ -237,10 +242,12 @@ pub fn load_dag(
     Ok(dag)
 }
 
-/// Runs the demo to completion (or stall) in its own actor system.
-pub fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
+/// Runs the demo to completion (or stall) in its own actor system, on `log` (a new
+/// embedded log unless given).
+pub fn run(options: DemoOptions, log: Option<Arc<dyn Log>>) -> Result<DemoReport, DemoError> {
     let system = actix_rt::System::new();
-    let result = system.block_on(run_in_system(options));
+    let log = log.unwrap_or_else(|| Arc::new(EmbeddedLog::new()));
+    let result = system.block_on(run_in_system(options, log));
     drop(system);
     result
 }
@@ -283,17 +290,16 @@ impl Bars {
     }
 }
 
-async fn run_in_system(options: DemoOptions) -> Result<DemoReport, DemoError> {
+async fn run_in_system(options: DemoOptions, log: Arc<dyn Log>) -> Result<DemoReport, DemoError> {
     let registry = Arc::new(FunctionRegistry::with_builtins());
     let services = Services::start(options.services.clone()).map_err(DemoError::Services)?;
     let dag = load_dag(options.dag.as_ref(), &registry, &services)?;
     let workload = Workload::build(&options.workload).map_err(DemoError::Workload)?;
 
-    let log = EmbeddedLog::new();
     let metrics = Metrics::default();
     let health = Health::default();
     let env = NodeEnv {
-        log: Arc::new(log.clone()),
+        log: log.clone(),
         clock: Arc::new(SystemClock),
         transport: Arc::new(ReqwestTransport::new().map_err(DemoError::Start)?),
         registry,
@@ -307,16 +313,19 @@ async fn run_in_system(options: DemoOptions) -> Result<DemoReport, DemoError> {
         },
     };
     let dag_name = dag.name.clone();
-    let tracker = Rc::new(RefCell::new(Tracker::new(
-        reference_expectations(&workload.layout),
-        &dag.settings.dead_letter_topic,
-        &dag.settings.incomplete_topic,
-    )));
+    let tracker = Rc::new(RefCell::new(
+        Tracker::new(
+            reference_expectations(&workload.layout),
+            &dag.settings.dead_letter_topic,
+            &dag.settings.incomplete_topic,
+        )
+        .scoped(&workload.layout.experiment.to_string()),
+    ));
     let node = Node::start(env, vec![dag])
         .await
         .map_err(|e| DemoError::Start(e.to_string()))?;
 
-    // Watch the outputs.
+    // Watch the outputs, from their ends now (a shared log holds earlier runs' too).
     let mut assignment = Vec::new();
     let topics = tracker.borrow().topics();
     for topic in topics {
@@ -324,8 +333,14 @@ async fn run_in_system(options: DemoOptions) -> Result<DemoReport, DemoError> {
             .partitions(&topic)
             .await
             .map_err(|e| DemoError::Start(format!("{topic}: {e}")))?;
-        assignment
-            .extend((0..partitions).map(|p| (TopicPartition::new(topic.as_str(), p), Some(0))));
+        for p in 0..partitions {
+            let tp = TopicPartition::new(topic.as_str(), p);
+            let end = log
+                .end_offset(&tp)
+                .await
+                .map_err(|e| DemoError::Start(format!("{tp}: {e}")))?;
+            assignment.push((tp, Some(end)));
+        }
     }
     let mut watcher = log
         .consumer(ConsumerConfig::assign("demo-watcher", assignment))
@@ -456,6 +471,8 @@ async fn run_in_system(options: DemoOptions) -> Result<DemoReport, DemoError> {
     let quantile =
         |q| (!histogram.is_empty()).then(|| Duration::from_micros(histogram.value_at_quantile(q)));
     Ok(DemoReport {
+        experiment: workload.layout.experiment.to_string(),
+        log: log.describe(),
         levels: tracker.report(),
         images_published: published.get(),
         distinct_images: workload.layout.image_count(),

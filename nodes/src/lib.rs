@@ -4,6 +4,7 @@
 //! Start with [`cli::main`] for the commands, or [`demo::run`] for the demo as a library.
 
 pub mod api;
+pub mod backend;
 pub mod cli;
 pub mod client;
 pub mod demo;

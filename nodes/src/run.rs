@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub session_timeout: Duration,
     /// Where other nodes reach this node's API (default: the address it listens on).
     pub advertise_url: Option<String>,
+    /// Prefix of internal topics and consumer groups.
+    pub prefix: String,
 }
 
 impl RunOptions {
@@ -47,6 +49,7 @@ impl RunOptions {
             body_limit: api::DEFAULT_BODY_LIMIT,
             session_timeout: Duration::from_secs(10),
             advertise_url: None,
+            prefix: RuntimeConfig::default().prefix,
         }
     }
 }
@@ -195,6 +198,7 @@ async fn serve(
                 session_timeout: options.session_timeout,
                 advertise_url: options.advertise_url.clone(),
                 token: options.token.clone(),
+                prefix: options.prefix.clone(),
                 ..TaskStoreConfig::default()
             },
             log.clone(),
@@ -215,6 +219,7 @@ async fn serve(
             config: RuntimeConfig {
                 node_id: options.node_id.clone(),
                 session_timeout: options.session_timeout,
+                prefix: options.prefix.clone(),
                 ..RuntimeConfig::default()
             },
         };
@@ -281,14 +286,18 @@ async fn serve(
     }
 }
 
-/// Runs a node until SIGINT or SIGTERM, then stops it cleanly.
-pub fn run(options: RunOptions) -> Result<(), RunError> {
+/// Runs a node on `log` (the embedded log unless given) until SIGINT or SIGTERM, then
+/// stops it cleanly.
+pub fn run(options: RunOptions, log: Option<Arc<dyn Log>>) -> Result<(), RunError> {
     let node_id = options.node_id.clone();
     let names: Vec<String> = options.dags.iter().map(|d| d.name.clone()).collect();
     let token = options.token.is_some();
-    let node = start(options, None)?;
+    let backend = log
+        .as_ref()
+        .map_or("the embedded log".to_owned(), |l| l.describe());
+    let node = start(options, log)?;
     eprintln!(
-        "wellspring node {node_id} serving the task-store API on {}{}{}",
+        "wellspring node {node_id} on {backend}, serving the task-store API on {}{}{}",
         node.url(),
         if token {
             " (bearer token required)"

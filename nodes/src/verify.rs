@@ -5,11 +5,14 @@
 //! latencies) and reports at the end.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::time::Duration;
 
 use tokio::time::Instant;
-use wellspring_log::LogRecord;
+use wellspring_log::{ConsumerConfig, Log, LogError, LogRecord, NoListener, TopicPartition};
 use wellspring_protocol::envelope::headers;
-use wellspring_protocol::{ExperimentLayout, PlateKey, WellKey};
+use wellspring_protocol::spec::NodeKind;
+use wellspring_protocol::{Dag, ExperimentLayout, PlateKey, Value, WellKey};
 
 /// What one output topic should carry.
 #[derive(Debug, Clone)]
@@ -88,6 +91,8 @@ pub struct LevelReport {
     pub present: usize,
     /// Records whose id had been seen before.
     pub repeats: usize,
+    /// Aggregates: keys that came out more than once (with the same id or not).
+    pub duplicated: Vec<String>,
     pub missing: Vec<String>,
     /// Missing keys for which a dead letter explains why.
     pub dead_lettered: usize,
@@ -98,7 +103,10 @@ impl LevelReport {
     /// An aggregate must be there exactly once; a task output there or dead-lettered.
     pub fn ok(&self) -> bool {
         if self.aggregate {
-            self.missing.is_empty() && self.repeats == 0 && self.unexpected.is_empty()
+            self.missing.is_empty()
+                && self.repeats == 0
+                && self.duplicated.is_empty()
+                && self.unexpected.is_empty()
         } else {
             self.missing.len() == self.dead_lettered && self.unexpected.is_empty()
         }
@@ -116,6 +124,8 @@ pub struct Tracker {
     pub incomplete: Vec<String>,
     /// When each key of each topic was first seen.
     first_seen: HashMap<(String, String), Instant>,
+    /// Only outputs of this experiment count (a shared topic carries others too).
+    scope: Option<String>,
 }
 
 impl Tracker {
@@ -131,7 +141,21 @@ impl Tracker {
             dead_letters: Vec::new(),
             incomplete: Vec::new(),
             first_seen: HashMap::new(),
+            scope: None,
         }
+    }
+
+    /// Counts only outputs of `experiment`: keys equal to it or under `experiment/`.
+    pub fn scoped(mut self, experiment: &str) -> Self {
+        self.scope = Some(experiment.to_owned());
+        self
+    }
+
+    fn in_scope(&self, key: &str) -> bool {
+        self.scope.as_deref().is_none_or(|scope| {
+            key.strip_prefix(scope)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
     }
 
     /// Every topic to watch.
@@ -170,6 +194,9 @@ impl Tracker {
                 })
                 .unwrap_or(key);
             self.incomplete.push(description);
+            return;
+        }
+        if !self.in_scope(&key) {
             return;
         }
         let Some(tally) = self.tallies.get_mut(&*record.topic) else {
@@ -237,6 +264,19 @@ impl Tracker {
                     expected: e.keys.len(),
                     present: e.keys.len() - missing.len(),
                     repeats: tally.map_or(0, |t| t.ids.values().map(|n| (*n - 1) as usize).sum()),
+                    duplicated: match (e.aggregate, tally) {
+                        (true, Some(t)) => {
+                            let mut keys: Vec<String> = t
+                                .keys
+                                .iter()
+                                .filter(|(_, n)| **n > 1)
+                                .map(|(k, _)| k.clone())
+                                .collect();
+                            keys.sort();
+                            keys
+                        }
+                        _ => Vec::new(),
+                    },
                     missing,
                     dead_lettered,
                     unexpected,
@@ -244,4 +284,243 @@ impl Tracker {
             })
             .collect()
     }
+}
+
+/// What [`verify_experiment`] checks.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    pub experiment: String,
+    /// The table of experiment layouts (what is expected).
+    pub metadata_topic: String,
+    pub dead_letter_topic: String,
+    pub incomplete_topic: String,
+    /// Keep reading while outputs are missing, up to this long (zero: report what is there).
+    pub wait: Duration,
+}
+
+impl VerifyOptions {
+    /// Checks the outputs of the reference DAG (its topics, as `dag` names them).
+    pub fn for_dag(dag: &Dag, experiment: &str) -> Self {
+        let metadata_topic = dag
+            .nodes
+            .iter()
+            .find_map(|n| match &n.kind {
+                NodeKind::TopicTable { topic } => Some(topic.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "experiment_metadata".into());
+        Self {
+            experiment: experiment.to_owned(),
+            metadata_topic,
+            dead_letter_topic: dag.settings.dead_letter_topic.clone(),
+            incomplete_topic: dag.settings.incomplete_topic.clone(),
+            wait: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("reading the log: {0}")]
+    Log(#[from] LogError),
+    #[error(
+        "no layout of experiment {experiment} on {topic}: nothing to check against (was it published? `wellspring generate` publishes one)"
+    )]
+    NoLayout { experiment: String, topic: String },
+}
+
+/// The verdict on one experiment's outputs.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    pub experiment: String,
+    pub levels: Vec<LevelReport>,
+    /// Dead letters of this experiment's records: key and reason.
+    pub dead_letters: Vec<(String, String)>,
+    pub records_read: u64,
+}
+
+impl VerifyReport {
+    /// Every aggregate exactly once; every task output present or dead-lettered.
+    pub fn ok(&self) -> bool {
+        self.levels.iter().all(LevelReport::ok)
+    }
+
+    /// The table, then every missing and every duplicated output by key.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "experiment {}: {} records read\n\n  {:<16} {:>9} {:>9} {:>8} {:>10} {:>12}",
+            self.experiment,
+            self.records_read,
+            "output",
+            "expected",
+            "present",
+            "missing",
+            "duplicated",
+            "dead-letter"
+        );
+        for level in &self.levels {
+            let _ = writeln!(
+                out,
+                "  {:<16} {:>9} {:>9} {:>8} {:>10} {:>12}  {}",
+                level.label,
+                level.expected,
+                level.present,
+                level.missing.len(),
+                if level.aggregate {
+                    level.duplicated.len().to_string()
+                } else {
+                    "-".into()
+                },
+                level.dead_lettered,
+                if level.ok() { "ok" } else { "FAILED" }
+            );
+        }
+        for level in &self.levels {
+            for key in &level.missing {
+                let _ = writeln!(out, "  missing {} {key}", level.label);
+            }
+            for key in &level.duplicated {
+                let _ = writeln!(out, "  duplicated {} {key}", level.label);
+            }
+            if level.aggregate && level.repeats > level.duplicated.len() {
+                let _ = writeln!(
+                    out,
+                    "  {} records of {} repeat an id already seen",
+                    level.repeats, level.label
+                );
+            }
+            for key in &level.unexpected {
+                let _ = writeln!(out, "  unexpected {} {key}", level.label);
+            }
+        }
+        for (key, reason) in &self.dead_letters {
+            let _ = writeln!(out, "  dead letter {key}: {reason}");
+        }
+        let _ = writeln!(
+            out,
+            "\n  {}",
+            if self.ok() {
+                "every aggregate exactly once, every task output present or dead-lettered: OK"
+            } else {
+                "RESULT: FAILED"
+            }
+        );
+        out
+    }
+}
+
+/// Reads `topics` (every partition, from the start) until each is read to its end;
+/// `on_record` sees every record. Topics that do not exist are empty.
+async fn read_to_end(
+    log: &dyn Log,
+    reader: &str,
+    topics: &[String],
+    mut on_record: impl FnMut(&LogRecord),
+    mut until: impl FnMut() -> bool,
+    wait: Duration,
+) -> Result<(), LogError> {
+    let mut assignment = Vec::new();
+    for topic in topics {
+        match log.partitions(topic).await {
+            Ok(n) => {
+                assignment.extend((0..n).map(|p| (TopicPartition::new(topic.as_str(), p), Some(0))))
+            }
+            Err(LogError::UnknownTopic(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if assignment.is_empty() {
+        return Ok(());
+    }
+    let partitions: Vec<TopicPartition> = assignment.iter().map(|(tp, _)| tp.clone()).collect();
+    let mut consumer = log.consumer(ConsumerConfig::assign(reader, assignment))?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        for record in consumer
+            .poll(&mut NoListener, 10_000, Duration::from_millis(200))
+            .await?
+        {
+            on_record(&record);
+        }
+        if partitions.iter().all(|tp| consumer.caught_up(tp))
+            && (until() || tokio::time::Instant::now() >= deadline)
+        {
+            break;
+        }
+    }
+    consumer.close(&mut NoListener).await
+}
+
+/// Checks one experiment's outputs on `log` against its layout: every aggregate exactly
+/// once, every task output present (or dead-lettered). `progress` hears the records read.
+pub async fn verify_experiment(
+    log: &dyn Log,
+    options: &VerifyOptions,
+    mut progress: impl FnMut(u64),
+) -> Result<VerifyReport, VerifyError> {
+    let mut layout = None;
+    read_to_end(
+        log,
+        "wellspring-verify-metadata",
+        std::slice::from_ref(&options.metadata_topic),
+        |record| {
+            let parsed = record
+                .value
+                .as_deref()
+                .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+                .and_then(|json| ExperimentLayout::from_value(&Value::from(&json)).ok());
+            if let Some(found) = parsed.filter(|l| l.experiment.to_string() == options.experiment) {
+                layout = Some(found);
+            }
+        },
+        || true,
+        Duration::ZERO,
+    )
+    .await?;
+    let layout = layout.ok_or_else(|| VerifyError::NoLayout {
+        experiment: options.experiment.clone(),
+        topic: options.metadata_topic.clone(),
+    })?;
+    let tracker = std::cell::RefCell::new(
+        Tracker::new(
+            reference_expectations(&layout),
+            &options.dead_letter_topic,
+            &options.incomplete_topic,
+        )
+        .scoped(&options.experiment),
+    );
+    let topics = tracker.borrow().topics();
+    let mut read = 0u64;
+    let now = Instant::now();
+    read_to_end(
+        log,
+        "wellspring-verify",
+        &topics,
+        |record| {
+            read += 1;
+            if read % 10_000 == 0 {
+                progress(read);
+            }
+            tracker.borrow_mut().observe(record, now);
+        },
+        || tracker.borrow().complete(),
+        options.wait,
+    )
+    .await?;
+    progress(read);
+    let tracker = tracker.into_inner();
+    let dead_letters = tracker
+        .dead_letters
+        .iter()
+        .filter(|(key, _)| tracker.in_scope(key))
+        .cloned()
+        .collect();
+    Ok(VerifyReport {
+        experiment: options.experiment.clone(),
+        levels: tracker.report(),
+        dead_letters,
+        records_read: read,
+    })
 }

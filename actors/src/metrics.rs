@@ -61,6 +61,8 @@ pub mod names {
     pub const PANICS: &str = "panics";
     pub const HTTP_REQUESTS: &str = "http_requests";
     pub const SHARD_RESTARTS: &str = "shard_restarts";
+    /// Gauge: partitions of a stage owned on this node.
+    pub const SHARDS: &str = "shards";
     /// Gauge: HTTP requests in flight.
     pub const INFLIGHT: &str = "inflight";
     /// Gauge: records a task has admitted and not finished.
@@ -117,6 +119,16 @@ impl Metrics {
             .filter(|((d, _, n), _)| d == dag && *n == name)
             .map(|(_, c)| c.get())
             .sum()
+    }
+
+    /// `(node, value)` of every gauge of a DAG with this name.
+    pub fn gauges(&self, dag: &str, name: &'static str) -> Vec<(String, i64)> {
+        self.gauges
+            .lock()
+            .iter()
+            .filter(|((d, _, n), _)| d == dag && *n == name)
+            .map(|((_, node, _), g)| (node.clone(), g.get()))
+            .collect()
     }
 
     /// `(dag, node, name, value)` of every counter.

@@ -156,6 +156,29 @@ fn explain(e: &KafkaError, brokers: &str) -> LogError {
 }
 
 /// Runs a blocking librdkafka call off the async thread.
+/// Waits until every record sent by `producer` is delivered, serving the delivery
+/// reports, so that `commit_transaction` (which flushes first) finds nothing to wait for.
+///
+/// rdkafka's own `flush` and `poll(d)` return only when `d` has passed, even when the
+/// reports came at once (a `flush` slice is 100 ms: every transaction took 100 ms), and
+/// a `poll` spins through its last millisecond. So this serves whatever is ready without
+/// blocking and sleeps briefly between looks: at most 200 µs late, and idle meanwhile.
+fn deliver(producer: &BaseProducer, timeout: Duration) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    // A zero-timeout flush tells the broker threads to send now instead of lingering.
+    let _ = producer.flush(Duration::ZERO);
+    loop {
+        producer.poll(Duration::ZERO);
+        if producer.in_flight_count() == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 /// Aborts the producer's current transaction. The abort waits until every record of the
 /// transaction has had its delivery report served, and nothing else serves this
 /// producer's reports: so the records still queued or in flight are purged and their
@@ -165,7 +188,8 @@ fn abort(producer: &BaseProducer, timeout: Duration) -> Result<(), KafkaError> {
     producer.purge(PurgeConfig::default().queue().inflight());
     let deadline = Instant::now() + timeout;
     while producer.in_flight_count() > 0 && Instant::now() < deadline {
-        producer.poll(Duration::from_millis(10));
+        producer.poll(Duration::ZERO);
+        std::thread::sleep(Duration::from_micros(200));
     }
     let mut attempts = 0;
     loop {
@@ -721,7 +745,14 @@ fn poll_thread(
                 }
             }
         }
-        match consumer.poll(Duration::from_millis(50)) {
+        // Wait for records only when there is nothing to hand over: records already
+        // taken go to the stage as soon as no more are ready.
+        let wait = if batch.is_empty() {
+            Duration::from_millis(50)
+        } else {
+            Duration::ZERO
+        };
+        match consumer.poll(wait) {
             Some(Ok(message)) => {
                 batch.push(to_record(&message));
                 if batch.len() < 1000 {
@@ -1113,7 +1144,7 @@ impl KafkaConsumer {
                 }
                 // Deliver the outputs, serving their delivery reports here (the commit
                 // would otherwise wait for someone to serve them).
-                producer.flush(timeout)?;
+                deliver(&producer, timeout)?;
                 if let Some(metadata) = &metadata {
                     producer.send_offsets_to_transaction(&offsets, metadata, timeout)?;
                 }

@@ -5,7 +5,8 @@
 //!
 //! Run: `cargo bench -p wellspring-nodes --bench kafka_pipeline`
 //! (installs tansu into .tools/ if needed; `WELLSPRING_TANSU` points at another binary;
-//! `--plates N` sets the size of a measured run, default 2).
+//! `--plates N` sets the size of a measured run, default 2;
+//! `WELLSPRING_BENCH_KAFKA="name=value,..."` adds librdkafka properties to try).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -127,7 +128,19 @@ fn main() {
         .build()
         .expect("runtime");
     let log = runtime
-        .block_on(KafkaLog::connect(KafkaSettings::new(address.clone())))
+        .block_on(KafkaLog::connect({
+            let mut settings = KafkaSettings::new(address.clone());
+            // Extra librdkafka properties to try: WELLSPRING_BENCH_KAFKA="a=1,b=2".
+            for item in std::env::var("WELLSPRING_BENCH_KAFKA")
+                .unwrap_or_default()
+                .split(',')
+            {
+                if let Some((k, v)) = item.split_once('=') {
+                    settings.properties.insert(k.into(), v.into());
+                }
+            }
+            settings
+        }))
         .expect("broker reachable");
     let services = Services::start(ServiceConfig {
         latency: Duration::from_millis(1),

@@ -244,6 +244,44 @@ pub fn load_dag(
 
 /// Runs the demo to completion (or stall) in its own actor system, on `log` (a new
 /// embedded log unless given).
+/// Waits until each stage of the DAG owns its partitions, so that the latencies measured
+/// are the pipeline's and not the consumer groups' first joins (seconds on Kafka).
+async fn wait_until_every_stage_owns_partitions(
+    metrics: &Metrics,
+    dag: &str,
+) -> Result<(), DemoError> {
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        let stages = metrics.gauges(dag, names::SHARDS);
+        let waiting: Vec<&str> = stages
+            .iter()
+            .filter(|(_, owned)| *owned <= 0)
+            .map(|(node, _)| node.as_str())
+            .collect();
+        // The stages register when the DAG's supervisor builds them, just after start.
+        if !stages.is_empty() && waiting.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            return Err(DemoError::Start(format!(
+                "after 2 minutes these stages still own no partition of their input: {}; \
+                 is the consumer group held by another process?",
+                waiting.join(", ")
+            )));
+        }
+        if !said && started.elapsed() > Duration::from_secs(1) {
+            eprintln!(
+                "joining consumer groups: {} of {} stages ready...",
+                stages.len() - waiting.len(),
+                stages.len()
+            );
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn run(options: DemoOptions, log: Option<Arc<dyn Log>>) -> Result<DemoReport, DemoError> {
     let system = actix_rt::System::new();
     let log = log.unwrap_or_else(|| Arc::new(EmbeddedLog::new()));
@@ -324,6 +362,8 @@ async fn run_in_system(options: DemoOptions, log: Arc<dyn Log>) -> Result<DemoRe
     let node = Node::start(env, vec![dag])
         .await
         .map_err(|e| DemoError::Start(e.to_string()))?;
+
+    wait_until_every_stage_owns_partitions(&metrics, &dag_name).await?;
 
     // Watch the outputs, from their ends now (a shared log holds earlier runs' too).
     let mut assignment = Vec::new();

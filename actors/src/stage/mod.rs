@@ -149,6 +149,14 @@ pub struct ShardSet {
     /// Set when a shard's restart budget is spent: the stage must fail.
     escalation: Option<String>,
     restarts: crate::metrics::Counter,
+    /// How many partitions this stage owns on this node.
+    owned: crate::metrics::Gauge,
+}
+
+impl Drop for ShardSet {
+    fn drop(&mut self) {
+        self.owned.add(-(self.shards.len() as i64));
+    }
 }
 
 use std::rc::Rc;
@@ -287,6 +295,9 @@ impl ShardSet {
 impl RebalanceListener for ShardSet {
     async fn on_assigned(&mut self, partitions: &[Assigned]) {
         for assigned in partitions {
+            if !self.shards.contains_key(&assigned.partition) {
+                self.owned.add(1);
+            }
             tracing::info!(stage = %self.name, partition = %assigned.partition, from = assigned.position, "shard assigned");
             self.shards.insert(
                 assigned.partition.clone(),
@@ -320,7 +331,9 @@ impl RebalanceListener for ShardSet {
                     batch.offsets.push((tp.clone(), offset));
                 }
             }
-            self.shards.remove(tp);
+            if self.shards.remove(tp).is_some() {
+                self.owned.add(-1);
+            }
             tracing::info!(stage = %self.name, partition = %tp, "shard revoked");
         }
         batch
@@ -328,7 +341,11 @@ impl RebalanceListener for ShardSet {
 
     async fn on_lost(&mut self, partitions: &[TopicPartition]) {
         for tp in partitions {
-            if let Some(Slot::Running(addr)) = self.shards.remove(tp).map(|s| s.slot) {
+            let removed = self.shards.remove(tp);
+            if removed.is_some() {
+                self.owned.add(-1);
+            }
+            if let Some(Slot::Running(addr)) = removed.map(|s| s.slot) {
                 let _ = addr.send(ShardRequest::Stop).await;
             }
             tracing::warn!(stage = %self.name, partition = %tp, "shard lost (this member was presumed dead)");
@@ -470,6 +487,8 @@ pub struct StageSpec {
     pub factory: Rc<dyn ShardFactory>,
     pub dead: DeadLetterWriter,
     pub restarts: crate::metrics::Counter,
+    /// Partitions owned on this node (`shards` in the metrics).
+    pub owned: crate::metrics::Gauge,
 }
 
 /// The supervisor of one DAG node on this Wellspring node.
@@ -546,6 +565,7 @@ impl Actor for StageActor {
                 shards: BTreeMap::new(),
                 escalation: None,
                 restarts: self.spec.restarts.clone(),
+                owned: self.spec.owned.clone(),
             },
         });
         ctx.notify(RunCycle);

@@ -273,6 +273,9 @@ impl TaskStore {
                 "all",
                 crate::metrics::names::SHARD_RESTARTS,
             ),
+            owned: inner
+                .metrics
+                .gauge("task-store", "all", crate::metrics::names::SHARDS),
         };
         let mut children = vec![
             ChildSpec::new("groups", move |link| {

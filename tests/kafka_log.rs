@@ -576,3 +576,92 @@ async fn a_zombie_member_is_fenced_and_its_transaction_leaves_nothing() {
     successor.close(&mut Recorder::default()).await.unwrap();
     drop(zombie);
 }
+
+/// Polls each member in turn until `done` holds for their listeners.
+async fn poll_members_until(
+    members: &mut [(&mut Box<dyn wellspring_log::Consumer>, &mut Owned)],
+    what: &str,
+    deadline: tokio::time::Instant,
+    done: impl Fn(&[&Owned]) -> bool,
+) {
+    loop {
+        let owned: Vec<&Owned> = members.iter().map(|(_, o)| &**o).collect();
+        if done(&owned) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        for (member, owned) in members.iter_mut() {
+            member
+                .poll(*owned, 10, Duration::from_millis(50))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// The partitions a member owns now.
+#[derive(Default)]
+struct Owned(BTreeSet<u32>);
+
+#[async_trait::async_trait(?Send)]
+impl RebalanceListener for Owned {
+    async fn on_assigned(&mut self, partitions: &[Assigned]) {
+        self.0
+            .extend(partitions.iter().map(|a| a.partition.partition));
+    }
+    async fn on_revoked(&mut self, partitions: &[TopicPartition]) -> CommitBatch {
+        for p in partitions {
+            self.0.remove(&p.partition);
+        }
+        CommitBatch::default()
+    }
+    async fn on_lost(&mut self, partitions: &[TopicPartition]) {
+        for p in partitions {
+            self.0.remove(&p.partition);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_member_that_closes_hands_its_partitions_over_to_the_survivor() {
+    let broker = Broker::start();
+    let log = connect(&broker).await;
+    log.ensure_topic(&TopicSpec::new("shared", 4, Cleanup::Delete))
+        .await
+        .unwrap();
+    let session = Duration::from_secs(6);
+    let member = |instance: &str| {
+        let mut config = ConsumerConfig::group("leave-g", instance, vec!["shared".into()]);
+        config.instance_id = Some(instance.into());
+        config.session_timeout = session;
+        log.consumer(config).unwrap()
+    };
+    let (mut a, mut b) = (member("node-a"), member("node-b"));
+    let (mut owned_a, mut owned_b) = (Owned::default(), Owned::default());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    poll_members_until(
+        &mut [(&mut a, &mut owned_a), (&mut b, &mut owned_b)],
+        "both members own partitions",
+        deadline,
+        |owned| {
+            owned.iter().all(|o| !o.0.is_empty())
+                && owned.iter().map(|o| o.0.len()).sum::<usize>() == 4
+        },
+    )
+    .await;
+
+    // A closes (unsubscribing first, so that librdkafka sends a LeaveGroup even for a
+    // static member); its partitions move to B. Apache Kafka rebalances on the leave at
+    // once; tansu only once A's session has run out, so this waits for either.
+    a.close(&mut owned_a).await.unwrap();
+    let closed_at = tokio::time::Instant::now();
+    poll_members_until(
+        &mut [(&mut b, &mut owned_b)],
+        "the survivor owns every partition",
+        closed_at + session * 3,
+        |owned| owned[0].0.len() == 4,
+    )
+    .await;
+    eprintln!("handed over {:?} after the close", closed_at.elapsed());
+    b.close(&mut owned_b).await.unwrap();
+}

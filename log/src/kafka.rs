@@ -703,6 +703,29 @@ fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> LogRecord {
     }
 }
 
+/// Leaves the consumer group, so that the member's partitions move to the others at once
+/// instead of after its session timeout. librdkafka's close never sends a LeaveGroup for
+/// a static member (KIP-345: a restarted pod should get its partitions back), but an
+/// unsubscribe of a running member does, once the revoke is served: so unsubscribe, poll
+/// until the member owns nothing, and give the LeaveGroup a moment to go out before the
+/// consumer is closed. (A member that crashes or is killed sends nothing, and keeps its
+/// partitions for the session timeout, as static membership intends.)
+fn leave_group(consumer: &BaseConsumer<GroupContext>) {
+    consumer.unsubscribe();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && consumer
+            .assignment()
+            .is_ok_and(|assigned| assigned.count() > 0)
+    {
+        let _ = consumer.poll(Duration::from_millis(20));
+    }
+    let settle = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < settle {
+        let _ = consumer.poll(Duration::from_millis(20));
+    }
+}
+
 /// The polling thread: turns librdkafka's poll into ordered events.
 ///
 /// `topic` is the one topic a reader reads: librdkafka reports the end of a partition by
@@ -739,7 +762,9 @@ fn poll_thread(
                     }
                 }
                 Command::Close(done) => {
-                    consumer.unsubscribe();
+                    if topic.is_none() {
+                        leave_group(&consumer);
+                    }
                     let _ = done.send(());
                     return;
                 }
@@ -891,7 +916,10 @@ impl KafkaConsumer {
                     .set("group.id", &group)
                     .set("partition.assignment.strategy", "cooperative-sticky")
                     .set("session.timeout.ms", session.to_string())
-                    .set("heartbeat.interval.ms", (session / 4).max(100).to_string());
+                    .set(
+                        "heartbeat.interval.ms",
+                        (session / 4).clamp(100, 1000).to_string(),
+                    );
                 if let Some(instance) = &config.instance_id {
                     client.set("group.instance.id", instance);
                 }

@@ -4,12 +4,14 @@
 
 #[path = "common/broker.rs"]
 mod broker;
+#[path = "common/node_process.rs"]
+mod node_process;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use broker::Broker;
+use node_process::NodeProcess;
 use wellspring_log::{
     Cleanup, ConsumerConfig, KafkaLog, KafkaSettings, Log, NoListener, TopicPartition, TopicSpec,
 };
@@ -29,47 +31,16 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// `wellspring run --kafka` with the reference DAG pointed at `services`; returns once it
-/// serves (its topics exist by then).
-fn run_node(broker: &Broker, services: &Services) -> Child {
-    let mut args: Vec<String> = [
-        "run",
-        "--kafka",
-        &broker.address,
-        "--dag",
-        "examples/reference-dag.yaml",
-        "--http-addr",
-        "127.0.0.1:0",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    args.extend([
-        "--node-id".into(),
-        "cli-node".into(),
-        "--session-timeout".into(),
-        "6s".into(),
-    ]);
+/// `wellspring run --kafka` with the reference DAG pointed at `services`.
+fn run_node(broker: &Broker, services: &Services) -> NodeProcess {
+    let mut args: Vec<String> = ["--dag", "examples/reference-dag.yaml"]
+        .map(str::to_owned)
+        .to_vec();
+    args.extend(["--session-timeout".into(), "6s".into()]);
     for (name, url) in services.variables() {
         args.extend(["--set".into(), format!("{name}={url}")]);
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wellspring"))
-        .args(&args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("RUST_LOG", "error")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = lines
-        .find(|l| l.as_ref().is_ok_and(|l| l.contains("http://")))
-        .expect("the node says where it serves")
-        .unwrap();
-    assert!(
-        line.contains(&format!("on Kafka at {}", broker.address)),
-        "{line}"
-    );
-    std::thread::spawn(move || for _ in lines {});
-    child
+    NodeProcess::start(&broker.address, "cli-node", &args)
 }
 
 #[test]
@@ -170,12 +141,7 @@ fn generate_then_verify_against_a_running_node_and_verify_names_what_is_duplicat
     );
 
     // SIGTERM: the node flushes, commits and stops.
-    let status = Command::new("kill")
-        .args(["-TERM", &node.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(node.wait().unwrap().success());
+    assert!(node.terminate().success());
 }
 
 #[test]

@@ -5,50 +5,19 @@
 
 #[path = "common/broker.rs"]
 mod broker;
+#[path = "common/node_process.rs"]
+mod node_process;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use broker::Broker;
+use node_process::NodeProcess;
 use serde_json::{Value, json};
 
-/// A node process on the broker; returns it and the URL of its API once it serves.
-fn start_node(broker: &Broker, node_id: &str) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wellspring"))
-        .args([
-            "run",
-            "--kafka",
-            &broker.address,
-            "--http-addr",
-            "127.0.0.1:0",
-            "--node-id",
-            node_id,
-            "--session-timeout",
-            "6s",
-            "--task-partitions",
-            "3",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("RUST_LOG", "error")
-        .env_remove("WELLSPRING_KAFKA")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = lines
-        .find(|l| l.as_ref().is_ok_and(|l| l.contains("http://")))
-        .expect("the node says where it serves")
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|word| word.starts_with("http://"))
-        .unwrap()
-        .trim_end_matches([';', ','])
-        .to_owned();
-    std::thread::spawn(move || for _ in lines {});
-    (child, url)
+fn start_node(broker: &Broker) -> NodeProcess {
+    let args = ["--session-timeout", "6s", "--task-partitions", "3"].map(str::to_owned);
+    NodeProcess::start(&broker.address, "ts-node", &args)
 }
 
 struct Api {
@@ -121,8 +90,8 @@ impl Api {
 #[tokio::test]
 async fn a_node_killed_with_sigkill_and_restarted_keeps_every_task() {
     let broker = Broker::start();
-    let (mut first, url) = start_node(&broker, "ts-node");
-    let api = Api::new(url);
+    let mut first = start_node(&broker);
+    let api = Api::new(first.url.clone());
     let (status, answer) = api
         .post(
             "/groups",
@@ -147,11 +116,10 @@ async fn a_node_killed_with_sigkill_and_restarted_keeps_every_task() {
     }
     // Every answer above came after its change was committed to Kafka; now the process
     // dies without a chance to flush anything.
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.kill();
 
-    let (mut second, url) = start_node(&broker, "ts-node");
-    let api = Api::new(url);
+    let mut second = start_node(&broker);
+    let api = Api::new(second.url.clone());
     let mut statuses = BTreeMap::new();
     for id in &ids {
         let (status, task) = api
@@ -190,6 +158,5 @@ async fn a_node_killed_with_sigkill_and_restarted_keeps_every_task() {
         }
     }
     assert!(worked.values().all(|&n| n == 1), "{worked:?}");
-    second.kill().unwrap();
-    second.wait().unwrap();
+    assert!(second.terminate().success());
 }

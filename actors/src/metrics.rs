@@ -131,6 +131,15 @@ impl Metrics {
             .collect()
     }
 
+    /// `(dag, node, name, value)` of every gauge.
+    pub fn gauge_values(&self) -> Vec<(String, String, &'static str, i64)> {
+        self.gauges
+            .lock()
+            .iter()
+            .map(|((d, n, m), g)| (d.clone(), n.clone(), *m, g.get()))
+            .collect()
+    }
+
     /// `(dag, node, name, value)` of every counter.
     pub fn counters(&self) -> Vec<(String, String, &'static str, u64)> {
         self.counters

@@ -878,12 +878,23 @@ impl KafkaConsumer {
                     StartFrom::Latest => "latest",
                 },
             );
+        // How long a rebalance waits for the members to rejoin (librdkafka sends
+        // max.poll.interval.ms as the rebalance timeout). Kafka ends the wait for a member
+        // whose session runs out; some brokers (tansu) wait it out in full, so it is kept
+        // to twice the session timeout (at least 20 s) rather than librdkafka's 5 minutes.
+        // The poll thread never blocks longer than half of it (a revoke's flush).
+        let session_ms = config.session_timeout.as_millis().max(1000);
+        let rebalance_timeout = match settings.properties.get("max.poll.interval.ms") {
+            Some(ms) => Duration::from_millis(ms.parse().unwrap_or(300_000)),
+            None => Duration::from_millis((session_ms * 2).max(20_000) as u64),
+        };
+        let revoke_wait = settings.timeout.min(rebalance_timeout / 2);
         let spawn = |client: &ClientConfig, topic: Option<Arc<str>>| -> Result<Client, LogError> {
             let context = GroupContext {
                 events: events_tx.clone(),
                 detached: detached.clone(),
                 start_from: config.start_from,
-                timeout: settings.timeout,
+                timeout: revoke_wait,
             };
             let consumer: Arc<BaseConsumer<GroupContext>> =
                 Arc::new(client.create_with_context(context).map_err(fail)?);
@@ -911,10 +922,20 @@ impl KafkaConsumer {
                     .group
                     .clone()
                     .ok_or_else(|| LogError::NoGroup(config.client_id.clone()))?;
-                let session = config.session_timeout.as_millis().max(1000);
+                let session = session_ms;
                 client
+                    .set(
+                        "max.poll.interval.ms",
+                        rebalance_timeout.as_millis().to_string(),
+                    )
                     .set("group.id", &group)
-                    .set("partition.assignment.strategy", "cooperative-sticky")
+                    .set(
+                        "partition.assignment.strategy",
+                        settings
+                            .properties
+                            .get("partition.assignment.strategy")
+                            .map_or("cooperative-sticky", String::as_str),
+                    )
                     .set("session.timeout.ms", session.to_string())
                     .set(
                         "heartbeat.interval.ms",
@@ -932,8 +953,15 @@ impl KafkaConsumer {
                     );
                     // A producer without a background thread: the commit polls it for
                     // the outputs' delivery itself.
-                    let producer: BaseProducer = settings
-                        .client()
+                    let mut producer_config = settings.client();
+                    if !settings.properties.contains_key("transaction.timeout.ms") {
+                        // A member killed mid-transaction leaves it open, holding back
+                        // read_committed readers of its output partitions until the
+                        // coordinator aborts it: after 10 s (as Kafka Streams sets it),
+                        // not the broker's default minute.
+                        producer_config.set("transaction.timeout.ms", "10000");
+                    }
+                    let producer: BaseProducer = producer_config
                         .set("transactional.id", &id)
                         .set("linger.ms", "1")
                         // Adding a partition to the next transaction is refused (and

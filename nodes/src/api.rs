@@ -406,6 +406,16 @@ async fn metrics_text(State(api): State<Api>) -> Response {
             escape(&node)
         );
     }
+    for (dag, node, name, value) in api.metrics.gauge_values() {
+        // `shards`: partitions of a stage owned by this node, so a scraper sees where
+        // every partition is; the others are levels of work in progress.
+        let _ = writeln!(
+            out,
+            "wellspring_{name}{{dag=\"{}\",node=\"{}\"}} {value}",
+            escape(&dag),
+            escape(&node)
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP wellspring_task_group_tasks Tasks of a group by status."

@@ -1,0 +1,223 @@
+//! Several nodes as real processes on one broker: they share a stream of plates, and
+//! nothing is lost when one is killed with SIGKILL, another stopped with SIGTERM, and a
+//! new one started mid-stream.
+#![allow(clippy::unwrap_used)]
+
+#[path = "common/broker.rs"]
+mod broker;
+#[path = "common/node_process.rs"]
+mod node_process;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use broker::Broker;
+use node_process::NodeProcess;
+use wellspring_actors::FunctionRegistry;
+use wellspring_log::{KafkaLog, KafkaSettings, Log, TopicPartition};
+use wellspring_nodes::demo;
+use wellspring_nodes::services::{ServiceConfig, Services};
+use wellspring_nodes::verify::{VerifyOptions, verify_experiment};
+
+const EXPERIMENT: &str = "EXP-CLUSTER";
+
+/// Records on every partition of `topic` so far.
+async fn records_on(log: &KafkaLog, topic: &str) -> u64 {
+    let partitions = match log.partitions(topic).await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("partitions of {topic}: {e}");
+            return 0;
+        }
+    };
+    let mut total = 0;
+    for p in 0..partitions {
+        match log.end_offset(&TopicPartition::new(topic, p)).await {
+            Ok(end) => total += end,
+            Err(e) => eprintln!("end of {topic}/{p}: {e}"),
+        }
+    }
+    total
+}
+
+/// Waits until at least `n` records are on `topic`: the cluster is making progress.
+async fn wait_for_records(log: &KafkaLog, topic: &str, n: u64, why: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let seen = records_on(log, topic).await;
+        if seen >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{why}: only {seen} of {n} records on {topic} after 3 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        eprintln!("{why}: {seen} of {n} records on {topic}");
+    }
+}
+
+/// Partitions each stage owns on each node, from the nodes' `/metrics`.
+async fn owned_shards(nodes: &[&NodeProcess]) -> BTreeMap<(String, String), Vec<i64>> {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut owned: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
+    for node in nodes {
+        let Ok(response) = http.get(format!("{}/metrics", node.url)).send().await else {
+            continue;
+        };
+        let text = response.text().await.unwrap_or_default();
+        for line in text.lines().filter(|l| l.starts_with("wellspring_shards{")) {
+            let field = |name: &str| {
+                line.split(&format!("{name}=\""))
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let value: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            owned
+                .entry((field("dag"), field("node")))
+                .or_default()
+                .push(value);
+        }
+    }
+    owned
+}
+
+/// The topic a stage reads (the reference DAG has no queue tasks, so no relays).
+fn input_topic(dag: &str, stage: &str) -> String {
+    match (dag, stage) {
+        ("task-store", _) => "wellspring.tasks".into(),
+        (_, "images-channel") => "images_channel".into(),
+        (dag, stage) => format!("wellspring.{dag}.{stage}.input"),
+    }
+}
+
+/// Waits until the live nodes together own every partition of every stage exactly once.
+async fn wait_until_every_partition_is_owned(log: &KafkaLog, nodes: &[&NodeProcess], why: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let owned = owned_shards(nodes).await;
+        let mut unsettled = Vec::new();
+        for ((dag, stage), counts) in &owned {
+            let partitions = log.partitions(&input_topic(dag, stage)).await.unwrap();
+            let total: i64 = counts.iter().sum();
+            if total != i64::from(partitions) {
+                unsettled.push(format!("{dag}/{stage}: {counts:?} of {partitions}"));
+            }
+        }
+        if !owned.is_empty() && unsettled.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{why}: partitions still unowned or owned twice after 2 minutes: {unsettled:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+// Blocked on the test broker, not run by default (`cargo nextest run --test cluster
+// --run-ignored all` runs it): with three members, tansu moves only some of a SIGKILLed
+// member's partitions to the survivors (8 of 22 in one run; the rest stay unowned for
+// minutes, eager or cooperative assignment alike), and with the cooperative protocol it
+// revokes partitions for a joining member without assigning them. Two members hand over
+// everything in about 12 s. See ARCHITECTURE.md, "Several nodes".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tansu leaves a killed member's partitions unowned when three members share a group"]
+async fn nodes_share_a_stream_and_lose_nothing_when_killed_stopped_or_added() {
+    let broker = Broker::start();
+    let services = Services::start(ServiceConfig {
+        latency: Duration::from_millis(1),
+        error_rate: 0.0,
+        function_error_rate: 0.0,
+        ..ServiceConfig::default()
+    })
+    .unwrap();
+    let mut args: Vec<String> = ["--dag", "examples/reference-dag.yaml"]
+        .map(str::to_owned)
+        .to_vec();
+    args.extend(["--session-timeout".into(), "6s".into()]);
+    args.extend(["--partitions".into(), "6".into()]);
+    for (name, url) in services.variables() {
+        args.extend(["--set".into(), format!("{name}={url}")]);
+    }
+    let start = |id: &str| NodeProcess::start(&broker.address, id, &args);
+    let mut nodes = vec![start("wellspring-0"), start("wellspring-1")];
+    nodes.push(start("wellspring-2"));
+    let log = KafkaLog::connect(KafkaSettings::new(broker.address.clone()))
+        .await
+        .unwrap();
+    wait_until_every_partition_is_owned(&log, &nodes.iter().collect::<Vec<_>>(), "three nodes")
+        .await;
+
+    // A stream of plates, paced, out of order, with repeats.
+    let mut generator = Command::new(env!("CARGO_BIN_EXE_wellspring"))
+        .args(["generate", "--kafka", &broker.address])
+        .args(["--experiment", EXPERIMENT, "--plates", "3", "--wells", "40"])
+        .args(["--rate", "400", "--no-progress"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // (a) Mid-stream, one node dies without warning; the others take its shards over.
+    wait_for_records(&log, "images_site", 40, "sites before the kill").await;
+    nodes[0].kill();
+    let after_kill = records_on(&log, "images_site").await;
+    wait_until_every_partition_is_owned(&log, &[&nodes[1], &nodes[2]], "after the kill").await;
+    wait_for_records(&log, "images_site", after_kill + 80, "sites after the kill").await;
+
+    // (b) Another is stopped as Kubernetes stops a pod: it drains, commits and leaves.
+    assert!(
+        nodes[1].terminate().success(),
+        "a SIGTERMed node exits cleanly"
+    );
+
+    wait_until_every_partition_is_owned(&log, &[&nodes[2]], "after the stop").await;
+
+    // (c) A new node joins mid-stream and takes a share.
+    nodes.push(start("wellspring-3"));
+    wait_until_every_partition_is_owned(&log, &[&nodes[2], &nodes[3]], "after the join").await;
+    let owned = owned_shards(&[&nodes[3]]).await;
+    assert!(
+        owned.values().flatten().any(|n| *n > 0),
+        "the new node took a share: {owned:?}"
+    );
+    let generated = tokio::task::spawn_blocking(move || generator.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(generated.success(), "the generator published everything");
+
+    // Every expected aggregate exactly once, every task output present, nothing lost.
+    let registry = FunctionRegistry::with_builtins();
+    let dag = demo::load_dag(None, &registry, &services).unwrap();
+    let options = VerifyOptions {
+        wait: Duration::from_secs(300),
+        ..VerifyOptions::for_dag(&dag, EXPERIMENT)
+    };
+    let report = verify_experiment(&log, &options, |_| {}).await.unwrap();
+    let rendered = report.render();
+    for level in &report.levels {
+        assert!(level.missing.is_empty(), "missing outputs\n{rendered}");
+        assert!(
+            level.unexpected.is_empty(),
+            "unexpected outputs\n{rendered}"
+        );
+    }
+    assert!(report.dead_letters.is_empty(), "{rendered}");
+    // A killed node's open transaction is aborted; a broker that hides aborted records
+    // (Apache Kafka) shows every aggregate exactly once. Tansu shows them, and they carry
+    // the ids of the records that were committed after, so consumers drop them by id.
+    if log.hides_aborted_transactions("test.").await.unwrap() {
+        assert!(report.ok(), "{rendered}");
+    } else {
+        eprintln!("{rendered}");
+    }
+    for node in &mut nodes[2..] {
+        assert!(node.terminate().success());
+    }
+}

@@ -270,3 +270,21 @@ fn the_tasks_commands_drive_a_running_node_which_stops_on_sigterm() {
         text(&unreachable.stderr)
     );
 }
+
+#[test]
+fn drain_stops_a_running_node_and_waits_until_it_has() {
+    let (mut node, url) = run_node();
+    let out = wellspring(&["drain", "--url", &url, "--wait", "1m"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("{url} stopped after")),
+        "{}",
+        text(&out.stderr)
+    );
+    // The node process ends on its own, cleanly.
+    let status = node.wait().unwrap();
+    assert!(status.success(), "a drained node exits cleanly: {status}");
+    let again = wellspring(&["drain", "--url", &url]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again.stderr).contains("cannot reach"));
+}

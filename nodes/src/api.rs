@@ -16,6 +16,7 @@
 //! | `GET /metrics` | Prometheus metrics |
 //! | `GET /task-store/shards` | the shards this node serves, and every node's |
 //! | `POST /internal/tasks` | a submission forwarded by another node |
+//! | `POST /admin/drain` | stop as on SIGTERM: the API, then every stage flushes, commits and leaves its groups (`wellspring drain`) |
 //!
 //! Bodies are strict JSON: unknown fields, wrong types and bad values are `400` with a
 //! message; bodies over the limit are `413`; with a token configured, every call but the
@@ -53,6 +54,8 @@ struct Api {
     health: Health,
     metrics: Metrics,
     token: Option<Arc<str>>,
+    /// Told when a drain is asked for; the node's runner stops the node.
+    drain: Arc<tokio::sync::Notify>,
 }
 
 /// An error answer: a status and a message, as `{"error": "..."}`.
@@ -109,12 +112,14 @@ pub fn router(
     metrics: Metrics,
     token: Option<String>,
     body_limit: usize,
+    drain: Arc<tokio::sync::Notify>,
 ) -> Router {
     let api = Api {
         store,
         health,
         metrics,
         token: token.map(Arc::from),
+        drain,
     };
     let protected = Router::new()
         .route("/groups", post(create_group).get(list_groups))
@@ -131,6 +136,7 @@ pub fn router(
         .route("/internal/tasks", post(forwarded_submit))
         .route("/metrics", get(metrics_text))
         .route("/task-store/shards", get(shards))
+        .route("/admin/drain", post(request_drain))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     Router::new()
         .route("/health/live", get(|| async { "ok" }))
@@ -176,6 +182,12 @@ async fn authorize(
         }
     }
     next.run(request).await
+}
+
+async fn request_drain(State(api): State<Api>) -> Response {
+    tracing::info!("drain requested over the API");
+    api.drain.notify_one();
+    (StatusCode::ACCEPTED, Json(json!({ "draining": true }))).into_response()
 }
 
 async fn ready(State(api): State<Api>) -> Response {

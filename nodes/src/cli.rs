@@ -58,6 +58,19 @@ enum Command {
     /// Check one experiment's outputs on Kafka: every missing and every duplicated
     /// aggregate (exit code 0 only when there are none).
     Verify(VerifyArgs),
+    /// Stop a node as SIGTERM does (API first, then every stage flushes, commits and
+    /// leaves its groups) and wait until it has: for a Kubernetes preStop hook.
+    Drain(DrainArgs),
+}
+
+#[derive(Args)]
+struct DrainArgs {
+    /// The node's API.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "WELLSPRING_URL")]
+    url: String,
+    /// How long to wait for the node to stop.
+    #[arg(long, default_value = "2m")]
+    wait: String,
 }
 
 #[derive(Args)]
@@ -146,9 +159,17 @@ struct RunArgs {
     /// Largest request body the API accepts, in bytes.
     #[arg(long, default_value_t = crate::api::DEFAULT_BODY_LIMIT)]
     body_limit: usize,
-    /// Where other nodes reach this node's API (default: the address it listens on).
+    /// Where other nodes reach this node's API (default: the pod's DNS name under
+    /// --headless-service, else the address it listens on).
     #[arg(long, env = "WELLSPRING_ADVERTISE_URL")]
     advertise_url: Option<String>,
+    /// The StatefulSet's headless service: the API is advertised at
+    /// http://NODE-ID.SERVICE.NAMESPACE.svc:PORT.
+    #[arg(long, env = "WELLSPRING_HEADLESS_SERVICE")]
+    headless_service: Option<String>,
+    /// The pod's namespace, for --headless-service.
+    #[arg(long, default_value = "default", env = "POD_NAMESPACE")]
+    namespace: String,
     #[command(flatten)]
     kafka: KafkaArgs,
     /// Prefix of Wellspring's internal topics and consumer groups.
@@ -341,6 +362,80 @@ fn duration_ms(text: &str, flag: &str) -> Result<u64, String> {
     wellspring_protocol::spec::parse_duration_text(text)
         .map(|d| d.as_millis() as u64)
         .map_err(|e| format!("{flag}: {e}"))
+}
+
+/// Asks the node to drain, then waits until its API stops answering (the node answers
+/// `/health/live` until the very end of its shutdown).
+fn drain_command(args: DrainArgs) -> ExitCode {
+    use crate::client::{Client, ClientError};
+    let wait = match wellspring_protocol::spec::parse_duration_text(&args.wait) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: --wait {:?}: {e}", args.wait);
+            return ExitCode::from(2);
+        }
+    };
+    let token = match crate::run::token(None) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start a runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async {
+        let client = match Client::new(&args.url, token) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Err(e) = client
+            .call(reqwest::Method::POST, "/admin/drain", None)
+            .await
+        {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        eprintln!(
+            "draining {}: its stages flush, commit and leave their groups...",
+            args.url
+        );
+        let started = std::time::Instant::now();
+        loop {
+            match client
+                .call(reqwest::Method::GET, "/health/live", None)
+                .await
+            {
+                Err(ClientError::Unreachable { .. }) => {
+                    eprintln!(
+                        "{} stopped after {:.1} s",
+                        args.url,
+                        started.elapsed().as_secs_f64()
+                    );
+                    return ExitCode::SUCCESS;
+                }
+                _ if started.elapsed() > wait => {
+                    eprintln!(
+                        "error: {} still answers after {}; its log says what it waits for",
+                        args.url, args.wait
+                    );
+                    return ExitCode::from(1);
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    })
 }
 
 fn tasks_command(args: TasksArgs) -> ExitCode {
@@ -739,6 +834,7 @@ pub fn main() -> ExitCode {
         Command::Tasks(args) => tasks_command(args),
         Command::Generate(args) => generate_command(args),
         Command::Verify(args) => verify_command(args),
+        Command::Drain(args) => drain_command(args),
         Command::Run(args) => {
             let mut dags = Vec::new();
             for file in &args.dags {
@@ -779,13 +875,23 @@ pub fn main() -> ExitCode {
                 Ok(log) => log,
                 Err(code) => return code,
             };
+            let advertise_url = args.advertise_url.or_else(|| {
+                args.headless_service.as_deref().map(|service| {
+                    crate::run::pod_url(
+                        &args.node_id,
+                        service,
+                        &args.namespace,
+                        args.http_addr.port(),
+                    )
+                })
+            });
             let options = crate::run::RunOptions {
                 dags,
                 node_id: args.node_id,
                 token,
                 task_partitions: args.task_partitions,
                 body_limit: args.body_limit,
-                advertise_url: args.advertise_url,
+                advertise_url,
                 prefix: args.topic_prefix,
                 session_timeout,
                 ..crate::run::RunOptions::new(args.http_addr)

@@ -83,6 +83,8 @@ pub struct RunningNode {
     pub addr: SocketAddr,
     pub metrics: Metrics,
     pub health: Health,
+    /// Notified when `POST /admin/drain` asks the node to stop.
+    pub drain: Arc<tokio::sync::Notify>,
     stop: Option<std::sync::mpsc::Sender<Stop>>,
     thread: Option<std::thread::JoinHandle<Result<(), RunError>>>,
 }
@@ -139,20 +141,17 @@ pub fn start(options: RunOptions, log: Option<Arc<dyn Log>>) -> Result<RunningNo
     let log = log.unwrap_or_else(|| Arc::new(EmbeddedLog::new()));
     let (stop, stopped) = std::sync::mpsc::channel::<Stop>();
     let (started, ready) = std::sync::mpsc::channel::<Result<(), RunError>>();
-    let (node_metrics, node_health) = (metrics.clone(), health.clone());
+    let drain = Arc::new(tokio::sync::Notify::new());
+    let handles = Handles {
+        metrics: metrics.clone(),
+        health: health.clone(),
+        drain: drain.clone(),
+    };
     let thread = std::thread::Builder::new()
         .name(format!("node-{}", options.node_id))
         .spawn(move || {
             let system = actix_rt::System::new();
-            system.block_on(serve(
-                options,
-                log,
-                listener,
-                node_metrics,
-                node_health,
-                started,
-                stopped,
-            ))
+            system.block_on(serve(options, log, listener, handles, started, stopped))
         })
         .map_err(RunError::Server)?;
     match ready.recv() {
@@ -160,6 +159,7 @@ pub fn start(options: RunOptions, log: Option<Arc<dyn Log>>) -> Result<RunningNo
             addr,
             metrics,
             health,
+            drain,
             stop: Some(stop),
             thread: Some(thread),
         }),
@@ -174,12 +174,18 @@ pub fn start(options: RunOptions, log: Option<Arc<dyn Log>>) -> Result<RunningNo
     }
 }
 
+/// What the node's threads and its caller share.
+struct Handles {
+    metrics: Metrics,
+    health: Health,
+    drain: Arc<tokio::sync::Notify>,
+}
+
 async fn serve(
     options: RunOptions,
     log: Arc<dyn Log>,
     listener: std::net::TcpListener,
-    metrics: Metrics,
-    health: Health,
+    handles: Handles,
     started: std::sync::mpsc::Sender<Result<(), RunError>>,
     stopped: std::sync::mpsc::Receiver<Stop>,
 ) -> Result<(), RunError> {
@@ -190,6 +196,11 @@ async fn serve(
         .map_or(0, |d| d.as_nanos() as u64)
         ^ u64::from(std::process::id()).rotate_left(32);
     let rng = SharedRng::seeded(seed);
+    let Handles {
+        metrics,
+        health,
+        drain,
+    } = handles;
     let starting = async {
         let store = TaskStore::new(
             TaskStoreConfig {
@@ -243,6 +254,7 @@ async fn serve(
         metrics,
         options.token.clone(),
         options.body_limit,
+        drain,
     );
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::Builder::new()
@@ -286,8 +298,18 @@ async fn serve(
     }
 }
 
-/// Runs a node on `log` (the embedded log unless given) until SIGINT or SIGTERM, then
-/// stops it cleanly.
+/// Where a StatefulSet's pod answers: its stable DNS name under the headless service.
+pub fn pod_url(pod: &str, service: &str, namespace: &str, port: u16) -> String {
+    format!("http://{pod}.{service}.{namespace}.svc:{port}")
+}
+
+/// A StatefulSet pod's ordinal: the number its name ends with (`wellspring-2` → 2).
+pub fn ordinal(node_id: &str) -> Option<u32> {
+    node_id.rsplit_once('-')?.1.parse().ok()
+}
+
+/// Runs a node on `log` (the embedded log unless given) until SIGINT, SIGTERM or a drain
+/// request (`POST /admin/drain`), then stops it cleanly.
 pub fn run(options: RunOptions, log: Option<Arc<dyn Log>>) -> Result<(), RunError> {
     let node_id = options.node_id.clone();
     let names: Vec<String> = options.dags.iter().map(|d| d.name.clone()).collect();
@@ -296,8 +318,9 @@ pub fn run(options: RunOptions, log: Option<Arc<dyn Log>>) -> Result<(), RunErro
         .as_ref()
         .map_or("the embedded log".to_owned(), |l| l.describe());
     let node = start(options, log)?;
+    let ordinal = ordinal(&node_id).map_or(String::new(), |n| format!(" (ordinal {n})"));
     eprintln!(
-        "wellspring node {node_id} on {backend}, serving the task-store API on {}{}{}",
+        "wellspring node {node_id}{ordinal} on {backend}, serving the task-store API on {}{}{}",
         node.url(),
         if token {
             " (bearer token required)"
@@ -314,7 +337,13 @@ pub fn run(options: RunOptions, log: Option<Arc<dyn Log>>) -> Result<(), RunErro
         .enable_all()
         .build()
         .map_err(RunError::Server)?;
-    let signal = runtime.block_on(wait_for_signal());
+    let drain = node.drain.clone();
+    let signal = runtime.block_on(async {
+        tokio::select! {
+            signal = wait_for_signal() => signal,
+            _ = drain.notified() => "drain requested",
+        }
+    });
     eprintln!(
         "{signal}: stopping (the API first, then every stage flushes, commits and leaves its group)"
     );
@@ -360,4 +389,21 @@ pub fn token(file: Option<&PathBuf>) -> Result<Option<String>, String> {
         .ok()
         .filter(|t| !t.trim().is_empty())
         .map(|t| t.trim().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pods_identity_gives_its_url_and_ordinal() {
+        assert_eq!(
+            pod_url("wellspring-2", "wellspring", "lab", 8080),
+            "http://wellspring-2.wellspring.lab.svc:8080"
+        );
+        assert_eq!(ordinal("wellspring-2"), Some(2));
+        assert_eq!(ordinal("wellspring-12"), Some(12));
+        assert_eq!(ordinal("laptop"), None);
+        assert_eq!(ordinal("node-a"), None);
+    }
 }

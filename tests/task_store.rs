@@ -838,6 +838,32 @@ async fn two_nodes_share_the_shards_and_either_answers_any_call() {
             && known(&sb) == 2
     })
     .await;
+    // Either node shows who owns what: every partition of the task store's stage once,
+    // split between the two nodes.
+    let (status, cluster) = api_b.get("/shards").await;
+    assert_eq!(status, 200, "{cluster}");
+    let mut owners = BTreeMap::new();
+    for node in cluster["nodes"].as_array().unwrap() {
+        for stage in node["stages"].as_array().unwrap() {
+            if stage["dag"] == "task-store" {
+                for p in stage["partitions"].as_array().unwrap() {
+                    let previous = owners.insert(
+                        p["partition"].as_u64().unwrap(),
+                        node["node"].as_str().unwrap().to_owned(),
+                    );
+                    assert!(previous.is_none(), "a partition owned twice: {cluster}");
+                }
+            }
+        }
+    }
+    assert_eq!(owners.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+    assert_eq!(
+        owners.values().collect::<BTreeSet<_>>().len(),
+        2,
+        "{cluster}"
+    );
+    let (status, _) = api_a.get("/shards?scope=everywhere").await;
+    assert_eq!(status, 400);
     api_a.group("shared", json!({})).await;
     eventually("node b to learn the group", async || {
         api_b.get("/groups/shared").await.0 == 200

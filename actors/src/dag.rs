@@ -437,11 +437,9 @@ pub fn dag_children(dag: &Arc<Dag>, env: &NodeEnv) -> Result<Vec<ChildSpec>, Str
                             }),
                             dead: dead(&node.name),
                             restarts: counter(names::SHARD_RESTARTS),
-                            owned: env.metrics.gauge(
-                                &dag.name,
-                                &format!("{}.output", node.name),
-                                names::SHARDS,
-                            ),
+                            owned: env
+                                .metrics
+                                .owned_shards(&dag.name, &format!("{}.output", node.name)),
                         };
                         children.push(ChildSpec::new(
                             format!("{}.output", node.name),
@@ -497,7 +495,7 @@ pub fn dag_children(dag: &Arc<Dag>, env: &NodeEnv) -> Result<Vec<ChildSpec>, Str
             factory,
             dead: dead(&node.name),
             restarts: counter(names::SHARD_RESTARTS),
-            owned: env.metrics.gauge(&dag.name, &node.name, names::SHARDS),
+            owned: env.metrics.owned_shards(&dag.name, &node.name),
         };
         children.push(ChildSpec::new(node.name.clone(), move |link| {
             Ok(StageActor::new(spec.clone(), link).start().recipient())

@@ -2,11 +2,12 @@
 //! HTTP requests in flight. Cheap to update (one atomic add); read by the demo's summary
 //! and the node API.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
+use wellspring_log::TopicPartition;
 
 /// A monotonically increasing count.
 #[derive(Clone, Debug, Default)]
@@ -73,10 +74,36 @@ pub mod names {
 
 type Key = (String, String, &'static str);
 
+/// The partitions a stage owns on this node: the list behind its `shards` gauge.
+#[derive(Clone, Debug, Default)]
+pub struct OwnedShards {
+    gauge: Gauge,
+    partitions: Arc<Mutex<BTreeSet<TopicPartition>>>,
+}
+
+impl OwnedShards {
+    pub fn insert(&self, partition: &TopicPartition) {
+        if self.partitions.lock().insert(partition.clone()) {
+            self.gauge.add(1);
+        }
+    }
+
+    pub fn remove(&self, partition: &TopicPartition) {
+        if self.partitions.lock().remove(partition) {
+            self.gauge.add(-1);
+        }
+    }
+
+    pub fn list(&self) -> Vec<TopicPartition> {
+        self.partitions.lock().iter().cloned().collect()
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
     counters: Arc<Mutex<BTreeMap<Key, Counter>>>,
     gauges: Arc<Mutex<BTreeMap<Key, Gauge>>>,
+    owned: Arc<Mutex<BTreeMap<(String, String), OwnedShards>>>,
 }
 
 impl Metrics {
@@ -119,6 +146,28 @@ impl Metrics {
             .filter(|((d, _, n), _)| d == dag && *n == name)
             .map(|(_, c)| c.get())
             .sum()
+    }
+
+    /// The partitions a stage (`dag`, `node`) owns here; updates its `shards` gauge.
+    pub fn owned_shards(&self, dag: &str, node: &str) -> OwnedShards {
+        let gauge = self.gauge(dag, node, names::SHARDS);
+        self.owned
+            .lock()
+            .entry((dag.to_owned(), node.to_owned()))
+            .or_insert_with(|| OwnedShards {
+                gauge,
+                partitions: Arc::default(),
+            })
+            .clone()
+    }
+
+    /// `(dag, stage, partitions)` of every stage on this node.
+    pub fn owned_partitions(&self) -> Vec<(String, String, Vec<TopicPartition>)> {
+        self.owned
+            .lock()
+            .iter()
+            .map(|((dag, node), owned)| (dag.clone(), node.clone(), owned.list()))
+            .collect()
     }
 
     /// `(node, value)` of every gauge of a DAG with this name.

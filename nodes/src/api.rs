@@ -15,6 +15,7 @@
 //! | `GET /health/live`, `GET /health/ready` | liveness, readiness |
 //! | `GET /metrics` | Prometheus metrics |
 //! | `GET /task-store/shards` | the shards this node serves, and every node's |
+//! | `GET /shards` | the partitions every stage owns, on this node and on every other (`?scope=local`: this node's) |
 //! | `POST /internal/tasks` | a submission forwarded by another node |
 //! | `POST /admin/drain` | stop as on SIGTERM: the API, then every stage flushes, commits and leaves its groups (`wellspring drain`) |
 //!
@@ -136,6 +137,7 @@ pub fn router(
         .route("/internal/tasks", post(forwarded_submit))
         .route("/metrics", get(metrics_text))
         .route("/task-store/shards", get(shards))
+        .route("/shards", get(cluster_shards))
         .route("/admin/drain", post(request_drain))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     Router::new()
@@ -340,6 +342,83 @@ async fn shards(State(api): State<Api>) -> Response {
         "nodes": api.store.directory(),
     }))
     .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShardsQuery {
+    scope: Option<String>,
+}
+
+/// This node's stages and the partitions each owns here.
+fn local_shards(api: &Api) -> serde_json::Value {
+    let stages: Vec<serde_json::Value> = api
+        .metrics
+        .owned_partitions()
+        .into_iter()
+        .map(|(dag, stage, partitions)| {
+            json!({
+                "dag": dag,
+                "stage": stage,
+                "partitions": partitions
+                    .iter()
+                    .map(|tp| json!({"topic": &*tp.topic, "partition": tp.partition}))
+                    .collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "node": api.store.config().node_id,
+        "url": api.store.config().advertise_url,
+        "stages": stages,
+    })
+}
+
+/// Who owns what: this node's partitions, and every other live node's (they announce
+/// themselves in the task store's directory), asked of each in turn.
+async fn cluster_shards(
+    State(api): State<Api>,
+    query: Result<Query<ShardsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer<Response> {
+    let Query(query) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let local = local_shards(&api);
+    match query.scope.as_deref() {
+        Some("local") => return Ok(Json(local).into_response()),
+        None => {}
+        Some(other) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("scope must be \"local\" or absent, not {other:?}"),
+            ));
+        }
+    }
+    let me = api.store.config().node_id.clone();
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .no_proxy()
+        .build()
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut nodes = vec![local];
+    for peer in api.store.directory().into_iter().filter(|a| a.node != me) {
+        let mut request = http.get(format!("{}/shards?scope=local", peer.url));
+        if let Some(token) = &api.token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let answer = match request.send().await {
+            Ok(response) => match response.bytes().await {
+                Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .map_err(|e| format!("not JSON: {e}")),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        nodes.push(
+            answer.unwrap_or_else(
+                |error| json!({"node": peer.node, "url": peer.url, "error": error}),
+            ),
+        );
+    }
+    Ok(Json(json!({ "node": me, "nodes": nodes })).into_response())
 }
 
 /// A submission another node forwarded here, with its id and DAG origin.

@@ -149,13 +149,15 @@ pub struct ShardSet {
     /// Set when a shard's restart budget is spent: the stage must fail.
     escalation: Option<String>,
     restarts: crate::metrics::Counter,
-    /// How many partitions this stage owns on this node.
-    owned: crate::metrics::Gauge,
+    /// The partitions this stage owns on this node.
+    owned: crate::metrics::OwnedShards,
 }
 
 impl Drop for ShardSet {
     fn drop(&mut self) {
-        self.owned.add(-(self.shards.len() as i64));
+        for tp in self.shards.keys() {
+            self.owned.remove(tp);
+        }
     }
 }
 
@@ -295,9 +297,7 @@ impl ShardSet {
 impl RebalanceListener for ShardSet {
     async fn on_assigned(&mut self, partitions: &[Assigned]) {
         for assigned in partitions {
-            if !self.shards.contains_key(&assigned.partition) {
-                self.owned.add(1);
-            }
+            self.owned.insert(&assigned.partition);
             tracing::info!(stage = %self.name, partition = %assigned.partition, from = assigned.position, "shard assigned");
             self.shards.insert(
                 assigned.partition.clone(),
@@ -331,9 +331,8 @@ impl RebalanceListener for ShardSet {
                     batch.offsets.push((tp.clone(), offset));
                 }
             }
-            if self.shards.remove(tp).is_some() {
-                self.owned.add(-1);
-            }
+            self.shards.remove(tp);
+            self.owned.remove(tp);
             tracing::info!(stage = %self.name, partition = %tp, "shard revoked");
         }
         batch
@@ -341,11 +340,8 @@ impl RebalanceListener for ShardSet {
 
     async fn on_lost(&mut self, partitions: &[TopicPartition]) {
         for tp in partitions {
-            let removed = self.shards.remove(tp);
-            if removed.is_some() {
-                self.owned.add(-1);
-            }
-            if let Some(Slot::Running(addr)) = removed.map(|s| s.slot) {
+            self.owned.remove(tp);
+            if let Some(Slot::Running(addr)) = self.shards.remove(tp).map(|s| s.slot) {
                 let _ = addr.send(ShardRequest::Stop).await;
             }
             tracing::warn!(stage = %self.name, partition = %tp, "shard lost (this member was presumed dead)");
@@ -488,7 +484,7 @@ pub struct StageSpec {
     pub dead: DeadLetterWriter,
     pub restarts: crate::metrics::Counter,
     /// Partitions owned on this node (`shards` in the metrics).
-    pub owned: crate::metrics::Gauge,
+    pub owned: crate::metrics::OwnedShards,
 }
 
 /// The supervisor of one DAG node on this Wellspring node.

@@ -273,9 +273,7 @@ impl TaskStore {
                 "all",
                 crate::metrics::names::SHARD_RESTARTS,
             ),
-            owned: inner
-                .metrics
-                .gauge("task-store", "all", crate::metrics::names::SHARDS),
+            owned: inner.metrics.owned_shards("task-store", "all"),
         };
         let mut children = vec![
             ChildSpec::new("groups", move |link| {

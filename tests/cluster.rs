@@ -5,118 +5,26 @@
 
 #[path = "common/broker.rs"]
 mod broker;
+#[path = "common/cluster_watch.rs"]
+mod cluster_watch;
 #[path = "common/node_process.rs"]
 mod node_process;
 
-use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use broker::Broker;
+use cluster_watch::{
+    owned_shards, records_on, wait_for_records, wait_until_every_partition_is_owned,
+};
 use node_process::NodeProcess;
 use wellspring_actors::FunctionRegistry;
-use wellspring_log::{KafkaLog, KafkaSettings, Log, TopicPartition};
+use wellspring_log::{KafkaLog, KafkaSettings};
 use wellspring_nodes::demo;
 use wellspring_nodes::services::{ServiceConfig, Services};
 use wellspring_nodes::verify::{VerifyOptions, verify_experiment};
 
 const EXPERIMENT: &str = "EXP-CLUSTER";
-
-/// Records on every partition of `topic` so far.
-async fn records_on(log: &KafkaLog, topic: &str) -> u64 {
-    let partitions = match log.partitions(topic).await {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("partitions of {topic}: {e}");
-            return 0;
-        }
-    };
-    let mut total = 0;
-    for p in 0..partitions {
-        match log.end_offset(&TopicPartition::new(topic, p)).await {
-            Ok(end) => total += end,
-            Err(e) => eprintln!("end of {topic}/{p}: {e}"),
-        }
-    }
-    total
-}
-
-/// Waits until at least `n` records are on `topic`: the cluster is making progress.
-async fn wait_for_records(log: &KafkaLog, topic: &str, n: u64, why: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    loop {
-        let seen = records_on(log, topic).await;
-        if seen >= n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{why}: only {seen} of {n} records on {topic} after 3 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        eprintln!("{why}: {seen} of {n} records on {topic}");
-    }
-}
-
-/// Partitions each stage owns on each node, from the nodes' `/metrics`.
-async fn owned_shards(nodes: &[&NodeProcess]) -> BTreeMap<(String, String), Vec<i64>> {
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut owned: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
-    for node in nodes {
-        let Ok(response) = http.get(format!("{}/metrics", node.url)).send().await else {
-            continue;
-        };
-        let text = response.text().await.unwrap_or_default();
-        for line in text.lines().filter(|l| l.starts_with("wellspring_shards{")) {
-            let field = |name: &str| {
-                line.split(&format!("{name}=\""))
-                    .nth(1)
-                    .and_then(|rest| rest.split('"').next())
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            let value: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-            owned
-                .entry((field("dag"), field("node")))
-                .or_default()
-                .push(value);
-        }
-    }
-    owned
-}
-
-/// The topic a stage reads (the reference DAG has no queue tasks, so no relays).
-fn input_topic(dag: &str, stage: &str) -> String {
-    match (dag, stage) {
-        ("task-store", _) => "wellspring.tasks".into(),
-        (_, "images-channel") => "images_channel".into(),
-        (dag, stage) => format!("wellspring.{dag}.{stage}.input"),
-    }
-}
-
-/// Waits until the live nodes together own every partition of every stage exactly once.
-async fn wait_until_every_partition_is_owned(log: &KafkaLog, nodes: &[&NodeProcess], why: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let owned = owned_shards(nodes).await;
-        let mut unsettled = Vec::new();
-        for ((dag, stage), counts) in &owned {
-            let partitions = log.partitions(&input_topic(dag, stage)).await.unwrap();
-            let total: i64 = counts.iter().sum();
-            if total != i64::from(partitions) {
-                unsettled.push(format!("{dag}/{stage}: {counts:?} of {partitions}"));
-            }
-        }
-        if !owned.is_empty() && unsettled.is_empty() {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{why}: partitions still unowned or owned twice after 2 minutes: {unsettled:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 // Blocked on the test broker, not run by default (`cargo nextest run --test cluster
 // --run-ignored all` runs it): with three members, tansu moves only some of a SIGKILLed

@@ -194,11 +194,14 @@ impl ShardSet {
     }
 
     async fn start_shard(&mut self, tp: &TopicPartition) -> bool {
+        let started = Instant::now();
         match self.factory.start(tp, self.waker.clone()).await {
             Ok(addr) => {
                 if let Some(state) = self.shards.get_mut(tp) {
                     state.slot = Slot::Running(addr);
                 }
+                // Starting includes restoring the shard's state from its changelog.
+                tracing::info!(stage = %self.name, partition = %tp, restore_ms = started.elapsed().as_millis() as u64, "shard restored and running");
                 true
             }
             Err(reason) => {

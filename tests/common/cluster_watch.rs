@@ -1,0 +1,110 @@
+//! Watching a cluster of node processes from outside: records on topics, and which
+//! partitions the live nodes own (from their `/metrics`).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use wellspring_log::{KafkaLog, Log, TopicPartition};
+
+use crate::node_process::NodeProcess;
+
+/// Records on every partition of `topic` so far.
+pub async fn records_on(log: &KafkaLog, topic: &str) -> u64 {
+    let partitions = match log.partitions(topic).await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("partitions of {topic}: {e}");
+            return 0;
+        }
+    };
+    let mut total = 0;
+    for p in 0..partitions {
+        match log.end_offset(&TopicPartition::new(topic, p)).await {
+            Ok(end) => total += end,
+            Err(e) => eprintln!("end of {topic}/{p}: {e}"),
+        }
+    }
+    total
+}
+
+/// Waits until at least `n` records are on `topic`: the cluster is making progress.
+pub async fn wait_for_records(log: &KafkaLog, topic: &str, n: u64, why: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let seen = records_on(log, topic).await;
+        if seen >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{why}: only {seen} of {n} records on {topic} after 3 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        eprintln!("{why}: {seen} of {n} records on {topic}");
+    }
+}
+
+/// Partitions each stage owns on each node, from the nodes' `/metrics`.
+pub async fn owned_shards(nodes: &[&NodeProcess]) -> BTreeMap<(String, String), Vec<i64>> {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut owned: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
+    for node in nodes {
+        let Ok(response) = http.get(format!("{}/metrics", node.url)).send().await else {
+            continue;
+        };
+        let text = response.text().await.unwrap_or_default();
+        for line in text.lines().filter(|l| l.starts_with("wellspring_shards{")) {
+            let field = |name: &str| {
+                line.split(&format!("{name}=\""))
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let value: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            owned
+                .entry((field("dag"), field("node")))
+                .or_default()
+                .push(value);
+        }
+    }
+    owned
+}
+
+/// The topic a stage reads (the reference DAG has no queue tasks, so no relays).
+pub fn input_topic(dag: &str, stage: &str) -> String {
+    match (dag, stage) {
+        ("task-store", _) => "wellspring.tasks".into(),
+        (_, "images-channel") => "images_channel".into(),
+        (dag, stage) => format!("wellspring.{dag}.{stage}.input"),
+    }
+}
+
+/// Waits until the live nodes together own every partition of every stage exactly once.
+pub async fn wait_until_every_partition_is_owned(
+    log: &KafkaLog,
+    nodes: &[&NodeProcess],
+    why: &str,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let owned = owned_shards(nodes).await;
+        let mut unsettled = Vec::new();
+        for ((dag, stage), counts) in &owned {
+            let partitions = log.partitions(&input_topic(dag, stage)).await.unwrap();
+            let total: i64 = counts.iter().sum();
+            if total != i64::from(partitions) {
+                unsettled.push(format!("{dag}/{stage}: {counts:?} of {partitions}"));
+            }
+        }
+        if !owned.is_empty() && unsettled.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{why}: partitions still unowned or owned twice after 2 minutes: {unsettled:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

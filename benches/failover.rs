@@ -4,8 +4,9 @@
 //! shards restored and running again) and until every output of the plate is there.
 //!
 //! Run: `cargo bench --bench failover` (`-- --rounds N`, default 2; `--session-timeout S`,
-//! default 6s; `--kafka BROKERS` to measure on a Kafka cluster instead of a tansu started
-//! here, which is installed into .tools/ if needed).
+//! default 6s; `--no-transactions` to run the nodes without Kafka transactions;
+//! `--kafka BROKERS` to measure on a Kafka cluster instead of a tansu started here, which
+//! is installed into .tools/ if needed).
 //!
 //! On tansu this does not finish today: with a plate streaming in, tansu does not move a
 //! SIGKILLed member's partitions to the survivor (see ARCHITECTURE.md, "Several nodes"),
@@ -64,6 +65,9 @@ async fn round(n: u32, session: &str, services: &Services, kafka: Option<&str>) 
         .to_vec();
     args.extend(["--session-timeout".into(), session.into()]);
     args.extend(["--partitions".into(), "6".into()]);
+    if std::env::args().any(|a| a == "--no-transactions") {
+        args.push("--no-transactions".into());
+    }
     for (name, url) in services.variables() {
         args.extend(["--set".into(), format!("{name}={url}")]);
     }

@@ -5,8 +5,8 @@
 //!
 //! Run: `cargo bench --bench failover` (`-- --rounds N`, default 2; `--session-timeout S`,
 //! default 6s; `--no-transactions` to run the nodes without Kafka transactions;
-//! `--kafka BROKERS` to measure on a Kafka cluster instead of a tansu started here, which
-//! is installed into .tools/ if needed).
+//! `--kafka BROKERS` to measure on a Kafka cluster instead of a tansu started here,
+//! installed into .tools/ if needed).
 //!
 //! On tansu this does not finish today: with a plate streaming in, tansu does not move a
 //! SIGKILLed member's partitions to the survivor (see ARCHITECTURE.md, "Several nodes"),
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use broker::Broker;
 use cluster_watch::{wait_for_records, wait_until_every_partition_is_owned};
-use node_process::NodeProcess;
+use node_process::{NodeProcess, reference_dag_args};
 use wellspring_actors::FunctionRegistry;
 use wellspring_log::{KafkaLog, KafkaSettings};
 use wellspring_nodes::demo;
@@ -33,19 +33,6 @@ use wellspring_nodes::verify::{VerifyOptions, verify_experiment};
 
 fn flag(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
-}
-
-/// Installs tansu where the tests' broker helper looks for it (.tools/bin/tansu).
-fn install_tansu() {
-    if std::env::var("WELLSPRING_TANSU").is_ok() {
-        return;
-    }
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new(format!("{root}/scripts/install-tansu"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("scripts/install-tansu runs");
-    assert!(out.status.success(), "scripts/install-tansu failed");
 }
 
 struct Round {
@@ -60,16 +47,10 @@ async fn round(n: u32, session: &str, services: &Services, kafka: Option<&str>) 
         || own.as_ref().map(|b| b.address.clone()).unwrap_or_default(),
         str::to_owned,
     );
-    let mut args: Vec<String> = ["--dag", "examples/reference-dag.yaml"]
-        .map(str::to_owned)
-        .to_vec();
-    args.extend(["--session-timeout".into(), session.into()]);
+    let mut args = reference_dag_args(services, session);
     args.extend(["--partitions".into(), "6".into()]);
     if std::env::args().any(|a| a == "--no-transactions") {
         args.push("--no-transactions".into());
-    }
-    for (name, url) in services.variables() {
-        args.extend(["--set".into(), format!("{name}={url}")]);
     }
     let mut doomed = NodeProcess::start(&address, "wellspring-0", &args);
     let survivor = NodeProcess::start(&address, "wellspring-1", &args);
@@ -124,21 +105,12 @@ fn main() {
     let rounds: u32 = flag("--rounds").and_then(|n| n.parse().ok()).unwrap_or(2);
     let session = flag("--session-timeout").unwrap_or_else(|| "6s".into());
     let kafka = flag("--kafka");
-    if kafka.is_none() {
-        install_tansu();
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let services = Services::start(ServiceConfig {
-        latency: Duration::from_millis(1),
-        error_rate: 0.0,
-        function_error_rate: 0.0,
-        ..ServiceConfig::default()
-    })
-    .expect("services");
+    let services = Services::start(ServiceConfig::quick()).expect("services");
     let mut results = Vec::new();
     for n in 1..=rounds {
         let r = runtime.block_on(round(n, &session, &services, kafka.as_deref()));

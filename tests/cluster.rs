@@ -17,7 +17,7 @@ use broker::Broker;
 use cluster_watch::{
     owned_shards, records_on, wait_for_records, wait_until_every_partition_is_owned,
 };
-use node_process::NodeProcess;
+use node_process::{NodeProcess, reference_dag_args};
 use wellspring_actors::FunctionRegistry;
 use wellspring_log::{KafkaLog, KafkaSettings};
 use wellspring_nodes::demo;
@@ -36,21 +36,9 @@ const EXPERIMENT: &str = "EXP-CLUSTER";
 #[ignore = "tansu leaves a killed member's partitions unowned when three members share a group"]
 async fn nodes_share_a_stream_and_lose_nothing_when_killed_stopped_or_added() {
     let broker = Broker::start();
-    let services = Services::start(ServiceConfig {
-        latency: Duration::from_millis(1),
-        error_rate: 0.0,
-        function_error_rate: 0.0,
-        ..ServiceConfig::default()
-    })
-    .unwrap();
-    let mut args: Vec<String> = ["--dag", "examples/reference-dag.yaml"]
-        .map(str::to_owned)
-        .to_vec();
-    args.extend(["--session-timeout".into(), "6s".into()]);
+    let services = Services::start(ServiceConfig::quick()).unwrap();
+    let mut args = reference_dag_args(&services, "6s");
     args.extend(["--partitions".into(), "6".into()]);
-    for (name, url) in services.variables() {
-        args.extend(["--set".into(), format!("{name}={url}")]);
-    }
     let start = |id: &str| NodeProcess::start(&broker.address, id, &args);
     let mut nodes = vec![start("wellspring-0"), start("wellspring-1")];
     nodes.push(start("wellspring-2"));

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use broker::Broker;
-use node_process::NodeProcess;
+use node_process::{NodeProcess, reference_dag_args};
 use wellspring_log::{
     Cleanup, ConsumerConfig, KafkaLog, KafkaSettings, Log, NoListener, TopicPartition, TopicSpec,
 };
@@ -33,26 +33,17 @@ fn text(bytes: &[u8]) -> String {
 
 /// `wellspring run --kafka` with the reference DAG pointed at `services`.
 fn run_node(broker: &Broker, services: &Services) -> NodeProcess {
-    let mut args: Vec<String> = ["--dag", "examples/reference-dag.yaml"]
-        .map(str::to_owned)
-        .to_vec();
-    args.extend(["--session-timeout".into(), "6s".into()]);
-    for (name, url) in services.variables() {
-        args.extend(["--set".into(), format!("{name}={url}")]);
-    }
-    NodeProcess::start(&broker.address, "cli-node", &args)
+    NodeProcess::start(
+        &broker.address,
+        "cli-node",
+        &reference_dag_args(services, "6s"),
+    )
 }
 
 #[test]
 fn generate_then_verify_against_a_running_node_and_verify_names_what_is_duplicated() {
     let broker = Broker::start();
-    let services = Services::start(ServiceConfig {
-        latency: Duration::from_millis(1),
-        error_rate: 0.0,
-        function_error_rate: 0.0,
-        ..ServiceConfig::default()
-    })
-    .unwrap();
+    let services = Services::start(ServiceConfig::quick()).unwrap();
     let mut node = run_node(&broker, &services);
 
     let out = wellspring(&[

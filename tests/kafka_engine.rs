@@ -87,10 +87,7 @@ fn the_reference_dag_over_a_plate_emits_every_aggregate_exactly_once_and_dead_le
             bad_records: 4,
             ..WorkloadConfig::default()
         },
-        services: ServiceConfig {
-            latency: Duration::from_millis(1),
-            ..ServiceConfig::default()
-        },
+        services: ServiceConfig::quick(),
         stall_timeout: Duration::from_secs(120),
         progress: false,
         ..DemoOptions::default()
@@ -154,13 +151,7 @@ fn a_node_stopped_mid_plate_resumes_from_its_commits_and_reads_the_metadata_tabl
     let broker = Broker::start();
     let rt = runtime();
     let log = connect(&rt, &broker);
-    let services = Services::start(ServiceConfig {
-        latency: Duration::from_millis(1),
-        error_rate: 0.0,
-        function_error_rate: 0.0,
-        ..ServiceConfig::default()
-    })
-    .unwrap();
+    let services = Services::start(ServiceConfig::quick()).unwrap();
     let workload = Workload::build(&WorkloadConfig {
         experiment: "EXP-KAFKA-RESTART".into(),
         plates: 1,

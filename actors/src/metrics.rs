@@ -62,8 +62,6 @@ pub mod names {
     pub const PANICS: &str = "panics";
     pub const HTTP_REQUESTS: &str = "http_requests";
     pub const SHARD_RESTARTS: &str = "shard_restarts";
-    /// Gauge: partitions of a stage owned on this node.
-    pub const SHARDS: &str = "shards";
     /// Gauge: HTTP requests in flight.
     pub const INFLIGHT: &str = "inflight";
     /// Gauge: records a task has admitted and not finished.
@@ -74,24 +72,19 @@ pub mod names {
 
 type Key = (String, String, &'static str);
 
-/// The partitions a stage owns on this node: the list behind its `shards` gauge.
+/// The partitions a stage owns on this node (exported as its `shards` count).
 #[derive(Clone, Debug, Default)]
 pub struct OwnedShards {
-    gauge: Gauge,
     partitions: Arc<Mutex<BTreeSet<TopicPartition>>>,
 }
 
 impl OwnedShards {
     pub fn insert(&self, partition: &TopicPartition) {
-        if self.partitions.lock().insert(partition.clone()) {
-            self.gauge.add(1);
-        }
+        self.partitions.lock().insert(partition.clone());
     }
 
     pub fn remove(&self, partition: &TopicPartition) {
-        if self.partitions.lock().remove(partition) {
-            self.gauge.add(-1);
-        }
+        self.partitions.lock().remove(partition);
     }
 
     pub fn list(&self) -> Vec<TopicPartition> {
@@ -148,16 +141,13 @@ impl Metrics {
             .sum()
     }
 
-    /// The partitions a stage (`dag`, `node`) owns here; updates its `shards` gauge.
+    /// The partitions a stage (`dag`, `node`) owns here. A stage registers when it is
+    /// built, before it owns anything.
     pub fn owned_shards(&self, dag: &str, node: &str) -> OwnedShards {
-        let gauge = self.gauge(dag, node, names::SHARDS);
         self.owned
             .lock()
             .entry((dag.to_owned(), node.to_owned()))
-            .or_insert_with(|| OwnedShards {
-                gauge,
-                partitions: Arc::default(),
-            })
+            .or_default()
             .clone()
     }
 
@@ -167,16 +157,6 @@ impl Metrics {
             .lock()
             .iter()
             .map(|((dag, node), owned)| (dag.clone(), node.clone(), owned.list()))
-            .collect()
-    }
-
-    /// `(node, value)` of every gauge of a DAG with this name.
-    pub fn gauges(&self, dag: &str, name: &'static str) -> Vec<(String, i64)> {
-        self.gauges
-            .lock()
-            .iter()
-            .filter(|((d, _, n), _)| d == dag && *n == name)
-            .map(|((_, node, _), g)| (node.clone(), g.get()))
             .collect()
     }
 

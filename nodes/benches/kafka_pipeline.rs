@@ -8,9 +8,10 @@
 //! `--plates N` sets the size of a measured run, default 2;
 //! `WELLSPRING_BENCH_KAFKA="name=value,..."` adds librdkafka properties to try).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+#[path = "../../tests/common/broker.rs"]
+mod broker;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,56 +25,6 @@ use wellspring_nodes::workload::{Message, Workload, WorkloadConfig, publish, rec
 
 const IMAGES: &str = "images_channel";
 const METADATA: &str = "experiment_metadata";
-
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn tansu() -> PathBuf {
-    if let Ok(path) = std::env::var("WELLSPRING_TANSU") {
-        return PathBuf::from(path);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(root.join("scripts/install-tansu"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("scripts/install-tansu runs");
-    assert!(out.status.success(), "scripts/install-tansu failed");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
-fn start_broker() -> (Broker, String) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu())
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/", "--silent"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tansu starts");
-    let address = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(&address).is_err() {
-        assert!(Instant::now() < deadline, "tansu never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Broker(child), address)
-}
 
 /// Publishes one experiment and waits until every output is there exactly once;
 /// returns the images sent and the time from the first image to the last output.
@@ -121,7 +72,8 @@ fn main() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(2);
-    let (_broker, address) = start_broker();
+    let broker = broker::Broker::start();
+    let address = broker.address.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -142,13 +94,7 @@ fn main() {
             settings
         }))
         .expect("broker reachable");
-    let services = Services::start(ServiceConfig {
-        latency: Duration::from_millis(1),
-        error_rate: 0.0,
-        function_error_rate: 0.0,
-        ..ServiceConfig::default()
-    })
-    .expect("services");
+    let services = Services::start(ServiceConfig::quick()).expect("services");
     let registry = FunctionRegistry::with_builtins();
     let dag = demo::load_dag(None, &registry, &services).expect("reference DAG");
     let options = RunOptions {

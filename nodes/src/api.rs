@@ -497,9 +497,17 @@ async fn metrics_text(State(api): State<Api>) -> Response {
             escape(&node)
         );
     }
+    // Partitions of each stage this node owns: a scraper sees where every partition is.
+    for (dag, stage, partitions) in api.metrics.owned_partitions() {
+        let _ = writeln!(
+            out,
+            "wellspring_shards{{dag=\"{}\",node=\"{}\"}} {}",
+            escape(&dag),
+            escape(&stage),
+            partitions.len()
+        );
+    }
     for (dag, node, name, value) in api.metrics.gauge_values() {
-        // `shards`: partitions of a stage owned by this node, so a scraper sees where
-        // every partition is; the others are levels of work in progress.
         let _ = writeln!(
             out,
             "wellspring_{name}{{dag=\"{}\",node=\"{}\"}} {value}",

@@ -83,27 +83,8 @@ struct GenerateArgs {
     /// The experiment's id (default: EXP- and the current time).
     #[arg(long)]
     experiment: Option<String>,
-    /// Wells in use per plate.
-    #[arg(long, default_value_t = 308)]
-    wells: usize,
-    /// Sites imaged per well.
-    #[arg(long, default_value_t = 4)]
-    sites: u16,
-    /// Channels imaged per site.
-    #[arg(long, default_value_t = 6)]
-    channels: u8,
-    /// Fraction of images sent twice.
-    #[arg(long, default_value_t = 0.02)]
-    duplicates: f64,
-    /// Malformed records mixed into the images (they go to the dead-letter topic).
-    #[arg(long, default_value_t = 0)]
-    bad_records: usize,
-    /// Images published per second (default: as fast as the brokers take them).
-    #[arg(long)]
-    rate: Option<f64>,
-    /// Seed of the image order and repeats.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    #[command(flatten)]
+    shape: WorkloadArgs,
     /// The topic the images go to (the reference DAG's image source).
     #[arg(long, default_value = "images_channel")]
     images_topic: String,
@@ -265,11 +246,9 @@ enum GraphFormat {
     Dot,
 }
 
+/// What `demo` and `generate` share about the experiment they make up.
 #[derive(Args)]
-struct DemoArgs {
-    /// Plates in the experiment.
-    #[arg(long, default_value_t = 2)]
-    plates: u32,
+struct WorkloadArgs {
     /// Wells in use per plate (308: the interior of a 384-well plate).
     #[arg(long, default_value_t = 308)]
     wells: usize,
@@ -279,6 +258,43 @@ struct DemoArgs {
     /// Channels imaged per site.
     #[arg(long, default_value_t = 6)]
     channels: u8,
+    /// Fraction of images sent twice.
+    #[arg(long, default_value_t = 0.02)]
+    duplicates: f64,
+    /// Malformed records mixed into the images (they go to the dead-letter topic).
+    #[arg(long, default_value_t = 0)]
+    bad_records: usize,
+    /// Images published per second (default: as fast as the log takes them).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seed of the image order and repeats (and of the demo's simulated failures).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl WorkloadArgs {
+    fn config(&self, experiment: String, plates: u32) -> WorkloadConfig {
+        WorkloadConfig {
+            experiment,
+            plates,
+            wells: self.wells,
+            sites: self.sites,
+            channels: self.channels,
+            duplicates: self.duplicates,
+            bad_records: self.bad_records,
+            seed: self.seed,
+            ..WorkloadConfig::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Plates in the experiment.
+    #[arg(long, default_value_t = 2)]
+    plates: u32,
+    #[command(flatten)]
+    shape: WorkloadArgs,
     /// Fraction of microservice calls answered 503 (retried).
     #[arg(long, default_value_t = 0.01)]
     error_rate: f64,
@@ -288,18 +304,6 @@ struct DemoArgs {
     /// Typical microservice latency in milliseconds.
     #[arg(long, default_value_t = 2)]
     latency_ms: u64,
-    /// Fraction of images sent twice.
-    #[arg(long, default_value_t = 0.02)]
-    duplicates: f64,
-    /// Malformed records mixed into the input (they go to the dead-letter topic).
-    #[arg(long, default_value_t = 0)]
-    bad_records: usize,
-    /// Images published per second (default: as fast as the log takes them).
-    #[arg(long)]
-    rate: Option<f64>,
-    /// Seed of the workload and the simulated failures.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
     /// Run this DAG file instead of the bundled reference DAG.
     #[arg(long)]
     dag: Option<PathBuf>,
@@ -364,10 +368,22 @@ fn duration_ms(text: &str, flag: &str) -> Result<u64, String> {
         .map_err(|e| format!("{flag}: {e}"))
 }
 
+/// A client of the node's API at `url` (with the token from `WELLSPRING_API_TOKEN`, if
+/// set) and a runtime to call it on.
+fn api_client(url: &str) -> Result<(tokio::runtime::Runtime, crate::client::Client), String> {
+    let token = crate::run::token(None)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let client = crate::client::Client::new(url, token).map_err(|e| e.to_string())?;
+    Ok((runtime, client))
+}
+
 /// Asks the node to drain, then waits until its API stops answering (the node answers
 /// `/health/live` until the very end of its shutdown).
 fn drain_command(args: DrainArgs) -> ExitCode {
-    use crate::client::{Client, ClientError};
+    use crate::client::ClientError;
     let wait = match wellspring_protocol::spec::parse_duration_text(&args.wait) {
         Ok(d) => d,
         Err(e) => {
@@ -375,31 +391,14 @@ fn drain_command(args: DrainArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let token = match crate::run::token(None) {
-        Ok(t) => t,
+    let (runtime, client) = match api_client(&args.url) {
+        Ok(ready) => ready,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start a runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
     runtime.block_on(async {
-        let client = match Client::new(&args.url, token) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        };
         if let Err(e) = client
             .call(reqwest::Method::POST, "/admin/drain", None)
             .await
@@ -441,7 +440,7 @@ fn drain_command(args: DrainArgs) -> ExitCode {
 fn tasks_command(args: TasksArgs) -> ExitCode {
     use serde_json::json;
 
-    use crate::client::{Client, Reply, segment};
+    use crate::client::{Reply, segment};
     let request = || -> Result<(reqwest::Method, String, Option<serde_json::Value>), String> {
         Ok(match &args.command {
             TasksCommand::CreateGroup {
@@ -525,27 +524,14 @@ fn tasks_command(args: TasksArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let token = match crate::run::token(None) {
-        Ok(t) => t,
+    let (runtime, client) = match api_client(&args.url) {
+        Ok(ready) => ready,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start a runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let result = runtime.block_on(async {
-        let client = Client::new(&args.url, token)?;
-        client.call(method, &path, body.as_ref()).await
-    });
+    let result = runtime.block_on(client.call(method, &path, body.as_ref()));
     match result {
         Ok(Reply::Json(json)) => {
             println!(
@@ -612,10 +598,10 @@ fn generate_command(args: GenerateArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    if !(0.0..=1.0).contains(&args.duplicates) {
+    if !(0.0..=1.0).contains(&args.shape.duplicates) {
         eprintln!(
             "error: --duplicates must be between 0 and 1, not {}",
-            args.duplicates
+            args.shape.duplicates
         );
         return ExitCode::from(2);
     }
@@ -627,17 +613,7 @@ fn generate_command(args: GenerateArgs) -> ExitCode {
         .experiment
         .clone()
         .unwrap_or_else(|| format!("EXP-{}", unix_seconds()));
-    let config = WorkloadConfig {
-        experiment: experiment.clone(),
-        plates: args.plates,
-        wells: args.wells,
-        sites: args.sites,
-        channels: args.channels,
-        duplicates: args.duplicates,
-        bad_records: args.bad_records,
-        seed: args.seed,
-        ..WorkloadConfig::default()
-    };
+    let config = args.shape.config(experiment.clone(), args.plates);
     let workload = match Workload::build(&config) {
         Ok(w) => w,
         Err(e) => {
@@ -681,7 +657,7 @@ fn generate_command(args: GenerateArgs) -> ExitCode {
             &workload.messages,
             &args.images_topic,
             &args.metadata_topic,
-            args.rate,
+            args.shape.rate,
             |batch| {
                 sent += batch.len();
                 bar.set_position(sent as u64);
@@ -702,7 +678,7 @@ fn generate_command(args: GenerateArgs) -> ExitCode {
                 "published experiment {experiment}: {} plate(s), {images} channel images ({} distinct, {} bad records) and its layout, to {brokers} in {:.1} s ({:.0} records/s)",
                 args.plates,
                 workload.layout.image_count(),
-                args.bad_records,
+                args.shape.bad_records,
                 elapsed.as_secs_f64(),
                 workload.messages.len() as f64 / elapsed.as_secs_f64().max(1e-9)
             );
@@ -908,7 +884,7 @@ pub fn main() -> ExitCode {
             for (name, value) in [
                 ("--error-rate", args.error_rate),
                 ("--function-error-rate", args.function_error_rate),
-                ("--duplicates", args.duplicates),
+                ("--duplicates", args.shape.duplicates),
             ] {
                 if !(0.0..=1.0).contains(&value) {
                     eprintln!("error: {name} must be between 0 and 1, not {value}");
@@ -927,25 +903,15 @@ pub fn main() -> ExitCode {
                 }
             });
             let options = DemoOptions {
-                workload: WorkloadConfig {
-                    experiment,
-                    plates: args.plates,
-                    wells: args.wells,
-                    sites: args.sites,
-                    channels: args.channels,
-                    duplicates: args.duplicates,
-                    bad_records: args.bad_records,
-                    seed: args.seed,
-                    ..WorkloadConfig::default()
-                },
+                workload: args.shape.config(experiment, args.plates),
                 services: ServiceConfig {
                     latency: Duration::from_millis(args.latency_ms),
                     error_rate: args.error_rate,
                     function_error_rate: args.function_error_rate,
-                    seed: args.seed,
+                    seed: args.shape.seed,
                     ..ServiceConfig::default()
                 },
-                rate: args.rate,
+                rate: args.shape.rate,
                 dag: args.dag,
                 stall_timeout: Duration::from_secs(args.stall_timeout),
                 progress: !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),

@@ -253,11 +253,16 @@ async fn wait_until_every_stage_owns_partitions(
     let started = Instant::now();
     let mut said = false;
     loop {
-        let stages = metrics.gauges(dag, names::SHARDS);
+        let stages: Vec<(String, usize)> = metrics
+            .owned_partitions()
+            .into_iter()
+            .filter(|(d, _, _)| d == dag)
+            .map(|(_, stage, partitions)| (stage, partitions.len()))
+            .collect();
         let waiting: Vec<&str> = stages
             .iter()
-            .filter(|(_, owned)| *owned <= 0)
-            .map(|(node, _)| node.as_str())
+            .filter(|(_, owned)| *owned == 0)
+            .map(|(stage, _)| stage.as_str())
             .collect();
         // The stages register when the DAG's supervisor builds them, just after start.
         if !stages.is_empty() && waiting.is_empty() {

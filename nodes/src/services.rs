@@ -39,6 +39,17 @@ pub struct ServiceConfig {
     pub seed: u64,
 }
 
+impl ServiceConfig {
+    /// Services that answer every request, in about a millisecond: the steady backdrop of
+    /// tests and benchmarks of the engine itself.
+    pub fn quick() -> Self {
+        Self {
+            latency: Duration::from_millis(1),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for ServiceConfig {
     fn default() -> Self {
         Self {

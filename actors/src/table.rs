@@ -78,9 +78,11 @@ async fn read_table(spec: Arc<TableSpec>, stop: Arc<tokio::sync::Notify>) -> Res
     let producer: Box<dyn Producer> = spec.log.producer().map_err(|e| e.to_string())?;
     let mut listener = NoListener;
     loop {
+        // Biased (stop first): a fixed order, so a simulated run replays exactly.
         let records = tokio::select! {
-            records = consumer.poll(&mut listener, 1000, Duration::from_secs(1)) => records.map_err(|e| e.to_string())?,
+            biased;
             _ = stop.notified() => return Ok(()),
+            records = consumer.poll(&mut listener, 1000, Duration::from_secs(1)) => records.map_err(|e| e.to_string())?,
         };
         let mut dead: Vec<ProducerRecord> = Vec::new();
         for record in records {

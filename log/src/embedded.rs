@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::time::{Clock, SystemClock};
@@ -41,7 +41,7 @@ pub struct EmbeddedLog {
 struct Shared {
     state: Mutex<State>,
     /// Bumped on every append and group change; waiting consumers watch it.
-    changes: watch::Sender<u64>,
+    changes: Changes,
     clock: Arc<dyn Clock>,
 }
 
@@ -102,9 +102,33 @@ pub struct GroupView {
     /// `(client id, instance id, partitions held)` per member.
     pub members: Vec<(String, Option<String>, Vec<TopicPartition>)>,
     pub committed: BTreeMap<TopicPartition, Offset>,
+    /// The topics the members subscribe to.
+    pub topics: BTreeSet<String>,
 }
 
 const MIN_COMPACT_AT: usize = 1024;
+
+/// A change counter that wakes every waiting consumer, in the order they started waiting.
+///
+/// Not tokio's `watch` channel: it spreads its waiters over shards picked at random, so
+/// the order in which consumers wake (and a simulated run) would differ from run to run.
+#[derive(Default)]
+struct Changes {
+    version: std::sync::atomic::AtomicU64,
+    notify: Notify,
+}
+
+impl Changes {
+    fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn bump(&self) {
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+}
 
 impl Default for EmbeddedLog {
     fn default() -> Self {
@@ -119,11 +143,10 @@ impl EmbeddedLog {
 
     /// A log that timestamps records with `clock` (virtual time in simulations).
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        let (changes, _) = watch::channel(0);
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
-                changes,
+                changes: Changes::default(),
                 clock,
             }),
         }
@@ -148,7 +171,28 @@ impl EmbeddedLog {
                 })
                 .collect(),
             committed: g.committed.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            topics: g
+                .members
+                .values()
+                .flat_map(|m| m.topics.iter().cloned())
+                .collect(),
         })
+    }
+
+    /// Every consumer group's name.
+    pub fn groups(&self) -> Vec<String> {
+        self.shared.state.lock().groups.keys().cloned().collect()
+    }
+
+    /// Every topic and its partition count, by name.
+    pub fn topics(&self) -> Vec<(String, u32)> {
+        self.shared
+            .state
+            .lock()
+            .topics
+            .iter()
+            .map(|(name, t)| (name.clone(), t.partitions.len() as u32))
+            .collect()
     }
 
     /// Every record of a partition from `from` (tools and tests).
@@ -164,7 +208,7 @@ impl EmbeddedLog {
     }
 
     fn bump(&self) {
-        self.shared.changes.send_modify(|v| *v = v.wrapping_add(1));
+        self.shared.changes.bump();
     }
 }
 
@@ -467,7 +511,7 @@ impl Log for EmbeddedLog {
         }
         Ok(Box::new(EmbeddedConsumer {
             log: self.clone(),
-            changes: self.shared.changes.subscribe(),
+            seen: 0,
             waker: Arc::new(Notify::new()),
             member: None,
             positions,
@@ -496,7 +540,8 @@ impl Producer for EmbeddedProducer {
 
 struct EmbeddedConsumer {
     log: EmbeddedLog,
-    changes: watch::Receiver<u64>,
+    /// The version of [`Changes`] this consumer last looked at.
+    seen: u64,
     waker: Arc<Notify>,
     /// Member id in the group, once joined.
     member: Option<u64>,
@@ -557,6 +602,14 @@ impl EmbeddedConsumer {
         match previous.and_then(|old| group.members.remove(&old).map(|m| (old, m))) {
             Some((old, old_member)) => {
                 member.target = old_member.target;
+                // The old self may have died holding partitions it was asked to give up:
+                // the new one never had them (it has nothing to commit for them), so they
+                // are released at once rather than held by a member that does not know
+                // it holds them (which would keep them from their new owner for good).
+                let target = &member.target;
+                group
+                    .owners
+                    .retain(|tp, owner| *owner != old || target.contains(tp));
                 for owner in group.owners.values_mut() {
                     if *owner == old {
                         *owner = id;
@@ -761,7 +814,7 @@ impl Consumer for EmbeddedConsumer {
         // Wake at least this often while waiting, to stay alive and notice dead peers.
         let heartbeat = (self.config.session_timeout / 4).max(Duration::from_millis(1));
         loop {
-            self.changes.borrow_and_update();
+            self.seen = self.log.shared.changes.version();
             match self.group_step() {
                 GroupStep::Lost => {
                     let lost: Vec<TopicPartition> =
@@ -798,8 +851,16 @@ impl Consumer for EmbeddedConsumer {
                 return Ok(records);
             }
             let wake = deadline.min(now + heartbeat);
+            let changed = self.log.shared.changes.notify.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.log.shared.changes.version() != self.seen {
+                continue;
+            }
+            // Biased: polled in a fixed order, so a simulated run replays exactly.
             tokio::select! {
-                _ = self.changes.changed() => {}
+                biased;
+                _ = changed => {}
                 _ = self.waker.notified() => return Ok(Vec::new()),
                 _ = tokio::time::sleep_until(wake) => {}
             }

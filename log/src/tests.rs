@@ -310,6 +310,47 @@ async fn a_static_member_that_returns_in_time_keeps_its_partitions_without_a_reb
     assert!(la.lost.is_empty());
 }
 
+/// Found by the simulation harness (seed 22): a static member that died while asked to
+/// give a partition up, and came back in time, held it for good without knowing.
+#[tokio::test(start_paused = true)]
+async fn a_static_member_back_from_a_crash_releases_what_it_was_giving_up() {
+    let log = log_with_topic(2).await;
+    let static_member = |name: &str| {
+        let mut config = ConsumerConfig::group("g", name, vec!["in".into()]);
+        config.instance_id = Some(name.to_owned());
+        config.session_timeout = Duration::from_secs(6);
+        log.consumer(config).unwrap()
+    };
+    let mut a = static_member("node-0");
+    let mut la = Recorder::default();
+    a.poll(&mut la, 10, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(held(&log, "node-0").len(), 2);
+    // node-1 joins: node-0 should give one partition up, but dies before it polls again.
+    let mut b = static_member("node-1");
+    let mut lb = Recorder::default();
+    b.poll(&mut lb, 10, Duration::from_millis(10))
+        .await
+        .unwrap();
+    drop(a);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut a2 = static_member("node-0");
+    let mut la2 = Recorder::default();
+    for _ in 0..3 {
+        a2.poll(&mut la2, 10, Duration::from_millis(10))
+            .await
+            .unwrap();
+        b.poll(&mut lb, 10, Duration::from_millis(10))
+            .await
+            .unwrap();
+    }
+    let (mine, theirs) = (held(&log, "node-0"), held(&log, "node-1"));
+    assert_eq!((mine.len(), theirs.len()), (1, 1), "{mine:?} {theirs:?}");
+    assert_eq!(la2.assigned.iter().cloned().collect::<BTreeSet<_>>(), mine);
+    assert_eq!(lb.assigned.iter().cloned().collect::<BTreeSet<_>>(), theirs);
+}
+
 #[tokio::test(start_paused = true)]
 async fn close_hands_partitions_over_at_once() {
     let log = log_with_topic(2).await;

@@ -71,15 +71,7 @@ impl IntoResponse for ApiError {
 
 impl From<TaskError> for ApiError {
     fn from(e: TaskError) -> Self {
-        let status = match &e {
-            TaskError::UnknownGroup(_) | TaskError::NotFound(_) => StatusCode::NOT_FOUND,
-            TaskError::Conflict(_) => StatusCode::CONFLICT,
-            TaskError::Invalid(_) => StatusCode::BAD_REQUEST,
-            TaskError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            TaskError::Remote { status, .. } => {
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
-            }
-        };
+        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
         ApiError(status, e.to_string())
     }
 }

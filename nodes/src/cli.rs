@@ -61,6 +61,9 @@ enum Command {
     /// Stop a node as SIGTERM does (API first, then every stage flushes, commits and
     /// leaves its groups) and wait until it has: for a Kubernetes preStop hook.
     Drain(DrainArgs),
+    /// Run the deterministic simulation harness: several nodes of the real engine in one
+    /// process, in virtual time, with injected faults; one seed or a sweep.
+    Sim(crate::sim::SimArgs),
 }
 
 #[derive(Args)]
@@ -767,9 +770,11 @@ fn verify_command(args: VerifyArgs) -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Logs at `RUST_LOG`, else at `default` (warnings for every command; nothing for the
+/// simulator, whose injected faults would otherwise flood the terminal with errors).
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -778,7 +783,10 @@ fn init_logging() {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(match cli.command {
+        Command::Sim(_) => "off",
+        _ => "warn",
+    });
     match cli.command {
         Command::Validate { file, set } => match read_dag(&file, &set) {
             Ok(dag) => {
@@ -811,6 +819,7 @@ pub fn main() -> ExitCode {
         Command::Generate(args) => generate_command(args),
         Command::Verify(args) => verify_command(args),
         Command::Drain(args) => drain_command(args),
+        Command::Sim(args) => crate::sim::sim_command(args),
         Command::Run(args) => {
             let mut dags = Vec::new();
             for file in &args.dags {

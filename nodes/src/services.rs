@@ -4,11 +4,10 @@
 //! They run on their own thread and tokio runtime (like the separate processes they
 //! stand for), answer after a configurable latency, and fail at a configurable rate:
 //! `503`s, `200`s flagged with `X-Function-Error: Unhandled` (the reference system's
-//! function-error header) and stalls that never answer in time. Every answer is computed
-//! from the request, so the same input always gives the same output.
+//! function-error header) and stalls that never answer in time. The answers themselves
+//! are `wellspring_simulations::services`' (computed from the request alone), which the
+//! simulation harness serves in process.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -23,6 +22,7 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
+use wellspring_simulations::services as answers;
 
 /// How the simulated services behave.
 #[derive(Debug, Clone)]
@@ -209,14 +209,6 @@ fn routes(config: &ServiceConfig, stats: &ServiceStatsSet) -> Router {
         )
 }
 
-/// A deterministic number in [0, 1) from anything hashable.
-fn unit<T: Hash>(value: &T, salt: u64) -> f64 {
-    let mut hasher = DefaultHasher::new();
-    salt.hash(&mut hasher);
-    value.hash(&mut hasher);
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
 enum Fate {
     Answer,
     Fail(Response),
@@ -266,10 +258,6 @@ async fn serve(shared: &Shared, headers: &HeaderMap) -> Fate {
     Fate::Answer
 }
 
-fn field<'a>(body: &'a Value, name: &str) -> &'a Value {
-    body.get(name).unwrap_or(&Value::Null)
-}
-
 /// Serves the request's fate (latency, injected failure), then reads its JSON body.
 async fn accept(
     shared: &Shared,
@@ -287,33 +275,22 @@ fn bad_request(message: &str) -> Response {
     (StatusCode::BAD_REQUEST, message.to_owned()).into_response()
 }
 
+fn respond(answer: Result<Value, &'static str>) -> Response {
+    match answer {
+        Ok(json) => axum::Json(json).into_response(),
+        Err(message) => bad_request(message),
+    }
+}
+
 async fn image_metrics(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let body = match accept(&shared, &headers, &body, "expected a channel_level record").await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let location = field(&body, "location")
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    if location.is_empty() {
-        return bad_request("location is missing");
+    match accept(&shared, &headers, &body, "expected a channel_level record").await {
+        Ok(body) => respond(answers::image_metrics(&body)),
+        Err(response) => response,
     }
-    axum::Json(json!({
-        "experiment_id": field(&body, "experiment_id"),
-        "plate_number": field(&body, "plate_number"),
-        "well": field(&body, "well"),
-        "site": field(&body, "site"),
-        "channel": field(&body, "channel"),
-        "mean_intensity": 100.0 + 900.0 * unit(&location, 1),
-        "std_intensity": 10.0 + 90.0 * unit(&location, 2),
-        "saturated_fraction": 0.02 * unit(&location, 3),
-    }))
-    .into_response()
 }
 
 async fn site_features(
@@ -322,24 +299,16 @@ async fn site_features(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let body = match accept(&shared, &headers, &body, "expected channels").await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let channels = field(&body, "channels").as_array().map_or(0, Vec::len);
-    if channels == 0 {
-        return bad_request("no channel images");
+    match accept(&shared, &headers, &body, "expected channels").await {
+        Ok(body) => respond(answers::site_features(
+            &experiment,
+            plate,
+            &well,
+            site,
+            &body,
+        )),
+        Err(response) => response,
     }
-    let key = (experiment.clone(), plate, well.clone(), site);
-    axum::Json(json!({
-        "experiment_id": experiment,
-        "plate_number": plate,
-        "well": well,
-        "site": site,
-        "cell_count": 50 + (unit(&key, 4) * 400.0) as i64,
-        "features": (0..8).map(|i| unit(&key, 10 + i)).collect::<Vec<f64>>(),
-    }))
-    .into_response()
 }
 
 async fn well_thumbnails(
@@ -347,21 +316,10 @@ async fn well_thumbnails(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let body = match accept(&shared, &headers, &body, "expected a well_level record").await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let experiment = field(&body, "experiment_id").as_str().unwrap_or_default();
-    let plate = field(&body, "plate_number").as_i64().unwrap_or_default();
-    let well = field(&body, "well").as_str().unwrap_or_default();
-    axum::Json(json!({
-        "experiment_id": experiment,
-        "plate_number": plate,
-        "well": well,
-        "thumbnail": format!("s3://wellspring-demo/{experiment}/plate-{plate}/{well}/thumbnail.png"),
-        "sites": field(&body, "sites").as_array().map_or(0, Vec::len),
-    }))
-    .into_response()
+    match accept(&shared, &headers, &body, "expected a well_level record").await {
+        Ok(body) => axum::Json(answers::well_thumbnails(&body)).into_response(),
+        Err(response) => response,
+    }
 }
 
 async fn plate_features(
@@ -369,21 +327,8 @@ async fn plate_features(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let body = match accept(&shared, &headers, &body, "expected a plate_level record").await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let key = (
-        field(&body, "experiment_id").to_string(),
-        field(&body, "plate_number").to_string(),
-    );
-    let z_prime = 0.3 + 0.6 * unit(&key, 5);
-    axum::Json(json!({
-        "experiment_id": field(&body, "experiment_id"),
-        "plate_number": field(&body, "plate_number"),
-        "wells": field(&body, "wells").as_array().map_or(0, Vec::len),
-        "z_prime": z_prime,
-        "qc_pass": z_prime >= 0.5,
-    }))
-    .into_response()
+    match accept(&shared, &headers, &body, "expected a plate_level record").await {
+        Ok(body) => axum::Json(answers::plate_features(&body)).into_response(),
+        Err(response) => response,
+    }
 }

@@ -1,11 +1,37 @@
-//! Deterministic simulation of Wellspring: the real actors on the embedded log, in
-//! virtual time, driven by one seeded random source.
+//! Deterministic simulation of Wellspring: the real actors of several nodes on one
+//! embedded log, in virtual time, driven by one seed; faults injected at the seams; the
+//! invariants checked at the end of every run.
 //!
-//! For now this crate holds the virtual-time runtime that tests use; the harness (many
-//! nodes, injected faults, invariants checked on every run, seed sweeps) builds on it.
+//! - [`run::run`] runs one seed: a [`cluster::Cluster`] of node incarnations (the real
+//!   `Node`s, each behind a [`node_log::NodeLog`] through which the harness kills it and
+//!   injects log faults, and a [`transport::SimTransport`] answering as the
+//!   microservices), the [`lab::Lab`]'s experiments published over a minute, task-store
+//!   [`workers`], and a fault driver; then it waits for the cluster to settle and checks
+//!   the invariants. Its [`run::SimOutcome`] carries a digest of the whole run (history
+//!   and log contents): the same seed gives the same digest, byte for byte.
+//! - [`sweep`] runs many seeds on every core with progress, and keeps the regression list.
+//! - [`workload`], [`services`] and [`verify`] are shared with the `wellspring` command:
+//!   the lab's messages, the microservices' answers and the output checks.
+//!
 //! Time in Wellspring comes from tokio's clock (timers) and [`wellspring_log::Clock`]
 //! (wall-clock readings), so a paused tokio runtime plus [`TokioClock`] makes a whole
 //! node run in virtual time: a timer fires as soon as every task waits.
+
+pub mod cluster;
+pub mod config;
+pub mod history;
+pub mod lab;
+pub mod node_log;
+pub mod run;
+pub mod services;
+pub mod sweep;
+pub mod transport;
+pub mod verify;
+pub mod workers;
+pub mod workload;
+
+pub use config::{FaultRates, InjectedBug, SimConfig};
+pub use run::{SimOutcome, Violation, run};
 
 use actix_rt::SystemRunner;
 

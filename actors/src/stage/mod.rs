@@ -154,9 +154,16 @@ pub struct ShardSet {
 }
 
 impl Drop for ShardSet {
+    /// The stage is gone (failed, or stopped): its shards stop too. A shard that others
+    /// can still reach (a task-store shard is registered for the API) must not go on
+    /// answering from memory that no commit will ever make durable (found by the
+    /// simulation harness, seed 97: a submission answered "exists" from a refused write).
     fn drop(&mut self) {
-        for tp in self.shards.keys() {
+        for (tp, state) in &self.shards {
             self.owned.remove(tp);
+            if let Slot::Running(shard) = &state.slot {
+                shard.do_send(ShardRequest::Stop);
+            }
         }
     }
 }

@@ -177,13 +177,15 @@ impl Announcing {
         let mut announced: Option<BTreeSet<u32>> = None;
         let mut last = tokio::time::Instant::now();
         loop {
+            // Biased (stop first): a fixed order, so a simulated run replays exactly.
             let records = tokio::select! {
-                records = reader.poll(&mut listener, 1000, Duration::from_millis(250)) => records.map_err(|e| e.to_string())?,
+                biased;
                 _ = stop.notified() => {
                     // Leaving: tell the others at once.
                     let _ = self.announce(producer.as_ref(), BTreeSet::new()).await;
                     return Ok(());
                 }
+                records = reader.poll(&mut listener, 1000, Duration::from_millis(250)) => records.map_err(|e| e.to_string())?,
             };
             for record in records {
                 match record

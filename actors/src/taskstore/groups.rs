@@ -66,9 +66,11 @@ async fn read(
         .map_err(|e| e.to_string())?;
     let mut listener = NoListener;
     loop {
+        // Biased (stop first): a fixed order, so a simulated run replays exactly.
         let records = tokio::select! {
-            records = consumer.poll(&mut listener, 1000, Duration::from_secs(1)) => records.map_err(|e| e.to_string())?,
+            biased;
             _ = stop.notified() => return Ok(()),
+            records = consumer.poll(&mut listener, 1000, Duration::from_secs(1)) => records.map_err(|e| e.to_string())?,
         };
         for record in records {
             match record

@@ -117,8 +117,14 @@ impl LocalShards {
         self.0.write().insert(partition, shard);
     }
 
-    fn remove(&self, partition: u32) {
-        self.0.write().remove(&partition);
+    /// Forgets `shard` as the server of `partition`, unless another shard took over:
+    /// a restarted shard registers before its predecessor has stopped, and the
+    /// predecessor must not unregister it (found by the simulation harness, seed 81).
+    fn remove(&self, partition: u32, shard: &Recipient<QueueRequest>) {
+        let mut shards = self.0.write();
+        if shards.get(&partition) == Some(shard) {
+            shards.remove(&partition);
+        }
     }
 }
 
@@ -482,8 +488,9 @@ impl QueueShard {
 impl Actor for QueueShard {
     type Context = Context<Self>;
 
-    fn stopped(&mut self, _: &mut Self::Context) {
-        self.shards.remove(self.partition.partition);
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        self.shards
+            .remove(self.partition.partition, &ctx.address().recipient());
         for ack in self.acks.drain(..) {
             ack.send(Err(
                 "the task shard stopped before the change was written; retry".into(),

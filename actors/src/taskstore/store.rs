@@ -2,18 +2,18 @@
 //! owns the task, and answers once the change is durable.
 //!
 //! Any node accepts any call. A call for a shard this node serves goes to the shard
-//! actor; a call for a shard another node serves is forwarded to that node's API (marked
-//! as forwarded, so it is never forwarded twice). A claim is served from this node's shards
-//! first, then by asking the others; statistics and lists combine every node's.
+//! actor; a call for a shard another node serves is forwarded to that node through the
+//! store's [`PeerLink`] (its API in production; marked as forwarded, so it is never
+//! forwarded twice). A claim is served from this node's shards first, then by asking the
+//! others; statistics and lists combine every node's.
 
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
@@ -28,6 +28,7 @@ use wellspring_protocol::taskstore::{
 
 use super::directory::{Announcer, Directory};
 use super::groups::{GroupTable, GroupsReader};
+use super::peers::{HttpPeerLink, PeerAnswer, PeerCall, PeerLink};
 use super::shard::{
     Answer, LocalShards, QueueCounters, QueueReply, QueueRequest, QueueShardFactory,
 };
@@ -112,13 +113,24 @@ struct Inner {
     metrics: Metrics,
     /// The last queue sequence number handed out.
     last_seq: AtomicU64,
-    http: reqwest::Client,
+    /// How calls for other nodes' shards reach them.
+    peers: Arc<dyn PeerLink>,
 }
 
 /// A handle to the task store; cheap to clone, usable from any thread.
 #[derive(Clone)]
 pub struct TaskStore {
     inner: Arc<Inner>,
+}
+
+/// A task store that does not keep it alive (see [`super::peers::InProcessPeers`]).
+#[derive(Clone)]
+pub(crate) struct WeakTaskStore(Weak<Inner>);
+
+impl WeakTaskStore {
+    pub(crate) fn upgrade(&self) -> Option<TaskStore> {
+        self.0.upgrade().map(|inner| TaskStore { inner })
+    }
 }
 
 /// Where a call goes.
@@ -129,12 +141,28 @@ enum Route {
 }
 
 impl TaskStore {
+    /// A node's task store, reaching the other nodes over their HTTP API.
     pub fn new(
         config: TaskStoreConfig,
         log: Arc<dyn Log>,
         clock: Arc<dyn Clock>,
         rng: SharedRng,
         metrics: Metrics,
+    ) -> Result<Self, LogError> {
+        let peers = HttpPeerLink::new(config.node_id.clone(), config.token.clone())
+            .map_err(|e| LogError::Other(format!("cannot build the HTTP client: {e}")))?;
+        Self::with_peers(config, log, clock, rng, metrics, Arc::new(peers))
+    }
+
+    /// A node's task store reaching the other nodes through `peers`: for a simulation
+    /// running several nodes in one process (with [`super::peers::InProcessPeers`]).
+    pub fn with_peers(
+        config: TaskStoreConfig,
+        log: Arc<dyn Log>,
+        clock: Arc<dyn Clock>,
+        rng: SharedRng,
+        metrics: Metrics,
+        peers: Arc<dyn PeerLink>,
     ) -> Result<Self, LogError> {
         let producer = log.producer()?;
         let counter = |name| metrics.counter("task-store", "all", name);
@@ -146,11 +174,6 @@ impl TaskStore {
             dead_lettered: counter("dead_lettered"),
             expired: counter("lapsed"),
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .no_proxy()
-            .build()
-            .map_err(|e| LogError::Other(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -164,9 +187,13 @@ impl TaskStore {
                 counters,
                 metrics,
                 last_seq: AtomicU64::new(0),
-                http,
+                peers,
             }),
         })
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakTaskStore {
+        WeakTaskStore(Arc::downgrade(&self.inner))
     }
 
     pub fn tasks_topic(&self) -> String {
@@ -377,54 +404,9 @@ impl TaskStore {
         Ok(answer)
     }
 
-    /// Calls another node's API; `Ok(None)` for `204`.
-    async fn forward<T: DeserializeOwned>(
-        &self,
-        base: &str,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Json>,
-    ) -> Result<Option<T>, TaskError> {
-        let url = format!("{base}{path}");
-        let mut request = self
-            .inner
-            .http
-            .request(method, &url)
-            .header(FORWARDED, self.inner.config.node_id.as_str());
-        if let Some(token) = &self.inner.config.token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body.to_string());
-        }
-        let response = request.send().await.map_err(|e| {
-            TaskError::Unavailable(format!(
-                "the node serving this shard ({base}) is unreachable: {e}; retry"
-            ))
-        })?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| TaskError::Unavailable(format!("reading {url}: {e}")))?;
-        match status {
-            204 => Ok(None),
-            200..=299 => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| TaskError::Unavailable(format!("unreadable answer from {url}: {e}"))),
-            _ => {
-                let message = serde_json::from_slice::<Json>(&bytes)
-                    .ok()
-                    .and_then(|j| j.get("error").and_then(Json::as_str).map(str::to_owned))
-                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-                Err(match status {
-                    503 => TaskError::Unavailable(message),
-                    _ => TaskError::Remote { status, message },
-                })
-            }
-        }
+    /// Forwards a call to the node at `base`.
+    async fn call_peer(&self, base: &str, call: PeerCall) -> Result<PeerAnswer, TaskError> {
+        self.inner.peers.call(base, call).await
     }
 
     fn group(&self, name: &str) -> Result<GroupSettings, TaskError> {
@@ -511,14 +493,11 @@ impl TaskStore {
                 }
             }
             Route::There(base) => {
-                let body = serde_json::to_value(ForwardedSubmit { id, task, dag })
-                    .map_err(|e| TaskError::Invalid(e.to_string()))?;
-                let answer: Option<ForwardedAnswer> = self
-                    .forward(&base, reqwest::Method::POST, "/internal/tasks", Some(&body))
-                    .await?;
-                let answer = answer
-                    .ok_or_else(|| TaskError::Unavailable(format!("{base} answered nothing")))?;
-                Ok((answer.task, answer.created))
+                let call = PeerCall::Submit(Box::new(ForwardedSubmit { id, task, dag }));
+                match self.call_peer(&base, call).await? {
+                    PeerAnswer::Submitted(answer) => Ok((answer.task, answer.created)),
+                    other => Err(unexpected_peer(&base, &other)),
+                }
             }
         }
     }
@@ -566,21 +545,15 @@ impl TaskStore {
             }
         }
         if scope == Scope::Cluster {
-            let body =
-                serde_json::to_value(&claim).map_err(|e| TaskError::Invalid(e.to_string()))?;
             for peer in self
                 .inner
                 .directory
                 .others(&self.inner.config.node_id, self.now_ms())
             {
                 match self
-                    .forward::<TaskView>(
-                        &peer.url,
-                        reqwest::Method::POST,
-                        "/tasks/claim",
-                        Some(&body),
-                    )
+                    .call_peer(&peer.url, PeerCall::Claim(claim.clone()))
                     .await
+                    .and_then(|answer| peer_task(&peer.url, answer))
                 {
                     Ok(Some(task)) => return Ok(Some(task)),
                     Ok(None) => {}
@@ -608,16 +581,8 @@ impl TaskStore {
                 other => Err(unexpected(other)),
             },
             Route::There(base) => {
-                let body =
-                    serde_json::to_value(&extend).map_err(|e| TaskError::Invalid(e.to_string()))?;
-                self.forward(
-                    &base,
-                    reqwest::Method::POST,
-                    "/tasks/extend-claim",
-                    Some(&body),
-                )
-                .await?
-                .ok_or_else(|| nothing(&base))
+                let answer = self.call_peer(&base, PeerCall::Extend(extend)).await?;
+                peer_task(&base, answer)?.ok_or_else(|| nothing(&base))
             }
         }
     }
@@ -638,16 +603,10 @@ impl TaskStore {
                 other => Err(unexpected(other)),
             },
             Route::There(base) => {
-                let body =
-                    serde_json::to_value(&report).map_err(|e| TaskError::Invalid(e.to_string()))?;
-                let path = if success {
-                    "/tasks/success"
-                } else {
-                    "/tasks/failure"
-                };
-                self.forward(&base, reqwest::Method::POST, path, Some(&body))
-                    .await?
-                    .ok_or_else(|| nothing(&base))
+                let answer = self
+                    .call_peer(&base, PeerCall::Report { report, success })
+                    .await?;
+                peer_task(&base, answer)?.ok_or_else(|| nothing(&base))
             }
         }
     }
@@ -658,10 +617,10 @@ impl TaskStore {
                 Answer::Task { task, .. } => Ok(task),
                 other => Err(unexpected(other)),
             },
-            Route::There(base) => self
-                .forward(&base, reqwest::Method::GET, &format!("/tasks/{id}"), None)
-                .await?
-                .ok_or_else(|| nothing(&base)),
+            Route::There(base) => {
+                let answer = self.call_peer(&base, PeerCall::Get(id)).await?;
+                peer_task(&base, answer)?.ok_or_else(|| nothing(&base))
+            }
         }
     }
 
@@ -686,21 +645,23 @@ impl TaskStore {
             }
         }
         if scope == Scope::Cluster {
-            let status = status.map(|s| format!("&status={s}")).unwrap_or_default();
-            let path = format!(
-                "/groups/{}/tasks?limit={limit}{status}",
-                path_segment(group)
-            );
             for peer in self
                 .inner
                 .directory
                 .others(&self.inner.config.node_id, self.now_ms())
             {
-                match self
-                    .forward::<Vec<TaskView>>(&peer.url, reqwest::Method::GET, &path, None)
-                    .await
-                {
-                    Ok(found) => tasks.extend(found.unwrap_or_default()),
+                let call = PeerCall::List {
+                    group: group.to_owned(),
+                    status,
+                    limit,
+                };
+                match self.call_peer(&peer.url, call).await {
+                    Ok(PeerAnswer::Tasks(found)) => tasks.extend(found),
+                    Ok(other) => tracing::warn!(
+                        peer = %peer.node,
+                        "listing tasks of a peer: {}",
+                        unexpected_peer(&peer.url, &other)
+                    ),
                     Err(e) => tracing::warn!(peer = %peer.node, "listing tasks of a peer: {e}"),
                 }
             }
@@ -732,18 +693,21 @@ impl TaskStore {
             }
         }
         if scope == Scope::Cluster {
-            let path = format!("/groups/{}/stats", path_segment(group));
             for peer in self
                 .inner
                 .directory
                 .others(&self.inner.config.node_id, self.now_ms())
             {
-                match self
-                    .forward::<GroupStats>(&peer.url, reqwest::Method::GET, &path, None)
-                    .await
-                {
-                    Ok(Some(part)) => stats.merge(&part),
-                    Ok(None) => {}
+                let call = PeerCall::Stats {
+                    group: group.to_owned(),
+                };
+                match self.call_peer(&peer.url, call).await {
+                    Ok(PeerAnswer::Stats(part)) => stats.merge(&part),
+                    Ok(other) => tracing::warn!(
+                        peer = %peer.node,
+                        "statistics of a peer: {}",
+                        unexpected_peer(&peer.url, &other)
+                    ),
                     Err(e) => tracing::warn!(peer = %peer.node, "statistics of a peer: {e}"),
                 }
             }
@@ -776,7 +740,23 @@ fn nothing(base: &str) -> TaskError {
     TaskError::Unavailable(format!("{base} answered nothing"))
 }
 
-fn path_segment(text: &str) -> String {
+/// An answer that does not fit the call forwarded: the peer link is broken; retry.
+fn unexpected_peer(base: &str, answer: &PeerAnswer) -> TaskError {
+    TaskError::Unavailable(format!(
+        "unexpected answer from {base}: {}; retry",
+        answer.kind()
+    ))
+}
+
+/// The task a peer answered (`None`: nothing to claim there).
+fn peer_task(base: &str, answer: PeerAnswer) -> Result<Option<TaskView>, TaskError> {
+    match answer {
+        PeerAnswer::Task(task) => Ok(task),
+        other => Err(unexpected_peer(base, &other)),
+    }
+}
+
+pub(crate) fn path_segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

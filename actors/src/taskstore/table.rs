@@ -41,6 +41,19 @@ pub enum TaskError {
     Remote { status: u16, message: String },
 }
 
+impl TaskError {
+    /// The HTTP status the API answers with (in-process peers give the same as over HTTP).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            TaskError::UnknownGroup(_) | TaskError::NotFound(_) => 404,
+            TaskError::Conflict(_) => 409,
+            TaskError::Invalid(_) => 400,
+            TaskError::Unavailable(_) => 503,
+            TaskError::Remote { status, .. } => *status,
+        }
+    }
+}
+
 /// A change to make durable: a task's new state, or its removal.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {

@@ -71,18 +71,28 @@ impl Workload {
             config.channels,
         )
         .map_err(|e| format!("experiment id: {e}"))?;
+        Ok(Self::for_layout(layout, config))
+    }
+
+    /// The messages of any layout (plates need not share their wells, nor be numbered
+    /// from 1); `config` gives the cell type, duplicates, lateness, bad records and seed.
+    pub fn for_layout(layout: ExperimentLayout, config: &WorkloadConfig) -> Workload {
         let mut rng = StdRng::seed_from_u64(config.seed);
-        let per_plate = config.wells * usize::from(config.sites) * usize::from(config.channels);
-        let mut plates: Vec<Vec<ChannelImage>> = synthetic::images(&layout, &config.cell_type)
-            .chunks(per_plate.max(1))
-            .map(<[ChannelImage]>::to_vec)
-            .collect();
+        let mut plates: Vec<Vec<ChannelImage>> = Vec::new();
+        for image in synthetic::images(&layout, &config.cell_type) {
+            match plates.last_mut() {
+                Some(plate) if plate[0].key.plate == image.key.plate => plate.push(image),
+                _ => plates.push(vec![image]),
+            }
+        }
         // Plates are imaged in any order.
         plates.shuffle(&mut rng);
-        let mut images: Vec<ChannelImage> = Vec::with_capacity(per_plate * plates.len());
+        let mut images: Vec<ChannelImage> = Vec::with_capacity(layout.image_count() as usize);
         for mut plate in plates {
             // Parallel uploads interleave the images of neighbouring wells.
-            let window = (usize::from(config.sites) * usize::from(config.channels) * 2).max(2);
+            let window =
+                (usize::from(layout.sites_per_well) * usize::from(layout.channels_per_site) * 2)
+                    .max(2);
             for chunk in plate.chunks_mut(window) {
                 chunk.shuffle(&mut rng);
             }
@@ -112,7 +122,7 @@ impl Workload {
                 Message::Bad(bad_examples[i % bad_examples.len()].to_owned()),
             );
         }
-        Ok(Workload { layout, messages })
+        Workload { layout, messages }
     }
 
     pub fn image_count(&self) -> usize {

@@ -14,7 +14,7 @@ use wellspring_log::time::TokioClock;
 use wellspring_log::{EmbeddedLog, Log, LogRecord, TopicPartition};
 use wellspring_protocol::spec::TaskDecl;
 use wellspring_protocol::taskstore::{TaskStatus, TaskView};
-use wellspring_protocol::{Dag, SpecFormat};
+use wellspring_protocol::{Dag, ExperimentLayout, SpecFormat};
 
 use crate::cluster::{Cluster, EPOCH_MS};
 use crate::config::SimConfig;
@@ -606,7 +606,7 @@ impl Convergence {
             }
         }
         for layout in &lab.layouts {
-            let tracker = track(log, &layout.experiment.to_string(), layout);
+            let tracker = track(log, layout, cluster.dag());
             for level in tracker.report() {
                 let explained: BTreeSet<&str> = tracker
                     .dead_letters
@@ -647,13 +647,13 @@ impl Convergence {
 }
 
 /// Every output of one experiment, read from the log.
-fn track(
-    log: &EmbeddedLog,
-    experiment: &str,
-    layout: &wellspring_protocol::ExperimentLayout,
-) -> Tracker {
-    let mut tracker = Tracker::new(reference_expectations(layout), "dead_letters", "incomplete")
-        .scoped(experiment);
+fn track(log: &EmbeddedLog, layout: &ExperimentLayout, dag: &Dag) -> Tracker {
+    let mut tracker = Tracker::new(
+        reference_expectations(layout),
+        &dag.settings.dead_letter_topic,
+        &dag.settings.incomplete_topic,
+    )
+    .scoped(&layout.experiment.to_string());
     let now = tokio::time::Instant::now();
     for topic in tracker.topics() {
         for record in read_topic(log, &topic) {
@@ -680,19 +680,7 @@ fn check_outputs(log: &EmbeddedLog, lab: &Lab, dag: &Dag) -> Vec<Violation> {
     let mut violations = Vec::new();
     let dead_topic = dag.settings.dead_letter_topic.as_str();
     for layout in &lab.layouts {
-        let experiment = layout.experiment.to_string();
-        let mut tracker = Tracker::new(
-            reference_expectations(layout),
-            dead_topic,
-            &dag.settings.incomplete_topic,
-        )
-        .scoped(&experiment);
-        let now = tokio::time::Instant::now();
-        for topic in tracker.topics() {
-            for record in read_topic(log, &topic) {
-                tracker.observe(&record, now);
-            }
-        }
+        let tracker = track(log, layout, dag);
         let dead: BTreeSet<&str> = tracker
             .dead_letters
             .iter()

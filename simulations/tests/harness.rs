@@ -6,7 +6,7 @@ use wellspring_simulations::sweep::{regressions, run_regressions, sweep};
 use wellspring_simulations::{FaultRates, InjectedBug, SimConfig, run};
 
 /// Seeds the CI sweep runs, every fault on.
-const CI_SEEDS: u64 = 200;
+const CI_SEEDS: u64 = 1000;
 
 #[test]
 fn a_quiet_run_passes() {

@@ -361,7 +361,27 @@ impl QueueShard {
         }
     }
 
+    /// A receiver told when the writes now pending are durable (`None`: none pending).
+    fn pending_durability(&mut self) -> Option<oneshot::Receiver<Result<(), String>>> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.acks.push(Ack::new(move |outcome| {
+            let _ = tx.send(outcome);
+        }));
+        Some(rx)
+    }
+
     fn handle_request(&mut self, request: QueueRequest) -> Result<QueueReply, TaskError> {
+        // A repeated submission or report changes nothing, but the state it is answered
+        // from may not be written yet: it is answered once that is durable, or the caller
+        // could act on a task the log never got (found by the simulation harness: a
+        // plate's input committed for a submission whose write the log then refused).
+        let repeat = matches!(
+            request,
+            QueueRequest::Submit { .. } | QueueRequest::Report { .. } | QueueRequest::Extend(_)
+        );
         let now = self.clock.now_ms();
         let (answer, changes) = match request {
             QueueRequest::Submit { id, task, dag, seq } => {
@@ -478,10 +498,12 @@ impl QueueShard {
                 (Answer::Stats(self.table.stats(&group, now)), Vec::new())
             }
         };
-        Ok(QueueReply {
-            answer,
-            durable: self.write(changes),
-        })
+        let durable = if changes.is_empty() && repeat {
+            self.pending_durability()
+        } else {
+            self.write(changes)
+        };
+        Ok(QueueReply { answer, durable })
     }
 }
 

@@ -66,6 +66,14 @@ fn member(log: &EmbeddedLog, name: &str) -> Box<dyn Consumer> {
     log.consumer(config).unwrap()
 }
 
+/// A member with static membership (its instance id is its name).
+fn static_member(log: &EmbeddedLog, name: &str) -> Box<dyn Consumer> {
+    let mut config = ConsumerConfig::group("g", name, vec!["in".into()]);
+    config.instance_id = Some(name.to_owned());
+    config.session_timeout = Duration::from_secs(6);
+    log.consumer(config).unwrap()
+}
+
 fn held(log: &EmbeddedLog, client: &str) -> BTreeSet<TopicPartition> {
     log.group_view("g")
         .unwrap()
@@ -270,14 +278,8 @@ async fn a_silent_member_is_presumed_dead_and_its_partitions_move() {
 #[tokio::test(start_paused = true)]
 async fn a_static_member_that_returns_in_time_keeps_its_partitions_without_a_rebalance() {
     let log = log_with_topic(4).await;
-    let static_member = |name: &str| {
-        let mut config = ConsumerConfig::group("g", name, vec!["in".into()]);
-        config.instance_id = Some(name.to_owned());
-        config.session_timeout = Duration::from_secs(6);
-        log.consumer(config).unwrap()
-    };
-    let mut a = static_member("node-0");
-    let mut b = static_member("node-1");
+    let mut a = static_member(&log, "node-0");
+    let mut b = static_member(&log, "node-1");
     let (mut la, mut lb) = (Recorder::default(), Recorder::default());
     for _ in 0..3 {
         a.poll(&mut la, 10, Duration::from_millis(10))
@@ -292,7 +294,7 @@ async fn a_static_member_that_returns_in_time_keeps_its_partitions_without_a_reb
     let revoked_before = la.revoked.len();
     drop(b); // crash
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut b2 = static_member("node-1");
+    let mut b2 = static_member(&log, "node-1");
     let mut lb2 = Recorder::default();
     b2.poll(&mut lb2, 10, Duration::from_millis(10))
         .await
@@ -315,27 +317,21 @@ async fn a_static_member_that_returns_in_time_keeps_its_partitions_without_a_reb
 #[tokio::test(start_paused = true)]
 async fn a_static_member_back_from_a_crash_releases_what_it_was_giving_up() {
     let log = log_with_topic(2).await;
-    let static_member = |name: &str| {
-        let mut config = ConsumerConfig::group("g", name, vec!["in".into()]);
-        config.instance_id = Some(name.to_owned());
-        config.session_timeout = Duration::from_secs(6);
-        log.consumer(config).unwrap()
-    };
-    let mut a = static_member("node-0");
+    let mut a = static_member(&log, "node-0");
     let mut la = Recorder::default();
     a.poll(&mut la, 10, Duration::from_millis(10))
         .await
         .unwrap();
     assert_eq!(held(&log, "node-0").len(), 2);
     // node-1 joins: node-0 should give one partition up, but dies before it polls again.
-    let mut b = static_member("node-1");
+    let mut b = static_member(&log, "node-1");
     let mut lb = Recorder::default();
     b.poll(&mut lb, 10, Duration::from_millis(10))
         .await
         .unwrap();
     drop(a);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut a2 = static_member("node-0");
+    let mut a2 = static_member(&log, "node-0");
     let mut la2 = Recorder::default();
     for _ in 0..3 {
         a2.poll(&mut la2, 10, Duration::from_millis(10))

@@ -21,7 +21,7 @@ use crate::config::SimConfig;
 use crate::history::{Digest, Event, EventKind, History};
 use crate::lab::Lab;
 use crate::services::Service;
-use crate::verify::{Tracker, reference_expectations};
+use crate::verify::{LevelReport, Tracker, reference_expectations};
 use crate::workers::{GROUP, Workers, overlapping_leases};
 use crate::workload::{self, Message};
 
@@ -607,20 +607,12 @@ impl Convergence {
         }
         for layout in &lab.layouts {
             let tracker = track(log, layout, cluster.dag());
-            for level in tracker.report() {
-                let explained: BTreeSet<&str> = tracker
-                    .dead_letters
-                    .iter()
-                    .map(|(k, _)| k.as_str())
-                    .collect();
-                state.outputs_missing.extend(
-                    level
-                        .missing
-                        .iter()
-                        .filter(|k| level.aggregate || !explained.contains(k.as_str()))
-                        .map(|k| format!("{} {k}", level.label)),
-                );
-            }
+            let levels = tracker.report();
+            state.outputs_missing.extend(
+                unfinished(&tracker, &levels)
+                    .into_iter()
+                    .map(|(level, key)| format!("{} {key}", level.label)),
+            );
         }
         let store = cluster.up.values().next().map(|i| i.store.clone());
         match store {
@@ -674,6 +666,24 @@ fn read_topic(log: &EmbeddedLog, topic: &str) -> Vec<LogRecord> {
     out
 }
 
+/// What an experiment still lacks: aggregates not out, and task outputs neither out nor
+/// dead-lettered (what settling waits for, and what the checks report).
+fn unfinished<'a>(
+    tracker: &Tracker,
+    levels: &'a [LevelReport],
+) -> Vec<(&'a LevelReport, &'a String)> {
+    let dead: BTreeSet<&str> = tracker
+        .dead_letters
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect();
+    levels
+        .iter()
+        .flat_map(|level| level.missing.iter().map(move |k| (level, k)))
+        .filter(|(level, k)| level.aggregate || !dead.contains(k.as_str()))
+        .collect()
+}
+
 /// Every aggregate exactly once; every task output there or dead-lettered with a reason;
 /// every malformed input dead-lettered.
 fn check_outputs(log: &EmbeddedLog, lab: &Lab, dag: &Dag) -> Vec<Violation> {
@@ -681,35 +691,29 @@ fn check_outputs(log: &EmbeddedLog, lab: &Lab, dag: &Dag) -> Vec<Violation> {
     let dead_topic = dag.settings.dead_letter_topic.as_str();
     for layout in &lab.layouts {
         let tracker = track(log, layout, dag);
-        let dead: BTreeSet<&str> = tracker
-            .dead_letters
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .collect();
-        for level in tracker.report() {
-            if level.aggregate {
-                for key in &level.missing {
-                    violations.push(violation(
-                        "every aggregate is emitted exactly once",
-                        format!("{} {key} never came out", level.label),
-                        key,
-                    ));
-                }
-                for key in &level.duplicated {
-                    violations.push(violation(
-                        "every aggregate is emitted exactly once",
-                        format!("{} {key} came out more than once", level.label),
-                        key,
-                    ));
-                }
+        let levels = tracker.report();
+        for (level, key) in unfinished(&tracker, &levels) {
+            violations.push(if level.aggregate {
+                violation(
+                    "every aggregate is emitted exactly once",
+                    format!("{} {key} never came out", level.label),
+                    key,
+                )
             } else {
-                for key in level.missing.iter().filter(|k| !dead.contains(k.as_str())) {
-                    violations.push(violation(
-                        "no input is lost: every task ends in an output or a dead letter",
-                        format!("{} {key}: neither output nor dead letter", level.label),
-                        key,
-                    ));
-                }
+                violation(
+                    "no input is lost: every task ends in an output or a dead letter",
+                    format!("{} {key}: neither output nor dead letter", level.label),
+                    key,
+                )
+            });
+        }
+        for level in &levels {
+            for key in &level.duplicated {
+                violations.push(violation(
+                    "every aggregate is emitted exactly once",
+                    format!("{} {key} came out more than once", level.label),
+                    key,
+                ));
             }
             for key in &level.unexpected {
                 violations.push(violation(

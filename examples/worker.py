@@ -113,12 +113,18 @@ def work(api, client_id, task, lease_seconds):
 def main():
     parser = argparse.ArgumentParser(description="A Wellspring task-store worker")
     parser.add_argument("--url", default=os.environ.get("WELLSPRING_URL", "http://127.0.0.1:8080"))
-    parser.add_argument("--group", action="append", required=True, help="a group to claim from (repeatable)")
+    # A worker Job started by the autoscaler finds its group in WELLSPRING_GROUP.
+    groups_from_env = [g for g in os.environ.get("WELLSPRING_GROUP", "").split(",") if g]
+    parser.add_argument("--group", action="append", default=None,
+                        help="a group to claim from (repeatable; default: WELLSPRING_GROUP, comma-separated)")
     parser.add_argument("--client-id", default=f"{socket.gethostname()}-{os.getpid()}")
     parser.add_argument("--lease", type=float, default=30.0, help="lease length in seconds")
     parser.add_argument("--exit-when-empty", action="store_true")
     args = parser.parse_args()
 
+    args.group = args.group or groups_from_env
+    if not args.group:
+        parser.error("give --group, or set WELLSPRING_GROUP")
     api = Api(args.url, os.environ.get("WELLSPRING_API_TOKEN"))
     idle = 0.5
     while True:

@@ -339,3 +339,40 @@ fn sim_explains_bad_settings() {
         );
     }
 }
+
+#[test]
+fn run_with_kubernetes_on_but_no_way_to_reach_the_api_says_what_to_do() {
+    let home = std::env::temp_dir().join(format!("wellspring-cli-home-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wellspring"))
+        .args(["run", "--http-addr", "127.0.0.1:0", "--kube", "on"])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("KUBECONFIG", home.join("no-such-kubeconfig"))
+        .env("HOME", &home)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("Kubernetes"), "{stderr}");
+    assert!(
+        stderr.contains("--kube-api") && stderr.contains("--kube off"),
+        "{stderr}"
+    );
+    // A bad template directory is named, before anything starts.
+    let out = wellspring(&[
+        "run",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--kube-api",
+        "http://127.0.0.1:9",
+        "--worker-templates",
+        "no/such/dir",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no/such/dir"),
+        "{}",
+        text(&out.stderr)
+    );
+}

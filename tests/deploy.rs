@@ -275,11 +275,7 @@ fn the_nodes_are_locked_down_and_stop_cleanly() {
             "{overlay}: rolling upgrades"
         );
         let pod = spec.template.spec.as_ref().expect("pod spec");
-        assert_eq!(
-            pod.automount_service_account_token,
-            Some(false),
-            "{overlay}"
-        );
+        assert_eq!(pod.automount_service_account_token, Some(true), "{overlay}");
         assert_eq!(pod.service_account_name.as_deref(), Some("wellspring"));
         let psc = pod.security_context.as_ref().expect("pod securityContext");
         assert_eq!(psc.run_as_non_root, Some(true), "{overlay}: runAsNonRoot");
@@ -442,12 +438,9 @@ fn the_role_grants_only_what_the_kubernetes_integration_uses() {
             ("coordination.k8s.io", "leases"),
             &["get", "create", "update"][..],
         ),
-        (("", "pods"), &["get", "list", "watch"][..]),
-        (("batch", "jobs"), &["get", "list", "create", "delete"][..]),
-        (
-            ("apps", "deployments/scale"),
-            &["get", "patch", "update"][..],
-        ),
+        (("", "pods"), &["list", "watch"][..]),
+        (("batch", "jobs"), &["list", "create", "delete"][..]),
+        (("apps", "deployments/scale"), &["get", "patch"][..]),
     ]);
     for overlay in overlays() {
         let o = objects(&overlay);

@@ -758,12 +758,11 @@ async fn the_python_worker_example_claims_extends_and_reports() {
         .1;
     let bad = api.ready_post("/tasks", json!({"cmd": ["python3", "-c", "import sys; sys.stderr.write('no input'); sys.exit(3)"], "group": "py"})).await.1;
     let worker = tokio::process::Command::new("python3")
+        // As a worker Job started by the autoscaler finds them: in its environment.
+        .env("WELLSPRING_URL", &api.base)
+        .env("WELLSPRING_GROUP", "py")
         .args([
             "examples/worker.py",
-            "--url",
-            &api.base,
-            "--group",
-            "py",
             "--lease",
             "1",
             "--exit-when-empty",

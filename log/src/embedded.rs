@@ -407,6 +407,21 @@ impl GroupState {
         }
     }
 
+    /// Removes every member that joined as `instance_id`; true if any.
+    fn evict(&mut self, instance_id: &str) -> bool {
+        let gone: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.instance_id.as_deref() == Some(instance_id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            self.members.remove(id);
+            self.owners.retain(|_, owner| owner != id);
+        }
+        !gone.is_empty()
+    }
+
     /// Removes members not heard from within their session timeout; true if any.
     fn expire(&mut self, now: Instant) -> bool {
         let dead: Vec<u64> = self
@@ -491,6 +506,25 @@ impl Log for EmbeddedLog {
 
     fn describe(&self) -> String {
         "the embedded log (in memory)".into()
+    }
+
+    async fn evict_static_member(&self, instance_id: &str) -> Result<Vec<String>, LogError> {
+        let mut evicted = Vec::new();
+        {
+            let mut state = self.shared.state.lock();
+            let State { topics, groups, .. } = &mut *state;
+            for (name, group) in groups.iter_mut() {
+                if group.evict(instance_id) {
+                    group.rebalance(topics);
+                    evicted.push(name.clone());
+                }
+            }
+        }
+        if !evicted.is_empty() {
+            tracing::info!(member = %instance_id, groups = ?evicted, "evicted a lost static member; its partitions move");
+            self.bump();
+        }
+        Ok(evicted)
     }
 
     fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>, LogError> {
@@ -637,11 +671,11 @@ impl EmbeddedConsumer {
         let mut changed = false;
         {
             let State { topics, groups, .. } = &mut *state;
-            if let Some(group) = groups.get_mut(&group_name) {
-                if group.expire(now) {
-                    group.rebalance(topics);
-                    changed = true;
-                }
+            if let Some(group) = groups.get_mut(&group_name)
+                && group.expire(now)
+            {
+                group.rebalance(topics);
+                changed = true;
             }
         }
         let id = match self.member {

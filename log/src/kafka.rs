@@ -33,6 +33,7 @@ use rdkafka::producer::{
 use rdkafka::{ClientContext, Offset as KafkaOffset, TopicPartitionList};
 use tokio::sync::{Notify, mpsc};
 
+use crate::eviction::{Evicted, StaticGroup, evict};
 use crate::time::{Clock, SystemClock};
 use crate::{
     Assigned, Cleanup, CommitBatch, Consumer, ConsumerConfig, Headers, Log, LogError, LogRecord,
@@ -219,6 +220,8 @@ struct Shared {
     producer: FutureProducer,
     partitions: Mutex<HashMap<String, u32>>,
     clock: Arc<dyn Clock>,
+    /// The groups this log's static members joined (to evict a lost peer from them).
+    static_groups: Mutex<BTreeMap<String, StaticGroup>>,
 }
 
 /// A Kafka cluster as a [`Log`]. Cloning gives another handle to the same clients.
@@ -254,6 +257,7 @@ impl KafkaLog {
                 producer,
                 partitions: Mutex::new(HashMap::new()),
                 clock: Arc::new(SystemClock),
+                static_groups: Mutex::new(BTreeMap::new()),
             }),
         };
         let probe = log.clone();
@@ -562,6 +566,52 @@ impl Log for KafkaLog {
     fn describe(&self) -> String {
         format!("Kafka at {}", self.shared.settings.brokers)
     }
+
+    async fn evict_static_member(&self, instance_id: &str) -> Result<Vec<String>, LogError> {
+        let groups: Vec<(String, StaticGroup)> = self
+            .shared
+            .static_groups
+            .lock()
+            .iter()
+            .map(|(name, spec)| (name.clone(), spec.clone()))
+            .collect();
+        // Every group at once: each stand-in waits on its own coordinator.
+        let running: Vec<_> = groups
+            .into_iter()
+            .map(|(group, spec)| {
+                let client = self.shared.settings.client();
+                let timeout = self.shared.settings.timeout;
+                let instance = instance_id.to_owned();
+                let name = group.clone();
+                let task = tokio::task::spawn_blocking(move || {
+                    evict(client, &name, &spec, &instance, timeout)
+                });
+                (group, task)
+            })
+            .collect();
+        let mut evicted = Vec::new();
+        let mut failures = Vec::new();
+        for (group, task) in running {
+            match task.await {
+                Ok(Ok(Evicted::Removed)) => evicted.push(group),
+                Ok(Ok(Evicted::NotAMember)) => {}
+                Ok(Err(e)) => failures.push(format!("{group}: {e}")),
+                Err(e) => failures.push(format!("{group}: {e}")),
+            }
+        }
+        if !evicted.is_empty() {
+            tracing::info!(member = %instance_id, groups = ?evicted, "evicted a lost static member; its partitions move");
+        }
+        if failures.is_empty() {
+            Ok(evicted)
+        } else {
+            Err(LogError::Other(format!(
+                "could not evict {instance_id} from every group (evicted from {}): {}",
+                evicted.len(),
+                failures.join("; ")
+            )))
+        }
+    }
 }
 
 struct KafkaProducer {
@@ -710,7 +760,7 @@ fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> LogRecord {
 /// until the member owns nothing, and give the LeaveGroup a moment to go out before the
 /// consumer is closed. (A member that crashes or is killed sends nothing, and keeps its
 /// partitions for the session timeout, as static membership intends.)
-fn leave_group(consumer: &BaseConsumer<GroupContext>) {
+pub(crate) fn leave_group<C: ConsumerContext>(consumer: &BaseConsumer<C>) {
     consumer.unsubscribe();
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline
@@ -923,26 +973,39 @@ impl KafkaConsumer {
                     .clone()
                     .ok_or_else(|| LogError::NoGroup(config.client_id.clone()))?;
                 let session = session_ms;
-                client
-                    .set(
-                        "max.poll.interval.ms",
+                let group_properties = vec![
+                    (
+                        "max.poll.interval.ms".to_owned(),
                         rebalance_timeout.as_millis().to_string(),
-                    )
-                    .set("group.id", &group)
-                    .set(
-                        "partition.assignment.strategy",
+                    ),
+                    (
+                        "partition.assignment.strategy".to_owned(),
                         settings
                             .properties
                             .get("partition.assignment.strategy")
-                            .map_or("cooperative-sticky", String::as_str),
-                    )
-                    .set("session.timeout.ms", session.to_string())
-                    .set(
-                        "heartbeat.interval.ms",
+                            .map_or("cooperative-sticky", String::as_str)
+                            .to_owned(),
+                    ),
+                    ("session.timeout.ms".to_owned(), session.to_string()),
+                    (
+                        "heartbeat.interval.ms".to_owned(),
                         (session / 4).clamp(100, 1000).to_string(),
-                    );
+                    ),
+                ];
+                client.set("group.id", &group);
+                for (key, value) in &group_properties {
+                    client.set(key, value);
+                }
                 if let Some(instance) = &config.instance_id {
                     client.set("group.instance.id", instance);
+                    log.shared.static_groups.lock().insert(
+                        group.clone(),
+                        StaticGroup {
+                            topics: topics.clone(),
+                            properties: group_properties,
+                            session: Duration::from_millis(session as u64),
+                        },
+                    );
                 }
                 if settings.transactions {
                     // One transactional id per member of a group: a restarted member with

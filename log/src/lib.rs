@@ -26,6 +26,7 @@
 //!   cannot commit for it ([`LogError::NotAssigned`]): a zombie never overwrites progress.
 
 mod embedded;
+mod eviction;
 mod kafka;
 mod partitioner;
 pub mod time;
@@ -310,6 +311,14 @@ pub trait Log: Send + Sync + 'static {
     fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>, LogError>;
     /// What this log is, in words for the operator ("Kafka at host:9092").
     fn describe(&self) -> String;
+    /// Removes the static member `instance_id` (a node known to be gone) from every
+    /// consumer group that this log's own static members belong to, so that its
+    /// partitions move now instead of after its session timeout. Answers the groups it was
+    /// removed from (none when it was in none, or when the log cannot do this).
+    async fn evict_static_member(&self, instance_id: &str) -> Result<Vec<String>, LogError> {
+        let _ = instance_id;
+        Ok(Vec::new())
+    }
 }
 
 /// Appends records outside any consumer: sources, generators, tools.

@@ -312,6 +312,44 @@ async fn a_static_member_that_returns_in_time_keeps_its_partitions_without_a_reb
     assert!(la.lost.is_empty());
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_evicted_static_member_loses_its_partitions_at_once_and_others_never() {
+    let log = log_with_topic(4).await;
+    let mut a = static_member(&log, "node-0");
+    let mut b = static_member(&log, "node-1");
+    let (mut la, mut lb) = (Recorder::default(), Recorder::default());
+    for _ in 0..3 {
+        a.poll(&mut la, 10, Duration::from_millis(10))
+            .await
+            .unwrap();
+        b.poll(&mut lb, 10, Duration::from_millis(10))
+            .await
+            .unwrap();
+    }
+    assert_eq!(held(&log, "node-1").len(), 2);
+    let revoked_before = la.revoked.len();
+    drop(b); // crash: no leave; its session would keep its partitions for 6 s
+    assert_eq!(
+        log.evict_static_member("node-9").await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(log.evict_static_member("node-1").await.unwrap(), ["g"]);
+    a.poll(&mut la, 10, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        held(&log, "node-0").len(),
+        4,
+        "well within the session timeout"
+    );
+    assert_eq!(
+        la.revoked.len(),
+        revoked_before,
+        "the survivor kept its own"
+    );
+    assert!(la.lost.is_empty());
+}
+
 /// Found by the simulation harness (seed 22): a static member that died while asked to
 /// give a partition up, and came back in time, held it for good without knowing.
 #[tokio::test(start_paused = true)]

@@ -50,7 +50,7 @@ enum Command {
         format: GraphFormat,
     },
     /// Run a node: DAGs (optional) and the task-store API, until SIGINT or SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Talk to a node's task-store API.
     Tasks(TasksArgs),
     /// Publish a synthetic experiment (its layout, then its images) to Kafka.
@@ -156,6 +156,8 @@ struct RunArgs {
     namespace: String,
     #[command(flatten)]
     kafka: KafkaArgs,
+    #[command(flatten)]
+    kube: crate::kube::KubeArgs,
     /// Prefix of Wellspring's internal topics and consumer groups.
     #[arg(long, default_value = "wellspring.", env = "WELLSPRING_TOPIC_PREFIX")]
     topic_prefix: String,
@@ -202,6 +204,13 @@ enum TasksCommand {
         min_workers: u32,
         #[arg(long, default_value_t = 10)]
         max_workers: u32,
+        /// Keep the replicas of this Kubernetes Deployment at the desired workers.
+        #[arg(long, conflicts_with = "worker_job")]
+        worker_deployment: Option<String>,
+        /// Keep this many Jobs made from this worker template (see `run
+        /// --worker-templates`) running.
+        #[arg(long)]
+        worker_job: Option<String>,
     },
     /// Submit a task: `wellspring tasks submit --group G -- program args...`
     Submit {
@@ -455,10 +464,10 @@ fn tasks_command(args: TasksArgs) -> ExitCode {
                 tasks_per_worker,
                 min_workers,
                 max_workers,
-            } => (
-                reqwest::Method::POST,
-                "/groups".into(),
-                Some(json!({
+                worker_deployment,
+                worker_job,
+            } => {
+                let mut body = json!({
                     "name": name,
                     "max-run-time": duration_ms(max_run_time, "--max-run-time")?,
                     "retry": {
@@ -467,8 +476,15 @@ fn tasks_command(args: TasksArgs) -> ExitCode {
                         "max-backoff": duration_ms(max_backoff, "--max-backoff")?,
                     },
                     "autoscaling": {"tasks-per-worker": tasks_per_worker, "min-workers": min_workers, "max-workers": max_workers},
-                })),
-            ),
+                });
+                if let Some(name) = worker_deployment {
+                    body["worker-deployment"] = json!(name);
+                }
+                if let Some(name) = worker_job {
+                    body["worker-job"] = json!(name);
+                }
+                (reqwest::Method::POST, "/groups".into(), Some(body))
+            }
             TasksCommand::Submit {
                 group,
                 labels,
@@ -821,6 +837,7 @@ pub fn main() -> ExitCode {
         Command::Drain(args) => drain_command(args),
         Command::Sim(args) => crate::sim::sim_command(args),
         Command::Run(args) => {
+            let args = *args;
             let mut dags = Vec::new();
             for file in &args.dags {
                 match read_dag(file, &args.set) {
@@ -856,6 +873,13 @@ pub fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
+            let kube = match args.kube.settings(&args.node_id, &args.namespace) {
+                Ok(kube) => kube,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let log = match connect(&args.kafka, &args.topic_prefix) {
                 Ok(log) => log,
                 Err(code) => return code,
@@ -879,6 +903,7 @@ pub fn main() -> ExitCode {
                 advertise_url,
                 prefix: args.topic_prefix,
                 session_timeout,
+                kube,
                 ..crate::run::RunOptions::new(args.http_addr)
             };
             match crate::run::run(options, log) {

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod cli;
 pub mod client;
 pub mod demo;
+pub mod kube;
 pub mod run;
 pub mod services;
 pub mod sim;

@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub advertise_url: Option<String>,
     /// Prefix of internal topics and consumer groups.
     pub prefix: String,
+    /// The Kubernetes integration, when it runs.
+    pub kube: Option<wellspring_kube::KubeSettings>,
 }
 
 impl RunOptions {
@@ -50,6 +52,7 @@ impl RunOptions {
             session_timeout: Duration::from_secs(10),
             advertise_url: None,
             prefix: RuntimeConfig::default().prefix,
+            kube: None,
         }
     }
 }
@@ -67,6 +70,8 @@ pub enum RunError {
     Start(String),
     #[error("cannot start the HTTP server: {0}")]
     Server(std::io::Error),
+    #[error("cannot start the Kubernetes integration: {0} (or run with --kube off)")]
+    Kube(String),
 }
 
 /// How a running node is told to stop.
@@ -246,6 +251,28 @@ async fn serve(
             return Ok(());
         }
     };
+    let kube = match options.kube.clone() {
+        Some(settings) => {
+            let leader = metrics.gauge("cluster", "lease", "leader");
+            let (store, log) = (store.clone(), log.clone());
+            let starting = tokio::task::spawn_blocking(move || {
+                crate::kube::KubeThread::start(settings, store, log, leader)
+            })
+            .await;
+            match starting {
+                Ok(Ok(kube)) => Some(kube),
+                Ok(Err(e)) => {
+                    let _ = started.send(Err(RunError::Kube(e)));
+                    return Ok(());
+                }
+                Err(e) => {
+                    let _ = started.send(Err(RunError::Kube(e.to_string())));
+                    return Ok(());
+                }
+            }
+        }
+        None => None,
+    };
 
     // The API runs on its own threads; it reaches the actors through their addresses.
     let router = api::router(
@@ -288,6 +315,14 @@ async fn serve(
     };
     let _ = stop_http.send(());
     let joined = tokio::task::spawn_blocking(move || server.join()).await;
+    if let Some(kube) = kube {
+        // The leader hands over (its duties stop, its Lease is released) before the
+        // stages leave their groups.
+        let graceful = matches!(how, Stop::Graceful);
+        let _ =
+            tokio::task::spawn_blocking(move || if graceful { kube.stop() } else { kube.kill() })
+                .await;
+    }
     if matches!(how, Stop::Graceful) {
         let _ = tokio::time::timeout(Duration::from_secs(60), node.shutdown()).await;
     }
@@ -314,13 +349,21 @@ pub fn run(options: RunOptions, log: Option<Arc<dyn Log>>) -> Result<(), RunErro
     let node_id = options.node_id.clone();
     let names: Vec<String> = options.dags.iter().map(|d| d.name.clone()).collect();
     let token = options.token.is_some();
+    let kube = options.kube.as_ref().map(|k| {
+        format!(
+            "; Kubernetes integration on (namespace {}, leader Lease {}, {} worker Job template(s))",
+            k.namespace,
+            k.lease.name,
+            k.templates.names().len()
+        )
+    });
     let backend = log
         .as_ref()
         .map_or("the embedded log".to_owned(), |l| l.describe());
     let node = start(options, log)?;
     let ordinal = ordinal(&node_id).map_or(String::new(), |n| format!(" (ordinal {n})"));
     eprintln!(
-        "wellspring node {node_id}{ordinal} on {backend}, serving the task-store API on {}{}{}",
+        "wellspring node {node_id}{ordinal} on {backend}, serving the task-store API on {}{}{}{}",
         node.url(),
         if token {
             " (bearer token required)"
@@ -331,7 +374,8 @@ pub fn run(options: RunOptions, log: Option<Arc<dyn Log>>) -> Result<(), RunErro
             String::new()
         } else {
             format!("; running DAGs: {}", names.join(", "))
-        }
+        },
+        kube.unwrap_or_default()
     );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -111,9 +111,14 @@ pub struct GroupSettings {
     pub retry: RetrySettings,
     #[serde(default)]
     pub autoscaling: AutoscalingSettings,
-    /// A Kubernetes Deployment whose replicas follow the autoscaling signal (optional).
+    /// A Kubernetes Deployment (in the nodes' namespace) whose replicas follow the
+    /// autoscaling signal (optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_deployment: Option<String>,
+    /// The name of a worker Job template (one of the nodes' `--worker-templates`): the
+    /// leader keeps this many Jobs made from it running (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_job: Option<String>,
 }
 
 fn default_max_run_time() -> Millis {
@@ -129,6 +134,7 @@ impl GroupSettings {
             retry: RetrySettings::default(),
             autoscaling: AutoscalingSettings::default(),
             worker_deployment: None,
+            worker_job: None,
         }
     }
 
@@ -159,8 +165,33 @@ impl GroupSettings {
         if self.autoscaling.min_workers > self.autoscaling.max_workers {
             out.push("autoscaling.min-workers is above autoscaling.max-workers".into());
         }
+        if self.worker_deployment.is_some() && self.worker_job.is_some() {
+            out.push("give worker-deployment or worker-job, not both".into());
+        }
+        for (field, name) in [
+            ("worker-deployment", &self.worker_deployment),
+            ("worker-job", &self.worker_job),
+        ] {
+            if let Some(name) = name.as_deref().filter(|n| !valid_object_name(n)) {
+                out.push(format!(
+                    "{field} {name:?} must be a Kubernetes name: 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+                ));
+            }
+        }
         out
     }
+}
+
+/// A DNS-1123 label, as Kubernetes names Deployments (and as template files are named).
+pub fn valid_object_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
 pub fn valid_group_name(name: &str) -> bool {
@@ -447,5 +478,19 @@ mod tests {
         assert_eq!(retry.backoff_ms(1), 1_000);
         assert_eq!(retry.backoff_ms(3), 4_000);
         assert_eq!(retry.backoff_ms(30), 60_000);
+    }
+
+    #[test]
+    fn worker_targets_are_kubernetes_names_and_one_at_most() {
+        let mut group = GroupSettings::named("plates");
+        group.worker_job = Some("plate-worker".into());
+        assert!(group.problems().is_empty());
+        group.worker_deployment = Some("plate-workers".into());
+        assert_eq!(group.problems().len(), 1, "{:?}", group.problems());
+        group.worker_deployment = None;
+        for bad in ["Plate", "-x", "x-", "a b", "", &"x".repeat(64)] {
+            group.worker_job = Some(bad.to_owned());
+            assert_eq!(group.problems().len(), 1, "{bad:?} accepted");
+        }
     }
 }

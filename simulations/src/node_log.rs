@@ -139,6 +139,11 @@ impl Log for NodeLog {
     fn describe(&self) -> String {
         format!("{} (as node {} sees it)", self.inner.describe(), self.node)
     }
+
+    async fn evict_static_member(&self, instance_id: &str) -> Result<Vec<String>, LogError> {
+        self.life.check().await;
+        self.inner.evict_static_member(instance_id).await
+    }
 }
 
 struct NodeProducer {

@@ -500,7 +500,7 @@ pub async fn verify_experiment(
         &topics,
         |record| {
             read += 1;
-            if read % 10_000 == 0 {
+            if read.is_multiple_of(10_000) {
                 progress(read);
             }
             tracker.borrow_mut().observe(record, now);

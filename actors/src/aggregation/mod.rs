@@ -205,14 +205,14 @@ impl<L: Level> Aggregator<L> {
             self.layout_arrived(&experiment, layouts, now_ms, out);
         }
         let (child, payload, provenance) = L::split(input);
-        if let Some(layout) = layout {
-            if !L::is_expected(layout, &key, child) {
-                return Err(Rejection::NotInLayout(format!(
-                    "{} is not in the layout of experiment {}",
-                    L::describe(&key, child),
-                    L::experiment(&key)
-                )));
-            }
+        if let Some(layout) = layout
+            && !L::is_expected(layout, &key, child)
+        {
+            return Err(Rejection::NotInLayout(format!(
+                "{} is not in the layout of experiment {}",
+                L::describe(&key, child),
+                L::experiment(&key)
+            )));
         }
         let open = match self.open.get_mut(&key) {
             Some(open) => open,

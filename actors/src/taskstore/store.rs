@@ -367,14 +367,13 @@ impl TaskStore {
         if let Some(shard) = self.inner.shards.get(partition) {
             return Ok(Route::Here(shard));
         }
-        if scope == Scope::Cluster {
-            if let Some(owner) =
+        if scope == Scope::Cluster
+            && let Some(owner) =
                 self.inner
                     .directory
                     .owner(partition, &self.inner.config.node_id, self.now_ms())
-            {
-                return Ok(Route::There(owner.url));
-            }
+        {
+            return Ok(Route::There(owner.url));
         }
         Err(TaskError::Unavailable(format!(
             "shard {partition} of the task store is not served by this node right now (starting, or moving between nodes); retry"

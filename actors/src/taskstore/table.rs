@@ -167,14 +167,13 @@ impl TaskTable {
                 "cmd must list at least the program to run".into(),
             ));
         }
-        if let Some(key) = &new.idempotency_key {
-            if let Some(existing) = self
+        if let Some(key) = &new.idempotency_key
+            && let Some(existing) = self
                 .by_key
                 .get(&(new.group.clone(), key.clone()))
                 .and_then(|id| self.tasks.get(id))
-            {
-                return Ok((existing.clone(), false));
-            }
+        {
+            return Ok((existing.clone(), false));
         }
         if let Some(existing) = self.tasks.get(&id) {
             return Ok((existing.clone(), false));

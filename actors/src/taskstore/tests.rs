@@ -16,6 +16,7 @@ fn settings() -> GroupSettings {
         },
         autoscaling: Default::default(),
         worker_deployment: None,
+        worker_job: None,
     }
 }
 

@@ -739,16 +739,14 @@ impl Parser<'_> {
     fn queue_task(&mut self, mut obj: Obj<'_>, start: usize) -> Option<TaskDecl> {
         let _ = obj.string(self.errors, "description", false);
         let group = obj.string(self.errors, "group", true);
-        if let Some(g) = &group {
-            if !crate::taskstore::valid_group_name(g) {
-                obj.error(
-                    self.errors,
-                    "group",
-                    format!(
-                        "{g:?} is not a group name (letters, digits, spaces, '-', '_', '.', ':')"
-                    ),
-                );
-            }
+        if let Some(g) = &group
+            && !crate::taskstore::valid_group_name(g)
+        {
+            obj.error(
+                self.errors,
+                "group",
+                format!("{g:?} is not a group name (letters, digits, spaces, '-', '_', '.', ':')"),
+            );
         }
         let mut cmd = Vec::new();
         match obj.strings(self.errors, "cmd") {

@@ -441,28 +441,26 @@ impl Validator<'_, '_> {
                         ),
                         _ => {}
                     }
-                    if let Some(declared) = &op.value_schema {
-                        if self.schema_exists(&location, "value-schema", declared) {
-                            if let Err(reasons) =
-                                self.raw.schemas.assignable(&signature.output, declared)
-                            {
-                                self.error(
-                                    &location,
-                                    "value-schema",
-                                    format!(
-                                        "{} emits {} records, which do not fit {declared}: {}",
-                                        op.function,
-                                        signature.output,
-                                        reasons.join("; ")
-                                    ),
-                                );
-                            }
-                        }
+                    if let Some(declared) = &op.value_schema
+                        && self.schema_exists(&location, "value-schema", declared)
+                        && let Err(reasons) =
+                            self.raw.schemas.assignable(&signature.output, declared)
+                    {
+                        self.error(
+                            &location,
+                            "value-schema",
+                            format!(
+                                "{} emits {} records, which do not fit {declared}: {}",
+                                op.function,
+                                signature.output,
+                                reasons.join("; ")
+                            ),
+                        );
                     }
-                    if let Some(key) = &op.key_schema {
-                        if key != "string" {
-                            self.error(&location, "key-schema", format!("{key:?}: keys of aggregates are strings (EXPERIMENT/PLATE/WELL/SITE); use string"));
-                        }
+                    if let Some(key) = &op.key_schema
+                        && key != "string"
+                    {
+                        self.error(&location, "key-schema", format!("{key:?}: keys of aggregates are strings (EXPERIMENT/PLATE/WELL/SITE); use string"));
                     }
                 }
             }

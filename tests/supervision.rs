@@ -201,8 +201,13 @@ fn the_top_of_a_node_keeps_other_children_running_when_one_fails_for_good() {
         assert_eq!(broken.lock().len(), 4);
         assert!(matches!(
             health.snapshot().get("node/dag-a"),
-            Some(ComponentState::Failed(_))
+            Some(ComponentState::GaveUp(_))
         ));
+        assert_eq!(
+            health.gave_up().len(),
+            1,
+            "liveness fails: a restart may help"
+        );
         assert_eq!(
             health.snapshot().get("node/dag-b"),
             Some(&ComponentState::Running)

@@ -96,8 +96,14 @@ impl RestartTracker {
 pub enum ComponentState {
     Starting,
     Running,
-    Restarting { failures: u32, reason: String },
+    Restarting {
+        failures: u32,
+        reason: String,
+    },
+    /// Failed, and escalated: its supervisor decides what happens next.
     Failed(String),
+    /// Failed for good: nothing restarts it while the process lives.
+    GaveUp(String),
     Stopped,
 }
 
@@ -116,13 +122,28 @@ impl Health {
         self.components.lock().clone()
     }
 
-    /// The components that failed for good, with their reasons.
+    /// The components that failed (escalated or for good), with their reasons.
     pub fn failed(&self) -> Vec<(String, String)> {
         self.components
             .lock()
             .iter()
             .filter_map(|(k, v)| match v {
-                ComponentState::Failed(reason) => Some((k.clone(), reason.clone())),
+                ComponentState::Failed(reason) | ComponentState::GaveUp(reason) => {
+                    Some((k.clone(), reason.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The components that failed for good: only a restart of the process (the pod)
+    /// runs them again.
+    pub fn gave_up(&self) -> Vec<(String, String)> {
+        self.components
+            .lock()
+            .iter()
+            .filter_map(|(k, v)| match v {
+                ComponentState::GaveUp(reason) => Some((k.clone(), reason.clone())),
                 _ => None,
             })
             .collect()
@@ -400,7 +421,7 @@ impl Handler<ChildExited> for Supervisor {
                     tracing::error!(supervisor = %self.name, child = %msg.name, failures, %reason, "child failed for good; it stays stopped");
                     self.health.set(
                         &path,
-                        ComponentState::Failed(format!(
+                        ComponentState::GaveUp(format!(
                             "failed {failures} times within {:?}; last: {reason}",
                             self.policy.window
                         )),

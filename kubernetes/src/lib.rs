@@ -190,8 +190,19 @@ async fn lead(
         }
         autoscaler.reset();
         while *leadership.borrow() && !*stop.borrow() {
-            if let Err(e) = autoscaler.round(demand.as_ref()).await {
-                tracing::warn!("autoscaling round failed (retrying): {e}");
+            // A round stops where it is the moment leadership ends (the client can spend
+            // minutes retrying an unavailable API): a former leader must not act on.
+            let mut deposed = leadership.clone();
+            let mut stopping = stop.clone();
+            tokio::select! {
+                biased;
+                _ = deposed.wait_for(|leads| !*leads) => {}
+                _ = stopping.wait_for(|stop| *stop) => {}
+                result = autoscaler.round(demand.as_ref()) => {
+                    if let Err(e) = result {
+                        tracing::warn!("autoscaling round failed (retrying): {e}");
+                    }
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}

@@ -133,7 +133,7 @@ pub fn router(
         .route("/admin/drain", post(request_drain))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     Router::new()
-        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .merge(protected)
         .fallback(|| async {
@@ -184,10 +184,19 @@ async fn request_drain(State(api): State<Api>) -> Response {
     (StatusCode::ACCEPTED, Json(json!({ "draining": true }))).into_response()
 }
 
+/// Alive unless a DAG failed for good: its supervisors gave up, and only a restart of the
+/// process (Kubernetes restarts the container when this fails) runs it again.
+async fn live(State(api): State<Api>) -> Response {
+    health_answer(api.health.gave_up(), "live")
+}
+
 async fn ready(State(api): State<Api>) -> Response {
-    let failed = api.health.failed();
+    health_answer(api.health.failed(), "ready")
+}
+
+fn health_answer(failed: Vec<(String, String)>, what: &str) -> Response {
     if failed.is_empty() {
-        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
+        (StatusCode::OK, Json(json!({ what: true }))).into_response()
     } else {
         let failed: Vec<_> = failed
             .into_iter()
@@ -195,7 +204,7 @@ async fn ready(State(api): State<Api>) -> Response {
             .collect();
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "ready": false, "failed": failed })),
+            Json(json!({ what: false, "failed": failed })),
         )
             .into_response()
     }

@@ -396,6 +396,8 @@ pub fn dag_children(dag: &Arc<Dag>, env: &NodeEnv) -> Result<Vec<ChildSpec>, Str
                 let runner: Rc<dyn TaskRunner> = match dag.tasks.get(task) {
                     Some(TaskDecl::Http(spec)) => Rc::new(HttpTaskRunner {
                         task_name: task.clone(),
+                        dag: Arc::from(dag.name.as_str()),
+                        node: Arc::from(node.name.as_str()),
                         spec: spec.clone(),
                         variables: dag.variables.clone(),
                         schemas: SchemaSet::clone(&schemas),

@@ -20,6 +20,8 @@ use wellspring_protocol::{
 };
 
 use crate::metrics::{Counter, Gauge};
+use crate::telemetry;
+use opentelemetry::trace::SpanKind;
 
 #[derive(Debug, Clone)]
 pub struct HttpRequest {
@@ -174,6 +176,9 @@ pub trait TaskRunner {
 /// Everything needed to call one HTTP task, shared by the task's shards on a node.
 pub struct HttpTaskRunner {
     pub task_name: String,
+    /// The DAG and DAG node calling it (names its spans).
+    pub dag: Arc<str>,
+    pub node: Arc<str>,
     pub spec: HttpTask,
     pub variables: BTreeMap<String, String>,
     pub schemas: SchemaSet,
@@ -296,6 +301,37 @@ impl HttpTaskRunner {
                 // The record cannot make a request: retrying will not help.
                 Err(error) => return (attempt, failed(error)),
             };
+            let mut request = request;
+            // The call's client span; the service receives it as the request's parent.
+            let mut span = telemetry::enabled().then(|| {
+                let mut span = telemetry::start(
+                    "wellspring.http",
+                    SpanKind::Client,
+                    telemetry::About {
+                        actor: "task shard",
+                        dag: &self.dag,
+                        node: &self.node,
+                        key: &task.key,
+                        attempt,
+                    },
+                    task.trace.as_ref(),
+                    Vec::new(),
+                );
+                span.set("http.request.method", request.method.as_str());
+                span.set("url.full", request.url.clone());
+                if let Some(trace) = span.trace() {
+                    request
+                        .headers
+                        .retain(|(k, _)| k != headers::TRACEPARENT && k != headers::TRACESTATE);
+                    request
+                        .headers
+                        .push((headers::TRACEPARENT.into(), trace.traceparent));
+                    if let Some(state) = trace.tracestate {
+                        request.headers.push((headers::TRACESTATE.into(), state));
+                    }
+                }
+                span
+            });
             let result = {
                 let Ok(_permit) = self.limiter.acquire().await else {
                     return (attempt, failed("the task is shutting down".into()));
@@ -306,6 +342,15 @@ impl HttpTaskRunner {
                 self.inflight.add(-1);
                 result
             };
+            if let Some(span) = span.as_mut() {
+                match &result {
+                    Ok(response) => {
+                        span.set("http.response.status_code", i64::from(response.status))
+                    }
+                    Err(e) => span.error(e.to_string()),
+                }
+            }
+            drop(span);
             let permanent = match result {
                 Ok(response) => match self
                     .spec

@@ -24,6 +24,7 @@ pub mod stage;
 pub mod supervision;
 pub mod table;
 pub mod taskstore;
+pub mod telemetry;
 
 pub use dag::{NodeEnv, RuntimeConfig};
 pub use functions::FunctionRegistry;

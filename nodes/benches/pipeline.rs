@@ -2,7 +2,8 @@
 //! through validation, the four groupings and their changelogs, to the experiment
 //! record, on the embedded log (no HTTP tasks: those are bound by the services).
 //!
-//! Run: `cargo bench -p wellspring-nodes --bench pipeline`
+//! Run: `cargo bench -p wellspring-nodes --bench pipeline` (with tracing off, the default,
+//! and on with every trace sampled).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,9 +96,19 @@ fn pipeline(c: &mut Criterion) {
     group.throughput(Throughput::Elements(workload.image_count() as u64));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
+    // Tracing off (the default): the engine reads one flag per record.
     group.bench_function("four-groupings/2-plates", |b| {
         b.iter_custom(|iterations| (0..iterations).map(|_| run_once(&workload)).sum())
     });
+    // Tracing on, every trace sampled, spans built and then dropped (no exporter): the
+    // cost of the spans themselves.
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    opentelemetry::global::set_tracer_provider(provider);
+    wellspring_actors::telemetry::enable(true);
+    group.bench_function("four-groupings/2-plates/traced", |b| {
+        b.iter_custom(|iterations| (0..iterations).map(|_| run_once(&workload)).sum())
+    });
+    wellspring_actors::telemetry::enable(false);
     group.finish();
 }
 

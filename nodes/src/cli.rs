@@ -158,6 +158,8 @@ struct RunArgs {
     kafka: KafkaArgs,
     #[command(flatten)]
     kube: crate::kube::KubeArgs,
+    #[command(flatten)]
+    telemetry: crate::telemetry::TelemetryArgs,
     /// Prefix of Wellspring's internal topics and consumer groups.
     #[arg(long, default_value = "wellspring.", env = "WELLSPRING_TOPIC_PREFIX")]
     topic_prefix: String,
@@ -305,6 +307,8 @@ struct DemoArgs {
     /// Plates in the experiment.
     #[arg(long, default_value_t = 2)]
     plates: u32,
+    #[command(flatten)]
+    telemetry: crate::telemetry::TelemetryArgs,
     #[command(flatten)]
     shape: WorkloadArgs,
     /// Fraction of microservice calls answered 503 (retried).
@@ -873,6 +877,13 @@ pub fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
+            let _telemetry = match crate::telemetry::from_args(&args.telemetry, &args.node_id) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let kube = match args.kube.settings(&args.node_id, &args.namespace) {
                 Ok(kube) => kube,
                 Err(e) => {
@@ -925,6 +936,14 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
+            // Flushed when dropped, after the demo's report.
+            let _telemetry = match crate::telemetry::from_args(&args.telemetry, "demo") {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let log = match connect(&args.kafka, &RuntimeConfig::default().prefix) {
                 Ok(log) => log,
                 Err(code) => return code,

@@ -12,6 +12,7 @@ pub mod kube;
 pub mod run;
 pub mod services;
 pub mod sim;
+pub mod telemetry;
 // The lab's workload and the output checks live with the simulation harness, which
 // needs them too; the commands use them from here.
 pub use wellspring_simulations::{verify, workload};

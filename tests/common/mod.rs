@@ -217,6 +217,8 @@ pub struct Seen {
     pub at: tokio::time::Instant,
     /// 1 for the first request with this idempotency key.
     pub attempt: u32,
+    /// The W3C `traceparent` header, if the request had one.
+    pub traceparent: Option<String>,
 }
 
 type Script = dyn Fn(&Seen) -> Answer + Send + Sync;
@@ -268,6 +270,10 @@ impl ScriptedServer {
                     idempotency_key: key,
                     at: tokio::time::Instant::now(),
                     attempt,
+                    traceparent: headers
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
                 };
                 log.push(seen.clone());
                 seen

@@ -5,18 +5,20 @@
 //! changed back to the changelog, in the same commit as the outputs and the input
 //! offsets, so after a crash the restored state matches the committed input exactly.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use async_trait::async_trait;
 use bytes::Bytes;
+use opentelemetry::trace::{SpanContext, SpanKind};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use wellspring_log::{
     Clock, ConsumerConfig, Log, LogRecord, NoListener, ProducerRecord, TopicPartition,
 };
-use wellspring_protocol::{Envelope, ExperimentId, MessageId, Origin, Value, wire};
+use wellspring_protocol::{Envelope, ExperimentId, MessageId, Origin, TraceContext, Value, wire};
 
 use super::shard::{RecordProcessor, SyncShard};
 use super::{ShardFactory, ShardRequest};
@@ -26,6 +28,7 @@ use crate::functions::{
 use crate::metadata::{LayoutArrived, MetadataTable, Snapshot};
 use crate::metrics::{Counter, Gauge};
 use crate::routing::{DeadLetterWriter, IncompleteWriter, Router};
+use crate::telemetry;
 
 /// Starts grouping shards of one stream-operation node.
 pub struct GroupingFactory {
@@ -131,6 +134,8 @@ impl ShardFactory for GroupingFactory {
             open: self.open.clone(),
             open_reported: 0,
             scratch: Vec::new(),
+            links: HashMap::new(),
+            current: None,
         };
         let mut initial = Vec::new();
         processor.with_function(None, &mut initial, |f, ctx| f.restored(ctx));
@@ -176,7 +181,20 @@ pub struct GroupingProcessor {
     /// This shard's share of the open-aggregates gauge.
     open_reported: i64,
     scratch: Vec<FunctionOutput>,
+    /// With tracing on: the spans of the records each open aggregate has taken in, by
+    /// the aggregate's key (its fan-in links once it completes).
+    links: HashMap<String, Vec<SpanContext>>,
+    /// With tracing on: the span of the record being processed (the parent of an
+    /// aggregate it completes).
+    current: Option<TraceContext>,
 }
+
+/// Links kept per aggregate: a well has 4 sites and a plate 308 wells; beyond this many
+/// (duplicates), the rest are dropped rather than let one key grow without bound.
+const MAX_LINKS: usize = 1024;
+/// Keys with links kept: late duplicates of closed aggregates leave entries nothing
+/// removes; past this many, they are all dropped (traces lose links, memory stays bounded).
+const MAX_LINKED_KEYS: usize = 200_000;
 
 impl GroupingProcessor {
     /// Runs `f` on the function with a fresh context, then writes what it produced.
@@ -210,8 +228,27 @@ impl GroupingProcessor {
     ) {
         match output {
             FunctionOutput::Emit { key, value } => {
-                let envelope =
+                let mut envelope =
                     Envelope::new(MessageId::derive(&self.dag, &self.node, &key), key, value);
+                // The aggregate's span, linked to everything that made it; it travels on.
+                let _span = telemetry::enabled().then(|| {
+                    let links = self.links.remove(&envelope.key).unwrap_or_default();
+                    let span = telemetry::start(
+                        "wellspring.aggregate",
+                        SpanKind::Internal,
+                        telemetry::About {
+                            actor: "grouping shard",
+                            dag: &self.dag,
+                            node: &self.node,
+                            key: &envelope.key,
+                            attempt: envelope.attempt,
+                        },
+                        self.current.as_ref(),
+                        links,
+                    );
+                    envelope.trace = span.trace();
+                    span
+                });
                 match self.router.route(&envelope, out) {
                     Ok(()) => self.records_out.inc(),
                     Err(reason) => {
@@ -223,7 +260,10 @@ impl GroupingProcessor {
                     }
                 }
             }
-            FunctionOutput::Incomplete(record) => out.push(self.incomplete.record(&record)),
+            FunctionOutput::Incomplete(record) => {
+                self.links.remove(&record.key);
+                out.push(self.incomplete.record(&record))
+            }
             FunctionOutput::Reject { key, reason } => {
                 out.push(
                     self.dead
@@ -265,12 +305,37 @@ impl RecordProcessor for GroupingProcessor {
         };
         // Dead letters name where the record first entered the engine.
         let origin = envelope.origin.clone().unwrap_or(here);
+        let _span = telemetry::enabled().then(|| {
+            let span = telemetry::start(
+                "wellspring.group",
+                SpanKind::Consumer,
+                telemetry::About {
+                    actor: "grouping shard",
+                    dag: &self.dag,
+                    node: &self.node,
+                    key: &envelope.key,
+                    attempt: envelope.attempt,
+                },
+                envelope.trace.as_ref(),
+                Vec::new(),
+            );
+            if self.links.len() >= MAX_LINKED_KEYS && !self.links.contains_key(&envelope.key) {
+                self.links.clear();
+            }
+            let links = self.links.entry(envelope.key.clone()).or_default();
+            if links.len() < MAX_LINKS {
+                links.push(span.context());
+            }
+            self.current = span.trace();
+            span
+        });
         let mut rejected = None;
         self.with_function(Some(&origin), out, |f, ctx| {
             if let Err(reason) = f.process(&envelope.key, &envelope.payload, ctx) {
                 rejected = Some(reason);
             }
         });
+        self.current = None;
         if let Some(reason) = rejected {
             out.push(self.dead.record(
                 reason,

@@ -6,10 +6,13 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use async_trait::async_trait;
+use opentelemetry::trace::SpanKind;
 use tokio::sync::Notify;
 use wellspring_log::{LogRecord, ProducerRecord, TopicPartition};
 use wellspring_protocol::envelope::headers;
 use wellspring_protocol::{Envelope, MessageId, Origin, SchemaSet, TraceContext, Value};
+
+use crate::telemetry;
 
 use super::shard::{RecordProcessor, SyncShard};
 use super::{ShardFactory, ShardRequest};
@@ -135,6 +138,28 @@ impl RecordProcessor for SourceProcessor {
         let mut envelope =
             Envelope::new(MessageId::derive(&self.dag, &self.node, &key), key, payload);
         envelope.trace = trace_of(record);
+        // The record's span: the context everything it leads to refers to.
+        let _span = telemetry::enabled().then(|| {
+            let mut span = telemetry::start(
+                "wellspring.source",
+                SpanKind::Consumer,
+                telemetry::About {
+                    actor: "source shard",
+                    dag: &self.dag,
+                    node: &self.node,
+                    key: &envelope.key,
+                    attempt: envelope.attempt,
+                },
+                envelope.trace.as_ref(),
+                Vec::new(),
+            );
+            span.set("messaging.source.name", origin.topic.clone());
+            span.set("messaging.kafka.offset", origin.offset as i64);
+            if let Some(trace) = span.trace() {
+                envelope.trace = Some(trace);
+            }
+            span
+        });
         envelope.origin = Some(origin);
         match self.router.route(&envelope, out) {
             Ok(()) => self.records_out.inc(),

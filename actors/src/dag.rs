@@ -407,6 +407,7 @@ pub fn dag_children(dag: &Arc<Dag>, env: &NodeEnv) -> Result<Vec<ChildSpec>, Str
                         inflight: metrics.gauge(&dag.name, &node.name, names::INFLIGHT),
                         requests: counter(names::HTTP_REQUESTS),
                         retries: counter(names::RETRIES),
+                        latency: metrics.histogram(&dag.name, &node.name, names::HTTP_DURATION),
                     }),
                     Some(TaskDecl::Queue(spec)) => {
                         let Some(store) = env.task_store.clone() else {

@@ -19,7 +19,7 @@ use wellspring_protocol::{
     SchemaSet, TaskOutcome, TaskRequest, TaskResult, Value, envelope::headers,
 };
 
-use crate::metrics::{Counter, Gauge};
+use crate::metrics::{Counter, Gauge, Histogram};
 use crate::telemetry;
 use opentelemetry::trace::SpanKind;
 
@@ -189,6 +189,8 @@ pub struct HttpTaskRunner {
     pub inflight: Gauge,
     pub requests: Counter,
     pub retries: Counter,
+    /// How long each call took (every attempt).
+    pub latency: Histogram,
 }
 
 impl HttpTaskRunner {
@@ -338,7 +340,9 @@ impl HttpTaskRunner {
                 };
                 self.inflight.add(1);
                 self.requests.inc();
+                let sent = tokio::time::Instant::now();
                 let result = self.transport.send(request, self.spec.timeout).await;
+                self.latency.observe(sent.elapsed());
                 self.inflight.add(-1);
                 result
             };

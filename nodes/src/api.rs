@@ -36,7 +36,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
-use wellspring_actors::metrics::Metrics;
+use wellspring_actors::metrics::{Histogram, Metrics, names};
 use wellspring_actors::supervision::Health;
 use wellspring_actors::taskstore::store::{
     FORWARDED, ForwardedAnswer, ForwardedSubmit, group_name,
@@ -486,52 +486,128 @@ async fn failure(
     Ok(Json(api.store.report(report, false, scope(&headers)).await?).into_response())
 }
 
-/// Prometheus text: every counter and gauge of the node, and per task group its queue
-/// depth, leases and desired workers (the autoscaling signal).
+/// Prometheus text: every counter, gauge and histogram of the node, each stage's shards
+/// (owned partitions, consumer lag, rebalances, restore times), and per task group its
+/// queue depth, leases and desired workers (the autoscaling signal).
 async fn metrics_text(State(api): State<Api>) -> Response {
     let mut out = String::new();
-    for (dag, node, name, value) in api.metrics.counters() {
+    let labels =
+        |dag: &str, node: &str| format!("dag=\"{}\",node=\"{}\"", escape(dag), escape(node));
+    // One family at a time: Prometheus wants a family's samples together, after its
+    // HELP and TYPE.
+    let mut counters = api.metrics.counters();
+    counters.sort_by(|a, b| a.2.cmp(b.2));
+    let mut family = "";
+    for (dag, node, name, value) in &counters {
+        if *name != family {
+            family = name;
+            let _ = writeln!(out, "# HELP wellspring_{name}_total {}", names::help(name));
+            let _ = writeln!(out, "# TYPE wellspring_{name}_total counter");
+        }
         let _ = writeln!(
             out,
-            "wellspring_{name}_total{{dag=\"{}\",node=\"{}\"}} {value}",
-            escape(&dag),
-            escape(&node)
+            "wellspring_{name}_total{{{}}} {value}",
+            labels(dag, node)
         );
     }
-    // Partitions of each stage this node owns: a scraper sees where every partition is.
-    for (dag, stage, partitions) in api.metrics.owned_partitions() {
-        let _ = writeln!(
-            out,
-            "wellspring_shards{{dag=\"{}\",node=\"{}\"}} {}",
-            escape(&dag),
-            escape(&stage),
-            partitions.len()
+    let mut gauges = api.metrics.gauge_values();
+    gauges.sort_by(|a, b| a.2.cmp(b.2));
+    let mut family = "";
+    for (dag, node, name, value) in &gauges {
+        if *name != family {
+            family = name;
+            let _ = writeln!(out, "# HELP wellspring_{name} {}", names::help(name));
+            let _ = writeln!(out, "# TYPE wellspring_{name} gauge");
+        }
+        let _ = writeln!(out, "wellspring_{name}{{{}}} {value}", labels(dag, node));
+    }
+    let mut histograms = api.metrics.histograms();
+    histograms.sort_by(|a, b| a.2.cmp(b.2));
+    let mut family = "";
+    for (dag, node, name, histogram) in &histograms {
+        if *name != family {
+            family = name;
+            let _ = writeln!(out, "# HELP wellspring_{name} {}", names::help(name));
+            let _ = writeln!(out, "# TYPE wellspring_{name} histogram");
+        }
+        write_histogram(
+            &mut out,
+            &format!("wellspring_{name}"),
+            &labels(dag, node),
+            histogram,
         );
     }
-    for (dag, node, name, value) in api.metrics.gauge_values() {
+    // Each stage's shards on this node (the `node` label is the DAG node).
+    let stages = api.metrics.stages();
+    let _ = writeln!(
+        out,
+        "# HELP wellspring_shards Partitions of a stage this node owns."
+    );
+    let _ = writeln!(out, "# TYPE wellspring_shards gauge");
+    for (dag, stage, owned) in &stages {
         let _ = writeln!(
             out,
-            "wellspring_{name}{{dag=\"{}\",node=\"{}\"}} {value}",
-            escape(&dag),
-            escape(&node)
+            "wellspring_shards{{{}}} {}",
+            labels(dag, stage),
+            owned.list().len()
         );
     }
     let _ = writeln!(
         out,
-        "# HELP wellspring_task_group_tasks Tasks of a group by status."
+        "# HELP wellspring_consumer_lag Records of an owned partition not yet committed (end offset minus committed offset)."
+    );
+    let _ = writeln!(out, "# TYPE wellspring_consumer_lag gauge");
+    for (dag, stage, owned) in &stages {
+        for (tp, lag) in owned.lags() {
+            let _ = writeln!(
+                out,
+                "wellspring_consumer_lag{{{},topic=\"{}\",partition=\"{}\"}} {lag}",
+                labels(dag, stage),
+                escape(&tp.topic),
+                tp.partition
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wellspring_rebalances_total Times the consumer group moved partitions of a stage to or from this node."
+    );
+    let _ = writeln!(out, "# TYPE wellspring_rebalances_total counter");
+    for (dag, stage, owned) in &stages {
+        let _ = writeln!(
+            out,
+            "wellspring_rebalances_total{{{}}} {}",
+            labels(dag, stage),
+            owned.rebalances.get()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wellspring_restore_duration_seconds Time to restore a shard from its changelog before it runs."
+    );
+    let _ = writeln!(out, "# TYPE wellspring_restore_duration_seconds histogram");
+    for (dag, stage, owned) in &stages {
+        write_histogram(
+            &mut out,
+            "wellspring_restore_duration_seconds",
+            &labels(dag, stage),
+            &owned.restores,
+        );
+    }
+    // Task groups: this node's shards only (every node exports its own, and a scraper
+    // sums them). One family after the other.
+    let mut groups = Vec::new();
+    for group in api.store.groups() {
+        if let Ok(stats) = api.store.stats(&group.name, Scope::Local).await {
+            groups.push((escape(&group.name), stats));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wellspring_task_group_tasks Tasks of a group by status (available: the queue depth; leased: held by workers)."
     );
     let _ = writeln!(out, "# TYPE wellspring_task_group_tasks gauge");
-    let _ = writeln!(
-        out,
-        "# HELP wellspring_task_group_desired_workers Workers a group wants now (autoscaling signal)."
-    );
-    let _ = writeln!(out, "# TYPE wellspring_task_group_desired_workers gauge");
-    for group in api.store.groups() {
-        // This node's shards only: every node exports its own, and a scraper sums them.
-        let Ok(stats) = api.store.stats(&group.name, Scope::Local).await else {
-            continue;
-        };
-        let g = escape(&group.name);
+    for (g, stats) in &groups {
         for (status, n) in [
             ("available", stats.available),
             ("leased", stats.leased),
@@ -544,11 +620,28 @@ async fn metrics_text(State(api): State<Api>) -> Response {
                 "wellspring_task_group_tasks{{group=\"{g}\",status=\"{status}\"}} {n}"
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wellspring_task_group_desired_workers Workers a group wants now (autoscaling signal)."
+    );
+    let _ = writeln!(out, "# TYPE wellspring_task_group_desired_workers gauge");
+    for (g, stats) in &groups {
         let _ = writeln!(
             out,
             "wellspring_task_group_desired_workers{{group=\"{g}\"}} {}",
             stats.desired_workers
         );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wellspring_task_group_oldest_waiting_seconds How long the oldest available task has waited."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE wellspring_task_group_oldest_waiting_seconds gauge"
+    );
+    for (g, stats) in &groups {
         if let Some(oldest) = stats.oldest_waiting_ms {
             let _ = writeln!(
                 out,
@@ -558,6 +651,20 @@ async fn metrics_text(State(api): State<Api>) -> Response {
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+fn write_histogram(out: &mut String, family: &str, labels: &str, histogram: &Histogram) {
+    let (buckets, sum, count) = histogram.snapshot();
+    for (bound, cumulative) in buckets {
+        let le = if bound.is_infinite() {
+            "+Inf".to_owned()
+        } else {
+            bound.to_string()
+        };
+        let _ = writeln!(out, "{family}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{family}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{family}_count{{{labels}}} {count}");
 }
 
 fn escape(label: &str) -> String {

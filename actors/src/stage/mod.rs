@@ -208,6 +208,7 @@ impl ShardSet {
                     state.slot = Slot::Running(addr);
                 }
                 // Starting includes restoring the shard's state from its changelog.
+                self.owned.restores.observe(started.elapsed());
                 tracing::info!(stage = %self.name, partition = %tp, restore_ms = started.elapsed().as_millis() as u64, "shard restored and running");
                 true
             }
@@ -306,8 +307,12 @@ impl ShardSet {
 #[async_trait(?Send)]
 impl RebalanceListener for ShardSet {
     async fn on_assigned(&mut self, partitions: &[Assigned]) {
+        if !partitions.is_empty() {
+            self.owned.rebalances.inc();
+        }
         for assigned in partitions {
             self.owned.insert(&assigned.partition);
+            self.owned.committed(&assigned.partition, assigned.position);
             tracing::info!(stage = %self.name, partition = %assigned.partition, from = assigned.position, "shard assigned");
             self.shards.insert(
                 assigned.partition.clone(),
@@ -326,6 +331,9 @@ impl RebalanceListener for ShardSet {
     }
 
     async fn on_revoked(&mut self, partitions: &[TopicPartition]) -> CommitBatch {
+        if !partitions.is_empty() {
+            self.owned.rebalances.inc();
+        }
         let mut batch = CommitBatch::default();
         for tp in partitions {
             if let Some(output) = self.ask(tp, ShardRequest::Revoke).await {
@@ -349,6 +357,9 @@ impl RebalanceListener for ShardSet {
     }
 
     async fn on_lost(&mut self, partitions: &[TopicPartition]) {
+        if !partitions.is_empty() {
+            self.owned.rebalances.inc();
+        }
         for tp in partitions {
             self.owned.remove(tp);
             if let Some(Slot::Running(addr)) = self.shards.remove(tp).map(|s| s.slot) {
@@ -363,11 +374,34 @@ impl RebalanceListener for ShardSet {
 struct StageLoop {
     consumer: Box<dyn Consumer>,
     shards: ShardSet,
+    /// Reads the owned partitions' end offsets (for the lag metric).
+    log: Arc<dyn wellspring_log::Log>,
+    ends_read_at: Option<Instant>,
 }
 
+/// How often a stage reads its partitions' end offsets (one call per owned partition).
+const LAG_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl StageLoop {
+    /// Reads the end offset of every owned partition, every [`LAG_REFRESH`].
+    async fn refresh_ends(&mut self) {
+        if self
+            .ends_read_at
+            .is_some_and(|at| at.elapsed() < LAG_REFRESH)
+        {
+            return;
+        }
+        self.ends_read_at = Some(Instant::now());
+        for tp in self.shards.owned.list() {
+            if let Ok(end) = self.log.end_offset(&tp).await {
+                self.shards.owned.end(&tp, end);
+            }
+        }
+    }
+
     /// One poll-process-commit cycle.
     async fn cycle(&mut self) -> Result<(), String> {
+        self.refresh_ends().await;
         let settings = self.shards.settings.clone();
         let wait = match self.shards.next_restart() {
             Some(at) => settings
@@ -459,7 +493,13 @@ impl StageLoop {
             }
             return Ok(());
         }
+        let committed: Vec<(TopicPartition, Offset)> = batch.offsets.clone();
         let result = self.consumer.commit(batch).await;
+        if result.is_ok() {
+            for (tp, offset) in &committed {
+                self.shards.owned.committed(tp, *offset);
+            }
+        }
         let outcome = result.as_ref().map(|_| ()).map_err(|e| match e {
             LogError::NotAssigned(_) => {
                 "the shard moved to another node during the request; retry".to_owned()
@@ -573,6 +613,8 @@ impl Actor for StageActor {
                 restarts: self.spec.restarts.clone(),
                 owned: self.spec.owned.clone(),
             },
+            log: self.spec.log.clone(),
+            ends_read_at: None,
         });
         ctx.notify(RunCycle);
     }

@@ -88,7 +88,12 @@ def work(api, client_id, task, lease_seconds):
     lease = Lease(api, client_id, task, lease_seconds)
     started = time.monotonic()
     try:
-        process = subprocess.Popen(task["cmd"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # A traced task carries its W3C trace context: the command continues the trace
+        # (OpenTelemetry SDKs read TRACEPARENT from the environment).
+        env = dict(os.environ)
+        if task.get("traceparent"):
+            env["TRACEPARENT"] = task["traceparent"]
+        process = subprocess.Popen(task["cmd"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     except OSError as error:
         version = lease.finish()
         return api.post("/tasks/failure", {"client-id": client_id, "id": task["id"], "version": version,

@@ -369,6 +369,10 @@ pub struct TaskView {
     pub output: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub elapsed_time: Option<u64>,
+    /// The W3C trace context of the DAG message that submitted the task, if traced: a
+    /// worker continues the trace from it (e.g. as `TRACEPARENT` for its command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl TaskState {
@@ -391,6 +395,11 @@ impl TaskState {
             last_error: self.last_error.clone(),
             output: self.output.as_ref().map(Value::to_json),
             elapsed_time: self.elapsed_time,
+            traceparent: self
+                .dag
+                .as_ref()
+                .and_then(|d| d.trace.as_ref())
+                .map(|t| t.traceparent.clone()),
         }
     }
 }

@@ -17,6 +17,8 @@ use wellspring_protocol::{TaskOutcome, TaskRequest, TaskResult};
 use super::{TaskError, TaskStore};
 use crate::http::TaskRunner;
 use crate::metrics::Counter;
+use crate::telemetry;
+use opentelemetry::trace::SpanKind;
 
 pub struct QueueTaskRunner {
     pub task_name: String,
@@ -83,12 +85,31 @@ impl QueueTaskRunner {
 
     async fn submit(&self, task: &TaskRequest) -> Result<(), String> {
         let new = self.new_task(task)?;
+        // The hand-over to the workers: their work and its output follow from this span.
+        let span = telemetry::enabled().then(|| {
+            telemetry::start(
+                "wellspring.queue",
+                SpanKind::Producer,
+                telemetry::About {
+                    actor: "task shard",
+                    dag: &self.dag,
+                    node: &self.node,
+                    key: &task.key,
+                    attempt: 1,
+                },
+                task.trace.as_ref(),
+                Vec::new(),
+            )
+        });
         let origin = DagTaskOrigin {
             dag: self.dag.clone(),
             node: self.node.clone(),
             key: task.key.clone(),
             id: task.id,
-            trace: task.trace.clone(),
+            trace: span
+                .as_ref()
+                .and_then(telemetry::Span::trace)
+                .or_else(|| task.trace.clone()),
             origin: task.origin.clone(),
             output_topic: self.output_topic.clone(),
             dead_letter_topic: self.dead_letter_topic.clone(),

@@ -29,6 +29,8 @@ use super::groups::GroupTable;
 use super::table::{Change, TaskError, TaskTable};
 use crate::metrics::Counter;
 use crate::stage::{Ack, ShardFactory, ShardFailure, ShardOutput, ShardRequest};
+use crate::telemetry;
+use opentelemetry::trace::SpanKind;
 
 /// What the API asks of a queue shard.
 #[derive(Debug, Message)]
@@ -289,6 +291,30 @@ impl QueueShard {
                     state.output.clone().unwrap_or(Value::Null),
                 );
                 envelope.trace = dag.trace.clone();
+                // The worker's run, as the task store saw it end: the output follows it.
+                if telemetry::enabled() {
+                    let mut span = telemetry::start(
+                        "wellspring.task",
+                        SpanKind::Consumer,
+                        telemetry::About {
+                            actor: "task-store shard",
+                            dag: &dag.dag,
+                            node: &dag.node,
+                            key: &dag.key,
+                            attempt: state.attempts,
+                        },
+                        dag.trace.as_ref(),
+                        Vec::new(),
+                    );
+                    span.set("wellspring.task.id", state.id.to_string());
+                    span.set("wellspring.task.group", state.group.clone());
+                    if let Some(elapsed) = state.elapsed_time {
+                        span.set("wellspring.task.elapsed_time", elapsed as i64);
+                    }
+                    if let Some(trace) = span.trace() {
+                        envelope.trace = Some(trace);
+                    }
+                }
                 envelope.origin = dag.origin.clone();
                 self.pending.push(ProducerRecord {
                     topic: Arc::from(dag.output_topic.as_str()),

@@ -184,12 +184,25 @@ pub fn start(settings: &ExportSettings, node_id: &str) -> Result<Telemetry, Stri
     Ok(Telemetry { provider })
 }
 
-/// Starts tracing if the flags or the environment ask for it.
+/// Starts tracing if the flags or the environment ask for it, and says so.
 pub fn from_args(args: &TelemetryArgs, node_id: &str) -> Result<Option<Telemetry>, String> {
-    match args.settings()? {
-        Some(settings) => start(&settings, node_id).map(Some),
-        None => Ok(None),
-    }
+    let Some(settings) = args.settings()? else {
+        return Ok(None);
+    };
+    let telemetry = start(&settings, node_id)?;
+    eprintln!(
+        "tracing on: exporting spans over OTLP/{} to {}{}",
+        if settings.grpc { "gRPC" } else { "HTTP" },
+        settings
+            .endpoint
+            .as_deref()
+            .unwrap_or("the endpoint in OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT"),
+        settings.sample_ratio.map_or(String::new(), |r| format!(
+            ", keeping {:.1} % of traces",
+            r * 100.0
+        ))
+    );
+    Ok(Some(telemetry))
 }
 
 #[cfg(test)]

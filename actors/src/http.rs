@@ -16,7 +16,7 @@ use rand::{RngExt, SeedableRng};
 use tokio::sync::Semaphore;
 use wellspring_protocol::spec::{HttpTask, Method};
 use wellspring_protocol::{
-    SchemaSet, TaskOutcome, TaskRequest, TaskResult, Value, envelope::headers,
+    SchemaSet, TaskOutcome, TaskRequest, TaskResult, TraceContext, Value, envelope::headers,
 };
 
 use crate::metrics::{Counter, Gauge, Histogram};
@@ -194,7 +194,13 @@ pub struct HttpTaskRunner {
 }
 
 impl HttpTaskRunner {
-    fn request(&self, task: &TaskRequest, attempt: u32) -> Result<HttpRequest, String> {
+    /// The call for `task`, sending `trace` as its W3C trace context.
+    fn request(
+        &self,
+        task: &TaskRequest,
+        attempt: u32,
+        trace: Option<&TraceContext>,
+    ) -> Result<HttpRequest, String> {
         let input = &task.input;
         let url = self
             .spec
@@ -232,7 +238,7 @@ impl HttpTaskRunner {
         }
         // The deterministic id lets a service drop a repeated call.
         headers.push(("idempotency-key".into(), task.id.to_string()));
-        if let Some(trace) = &task.trace {
+        if let Some(trace) = trace {
             headers.push((headers::TRACEPARENT.into(), trace.traceparent.clone()));
             if let Some(state) = &trace.tracestate {
                 headers.push((headers::TRACESTATE.into(), state.clone()));
@@ -298,15 +304,9 @@ impl HttpTaskRunner {
         let attempts_allowed = self.spec.retries + 1;
         let mut last_error = String::new();
         for attempt in 1..=attempts_allowed {
-            let request = match self.request(task, attempt) {
-                Ok(r) => r,
-                // The record cannot make a request: retrying will not help.
-                Err(error) => return (attempt, failed(error)),
-            };
-            let mut request = request;
             // The call's client span; the service receives it as the request's parent.
             let mut span = telemetry::enabled().then(|| {
-                let mut span = telemetry::start(
+                telemetry::start(
                     "wellspring.http",
                     SpanKind::Client,
                     telemetry::About {
@@ -318,22 +318,21 @@ impl HttpTaskRunner {
                     },
                     task.trace.as_ref(),
                     Vec::new(),
-                );
+                )
+            });
+            let parent = span
+                .as_ref()
+                .and_then(telemetry::Span::trace)
+                .or_else(|| task.trace.clone());
+            let request = match self.request(task, attempt, parent.as_ref()) {
+                Ok(r) => r,
+                // The record cannot make a request: retrying will not help.
+                Err(error) => return (attempt, failed(error)),
+            };
+            if let Some(span) = span.as_mut() {
                 span.set("http.request.method", request.method.as_str());
                 span.set("url.full", request.url.clone());
-                if let Some(trace) = span.trace() {
-                    request
-                        .headers
-                        .retain(|(k, _)| k != headers::TRACEPARENT && k != headers::TRACESTATE);
-                    request
-                        .headers
-                        .push((headers::TRACEPARENT.into(), trace.traceparent));
-                    if let Some(state) = trace.tracestate {
-                        request.headers.push((headers::TRACESTATE.into(), state));
-                    }
-                }
-                span
-            });
+            }
             let result = {
                 let Ok(_permit) = self.limiter.acquire().await else {
                     return (attempt, failed("the task is shutting down".into()));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use wellspring_fake_kube::FakeKube;
-use wellspring_kube::{JobTemplates, KubeSettings, LeaseSettings};
+use wellspring_kube::{KubeSettings, LeaseSettings};
 use wellspring_log::{EmbeddedLog, Log};
 use wellspring_nodes::run::{RunOptions, RunningNode, start};
 use wellspring_protocol::spec::parse_duration_text;
@@ -33,14 +33,9 @@ fn node(log: &EmbeddedLog, kube: &FakeKube, id: &str, session: Duration) -> Runn
     options.task_partitions = 8;
     options.session_timeout = session;
     options.kube = Some(KubeSettings {
-        api_url: Some(kube.url()),
-        namespace: "lab".into(),
         lease,
         peer_selector: "app.kubernetes.io/name=wellspring".into(),
-        worker_url: "http://wellspring.lab.svc:8080".into(),
-        templates: Arc::new(JobTemplates::default()),
-        scale_interval: Duration::from_secs(10),
-        scale_cooldown: Duration::from_secs(120),
+        ..KubeSettings::new(Some(kube.url()), "lab", id)
     });
     match start(options, Some(Arc::new(log.clone()) as Arc<dyn Log>)) {
         Ok(node) => node,

@@ -28,14 +28,11 @@ fn kube_settings(kube: &FakeKube, node_id: &str, templates: Arc<JobTemplates>) -
     lease.renew_deadline = Duration::from_secs(10);
     lease.retry_period = Duration::from_millis(200);
     KubeSettings {
-        api_url: Some(kube.url()),
-        namespace: "lab".into(),
         lease,
         peer_selector: "app.kubernetes.io/name=wellspring".into(),
-        worker_url: "http://wellspring.lab.svc:8080".into(),
         templates,
         scale_interval: Duration::from_millis(200),
-        scale_cooldown: Duration::from_secs(60),
+        ..KubeSettings::new(Some(kube.url()), "lab", node_id)
     }
 }
 

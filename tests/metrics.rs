@@ -15,28 +15,6 @@ use wellspring_log::{EmbeddedLog, Log, ProducerRecord};
 use wellspring_nodes::run::{RunOptions, start};
 use wellspring_protocol::synthetic;
 
-const DAG: &str = r#"
-name: lab
-settings: {partitions: 2}
-variables: {svc: "http://127.0.0.1:1"}
-topics:
-  images: {value-schema: channel_level, partitions: 2}
-  metadata: {value-schema: experiment_metadata, partitions: 1}
-  features: {value-schema: json}
-tasks:
-  site-features:
-    url: "${svc}/v1/sites/{experiment_id}/{plate_number}/{well}/{site}/features"
-    input-schema: site_level
-    retries: 1
-    backoff: {initial: 10ms, max: 10ms, jitter: false}
-graph:
-  images: {type: topic-stream, topic-name: images}
-  metadata: {type: topic-table, topic-name: metadata}
-  site: {type: stream-operation, inputs: [images, metadata], function: aggregations/images-site-grouping}
-  features: {type: external-task, stream: site, task-name: site-features}
-  out: {type: publish, stream: features, topic-name: features}
-"#;
-
 /// `series{labels}` → value, after checking the text is well-formed Prometheus: every
 /// sample belongs to a family declared (HELP, TYPE) before it.
 fn parse(text: &str) -> BTreeMap<String, f64> {
@@ -69,27 +47,28 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
 }
 
 fn get(url: &str) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        client.get(url).send().await.unwrap().text().await.unwrap()
-    })
+    call(url, None)
 }
 
 fn post(url: &str, body: serde_json::Value) -> String {
+    call(url, Some(body))
+}
+
+/// One request, answered as text, on a runtime of its own (the test is synchronous).
+fn call(url: &str, body: Option<serde_json::Value>) -> String {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let request = client
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body.to_string());
+        let request = match body {
+            Some(body) => client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+            None => client.get(url),
+        };
         request.send().await.unwrap().text().await.unwrap()
     })
 }
@@ -105,7 +84,11 @@ fn metrics_after_a_small_run_have_the_values_of_that_run() {
         }
     });
     let registry = FunctionRegistry::with_builtins();
-    let dag = load(DAG, &registry, &[("svc", service.url.clone())]);
+    let dag = load(
+        common::SITE_FEATURES_DAG,
+        &registry,
+        &[("svc", service.url.clone())],
+    );
     let log = EmbeddedLog::new();
     let mut options = RunOptions::new("127.0.0.1:0".parse().unwrap());
     options.dags = vec![dag];

@@ -13,26 +13,15 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData
 use wellspring_actors::telemetry;
 use wellspring_protocol::synthetic;
 
-const DAG: &str = r#"
-name: traced
-settings: {partitions: 2}
-variables: {svc: "http://127.0.0.1:1"}
-topics:
-  images: {value-schema: channel_level, partitions: 2}
-  metadata: {value-schema: experiment_metadata, partitions: 1}
-  features: {value-schema: json}
-tasks:
-  site-features:
-    url: "${svc}/v1/sites/{experiment_id}/{plate_number}/{well}/{site}/features"
-    input-schema: site_level
-    retries: 0
-graph:
-  images: {type: topic-stream, topic-name: images}
-  metadata: {type: topic-table, topic-name: metadata}
-  site: {type: stream-operation, inputs: [images, metadata], function: aggregations/images-site-grouping}
-  features: {type: external-task, stream: site, task-name: site-features}
-  out: {type: publish, stream: features, topic-name: features}
-"#;
+/// Every span the engine makes from now on, kept in memory.
+fn recording() -> (InMemorySpanExporter, SdkTracerProvider) {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    (exporter, provider)
+}
 
 fn named<'a>(spans: &'a [SpanData], name: &str) -> Vec<&'a SpanData> {
     spans.iter().filter(|s| s.name == name).collect()
@@ -47,15 +36,11 @@ fn attribute(span: &SpanData, key: &str) -> Option<String> {
 
 #[actix_rt::test]
 async fn a_sites_span_links_its_six_channel_images_and_the_service_gets_the_calls_span() {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    opentelemetry::global::set_tracer_provider(provider.clone());
+    let (exporter, provider) = recording();
     telemetry::enable(true);
 
     let service = ScriptedServer::start(|_| Answer::ok(r#"{"cells": 12}"#));
-    let h = Harness::start(DAG, &[("svc", service.url.clone())]).await;
+    let h = Harness::start(common::SITE_FEATURES_DAG, &[("svc", service.url.clone())]).await;
     // One plate, one well, one site, six channels.
     let layout = synthetic::layout("EXP-T", 1, 1, 1, 6).unwrap();
     h.publish_layout("metadata", &layout).await;
@@ -134,14 +119,10 @@ async fn a_sites_span_links_its_six_channel_images_and_the_service_gets_the_call
 
 #[actix_rt::test]
 async fn with_tracing_off_nothing_is_recorded_and_no_traceparent_is_made_up() {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    opentelemetry::global::set_tracer_provider(provider.clone());
+    let (exporter, provider) = recording();
     telemetry::enable(false);
     let service = ScriptedServer::start(|_| Answer::ok("{}"));
-    let h = Harness::start(DAG, &[("svc", service.url.clone())]).await;
+    let h = Harness::start(common::SITE_FEATURES_DAG, &[("svc", service.url.clone())]).await;
     let layout = synthetic::layout("EXP-U", 1, 1, 1, 6).unwrap();
     h.publish_layout("metadata", &layout).await;
     h.publish_images("images", &synthetic::images(&layout, "HUVEC"))
@@ -179,11 +160,7 @@ async fn a_queue_tasks_worker_gets_the_trace_and_its_output_carries_it_on() {
     use std::time::{Duration, Instant};
     use wellspring_log::{EmbeddedLog, Log, ProducerRecord, TopicPartition};
 
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    opentelemetry::global::set_tracer_provider(provider.clone());
+    let (exporter, provider) = recording();
     telemetry::enable(true);
 
     let registry = wellspring_actors::FunctionRegistry::with_builtins();

@@ -63,6 +63,27 @@ pub struct KubeSettings {
     pub scale_cooldown: Duration,
 }
 
+/// The node pods, as the manifests in `deploy/` label them.
+pub const DEFAULT_PEER_SELECTOR: &str =
+    "app.kubernetes.io/name=wellspring,app.kubernetes.io/component=node";
+
+impl KubeSettings {
+    /// `wellspring run`'s defaults for node `identity` in `namespace`, with the API
+    /// reached at `api_url` (or by the pod's service account when `None`).
+    pub fn new(api_url: Option<String>, namespace: &str, identity: &str) -> Self {
+        Self {
+            api_url,
+            namespace: namespace.to_owned(),
+            lease: LeaseSettings::new("wellspring-leader", identity),
+            peer_selector: DEFAULT_PEER_SELECTOR.to_owned(),
+            worker_url: format!("http://wellspring.{namespace}.svc:8080"),
+            templates: Arc::new(JobTemplates::default()),
+            scale_interval: Duration::from_secs(10),
+            scale_cooldown: Duration::from_secs(120),
+        }
+    }
+}
+
 impl std::fmt::Debug for KubeSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeSettings")

@@ -257,14 +257,11 @@ fn node_settings(kube: &FakeKube, identity: &str) -> KubeSettings {
     lease.renew_deadline = Duration::from_secs(10);
     lease.retry_period = Duration::from_millis(100);
     KubeSettings {
-        api_url: Some(kube.url()),
-        namespace: "lab".into(),
         lease,
-        peer_selector: "app.kubernetes.io/name=wellspring".into(),
-        worker_url: "http://wellspring.lab.svc:8080".into(),
         templates: templates(),
         scale_interval: Duration::from_millis(100),
         scale_cooldown: Duration::ZERO,
+        ..KubeSettings::new(Some(kube.url()), "lab", identity)
     }
 }
 

@@ -174,8 +174,8 @@ async fn a_renewed_lease_stays_and_an_abandoned_one_is_taken_after_its_duration(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_leader_hands_over_without_waiting_for_its_lease_to_expire() {
     let kube = FakeKube::start().expect("the fake API");
-    // Long enough that a hand-over by expiry could not pass this test.
-    let duration = Duration::from_secs(30);
+    // An hour: a hand-over by expiry could not happen within the waits below.
+    let duration = Duration::from_secs(3600);
     let timeline = Timeline::default();
     let a = elector(&kube, "ws-0", duration);
     timeline.follow("ws-0", a.leadership());
@@ -196,7 +196,6 @@ async fn a_draining_leader_hands_over_without_waiting_for_its_lease_to_expire() 
         "ws-1 led while ws-0 renewed"
     );
 
-    let drained = Instant::now();
     stop_a.send(true).expect("a runs");
     a_running.await.expect("a stopped");
     wait_for("ws-1 to lead", Duration::from_secs(10), || {
@@ -204,10 +203,6 @@ async fn a_draining_leader_hands_over_without_waiting_for_its_lease_to_expire() 
     })
     .await;
     let took_over = timeline.when("ws-1", true).expect("ws-1 leads");
-    assert!(
-        took_over.duration_since(drained) < duration,
-        "waited for expiry"
-    );
     let a_stepped_down = timeline.when("ws-0", false).expect("ws-0 stepped down");
     assert!(
         a_stepped_down <= took_over,

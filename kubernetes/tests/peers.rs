@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde_json::json;
 use wellspring_fake_kube::FakeKube;
-use wellspring_kube::{Integration, JobTemplates, KubeSettings, LeaseSettings, PeerLoss};
+use wellspring_kube::{Integration, KubeSettings, PeerLoss};
 
 const PODS: &str = "/api/v1/namespaces/lab/pods";
 
@@ -35,17 +35,21 @@ fn pod(name: &str) -> serde_json::Value {
            "status": {"phase": "Running"}})
 }
 
-fn settings(kube: &FakeKube, identity: &str) -> KubeSettings {
-    KubeSettings {
-        api_url: Some(kube.url()),
-        namespace: "lab".into(),
-        lease: LeaseSettings::new("wellspring-leader", identity),
+/// Node ws-0 with the integration on, once its peer watch has listed the pods.
+async fn watching(kube: &FakeKube) -> (Lost, Integration) {
+    let settings = KubeSettings {
         peer_selector: "app.kubernetes.io/name=wellspring".into(),
-        worker_url: "http://wellspring.lab.svc:8080".into(),
-        templates: Arc::new(JobTemplates::default()),
-        scale_interval: Duration::from_secs(10),
-        scale_cooldown: Duration::from_secs(60),
-    }
+        ..KubeSettings::new(Some(kube.url()), "lab", "ws-0")
+    };
+    let lost = Lost::default();
+    let client = wellspring_kube::connect(&settings).await.expect("a client");
+    let node = Integration::start(client, settings, Arc::new(NoDemand), Arc::new(lost.clone()));
+    assert!(kube.wait_until(Duration::from_secs(10), |k| {
+        k.requests()
+            .iter()
+            .any(|r| r.path == PODS && r.query.contains("watch=true"))
+    }));
+    (lost, node)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,16 +61,7 @@ async fn a_lost_peer_is_acted_on_once_and_a_healthy_or_unrelated_pod_never() {
     let mut other = pod("postgres-0");
     other["metadata"]["labels"] = json!({"app": "postgres"});
     kube.apply(PODS, other);
-    let lost = Lost::default();
-    let s = settings(&kube, "ws-0");
-    let client = wellspring_kube::connect(&s).await.expect("a client");
-    let node = Integration::start(client, s, Arc::new(NoDemand), Arc::new(lost.clone()));
-    // The watch is up once it has listed the pods.
-    assert!(kube.wait_until(Duration::from_secs(10), |k| {
-        k.requests()
-            .iter()
-            .any(|r| r.path == PODS && r.query.contains("watch=true"))
-    }));
+    let (lost, node) = watching(&kube).await;
 
     // ws-1's node vanishes: the pod garbage collector marks it, then deletes it.
     let mut gone = kube.get(PODS, "ws-1").expect("ws-1");
@@ -116,15 +111,7 @@ async fn a_peer_deleted_while_the_watch_was_down_is_found_on_the_relist() {
     for name in ["ws-0", "ws-1"] {
         kube.apply(PODS, pod(name));
     }
-    let lost = Lost::default();
-    let s = settings(&kube, "ws-0");
-    let client = wellspring_kube::connect(&s).await.expect("a client");
-    let node = Integration::start(client, s, Arc::new(NoDemand), Arc::new(lost.clone()));
-    assert!(kube.wait_until(Duration::from_secs(10), |k| {
-        k.requests()
-            .iter()
-            .any(|r| r.path == PODS && r.query.contains("watch=true"))
-    }));
+    let (lost, node) = watching(&kube).await;
     kube.set_unavailable(true);
     // The open watch ends with the outage; meanwhile ws-1 goes and other pods churn.
     kube.remove(PODS, "ws-1");

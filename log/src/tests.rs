@@ -84,6 +84,17 @@ fn held(log: &EmbeddedLog, client: &str) -> BTreeSet<TopicPartition> {
         .collect()
 }
 
+/// Polls two members in turn, three rounds: long enough for a group to settle.
+async fn poll_both(
+    (a, la): (&mut Box<dyn Consumer>, &mut Recorder),
+    (b, lb): (&mut Box<dyn Consumer>, &mut Recorder),
+) {
+    for _ in 0..3 {
+        a.poll(la, 10, Duration::from_millis(10)).await.unwrap();
+        b.poll(lb, 10, Duration::from_millis(10)).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn keyed_records_land_in_one_partition_in_order() {
     let log = log_with_topic(4).await;
@@ -234,14 +245,7 @@ async fn a_silent_member_is_presumed_dead_and_its_partitions_move() {
     let mut a = member(&log, "a");
     let mut b = member(&log, "b");
     let (mut la, mut lb) = (Recorder::default(), Recorder::default());
-    for _ in 0..3 {
-        a.poll(&mut la, 10, Duration::from_millis(10))
-            .await
-            .unwrap();
-        b.poll(&mut lb, 10, Duration::from_millis(10))
-            .await
-            .unwrap();
-    }
+    poll_both((&mut a, &mut la), (&mut b, &mut lb)).await;
     assert_eq!(held(&log, "a").len(), 2);
     assert_eq!(held(&log, "b").len(), 2);
     let b_had = held(&log, "b");
@@ -281,14 +285,7 @@ async fn a_static_member_that_returns_in_time_keeps_its_partitions_without_a_reb
     let mut a = static_member(&log, "node-0");
     let mut b = static_member(&log, "node-1");
     let (mut la, mut lb) = (Recorder::default(), Recorder::default());
-    for _ in 0..3 {
-        a.poll(&mut la, 10, Duration::from_millis(10))
-            .await
-            .unwrap();
-        b.poll(&mut lb, 10, Duration::from_millis(10))
-            .await
-            .unwrap();
-    }
+    poll_both((&mut a, &mut la), (&mut b, &mut lb)).await;
     let b_had = held(&log, "node-1");
     let generation = log.group_view("g").unwrap().generation;
     let revoked_before = la.revoked.len();
@@ -318,14 +315,7 @@ async fn an_evicted_static_member_loses_its_partitions_at_once_and_others_never(
     let mut a = static_member(&log, "node-0");
     let mut b = static_member(&log, "node-1");
     let (mut la, mut lb) = (Recorder::default(), Recorder::default());
-    for _ in 0..3 {
-        a.poll(&mut la, 10, Duration::from_millis(10))
-            .await
-            .unwrap();
-        b.poll(&mut lb, 10, Duration::from_millis(10))
-            .await
-            .unwrap();
-    }
+    poll_both((&mut a, &mut la), (&mut b, &mut lb)).await;
     assert_eq!(held(&log, "node-1").len(), 2);
     let revoked_before = la.revoked.len();
     drop(b); // crash: no leave; its session would keep its partitions for 6 s
@@ -371,14 +361,7 @@ async fn a_static_member_back_from_a_crash_releases_what_it_was_giving_up() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut a2 = static_member(&log, "node-0");
     let mut la2 = Recorder::default();
-    for _ in 0..3 {
-        a2.poll(&mut la2, 10, Duration::from_millis(10))
-            .await
-            .unwrap();
-        b.poll(&mut lb, 10, Duration::from_millis(10))
-            .await
-            .unwrap();
-    }
+    poll_both((&mut a2, &mut la2), (&mut b, &mut lb)).await;
     let (mine, theirs) = (held(&log, "node-0"), held(&log, "node-1"));
     assert_eq!((mine.len(), theirs.len()), (1, 1), "{mine:?} {theirs:?}");
     assert_eq!(la2.assigned.iter().cloned().collect::<BTreeSet<_>>(), mine);
@@ -391,14 +374,7 @@ async fn close_hands_partitions_over_at_once() {
     let mut a = member(&log, "a");
     let mut b = member(&log, "b");
     let (mut la, mut lb) = (Recorder::default(), Recorder::default());
-    for _ in 0..3 {
-        a.poll(&mut la, 10, Duration::from_millis(10))
-            .await
-            .unwrap();
-        b.poll(&mut lb, 10, Duration::from_millis(10))
-            .await
-            .unwrap();
-    }
+    poll_both((&mut a, &mut la), (&mut b, &mut lb)).await;
     for p in held(&log, "b") {
         lb.progress.insert(p, 42);
     }

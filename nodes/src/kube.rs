@@ -50,10 +50,7 @@ pub struct KubeArgs {
     #[arg(long, default_value = "15s")]
     pub lease_duration: String,
     /// Label selector of the node pods (the peers watched for loss).
-    #[arg(
-        long,
-        default_value = "app.kubernetes.io/name=wellspring,app.kubernetes.io/component=node"
-    )]
+    #[arg(long, default_value = wellspring_kube::DEFAULT_PEER_SELECTOR)]
     pub peer_selector: String,
     /// The task store's address as worker Jobs reach it (their WELLSPRING_URL; default
     /// http://wellspring.NAMESPACE.svc:8080, the client Service).
@@ -102,19 +99,19 @@ impl KubeArgs {
             Some(dir) => JobTemplates::load(dir).map_err(|e| e.to_string())?,
             None => JobTemplates::default(),
         };
+        let defaults = KubeSettings::new(self.kube_api.clone(), namespace, node_id);
         Ok(Some(KubeSettings {
-            api_url: self.kube_api.clone(),
-            namespace: namespace.to_owned(),
             lease,
             peer_selector: self.peer_selector.clone(),
             worker_url: self
                 .worker_url
                 .clone()
-                .unwrap_or_else(|| format!("http://wellspring.{namespace}.svc:8080")),
+                .unwrap_or(defaults.worker_url.clone()),
             templates: Arc::new(templates),
             scale_interval: duration(&self.scale_interval, "--scale-interval")?
                 .max(Duration::from_millis(100)),
             scale_cooldown: duration(&self.scale_cooldown, "--scale-cooldown")?,
+            ..defaults
         }))
     }
 }

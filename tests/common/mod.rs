@@ -16,6 +16,30 @@ use wellspring_actors::{FunctionRegistry, Node, NodeEnv, RuntimeConfig};
 use wellspring_log::{EmbeddedLog, Log, LogRecord, ProducerRecord, SystemClock, TopicPartition};
 use wellspring_protocol::{ChannelImage, Dag, ExperimentLayout, SpecFormat};
 
+/// Channel images grouped into sites, each site sent to a features service (`svc`) and
+/// its answer published: the smallest DAG with a grouping and an HTTP task.
+pub const SITE_FEATURES_DAG: &str = r#"
+name: lab
+settings: {partitions: 2}
+variables: {svc: "http://127.0.0.1:1"}
+topics:
+  images: {value-schema: channel_level, partitions: 2}
+  metadata: {value-schema: experiment_metadata, partitions: 1}
+  features: {value-schema: json}
+tasks:
+  site-features:
+    url: "${svc}/v1/sites/{experiment_id}/{plate_number}/{well}/{site}/features"
+    input-schema: site_level
+    retries: 1
+    backoff: {initial: 10ms, max: 10ms, jitter: false}
+graph:
+  images: {type: topic-stream, topic-name: images}
+  metadata: {type: topic-table, topic-name: metadata}
+  site: {type: stream-operation, inputs: [images, metadata], function: aggregations/images-site-grouping}
+  features: {type: external-task, stream: site, task-name: site-features}
+  out: {type: publish, stream: features, topic-name: features}
+"#;
+
 pub struct Harness {
     pub log: EmbeddedLog,
     pub metrics: Metrics,

@@ -39,12 +39,12 @@ pub(super) struct Committer {
 
 /// The consumer whose offsets a commit commits: the group member's client (a reader's
 /// first), and its client id for an error when there is none.
-pub(super) struct Member<'a> {
+pub(super) struct MemberClient<'a> {
     pub consumer: Option<&'a Arc<BaseConsumer<GroupContext>>>,
     pub client_id: &'a str,
 }
 
-impl Member<'_> {
+impl MemberClient<'_> {
     fn consumer(&self) -> Result<Arc<BaseConsumer<GroupContext>>, LogError> {
         self.consumer
             .cloned()
@@ -98,7 +98,7 @@ impl Committer {
         &mut self,
         batch: CommitBatch,
         owned: &BTreeSet<TopicPartition>,
-        member: Member<'_>,
+        member: MemberClient<'_>,
     ) -> Result<(), LogError> {
         if batch.is_empty() {
             return Ok(());

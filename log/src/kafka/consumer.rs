@@ -16,7 +16,7 @@ use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use tokio::sync::{Notify, mpsc};
 
 use super::call::blocking;
-use super::commit::{Committer, Member};
+use super::commit::{Committer, MemberClient};
 use super::connection::Connection;
 use super::context::GroupContext;
 use super::events::{Command, Event};
@@ -126,7 +126,7 @@ impl KafkaConsumer {
 
     /// Makes `batch.outputs` durable and commits `batch.offsets` for owned partitions.
     async fn commit_batch(&mut self, batch: CommitBatch) -> Result<(), LogError> {
-        let member = Member {
+        let member = MemberClient {
             consumer: self.clients.first().map(|c| &c.consumer),
             client_id: &self.config.client_id,
         };

@@ -53,13 +53,13 @@ pub(super) struct Member {
     pub producer: Option<BaseProducer>,
 }
 
-/// Joins `group` with `client` (the consumer's settings) to read `topics`.
+/// Joins `group` with a client of `config` (the consumer's settings) to read `topics`.
 pub(super) fn join(
     connection: &Connection,
-    config: &ConsumerConfig,
+    consumer: &ConsumerConfig,
     group: &str,
     topics: &[String],
-    mut client: ClientConfig,
+    mut config: ClientConfig,
     timing: &GroupTiming,
     spawner: &Spawner,
 ) -> Result<Member, LogError> {
@@ -84,12 +84,12 @@ pub(super) fn join(
             (session / 4).clamp(100, 1000).to_string(),
         ),
     ];
-    client.set("group.id", group);
+    config.set("group.id", group);
     for (key, value) in &group_properties {
-        client.set(key, value);
+        config.set(key, value);
     }
-    if let Some(instance) = &config.instance_id {
-        client.set("group.instance.id", instance);
+    if let Some(instance) = &consumer.instance_id {
+        config.set("group.instance.id", instance);
         connection.static_groups.lock().insert(
             group.to_owned(),
             StaticGroup {
@@ -100,7 +100,10 @@ pub(super) fn join(
         );
     }
     let producer = if settings.transactions {
-        let member = config.instance_id.as_deref().unwrap_or(&config.client_id);
+        let member = consumer
+            .instance_id
+            .as_deref()
+            .unwrap_or(&consumer.client_id);
         Some(
             transactional_producer(settings, group, member)
                 .map_err(|e| explain(&e, &settings.brokers))?,
@@ -108,7 +111,7 @@ pub(super) fn join(
     } else {
         None
     };
-    let client = spawner.spawn(&client, None)?;
+    let client = spawner.spawn(&config, None)?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     client
         .consumer

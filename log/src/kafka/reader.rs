@@ -21,26 +21,26 @@ pub(super) struct Readers {
 }
 
 /// Assigns `partitions` (each from its offset, or by `start_from`) to clients of
-/// `client` (the consumer's settings), one per topic.
+/// `config` (the consumer's settings), one per topic.
 pub(super) fn assign(
     brokers: &str,
-    config: &ConsumerConfig,
+    consumer: &ConsumerConfig,
     partitions: &[(TopicPartition, Option<Offset>)],
-    mut client: ClientConfig,
+    mut config: ClientConfig,
     spawner: &Spawner,
 ) -> Result<Readers, LogError> {
     let fail = |e| explain(&e, brokers);
     // librdkafka wants a group id even to assign; this one never commits.
-    client
+    config
         .set(
             "group.id",
-            format!("wellspring-reader-{}", config.client_id),
+            format!("wellspring-reader-{}", consumer.client_id),
         )
         .set("enable.partition.eof", "true");
     let mut assignment = BTreeSet::new();
     let mut by_topic: BTreeMap<Arc<str>, TopicPartitionList> = BTreeMap::new();
     for (tp, offset) in partitions {
-        let start = match (offset, config.start_from) {
+        let start = match (offset, consumer.start_from) {
             (Some(o), _) => KafkaOffset::Offset(*o as i64),
             (None, StartFrom::Earliest) => KafkaOffset::Beginning,
             (None, StartFrom::Latest) => KafkaOffset::End,
@@ -54,7 +54,7 @@ pub(super) fn assign(
     }
     let mut clients = Vec::new();
     for (topic, tpl) in by_topic {
-        let reader = spawner.spawn(&client, Some(topic))?;
+        let reader = spawner.spawn(&config, Some(topic))?;
         reader.consumer.assign(&tpl).map_err(fail)?;
         clients.push(reader);
     }

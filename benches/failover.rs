@@ -12,24 +12,19 @@
 //! SIGKILLed member's partitions to the survivor (see ARCHITECTURE.md, "Several nodes"),
 //! and the round stops after 2 minutes saying which partitions stayed unowned.
 
-#[path = "../tests/common/broker.rs"]
-mod broker;
-#[path = "../tests/common/cluster_watch.rs"]
-mod cluster_watch;
-#[path = "../tests/common/node_process.rs"]
-mod node_process;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use broker::Broker;
-use cluster_watch::{wait_for_records, wait_until_every_partition_is_owned};
-use node_process::{NodeProcess, reference_dag_args};
 use wellspring_actors::FunctionRegistry;
 use wellspring_log::{KafkaLog, KafkaSettings};
 use wellspring_nodes::demo;
 use wellspring_nodes::services::{ServiceConfig, Services};
 use wellspring_nodes::verify::{VerifyOptions, verify_experiment};
+use wellspring_test_support::broker::Broker;
+use wellspring_test_support::cluster_watch::{
+    wait_for_records, wait_until_every_partition_is_owned,
+};
+use wellspring_test_support::node_process::{NodeProcess, reference_dag_args};
 
 fn flag(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
@@ -47,13 +42,23 @@ async fn round(n: u32, session: &str, services: &Services, kafka: Option<&str>) 
         || own.as_ref().map(|b| b.address.clone()).unwrap_or_default(),
         str::to_owned,
     );
-    let mut args = reference_dag_args(services, session);
+    let mut args = reference_dag_args(services.variables(), session);
     args.extend(["--partitions".into(), "6".into()]);
     if std::env::args().any(|a| a == "--no-transactions") {
         args.push("--no-transactions".into());
     }
-    let mut doomed = NodeProcess::start(&address, "wellspring-0", &args);
-    let survivor = NodeProcess::start(&address, "wellspring-1", &args);
+    let mut doomed = NodeProcess::start(
+        env!("CARGO_BIN_EXE_wellspring"),
+        &address,
+        "wellspring-0",
+        &args,
+    );
+    let survivor = NodeProcess::start(
+        env!("CARGO_BIN_EXE_wellspring"),
+        &address,
+        "wellspring-1",
+        &args,
+    );
     let log = KafkaLog::connect(KafkaSettings::new(address.clone()))
         .await
         .expect("broker reachable");

@@ -3,26 +3,19 @@
 //! new one started mid-stream.
 #![allow(clippy::unwrap_used)]
 
-#[path = "common/broker.rs"]
-mod broker;
-#[path = "common/cluster_watch.rs"]
-mod cluster_watch;
-#[path = "common/node_process.rs"]
-mod node_process;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use broker::Broker;
-use cluster_watch::{
-    owned_shards, records_on, wait_for_records, wait_until_every_partition_is_owned,
-};
-use node_process::{NodeProcess, reference_dag_args};
 use wellspring_actors::FunctionRegistry;
 use wellspring_log::{KafkaLog, KafkaSettings};
 use wellspring_nodes::demo;
 use wellspring_nodes::services::{ServiceConfig, Services};
 use wellspring_nodes::verify::{VerifyOptions, verify_experiment};
+use wellspring_test_support::broker::Broker;
+use wellspring_test_support::cluster_watch::{
+    owned_shards, records_on, wait_for_records, wait_until_every_partition_is_owned,
+};
+use wellspring_test_support::node_process::{NodeProcess, reference_dag_args};
 
 const EXPERIMENT: &str = "EXP-CLUSTER";
 
@@ -37,9 +30,10 @@ const EXPERIMENT: &str = "EXP-CLUSTER";
 async fn nodes_share_a_stream_and_lose_nothing_when_killed_stopped_or_added() {
     let broker = Broker::start();
     let services = Services::start(ServiceConfig::quick()).unwrap();
-    let mut args = reference_dag_args(&services, "6s");
+    let mut args = reference_dag_args(services.variables(), "6s");
     args.extend(["--partitions".into(), "6".into()]);
-    let start = |id: &str| NodeProcess::start(&broker.address, id, &args);
+    let start =
+        |id: &str| NodeProcess::start(env!("CARGO_BIN_EXE_wellspring"), &broker.address, id, &args);
     let mut nodes = vec![start("wellspring-0"), start("wellspring-1")];
     nodes.push(start("wellspring-2"));
     let log = KafkaLog::connect(KafkaSettings::new(broker.address.clone()))

@@ -2,20 +2,15 @@
 //! `verify`, against a real broker (tansu) on loopback.
 #![allow(clippy::unwrap_used)]
 
-#[path = "common/broker.rs"]
-mod broker;
-#[path = "common/node_process.rs"]
-mod node_process;
-
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use broker::Broker;
-use node_process::{NodeProcess, reference_dag_args};
 use wellspring_log::{
     Cleanup, ConsumerConfig, KafkaLog, KafkaSettings, Log, NoListener, TopicPartition, TopicSpec,
 };
 use wellspring_nodes::services::{ServiceConfig, Services};
+use wellspring_test_support::broker::Broker;
+use wellspring_test_support::node_process::{NodeProcess, reference_dag_args};
 
 fn wellspring(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wellspring"))
@@ -34,9 +29,10 @@ fn text(bytes: &[u8]) -> String {
 /// `wellspring run --kafka` with the reference DAG pointed at `services`.
 fn run_node(broker: &Broker, services: &Services) -> NodeProcess {
     NodeProcess::start(
+        env!("CARGO_BIN_EXE_wellspring"),
         &broker.address,
         "cli-node",
-        &reference_dag_args(services, "6s"),
+        &reference_dag_args(services.variables(), "6s"),
     )
 }
 

@@ -1,14 +1,10 @@
 //! The engine on Kafka: the reference DAG through a real broker (tansu) on loopback.
 #![allow(clippy::unwrap_used)]
 
-#[path = "common/broker.rs"]
-mod broker;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::Broker;
 use wellspring_actors::FunctionRegistry;
 use wellspring_log::{ConsumerConfig, KafkaLog, KafkaSettings, Log, NoListener, TopicPartition};
 use wellspring_nodes::demo::{self, DemoOptions};
@@ -17,6 +13,7 @@ use wellspring_nodes::services::{ServiceConfig, Services};
 use wellspring_nodes::verify::{VerifyOptions, VerifyReport, verify_experiment};
 use wellspring_nodes::workload::{Workload, WorkloadConfig, publish};
 use wellspring_protocol::Dag;
+use wellspring_test_support::broker::Broker;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -3,21 +3,21 @@
 //! and the leases that died with it become claimable.
 #![allow(clippy::unwrap_used)]
 
-#[path = "common/broker.rs"]
-mod broker;
-#[path = "common/node_process.rs"]
-mod node_process;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use broker::Broker;
-use node_process::NodeProcess;
 use serde_json::{Value, json};
+use wellspring_test_support::broker::Broker;
+use wellspring_test_support::node_process::NodeProcess;
 
 fn start_node(broker: &Broker) -> NodeProcess {
     let args = ["--session-timeout", "6s", "--task-partitions", "3"].map(str::to_owned);
-    NodeProcess::start(&broker.address, "ts-node", &args)
+    NodeProcess::start(
+        env!("CARGO_BIN_EXE_wellspring"),
+        &broker.address,
+        "ts-node",
+        &args,
+    )
 }
 
 struct Api {

@@ -25,8 +25,8 @@
 //!   transactions), else outputs first. A member that lost a partition in a rebalance
 //!   cannot commit for it ([`LogError::NotAssigned`]): a zombie never overwrites progress.
 
+mod committed;
 mod embedded;
-mod eviction;
 mod kafka;
 mod partitioner;
 pub mod time;

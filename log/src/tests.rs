@@ -195,6 +195,29 @@ async fn a_lone_member_gets_every_partition_and_commits_atomically() {
     assert_eq!(log.read(&tp("out", 0), 0, 10).unwrap().len(), 1);
 }
 
+/// A commit that would move a committed offset back is a bug of the caller: debug builds
+/// (the tests, the simulation harness) stop at it, before anything is applied.
+#[cfg(debug_assertions)]
+#[tokio::test]
+#[should_panic(expected = "the committed offset of in[0] went back from 5 to 4")]
+async fn a_commit_that_moves_an_offset_back_is_caught() {
+    let log = log_with_topic(1).await;
+    let mut consumer = member(&log, "a");
+    let mut listener = Recorder::default();
+    consumer
+        .poll(&mut listener, 10, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(listener.assigned, vec![tp("in", 0)]);
+    let commit = |offset| CommitBatch {
+        outputs: Vec::new(),
+        offsets: vec![(tp("in", 0), offset)],
+    };
+    consumer.commit(commit(5)).await.unwrap();
+    consumer.commit(commit(5)).await.unwrap();
+    let _ = consumer.commit(commit(4)).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_joining_member_gets_partitions_only_after_the_owner_revokes_them() {
     let log = log_with_topic(4).await;

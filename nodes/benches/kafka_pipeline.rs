@@ -8,9 +8,6 @@
 //! `--plates N` sets the size of a measured run, default 2;
 //! `WELLSPRING_BENCH_KAFKA="name=value,..."` adds librdkafka properties to try).
 
-#[path = "../../tests/common/broker.rs"]
-mod broker;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +19,7 @@ use wellspring_nodes::run::{self, RunOptions};
 use wellspring_nodes::services::{ServiceConfig, Services};
 use wellspring_nodes::verify::{VerifyOptions, verify_experiment};
 use wellspring_nodes::workload::{Message, Workload, WorkloadConfig, publish, record};
+use wellspring_test_support::broker;
 
 const IMAGES: &str = "images_channel";
 const METADATA: &str = "experiment_metadata";

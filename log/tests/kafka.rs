@@ -1,13 +1,9 @@
 //! The Kafka log against a real Kafka-compatible broker on loopback.
 #![allow(clippy::unwrap_used)]
 
-#[path = "common/broker.rs"]
-mod broker;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use broker::Broker;
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -15,6 +11,7 @@ use wellspring_log::{
     Assigned, Cleanup, CommitBatch, ConsumerConfig, KafkaLog, KafkaSettings, Log, LogError,
     NoListener, ProducerRecord, RebalanceListener, TopicPartition, TopicSpec,
 };
+use wellspring_test_support::broker::Broker;
 
 async fn connect(broker: &Broker) -> KafkaLog {
     KafkaLog::connect(KafkaSettings::new(broker.address.clone()))

@@ -1,6 +1,5 @@
 //! A Kafka-compatible broker (tansu) for one test: in memory, on a free loopback port,
 //! killed when the test ends.
-#![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -8,22 +7,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Broker {
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
     pub address: String,
     child: Child,
 }
 
 /// Where the tansu binary is: `WELLSPRING_TANSU`, else where `scripts/install-tansu`
-/// puts it (running the script when it is not there yet). Tests and benchmarks of any
-/// package of the workspace share this file, so the repository's root is looked up.
+/// puts it (running the script when it is not there yet).
 fn tansu() -> PathBuf {
     if let Ok(path) = std::env::var("WELLSPRING_TANSU") {
         return PathBuf::from(path);
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .find(|dir| dir.join("scripts/install-tansu").exists())
-        .expect("the repository's scripts/install-tansu")
-        .to_path_buf();
+    let root = crate::repository_root();
     let installed = root.join(".tools/bin/tansu");
     if !installed.exists() {
         let status = Command::new(root.join("scripts/install-tansu"))
@@ -40,11 +35,11 @@ fn tansu() -> PathBuf {
 }
 
 impl Broker {
+    /// Starts a broker and returns once it accepts connections.
     pub fn start() -> Broker {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
             .port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu())

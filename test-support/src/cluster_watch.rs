@@ -1,6 +1,5 @@
 //! Watching a cluster of node processes from outside: records on topics, and which
 //! partitions the live nodes own (from their `/metrics`).
-#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -47,7 +46,10 @@ pub async fn wait_for_records(log: &KafkaLog, topic: &str, n: u64, why: &str) {
 
 /// Partitions each stage owns on each node, from the nodes' `/metrics`.
 pub async fn owned_shards(nodes: &[&NodeProcess]) -> BTreeMap<(String, String), Vec<i64>> {
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("an HTTP client");
     let mut owned: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
     for node in nodes {
         let Ok(response) = http.get(format!("{}/metrics", node.url)).send().await else {
@@ -62,7 +64,11 @@ pub async fn owned_shards(nodes: &[&NodeProcess]) -> BTreeMap<(String, String), 
                     .unwrap_or_default()
                     .to_owned()
             };
-            let value: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            let value: i64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("a shard count in {line:?}"));
             owned
                 .entry((field("dag"), field("node")))
                 .or_default()
@@ -92,7 +98,11 @@ pub async fn wait_until_every_partition_is_owned(
         let owned = owned_shards(nodes).await;
         let mut unsettled = Vec::new();
         for ((dag, stage), counts) in &owned {
-            let partitions = log.partitions(&input_topic(dag, stage)).await.unwrap();
+            let topic = input_topic(dag, stage);
+            let partitions = log
+                .partitions(&topic)
+                .await
+                .unwrap_or_else(|e| panic!("{why}: partitions of {topic}: {e}"));
             let total: i64 = counts.iter().sum();
             if total != i64::from(partitions) {
                 unsettled.push(format!("{dag}/{stage}: {counts:?} of {partitions}"));

@@ -1,19 +1,24 @@
 //! `wellspring run --kafka` as a real process: started, stopped with SIGTERM, killed with
 //! SIGKILL.
-#![allow(dead_code, clippy::unwrap_used)]
+//!
+//! The binary is the caller's to name (`env!("CARGO_BIN_EXE_wellspring")` in a test or
+//! benchmark of the package that builds it): this crate cannot depend on that package.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 
-use wellspring_nodes::services::Services;
-
-/// `run` arguments for the reference DAG with its tasks pointed at `services`.
-pub fn reference_dag_args(services: &Services, session_timeout: &str) -> Vec<String> {
+/// `run` arguments for the reference DAG with its tasks pointed at the simulated
+/// services' `variables` (`Services::variables()`: name, URL).
+pub fn reference_dag_args(
+    variables: impl IntoIterator<Item = (String, String)>,
+    session_timeout: &str,
+) -> Vec<String> {
     let mut args: Vec<String> = ["--dag", "examples/reference-dag.yaml"]
         .map(str::to_owned)
         .to_vec();
     args.extend(["--session-timeout".into(), session_timeout.into()]);
-    for (name, url) in services.variables() {
+    for (name, url) in variables {
         args.extend(["--set".into(), format!("{name}={url}")]);
     }
     args
@@ -27,14 +32,16 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts `wellspring run --kafka BROKERS --node-id ID ARGS...` on a free loopback
-    /// port; returns once the node says where it serves (its topics exist by then).
-    pub fn start(brokers: &str, id: &str, args: &[String]) -> NodeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wellspring"))
+    /// Starts `BINARY run --kafka BROKERS --node-id ID ARGS...` in the repository's root
+    /// on a free loopback port; returns once the node says where it serves (its topics
+    /// exist by then).
+    pub fn start(binary: impl AsRef<Path>, brokers: &str, id: &str, args: &[String]) -> Self {
+        let binary = binary.as_ref();
+        let mut child = Command::new(binary)
             .args(["run", "--kafka", brokers, "--node-id", id])
             .args(["--http-addr", "127.0.0.1:0"])
             .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(crate::repository_root())
             .env(
                 "RUST_LOG",
                 std::env::var("WELLSPRING_TEST_NODE_LOG").unwrap_or_else(|_| "error".into()),
@@ -42,17 +49,17 @@ impl NodeProcess {
             .env_remove("WELLSPRING_KAFKA")
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+            .unwrap_or_else(|e| panic!("node {id}: {} does not start: {e}", binary.display()));
+        let stderr = child.stderr.take().expect("the node's stderr is piped");
+        let mut lines = BufReader::new(stderr).lines();
         let line = lines
-            .find(|l| l.as_ref().is_ok_and(|l| l.contains("http://")))
-            .unwrap_or_else(|| panic!("node {id} never said where it serves"))
-            .unwrap();
+            .find_map(|l| l.ok().filter(|l| l.contains("http://")))
+            .unwrap_or_else(|| panic!("node {id} never said where it serves"));
         assert!(line.contains(&format!("on Kafka at {brokers}")), "{line}");
         let url = line
             .split_whitespace()
             .find(|word| word.starts_with("http://"))
-            .unwrap()
+            .unwrap_or_else(|| panic!("node {id}: no URL in {line:?}"))
             .trim_end_matches([';', ','])
             .to_owned();
         // WELLSPRING_TEST_NODE_LOGS=DIR keeps each node's log in DIR/NODE.log (with
@@ -76,18 +83,26 @@ impl NodeProcess {
 
     /// SIGKILL: the node dies without a chance to flush, commit or leave.
     pub fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        let id = &self.id;
+        self.child
+            .kill()
+            .unwrap_or_else(|e| panic!("node {id} cannot be killed: {e}"));
+        self.child
+            .wait()
+            .unwrap_or_else(|e| panic!("node {id} was killed but not reaped: {e}"));
     }
 
     /// SIGTERM, as Kubernetes stops a pod; waits for the process to end.
     pub fn terminate(&mut self) -> ExitStatus {
+        let id = &self.id;
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
-            .unwrap();
-        assert!(status.success());
-        self.child.wait().unwrap()
+            .unwrap_or_else(|e| panic!("kill -TERM for node {id} does not run: {e}"));
+        assert!(status.success(), "kill -TERM for node {id}: {status}");
+        self.child
+            .wait()
+            .unwrap_or_else(|e| panic!("node {id} was stopped but not reaped: {e}"))
     }
 }
 

@@ -19,9 +19,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 
+use super::leave::leave_group;
+
 /// A consumer group this log's static members joined, as they joined it.
 #[derive(Debug, Clone)]
-pub(crate) struct StaticGroup {
+pub(super) struct StaticGroup {
     pub topics: Vec<String>,
     /// The members' group settings (`session.timeout.ms`, assignment strategy, ...): the
     /// stand-in must join with the same protocol or the coordinator refuses it.
@@ -31,7 +33,7 @@ pub(crate) struct StaticGroup {
 
 /// What happened to one group.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Evicted {
+pub(super) enum Evicted {
     Removed,
     /// The broker does not list the instance among the group's members (it left cleanly,
     /// was never there, or the broker does not list members: then nothing is done).
@@ -74,7 +76,7 @@ fn is_member(
 
 /// Takes the place of static member `instance` in `group` and leaves in its name.
 /// Blocking: run it on a blocking thread.
-pub(crate) fn evict(
+pub(super) fn evict(
     base: ClientConfig,
     group: &str,
     spec: &StaticGroup,
@@ -118,7 +120,7 @@ pub(crate) fn evict(
             timeout.max(spec.session * 2)
         )));
     }
-    super::kafka::leave_group(&consumer);
+    leave_group(&consumer);
     Ok(Evicted::Removed)
 }
 

@@ -1,0 +1,384 @@
+//! The embedded log's consumer: a group member (joined at its first poll, its
+//! partitions handed over through the listener as the coordinator moves them) or a
+//! reader of given partitions. A poll takes one step of the group protocol, then reads a
+//! fair share of each partition, waiting on the log's change counter when there is
+//! nothing to read.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::coordinator::MemberState;
+use super::shared::{Shared, State};
+use crate::{
+    Assigned, CommitBatch, Consumer, ConsumerConfig, LogError, LogRecord, Offset,
+    RebalanceListener, StartFrom, Subscription, TopicPartition,
+};
+
+pub(super) struct EmbeddedConsumer {
+    shared: Arc<Shared>,
+    /// The version of the log's change counter this consumer last looked at.
+    seen: u64,
+    waker: Arc<Notify>,
+    /// Member id in the group, once joined.
+    member: Option<u64>,
+    /// What this consumer has been given, and where it reads next.
+    positions: BTreeMap<TopicPartition, Offset>,
+    /// Round-robin start, so one busy partition does not starve the others.
+    next_partition: usize,
+    config: ConsumerConfig,
+}
+
+/// What the group asks of a member at one poll.
+enum GroupStep {
+    /// This member was presumed dead and removed: everything it had is lost.
+    Lost,
+    Revoke(Vec<TopicPartition>),
+    Assign(Vec<Assigned>),
+    Steady,
+}
+
+impl EmbeddedConsumer {
+    /// A consumer of `config`; a reader's partitions start at `positions`.
+    pub fn new(
+        shared: Arc<Shared>,
+        config: ConsumerConfig,
+        positions: BTreeMap<TopicPartition, Offset>,
+    ) -> Self {
+        Self {
+            shared,
+            seen: 0,
+            waker: Arc::new(Notify::new()),
+            member: None,
+            positions,
+            next_partition: 0,
+            config,
+        }
+    }
+
+    fn group_name(&self) -> Option<&str> {
+        match self.config.subscription {
+            Subscription::Topics(_) => self.config.group.as_deref(),
+            Subscription::Assign(_) => None,
+        }
+    }
+
+    fn join(&mut self, state: &mut State) -> u64 {
+        let Subscription::Topics(topics) = &self.config.subscription else {
+            unreachable!("only group subscriptions join");
+        };
+        let group_name = self.config.group.clone().unwrap_or_default();
+        state.next_member += 1;
+        let id = state.next_member;
+        let member = MemberState::new(
+            self.config.client_id.clone(),
+            self.config.instance_id.clone(),
+            topics.clone(),
+            self.config.session_timeout,
+            Instant::now(),
+        );
+        let State { topics, groups, .. } = state;
+        groups
+            .entry(group_name)
+            .or_default()
+            .join(id, member, topics);
+        self.member = Some(id);
+        id
+    }
+
+    /// One step of the group protocol for this member.
+    fn group_step(&mut self) -> GroupStep {
+        let Some(group_name) = self.group_name().map(str::to_owned) else {
+            return GroupStep::Steady;
+        };
+        let shared = self.shared.clone();
+        let mut state = shared.state.lock();
+        let now = Instant::now();
+        let mut changed = false;
+        {
+            let State { topics, groups, .. } = &mut *state;
+            if let Some(group) = groups.get_mut(&group_name)
+                && group.expire(now)
+            {
+                group.rebalance(topics);
+                changed = true;
+            }
+        }
+        let id = match self.member {
+            Some(id)
+                if state
+                    .groups
+                    .get(&group_name)
+                    .is_some_and(|g| g.is_member(id)) =>
+            {
+                id
+            }
+            Some(_) => {
+                // Removed while we were away: what we had is gone.
+                self.member = None;
+                drop(state);
+                if changed {
+                    self.shared.bump();
+                }
+                return GroupStep::Lost;
+            }
+            None => {
+                let id = self.join(&mut state);
+                changed = true;
+                id
+            }
+        };
+        let State { topics, groups, .. } = &mut *state;
+        let group = groups.entry(group_name).or_default();
+        let Some(target) = group.heartbeat(id, now) else {
+            return GroupStep::Steady;
+        };
+        let revoke: Vec<TopicPartition> = self
+            .positions
+            .keys()
+            .filter(|tp| !target.contains(*tp))
+            .cloned()
+            .collect();
+        let step = if !revoke.is_empty() {
+            GroupStep::Revoke(revoke)
+        } else {
+            let mut assign = Vec::new();
+            for tp in target.iter().filter(|tp| !self.positions.contains_key(*tp)) {
+                let Ok(log) = topics.partition(tp) else {
+                    continue;
+                };
+                if group.claim(id, tp) {
+                    let position = group.committed(tp).unwrap_or(match self.config.start_from {
+                        StartFrom::Earliest => 0,
+                        StartFrom::Latest => log.next_offset,
+                    });
+                    assign.push(Assigned {
+                        partition: tp.clone(),
+                        position,
+                    });
+                }
+            }
+            if assign.is_empty() {
+                GroupStep::Steady
+            } else {
+                GroupStep::Assign(assign)
+            }
+        };
+        drop(state);
+        if changed {
+            self.shared.bump();
+        }
+        step
+    }
+
+    /// Applies a commit batch atomically if this member owns every partition in it.
+    fn apply_commit(&self, batch: CommitBatch) -> Result<(), LogError> {
+        let mut state = self.shared.state.lock();
+        if !batch.offsets.is_empty() {
+            let Some(group_name) = self.group_name() else {
+                return Err(LogError::NoGroup(self.config.client_id.clone()));
+            };
+            match state.groups.get(group_name) {
+                Some(group) => group.check_commit(self.member, &batch.offsets)?,
+                None => return Err(LogError::NotAssigned(batch.offsets[0].0.clone())),
+            }
+        }
+        let now = self.shared.clock.now_ms();
+        state.topics.append(batch.outputs, now)?;
+        if let Some(group) = self.group_name().and_then(|g| state.groups.get_mut(g)) {
+            group.commit(batch.offsets);
+        }
+        Ok(())
+    }
+
+    fn release(&self, partitions: &[TopicPartition]) {
+        let Some(group_name) = self.group_name() else {
+            return;
+        };
+        let mut state = self.shared.state.lock();
+        if let (Some(group), Some(id)) = (state.groups.get_mut(group_name), self.member) {
+            group.release(id, partitions);
+        }
+    }
+
+    fn fetch(&mut self, max_records: usize) -> Result<Vec<LogRecord>, LogError> {
+        let state = self.shared.state.lock();
+        let mut out = Vec::new();
+        let partitions: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+        if partitions.is_empty() {
+            return Ok(out);
+        }
+        let n = partitions.len();
+        let start = self.next_partition % n;
+        self.next_partition = self.next_partition.wrapping_add(1);
+        // A fair share per partition first, then whatever room is left.
+        let share = (max_records / n).max(1);
+        for pass in 0..2 {
+            for i in 0..n {
+                if out.len() >= max_records {
+                    break;
+                }
+                let tp = &partitions[(start + i) % n];
+                let Some(position) = self.positions.get_mut(tp) else {
+                    continue;
+                };
+                let room = if pass == 0 {
+                    share.min(max_records - out.len())
+                } else {
+                    max_records - out.len()
+                };
+                let records = state.topics.partition(tp)?.read(tp, *position, room);
+                if let Some(last) = records.last() {
+                    *position = last.offset + 1;
+                }
+                out.extend(records);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait(?Send)]
+impl Consumer for EmbeddedConsumer {
+    async fn poll(
+        &mut self,
+        listener: &mut dyn RebalanceListener,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<LogRecord>, LogError> {
+        let deadline = Instant::now() + max_wait;
+        // Wake at least this often while waiting, to stay alive and notice dead peers.
+        let heartbeat = (self.config.session_timeout / 4).max(Duration::from_millis(1));
+        loop {
+            self.seen = self.shared.changes.version();
+            match self.group_step() {
+                GroupStep::Lost => {
+                    let lost: Vec<TopicPartition> =
+                        std::mem::take(&mut self.positions).into_keys().collect();
+                    if !lost.is_empty() {
+                        tracing::warn!(client = %self.config.client_id, partitions = lost.len(), "partitions lost: this member was presumed dead");
+                        listener.on_lost(&lost).await;
+                    }
+                    continue;
+                }
+                GroupStep::Revoke(partitions) => {
+                    let batch = listener.on_revoked(&partitions).await;
+                    let result = self.apply_commit(batch);
+                    self.release(&partitions);
+                    for tp in &partitions {
+                        self.positions.remove(tp);
+                    }
+                    self.shared.bump();
+                    result?;
+                    continue;
+                }
+                GroupStep::Assign(assigned) => {
+                    listener.on_assigned(&assigned).await;
+                    for a in assigned {
+                        let held = self.positions.insert(a.partition.clone(), a.position);
+                        debug_assert!(
+                            held.is_none(),
+                            "{} was assigned to {} while it already held it: an assignment holds a partition once",
+                            a.partition,
+                            self.config.client_id
+                        );
+                    }
+                    continue;
+                }
+                GroupStep::Steady => {}
+            }
+            let records = self.fetch(max_records)?;
+            let now = Instant::now();
+            if !records.is_empty() || now >= deadline {
+                return Ok(records);
+            }
+            let wake = deadline.min(now + heartbeat);
+            let changed = self.shared.changes.notify.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.shared.changes.version() != self.seen {
+                continue;
+            }
+            // Biased: polled in a fixed order, so a simulated run replays exactly.
+            tokio::select! {
+                biased;
+                _ = changed => {}
+                _ = self.waker.notified() => return Ok(Vec::new()),
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    async fn commit(&mut self, batch: CommitBatch) -> Result<(), LogError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let result = self.apply_commit(batch);
+        self.shared.bump();
+        result
+    }
+
+    fn seek(&mut self, partition: &TopicPartition, offset: Offset) -> Result<(), LogError> {
+        match self.positions.get_mut(partition) {
+            Some(position) => {
+                *position = offset;
+                Ok(())
+            }
+            None => Err(LogError::NotAssigned(partition.clone())),
+        }
+    }
+
+    async fn committed(&self, partition: &TopicPartition) -> Result<Option<Offset>, LogError> {
+        let state = self.shared.state.lock();
+        Ok(self
+            .config
+            .group
+            .as_deref()
+            .and_then(|g| state.groups.get(g))
+            .and_then(|g| g.committed(partition)))
+    }
+
+    fn assignment(&self) -> Vec<TopicPartition> {
+        self.positions.keys().cloned().collect()
+    }
+
+    fn caught_up(&self, partition: &TopicPartition) -> bool {
+        let Some(position) = self.positions.get(partition) else {
+            return false;
+        };
+        let state = self.shared.state.lock();
+        state
+            .topics
+            .partition(partition)
+            .is_ok_and(|log| *position >= log.next_offset)
+    }
+
+    fn waker(&self) -> Arc<Notify> {
+        self.waker.clone()
+    }
+
+    async fn close(&mut self, listener: &mut dyn RebalanceListener) -> Result<(), LogError> {
+        let partitions: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+        let mut result = Ok(());
+        if !partitions.is_empty() {
+            let batch = listener.on_revoked(&partitions).await;
+            result = self.apply_commit(batch);
+        }
+        self.positions.clear();
+        if let (Some(group_name), Some(id)) =
+            (self.group_name().map(str::to_owned), self.member.take())
+        {
+            let mut state = self.shared.state.lock();
+            let State { topics, groups, .. } = &mut *state;
+            if let Some(group) = groups.get_mut(&group_name) {
+                group.leave(id, topics);
+            }
+        }
+        self.shared.bump();
+        result
+    }
+}

@@ -1,0 +1,173 @@
+//! Topics on Kafka: created with their partitions and cleanup policy, or checked when
+//! they exist (a changelog partitioned differently would restore state into the wrong
+//! shards); partition counts and end offsets from the metadata consumer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::consumer::Consumer as _;
+use rdkafka::error::RDKafkaErrorCode;
+
+use super::call::blocking;
+use super::connection::Connection;
+use crate::{Cleanup, LogError, Offset, TopicPartition, TopicSpec};
+
+/// Creates the topic, or checks that an existing one has the partitions and cleanup
+/// policy asked for.
+pub(super) async fn ensure_topic(
+    connection: &Arc<Connection>,
+    spec: &TopicSpec,
+) -> Result<(), LogError> {
+    match partitions(connection, &spec.name).await {
+        Ok(found) => check_topic(connection, spec, found).await,
+        Err(LogError::UnknownTopic(_)) => create_topic(connection, spec).await,
+        Err(e) => Err(e),
+    }
+}
+
+async fn check_topic(
+    connection: &Connection,
+    spec: &TopicSpec,
+    found: u32,
+) -> Result<(), LogError> {
+    if found != spec.partitions {
+        return Err(LogError::TopicMismatch {
+            topic: spec.name.clone(),
+            expected: format!("{} partitions", spec.partitions),
+            found: format!("{found} partitions"),
+            fix: "its shards are its partitions: recreate it, or set Wellspring's partitions to match".into(),
+        });
+    }
+    let configs = connection
+        .admin
+        .describe_configs(
+            &[ResourceSpecifier::Topic(&spec.name)],
+            &AdminOptions::new().request_timeout(Some(connection.settings.timeout)),
+        )
+        .await
+        .map_err(|e| connection.explain(&e))?;
+    let policy = configs
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c.entries)
+        .find(|e| e.name == "cleanup.policy")
+        .and_then(|e| e.value)
+        .unwrap_or_else(|| "delete".into());
+    let compacted = policy.split(',').any(|p| p.trim() == "compact");
+    if compacted != (spec.cleanup == Cleanup::Compact) {
+        return Err(LogError::TopicMismatch {
+            topic: spec.name.clone(),
+            expected: format!("cleanup.policy {}", cleanup_policy(spec.cleanup)),
+            found: format!("cleanup.policy {policy}"),
+            fix: "a changelog must be compacted and a stream must not be: change the topic's cleanup.policy".into(),
+        });
+    }
+    Ok(())
+}
+
+async fn create_topic(connection: &Arc<Connection>, spec: &TopicSpec) -> Result<(), LogError> {
+    let settings = &connection.settings;
+    let topic = NewTopic::new(
+        &spec.name,
+        spec.partitions as i32,
+        TopicReplication::Fixed(settings.replication_factor),
+    )
+    .set("cleanup.policy", cleanup_policy(spec.cleanup));
+    let results = connection
+        .admin
+        .create_topics(
+            &[topic],
+            &AdminOptions::new().operation_timeout(Some(settings.timeout)),
+        )
+        .await
+        .map_err(|e| connection.explain(&e))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(LogError::Other(format!("creating topic {topic}: {code}")));
+            }
+        }
+    }
+    // Creation is asynchronous on the brokers: wait until metadata shows it.
+    let deadline = tokio::time::Instant::now() + settings.timeout;
+    loop {
+        match partitions(connection, &spec.name).await {
+            Ok(n) if n == spec.partitions => break,
+            Ok(_) | Err(LogError::UnknownTopic(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(n) => {
+                return Err(LogError::Other(format!(
+                    "topic {} was created with {n} partitions, not {}",
+                    spec.name, spec.partitions
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    connection
+        .partitions
+        .lock()
+        .insert(spec.name.clone(), spec.partitions);
+    Ok(())
+}
+
+fn cleanup_policy(cleanup: Cleanup) -> &'static str {
+    match cleanup {
+        Cleanup::Compact => "compact",
+        Cleanup::Delete => "delete",
+    }
+}
+
+/// The topic's partition count, asked of the brokers.
+pub(super) async fn partitions(connection: &Arc<Connection>, topic: &str) -> Result<u32, LogError> {
+    let shared = connection.clone();
+    let name = topic.to_owned();
+    let metadata = blocking(move || {
+        shared
+            .meta
+            .fetch_metadata(Some(&name), shared.settings.timeout)
+    })
+    .await?
+    .map_err(|e| connection.explain(&e))?;
+    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Err(LogError::UnknownTopic(topic.to_owned()));
+    };
+    match found.error() {
+        None if !found.partitions().is_empty() => Ok(found.partitions().len() as u32),
+        _ => Err(LogError::UnknownTopic(topic.to_owned())),
+    }
+}
+
+/// The topic's partition count, asked once and remembered (a topic's partitions never
+/// change under Wellspring: [`ensure_topic`] refuses a topic that has other).
+pub(super) async fn known_partitions(
+    connection: &Arc<Connection>,
+    topic: &str,
+) -> Result<u32, LogError> {
+    if let Some(n) = connection.partitions.lock().get(topic) {
+        return Ok(*n);
+    }
+    let n = partitions(connection, topic).await?;
+    connection.partitions.lock().insert(topic.to_owned(), n);
+    Ok(n)
+}
+
+/// The partition's high watermark (its last stable offset, read_committed).
+pub(super) async fn end_offset(
+    connection: &Arc<Connection>,
+    partition: &TopicPartition,
+) -> Result<Offset, LogError> {
+    let shared = connection.clone();
+    let (topic, p) = (partition.topic.to_string(), partition.partition as i32);
+    let (_, high) = blocking(move || {
+        shared
+            .meta
+            .fetch_watermarks(&topic, p, shared.settings.timeout)
+    })
+    .await?
+    .map_err(|e| connection.explain(&e))?;
+    Ok(high.max(0) as Offset)
+}

@@ -1,0 +1,44 @@
+//! Calling librdkafka from async code: its blocking calls run on tokio's blocking pool,
+//! and its errors become [`LogError`]s in words that say what to do.
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::LogError;
+
+/// What librdkafka says, in words that tell what to do.
+pub(super) fn explain(e: &KafkaError, brokers: &str) -> LogError {
+    match e.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::OperationTimedOut,
+        ) => LogError::Unreachable(format!(
+            "no answer from the Kafka brokers at {brokers} ({e}); check --kafka and that the brokers are up"
+        )),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::FencedInstanceId,
+        ) => LogError::Fenced(format!("{e}")),
+        // The member may keep its partitions, but this batch is not committed: the caller
+        // must restart from the last commit rather than carry on past it.
+        Some(
+            RDKafkaErrorCode::IllegalGeneration
+            | RDKafkaErrorCode::UnknownMemberId
+            | RDKafkaErrorCode::RebalanceInProgress,
+        ) => LogError::Other(format!(
+            "the group rebalanced during the commit, which was aborted ({e}); resume from the last commit"
+        )),
+        _ => LogError::Other(format!("Kafka: {e}")),
+    }
+}
+
+/// Runs a blocking librdkafka call off the async thread.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LogError::Other(format!("a Kafka call panicked: {e}")))
+}

@@ -1,0 +1,65 @@
+//! A reader's clients: partitions assigned directly from given offsets (changelog
+//! restores, the metadata table, `verify`), in no group that commits, one client per
+//! topic so that the end of a partition (`PartitionEOF`, at the last stable offset) says
+//! which partition is caught up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::Consumer as _;
+use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+
+use super::call::explain;
+use super::poll_thread::{Client, Spawner};
+use crate::{ConsumerConfig, LogError, Offset, StartFrom, TopicPartition};
+
+/// The clients of a reader, and what it was given.
+pub(super) struct Readers {
+    pub clients: Vec<Client>,
+    pub assignment: BTreeSet<TopicPartition>,
+}
+
+/// Assigns `partitions` (each from its offset, or by `start_from`) to clients of
+/// `config` (the consumer's settings), one per topic.
+pub(super) fn assign(
+    brokers: &str,
+    consumer: &ConsumerConfig,
+    partitions: &[(TopicPartition, Option<Offset>)],
+    mut config: ClientConfig,
+    spawner: &Spawner,
+) -> Result<Readers, LogError> {
+    let fail = |e| explain(&e, brokers);
+    // librdkafka wants a group id even to assign; this one never commits.
+    config
+        .set(
+            "group.id",
+            format!("wellspring-reader-{}", consumer.client_id),
+        )
+        .set("enable.partition.eof", "true");
+    let mut assignment = BTreeSet::new();
+    let mut by_topic: BTreeMap<Arc<str>, TopicPartitionList> = BTreeMap::new();
+    for (tp, offset) in partitions {
+        let start = match (offset, consumer.start_from) {
+            (Some(o), _) => KafkaOffset::Offset(*o as i64),
+            (None, StartFrom::Earliest) => KafkaOffset::Beginning,
+            (None, StartFrom::Latest) => KafkaOffset::End,
+        };
+        by_topic
+            .entry(tp.topic.clone())
+            .or_default()
+            .add_partition_offset(&tp.topic, tp.partition as i32, start)
+            .map_err(fail)?;
+        assignment.insert(tp.clone());
+    }
+    let mut clients = Vec::new();
+    for (topic, tpl) in by_topic {
+        let reader = spawner.spawn(&config, Some(topic))?;
+        reader.consumer.assign(&tpl).map_err(fail)?;
+        clients.push(reader);
+    }
+    Ok(Readers {
+        clients,
+        assignment,
+    })
+}

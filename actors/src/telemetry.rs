@@ -139,6 +139,8 @@ pub fn trace_context(span: &SpanContext) -> Option<TraceContext> {
 
 /// The trace context a log record's headers carry, if they carry a well-formed one.
 pub fn record_trace(record: &LogRecord) -> Option<TraceContext> {
+    // Most records carry none: no propagator for them.
+    record.header("traceparent")?;
     trace_context(&extract(&RecordFields(record))?)
 }
 

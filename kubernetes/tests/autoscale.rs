@@ -41,6 +41,11 @@ fn templates() -> Arc<JobTemplates> {
     Arc::new(templates)
 }
 
+/// An autoscaler in namespace `lab` whose workers reach the task store at `ws:8080`.
+fn scaler(kube: &FakeKube, cooldown: Duration) -> Autoscaler {
+    Autoscaler::new(client(kube), "lab", "http://ws:8080", templates(), cooldown)
+}
+
 /// A demand the test sets.
 #[derive(Clone)]
 struct Demand(Arc<Mutex<Vec<GroupDemand>>>);
@@ -173,13 +178,7 @@ async fn the_workers_go_down_only_after_the_cooldown() {
     let kube = FakeKube::start().expect("the fake API");
     let demand = Demand::new(Workers::Jobs("plate-worker".into()), 4);
     let cooldown = Duration::from_millis(1500);
-    let mut scaler = Autoscaler::new(
-        client(&kube),
-        "lab",
-        "http://ws:8080",
-        templates(),
-        cooldown,
-    );
+    let mut scaler = scaler(&kube, cooldown);
     scaler.round(&demand).await.expect("a round");
     assert_eq!(active_jobs(&kube).len(), 4);
     demand.set(0);
@@ -213,13 +212,7 @@ async fn a_worker_deployment_is_scaled_through_its_scale_subresource() {
                                      "spec": {"containers": [{"name": "w", "image": "w"}]}}}}),
     );
     let demand = Demand::new(Workers::Deployment("plate-workers".into()), 6);
-    let mut scaler = Autoscaler::new(
-        client(&kube),
-        "lab",
-        "http://ws:8080",
-        templates(),
-        Duration::ZERO,
-    );
+    let mut scaler = scaler(&kube, Duration::ZERO);
     let changed = scaler.round(&demand).await.expect("a round");
     assert_eq!((changed[0].from, changed[0].to), (1, 6));
     let replicas = |kube: &FakeKube| {
@@ -266,13 +259,7 @@ impl WorkerDemand for Scripted {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demand_unavailable_now_is_asked_again_and_a_refused_one_not_this_term() {
     let kube = FakeKube::start().expect("the fake API");
-    let mut scaler = Autoscaler::new(
-        client(&kube),
-        "lab",
-        "http://ws:8080",
-        templates(),
-        Duration::ZERO,
-    );
+    let mut scaler = scaler(&kube, Duration::ZERO);
     let wanted = Demand::new(Workers::Jobs("plate-worker".into()), 2)
         .0
         .lock()

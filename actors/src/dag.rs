@@ -25,7 +25,7 @@ use crate::functions::{FunctionParams, FunctionRegistry};
 use crate::http::{HttpTaskRunner, HttpTransport, SharedRng, TaskRunner};
 use crate::metadata::MetadataTable;
 use crate::metrics::{Metrics, names};
-use crate::routing::{DeadLetterWriter, IncompleteWriter, Route, Router};
+use crate::routing::{DeadLetterWriter, Downstream, IncompleteWriter, Route, Router};
 use crate::stage::{
     GroupingFactory, RelayFactory, ShardFactory, SourceFactory, StageActor, StageSettings,
     StageSpec, TaskFactory,
@@ -313,6 +313,11 @@ pub fn dag_children(dag: &Arc<Dag>, env: &NodeEnv) -> Result<Vec<ChildSpec>, Str
             .get(&node.name)
             .cloned()
             .unwrap_or_else(|| Arc::new(Router::new(&node.name, Vec::new())));
+        let downstream = Downstream {
+            router,
+            dead: dead(&node.name),
+            records_out: counter(names::OUT),
+        };
         let factory: Rc<dyn ShardFactory> = match &node.kind {
             NodeKind::TopicTable { topic } => {
                 let topic_schema = dag
@@ -352,10 +357,8 @@ pub fn dag_children(dag: &Arc<Dag>, env: &NodeEnv) -> Result<Vec<ChildSpec>, Str
                     .map(|t| t.value_schema.clone())
                     .unwrap_or_else(|| "json".into()),
                 schemas: schemas.clone(),
-                router,
-                dead: dead(&node.name),
+                downstream,
                 records_in: counter(names::IN),
-                records_out: counter(names::OUT),
                 panics: counter(names::PANICS),
                 mailbox: env.config.mailbox,
             }),
@@ -376,8 +379,7 @@ pub fn dag_children(dag: &Arc<Dag>, env: &NodeEnv) -> Result<Vec<ChildSpec>, Str
                     log: env.log.clone(),
                     table: table.clone(),
                     clock: env.clock.clone(),
-                    router,
-                    dead: dead(&node.name),
+                    downstream,
                     incomplete: IncompleteWriter {
                         dag: dag_name.clone(),
                         node: node_name.clone(),
@@ -385,7 +387,6 @@ pub fn dag_children(dag: &Arc<Dag>, env: &NodeEnv) -> Result<Vec<ChildSpec>, Str
                         counter: counter(names::INCOMPLETE),
                     },
                     records_in: counter(names::IN),
-                    records_out: counter(names::OUT),
                     duplicates: counter(names::DUPLICATES),
                     panics: counter(names::PANICS),
                     open: metrics.gauge(&dag.name, &node.name, names::OPEN),
@@ -432,9 +433,7 @@ pub fn dag_children(dag: &Arc<Dag>, env: &NodeEnv) -> Result<Vec<ChildSpec>, Str
                             log: env.log.clone(),
                             factory: Rc::new(RelayFactory {
                                 name: format!("{}/{}.output", dag.name, node.name),
-                                router: router.clone(),
-                                dead: dead(&node.name),
-                                records_out: counter(names::OUT),
+                                downstream: downstream.clone(),
                                 panics: counter(names::PANICS),
                                 mailbox: env.config.mailbox,
                             }),
@@ -469,10 +468,8 @@ pub fn dag_children(dag: &Arc<Dag>, env: &NodeEnv) -> Result<Vec<ChildSpec>, Str
                     dag: dag_name.clone(),
                     node: node_name.clone(),
                     runner,
-                    router,
-                    dead: dead(&node.name),
+                    downstream,
                     records_in: counter(names::IN),
-                    records_out: counter(names::OUT),
                     panics: counter(names::PANICS),
                     pending: metrics.gauge(&dag.name, &node.name, names::PENDING),
                     mailbox: env.config.mailbox,

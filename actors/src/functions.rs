@@ -4,6 +4,9 @@
 //! A function is keyed: every input has a group key, inputs with the same key meet in
 //! the same shard, and the function may keep state per key (written to the changelog
 //! through [`StreamFunction::take_changes`], restored with [`StreamFunction::restore`]).
+//! A function that cannot take an input says why with a [`FunctionError`]: a rejected
+//! input goes to the dead-letter topic, a function that cannot process it now makes its
+//! shard restart and read it again.
 //!
 //! ```
 //! use wellspring_actors::functions::FunctionRegistry;
@@ -18,6 +21,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,10 +32,51 @@ use wellspring_protocol::{
     ChannelImage, ExperimentId, IncompleteRecord, PlateRecord, SiteRecord, Value, WellRecord,
 };
 
+pub use crate::aggregation::RestoreError;
 use crate::aggregation::{
     Aggregator, AggregatorConfig, Emitted, ExperimentLevel, Ingested, Layouts, Level, PlateLevel,
     SiteLevel, WellLevel,
 };
+
+/// Why a function did not take an input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FunctionError {
+    /// The input is wrong for the function (not the record it takes, not in its
+    /// experiment's layout, a repeat with other contents): it goes to the dead-letter
+    /// topic with this reason. Reading it again would fail again.
+    #[error("{0}")]
+    Rejected(String),
+    /// The function cannot process the input now (something it needs is unavailable):
+    /// a retry can help. The shard restarts from its last commit and reads it again;
+    /// if it keeps failing, the restart budgets escalate up the supervision tree.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl FunctionError {
+    /// Rejects the input for `reason`.
+    pub fn rejected(reason: impl fmt::Display) -> Self {
+        FunctionError::Rejected(reason.to_string())
+    }
+
+    /// Whether processing the input again can succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, FunctionError::Unavailable(_))
+    }
+}
+
+/// A reason in words rejects the input (what most functions mean by an error).
+impl From<String> for FunctionError {
+    fn from(reason: String) -> Self {
+        FunctionError::Rejected(reason)
+    }
+}
+
+impl From<&str> for FunctionError {
+    fn from(reason: &str) -> Self {
+        FunctionError::Rejected(reason.to_owned())
+    }
+}
 
 /// What a function emits.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,13 +104,14 @@ pub struct FunctionContext<'a> {
 
 /// A keyed stream operation with optional state.
 pub trait StreamFunction {
-    /// Processes one input of group `key`. An `Err` rejects the input with that reason.
+    /// Processes one input of group `key`. An `Err` rejects the input, or (when
+    /// [`FunctionError::retryable`]) asks for it again later.
     fn process(
         &mut self,
         key: &str,
         input: &Value,
         ctx: &mut FunctionContext<'_>,
-    ) -> Result<(), String>;
+    ) -> Result<(), FunctionError>;
     /// The layout of `experiment` arrived.
     fn layout_arrived(&mut self, _experiment: &ExperimentId, _ctx: &mut FunctionContext<'_>) {}
     /// Called regularly (timeouts).
@@ -74,8 +120,9 @@ pub trait StreamFunction {
     fn take_changes(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
         Vec::new()
     }
-    /// Applies one changelog entry while the shard restores.
-    fn restore(&mut self, _key: &str, _entry: Option<&[u8]>) -> Result<(), String> {
+    /// Applies one changelog entry while the shard restores. An entry it cannot read is
+    /// skipped (with a warning).
+    fn restore(&mut self, _key: &str, _entry: Option<&[u8]>) -> Result<(), RestoreError> {
         Ok(())
     }
     /// The restore is complete.
@@ -92,7 +139,7 @@ pub struct FunctionParams {
     pub incomplete_timeout: Option<Duration>,
 }
 
-pub type GroupKeyFn = Arc<dyn Fn(&str, &Value) -> Result<String, String> + Send + Sync>;
+pub type GroupKeyFn = Arc<dyn Fn(&str, &Value) -> Result<String, FunctionError> + Send + Sync>;
 pub type CreateFn = Arc<dyn Fn(&FunctionParams) -> Box<dyn StreamFunction> + Send + Sync>;
 
 /// A function as registered.
@@ -100,7 +147,7 @@ pub type CreateFn = Arc<dyn Fn(&FunctionParams) -> Box<dyn StreamFunction> + Sen
 pub struct FunctionDef {
     pub signature: FunctionSignature,
     /// The group key of an input (from its record key and value): inputs with the same
-    /// group key go to the same shard. An `Err` rejects the input at the edge.
+    /// group key go to the same shard. An `Err` rejects the input where it is routed.
     pub group_key: GroupKeyFn,
     pub create: CreateFn,
 }
@@ -126,19 +173,19 @@ impl FunctionRegistry {
                 builtins::SITES_WELL_GROUPING => grouping::<WellLevel>(
                     signature,
                     key_of::well,
-                    || Box::new(SiteRecord::from_value_str),
+                    || Box::new(|v| SiteRecord::from_value(v).map_err(FunctionError::rejected)),
                     WellRecord::to_value,
                 ),
                 builtins::WELLS_PLATE_GROUPING => grouping::<PlateLevel>(
                     signature,
                     key_of::plate,
-                    || Box::new(WellRecord::from_value_str),
+                    || Box::new(|v| WellRecord::from_value(v).map_err(FunctionError::rejected)),
                     PlateRecord::to_value,
                 ),
                 builtins::PLATES_EXPERIMENT_GROUPING => grouping::<ExperimentLevel>(
                     signature,
                     key_of::experiment,
-                    || Box::new(PlateRecord::from_value_str),
+                    || Box::new(|v| PlateRecord::from_value(v).map_err(FunctionError::rejected)),
                     |r| r.to_value(),
                 ),
                 _ => continue,
@@ -156,7 +203,7 @@ impl FunctionRegistry {
     /// outputs. Inputs are grouped by their record key.
     pub fn register_map<F>(&mut self, name: &str, input: &str, output: &str, f: F)
     where
-        F: Fn(&str, &Value) -> Result<Vec<(String, Value)>, String> + Send + Sync + 'static,
+        F: Fn(&str, &Value) -> Result<Vec<(String, Value)>, FunctionError> + Send + Sync + 'static,
     {
         let f = Arc::new(f);
         self.register(
@@ -189,7 +236,7 @@ impl FunctionCatalog for FunctionRegistry {
     }
 }
 
-type MapFn = dyn Fn(&str, &Value) -> Result<Vec<(String, Value)>, String> + Send + Sync;
+type MapFn = dyn Fn(&str, &Value) -> Result<Vec<(String, Value)>, FunctionError> + Send + Sync;
 
 struct MapFunction(Arc<MapFn>);
 
@@ -199,7 +246,7 @@ impl StreamFunction for MapFunction {
         key: &str,
         input: &Value,
         ctx: &mut FunctionContext<'_>,
-    ) -> Result<(), String> {
+    ) -> Result<(), FunctionError> {
         for (key, value) in (self.0)(key, input)? {
             ctx.out.push(FunctionOutput::Emit { key, value });
         }
@@ -211,35 +258,13 @@ impl StreamFunction for MapFunction {
 fn channel_decoder() -> Decoder<ChannelImage> {
     let mut previous = None;
     Box::new(move |value| {
-        ChannelImage::from_value_sharing(value, &mut previous).map_err(|e| e.to_string())
+        ChannelImage::from_value_sharing(value, &mut previous).map_err(FunctionError::rejected)
     })
 }
 
-/// A grouping's decoder of its inputs (it may keep state, e.g. to share strings).
-type Decoder<I> = Box<dyn FnMut(&Value) -> Result<I, String>>;
-
-/// `from_value` with the error as text, for the grouping table above.
-trait FromValueStr: Sized {
-    fn from_value_str(value: &Value) -> Result<Self, String>;
-}
-
-impl FromValueStr for SiteRecord {
-    fn from_value_str(value: &Value) -> Result<Self, String> {
-        Self::from_value(value).map_err(|e| e.to_string())
-    }
-}
-
-impl FromValueStr for WellRecord {
-    fn from_value_str(value: &Value) -> Result<Self, String> {
-        Self::from_value(value).map_err(|e| e.to_string())
-    }
-}
-
-impl FromValueStr for PlateRecord {
-    fn from_value_str(value: &Value) -> Result<Self, String> {
-        Self::from_value(value).map_err(|e| e.to_string())
-    }
-}
+/// A grouping's decoder of its inputs (it may keep state, e.g. to share strings): an
+/// input that is not the record the grouping takes is rejected.
+type Decoder<I> = Box<dyn FnMut(&Value) -> Result<I, FunctionError>>;
 
 /// A built-in grouping: decodes its input, aggregates it at level `L`, encodes what
 /// completes.
@@ -254,7 +279,7 @@ fn grouping<L: Level>(
         group_key: Arc::new(move |_, value| {
             key_of(value)
                 .map(|key| key.to_string())
-                .map_err(|e| e.to_string())
+                .map_err(FunctionError::rejected)
         }),
         create: Arc::new(move |params| {
             Box::new(Grouping::<L> {
@@ -298,7 +323,7 @@ impl<L: Level> StreamFunction for Grouping<L> {
         _key: &str,
         input: &Value,
         ctx: &mut FunctionContext<'_>,
-    ) -> Result<(), String> {
+    ) -> Result<(), FunctionError> {
         let input = (self.decode)(input)?;
         let result = self
             .aggregator
@@ -310,7 +335,7 @@ impl<L: Level> StreamFunction for Grouping<L> {
                 Ok(())
             }
             Ok(_) => Ok(()),
-            Err(rejection) => Err(rejection.to_string()),
+            Err(rejection) => Err(FunctionError::rejected(rejection)),
         }
     }
 
@@ -330,7 +355,7 @@ impl<L: Level> StreamFunction for Grouping<L> {
         self.aggregator.take_changes()
     }
 
-    fn restore(&mut self, key: &str, entry: Option<&[u8]>) -> Result<(), String> {
+    fn restore(&mut self, key: &str, entry: Option<&[u8]>) -> Result<(), RestoreError> {
         self.aggregator.restore(key, entry)
     }
 

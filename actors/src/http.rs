@@ -15,9 +15,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::Semaphore;
 use wellspring_protocol::spec::{HttpTask, Method};
-use wellspring_protocol::{
-    SchemaSet, TaskOutcome, TaskRequest, TaskResult, TraceContext, Value, envelope::headers,
-};
+use wellspring_protocol::{SchemaSet, TaskOutcome, TaskRequest, TaskResult, TraceContext, Value};
 
 use crate::metrics::{Counter, Gauge, Histogram};
 use crate::telemetry;
@@ -239,10 +237,7 @@ impl HttpTaskRunner {
         // The deterministic id lets a service drop a repeated call.
         headers.push(("idempotency-key".into(), task.id.to_string()));
         if let Some(trace) = trace {
-            headers.push((headers::TRACEPARENT.into(), trace.traceparent.clone()));
-            if let Some(state) = &trace.tracestate {
-                headers.push((headers::TRACESTATE.into(), state.clone()));
-            }
+            telemetry::inject(trace, &mut telemetry::HttpHeaders(&mut headers));
         }
         Ok(HttpRequest {
             method: self.spec.method,

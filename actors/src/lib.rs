@@ -12,6 +12,10 @@
 //! network to microservices are seams ([`wellspring_log::Clock`], [`http::SharedRng`],
 //! [`http::HttpTransport`]) so the simulation harness can run this same code.
 
+// First: the other modules use its macro.
+#[macro_use]
+mod invariant;
+
 pub mod aggregation;
 pub mod dag;
 pub mod functions;
@@ -19,6 +23,7 @@ pub mod http;
 pub mod metadata;
 pub mod metrics;
 pub mod node;
+pub mod reader;
 pub mod routing;
 pub mod stage;
 pub mod supervision;

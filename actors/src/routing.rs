@@ -8,17 +8,66 @@
 //! - to a publish node: its external topic, as JSON, with the record's deterministic id
 //!   in the `wellspring-id` header.
 //!
-//! Internal topics carry [`Envelope`]s in the binary wire format.
+//! Internal topics carry [`Envelope`]s in the binary wire format ([`decode_envelope`]
+//! reads one back). What cannot be routed or read becomes a dead letter, naming where
+//! it came from ([`origin_of`]).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use wellspring_log::{ProducerRecord, partition_for_key};
+use wellspring_log::{LogRecord, ProducerRecord, partition_for_key};
 use wellspring_protocol::envelope::headers;
 use wellspring_protocol::{DeadLetter, Envelope, IncompleteRecord, MessageId, Origin, Value, wire};
 
-use crate::functions::GroupKeyFn;
+use crate::functions::{FunctionError, GroupKeyFn};
 use crate::metrics::Counter;
+use crate::telemetry;
+
+/// Why a record could not be routed (nothing of it was written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The operation reading `topic` cannot compute the record's group key; the
+    /// function's reason is the record's dead-letter reason.
+    #[error("{source}")]
+    GroupKey {
+        topic: Arc<str>,
+        #[source]
+        source: FunctionError,
+    },
+}
+
+impl RouteError {
+    /// Whether routing the record again can succeed: only when the key function said
+    /// so; a record it rejected is a dead letter.
+    pub fn retryable(&self) -> bool {
+        match self {
+            RouteError::GroupKey { source, .. } => source.retryable(),
+        }
+    }
+}
+
+/// Where a log record was read: what its dead letters name.
+pub fn origin_of(record: &LogRecord) -> Origin {
+    Origin {
+        topic: record.topic.to_string(),
+        partition: record.partition,
+        offset: record.offset,
+    }
+}
+
+/// The envelope an internal record carries, or the dead letter saying why it has none.
+pub fn decode_envelope(
+    record: &LogRecord,
+    dead: &DeadLetterWriter,
+) -> Result<Envelope, ProducerRecord> {
+    match record.value.as_deref().map(wire::decode) {
+        Some(Ok(envelope)) => Ok(envelope),
+        Some(Err(e)) => {
+            Err(dead.unreadable(format!("unreadable internal record: {e}"), record, None))
+        }
+        None => Err(dead.unreadable("the record has no value".into(), record, None)),
+    }
+}
 
 /// One destination of a node's output.
 pub enum Route {
@@ -52,16 +101,27 @@ impl Router {
     }
 
     /// Appends the records that carry `envelope` to every destination. Fails (writing
-    /// nothing) when a downstream operation cannot key the record: the reason is the
-    /// record's dead-letter reason.
-    pub fn route(&self, envelope: &Envelope, out: &mut Vec<ProducerRecord>) -> Result<(), String> {
+    /// nothing) when a downstream operation cannot key the record.
+    pub fn route(
+        &self,
+        envelope: &Envelope,
+        out: &mut Vec<ProducerRecord>,
+    ) -> Result<(), RouteError> {
         let mut keys = Vec::with_capacity(self.routes.len());
         for route in &self.routes {
             keys.push(match route {
                 Route::Shard {
+                    topic,
                     group_key: Some(group_key),
                     ..
-                } => Some(group_key(&envelope.key, &envelope.payload)?),
+                } => Some(
+                    group_key(&envelope.key, &envelope.payload).map_err(|source| {
+                        RouteError::GroupKey {
+                            topic: topic.clone(),
+                            source,
+                        }
+                    })?,
+                ),
                 _ => None,
             });
         }
@@ -91,10 +151,10 @@ impl Router {
                         ),
                     ];
                     if let Some(trace) = &envelope.trace {
-                        record_headers.push((
-                            headers::TRACEPARENT.to_owned(),
-                            Bytes::from(trace.traceparent.clone()),
-                        ));
+                        telemetry::inject(
+                            trace,
+                            &mut telemetry::RecordHeaders(&mut record_headers),
+                        );
                     }
                     out.push(ProducerRecord {
                         topic: topic.clone(),
@@ -107,6 +167,44 @@ impl Router {
             }
         }
         Ok(())
+    }
+}
+
+/// Where a DAG node's outputs go: its routes, its dead letters, and the count of what
+/// went out.
+#[derive(Clone)]
+pub struct Downstream {
+    pub router: Arc<Router>,
+    pub dead: DeadLetterWriter,
+    pub records_out: Counter,
+}
+
+impl Downstream {
+    /// Routes `envelope`, or writes it to the dead-letter topic (naming `origin` and
+    /// `attempts`) when it cannot be routed for good. An `Err` is a failure a retry can
+    /// help with: nothing was written.
+    pub fn send(
+        &self,
+        envelope: Envelope,
+        origin: Option<Origin>,
+        attempts: u32,
+        out: &mut Vec<ProducerRecord>,
+    ) -> Result<(), RouteError> {
+        match self.router.route(&envelope, out) {
+            Ok(()) => {
+                self.records_out.inc();
+                Ok(())
+            }
+            Err(e) if e.retryable() => Err(e),
+            Err(e) => {
+                let Envelope { key, payload, .. } = envelope;
+                out.push(
+                    self.dead
+                        .record(e.to_string(), origin, Some(key), payload, attempts),
+                );
+                Ok(())
+            }
+        }
     }
 }
 
@@ -164,21 +262,34 @@ impl DeadLetterWriter {
         }
     }
 
-    /// A dead letter for a raw log record that could not even be read.
+    /// A dead letter for a log record as it was read (its key, where it was read),
+    /// keeping `value` of it.
+    pub fn of_record(&self, reason: String, record: &LogRecord, value: Value) -> ProducerRecord {
+        let key = record
+            .key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned());
+        self.record(reason, Some(origin_of(record)), key, value, 0)
+    }
+
+    /// A dead letter for a log record that could not even be read, keeping `value` (the
+    /// record's bytes, or none) as text.
     pub fn unreadable(
         &self,
         reason: String,
-        origin: Origin,
-        key: Option<&[u8]>,
+        record: &LogRecord,
         value: Option<&[u8]>,
     ) -> ProducerRecord {
-        const KEEP: usize = 4096;
-        let text = value.map_or(Value::Null, |v| {
-            Value::String(String::from_utf8_lossy(&v[..v.len().min(KEEP)]).into_owned())
-        });
-        let key = key.map(|k| String::from_utf8_lossy(k).into_owned());
-        self.record(reason, Some(origin), key, text, 0)
+        self.of_record(reason, record, text_of(value))
     }
+}
+
+/// Bytes that could not be read, as the text a dead letter keeps of them (the start).
+pub fn text_of(value: Option<&[u8]>) -> Value {
+    const KEEP: usize = 4096;
+    value.map_or(Value::Null, |v| {
+        Value::String(String::from_utf8_lossy(&v[..v.len().min(KEEP)]).into_owned())
+    })
 }
 
 /// Writes `incomplete` records of one grouping.

@@ -12,6 +12,10 @@
 //! supervisor stops its other children and fails itself, so its own supervisor decides.
 //! At the top, a spent budget marks the component failed in [`Health`], and the node
 //! reports not-ready instead of dying.
+//!
+//! A child that fails in a way no restart mends ([`Exit::Unrecoverable`]: a topic that
+//! is gone, a partition that does not exist) is not restarted: its supervisor escalates
+//! at once, and the top gives up on it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use parking_lot::Mutex;
 use tokio::time::Instant;
+use wellspring_log::LogError;
 
 /// How a supervisor restarts failed children.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,7 +160,38 @@ impl Health {
 pub enum Exit {
     /// Asked to stop, and did.
     Normal,
+    /// Failed; a restart may mend it (its supervisor restarts it within the budget).
     Failed(String),
+    /// Failed in a way no restart mends: its supervisor gives up on it at once.
+    Unrecoverable(String),
+}
+
+impl Exit {
+    /// A failure: [`Exit::Failed`] when a restart can help, else [`Exit::Unrecoverable`].
+    pub fn failure(reason: impl Into<String>, retryable: bool) -> Self {
+        if retryable {
+            Exit::Failed(reason.into())
+        } else {
+            Exit::Unrecoverable(reason.into())
+        }
+    }
+}
+
+/// Whether doing again what failed with `error` can succeed: a log that is unreachable,
+/// a rebalance, a fenced incarnation or an aborted commit pass; a topic or partition
+/// that does not exist (or not as Wellspring needs it) and a consumer without a group
+/// stay as they are until an operator acts.
+pub fn log_error_is_transient(error: &LogError) -> bool {
+    match error {
+        LogError::NotAssigned(_)
+        | LogError::Fenced(_)
+        | LogError::Unreachable(_)
+        | LogError::Other(_) => true,
+        LogError::UnknownTopic(_)
+        | LogError::UnknownPartition { .. }
+        | LogError::TopicMismatch { .. }
+        | LogError::NoGroup(_) => false,
+    }
 }
 
 #[derive(Message, Debug, Clone)]
@@ -350,6 +386,19 @@ impl Supervisor {
             ctx.stop();
         }
     }
+
+    /// A child failed and its supervisor cannot go on without it: fail this supervisor
+    /// too (its own supervisor decides), stopping the other children first.
+    fn escalate(&mut self, path: &str, reason: String, why: String, retryable: bool) {
+        tracing::error!(supervisor = %self.name, "{why}; escalating");
+        self.health.set(path, ComponentState::Failed(reason));
+        self.health
+            .set(&self.name, ComponentState::Failed(why.clone()));
+        self.exit = Exit::failure(why, retryable);
+        // Stop the other children; the supervisor stops once they are down.
+        self.shutting_down = true;
+        self.stop_all();
+    }
 }
 
 impl Actor for Supervisor {
@@ -402,8 +451,20 @@ impl Handler<ChildExited> for Supervisor {
             Exit::Normal => {
                 self.health.set(&path, ComponentState::Stopped);
             }
-            Exit::Failed(_) if self.shutting_down => {
+            Exit::Failed(_) | Exit::Unrecoverable(_) if self.shutting_down => {
                 self.health.set(&path, ComponentState::Stopped);
+            }
+            // No restart mends it: the budget does not matter.
+            Exit::Unrecoverable(reason) if !self.escalate => {
+                tracing::error!(supervisor = %self.name, child = %msg.name, %reason, "child failed, and no restart can mend it; it stays stopped");
+                self.health.set(
+                    &path,
+                    ComponentState::GaveUp(format!("no restart can mend it: {reason}")),
+                );
+            }
+            Exit::Unrecoverable(reason) => {
+                let why = format!("{} failed, and no restart can mend it: {reason}", msg.name);
+                self.escalate(&path, reason, why, false);
             }
             Exit::Failed(reason) => match child.tracker.on_failure(Instant::now()) {
                 RestartDecision::RestartAfter(delay) => {
@@ -432,14 +493,9 @@ impl Handler<ChildExited> for Supervisor {
                         "{} failed {failures} times within {:?}; last: {reason}",
                         msg.name, self.policy.window
                     );
-                    tracing::error!(supervisor = %self.name, "{why}; escalating");
-                    self.health.set(&path, ComponentState::Failed(reason));
-                    self.health
-                        .set(&self.name, ComponentState::Failed(why.clone()));
-                    self.exit = Exit::Failed(why);
-                    // Stop the other children; the supervisor stops once they are down.
-                    self.shutting_down = true;
-                    self.stop_all();
+                    // A restart of the whole may still mend what a restart of the part
+                    // did not.
+                    self.escalate(&path, reason, why, true);
                 }
             },
         }

@@ -6,6 +6,10 @@
 //! low for the whole cool-down (the highest demand seen within it wins, as Kubernetes' own
 //! HorizontalPodAutoscaler stabilises), so a backlog that comes and goes does not make
 //! workers come and go with it.
+//!
+//! A demand that cannot be read now ([`DemandError::retryable`]) fails the round, and
+//! the next round asks again; one the task store refuses outright is not asked again
+//! this term: the autoscaler gives up until this node leads anew.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
@@ -52,11 +56,30 @@ pub struct GroupDemand {
     pub max: u32,
 }
 
+/// Why the demand for workers could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DemandError {
+    /// Not now (a task shard moving to another node, a node restarting): a later round
+    /// can read it.
+    #[error("group {group:?}: {reason}")]
+    Unavailable { group: String, reason: String },
+    /// The task store refused the question itself: asking again the same way cannot help.
+    #[error("group {group:?}: {reason} (refused)")]
+    Refused { group: String, reason: String },
+}
+
+impl DemandError {
+    /// Whether a later round can read the demand.
+    pub fn retryable(&self) -> bool {
+        matches!(self, DemandError::Unavailable { .. })
+    }
+}
+
 /// The task store, as the autoscaler sees it.
 #[async_trait]
 pub trait WorkerDemand: Send + Sync {
     /// Every group that has a worker Deployment or Job template, with its demand now.
-    async fn demands(&self) -> Result<Vec<GroupDemand>, String>;
+    async fn demands(&self) -> Result<Vec<GroupDemand>, DemandError>;
 }
 
 /// The cool-down: the highest demand within the window, and no scaling down before a
@@ -266,6 +289,8 @@ pub struct Autoscaler {
     stabilizers: BTreeMap<String, Stabilizer>,
     /// Groups whose template is missing, warned about once.
     warned: BTreeMap<String, String>,
+    /// Set when the task store refused to give its demand: no round asks again this term.
+    refused: Option<DemandError>,
 }
 
 impl Autoscaler {
@@ -284,17 +309,34 @@ impl Autoscaler {
             cooldown,
             stabilizers: BTreeMap::new(),
             warned: BTreeMap::new(),
+            refused: None,
         }
     }
 
     /// Forgets the demand seen so far (leadership lost: the next term starts afresh).
     pub fn reset(&mut self) {
         self.stabilizers.clear();
+        self.refused = None;
     }
 
-    /// One round over every group; answers the groups whose worker count changed.
+    /// One round over every group; answers the groups whose worker count changed. Once
+    /// the task store has refused to give its demand, rounds scale nothing until
+    /// [`Autoscaler::reset`].
     pub async fn round(&mut self, demand: &dyn WorkerDemand) -> Result<Vec<Scaled>, KubeError> {
-        let demands = demand.demands().await.map_err(KubeError::Demand)?;
+        if self.refused.is_some() {
+            return Ok(Vec::new());
+        }
+        let demands = match demand.demands().await {
+            Ok(demands) => demands,
+            Err(e) if e.retryable() => return Err(KubeError::Demand(e)),
+            Err(e) => {
+                tracing::error!(
+                    "the task store refused to give its demand for workers ({e}); no workers are scaled until this node leads again"
+                );
+                self.refused = Some(e.clone());
+                return Err(KubeError::Demand(e));
+            }
+        };
         let mut changed = Vec::new();
         let mut failures = Vec::new();
         for group in demands {

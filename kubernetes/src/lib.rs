@@ -23,7 +23,9 @@ use kube::Api;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use autoscale::{Autoscaler, GroupDemand, JobTemplates, Scaled, WorkerDemand, Workers};
+pub use autoscale::{
+    Autoscaler, DemandError, GroupDemand, JobTemplates, Scaled, WorkerDemand, Workers,
+};
 pub use lease::{LeaderElector, LeaseSettings};
 pub use pod_loss::PeerLoss;
 
@@ -38,7 +40,7 @@ pub enum KubeError {
     #[error("worker Job template {path}: {reason}")]
     Templates { path: String, reason: String },
     #[error("cannot read the task store's demand for workers: {0}")]
-    Demand(String),
+    Demand(#[source] DemandError),
     #[error("scaling workers: {0}")]
     Scaling(String),
     #[error("the Kubernetes API did not answer within {0:?}")]

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use wellspring_fake_kube::FakeKube;
 use wellspring_kube::autoscale::{ENV_GROUP, ENV_URL, GROUP_ANNOTATION, group_label};
 use wellspring_kube::{
-    Autoscaler, GroupDemand, Integration, JobTemplates, KubeSettings, LeaseSettings, PeerLoss,
-    WorkerDemand, Workers,
+    Autoscaler, DemandError, GroupDemand, Integration, JobTemplates, KubeSettings, LeaseSettings,
+    PeerLoss, WorkerDemand, Workers,
 };
 
 const JOBS: &str = "/apis/batch/v1/namespaces/lab/jobs";
@@ -41,6 +41,11 @@ fn templates() -> Arc<JobTemplates> {
     Arc::new(templates)
 }
 
+/// An autoscaler in namespace `lab` whose workers reach the task store at `ws:8080`.
+fn scaler(kube: &FakeKube, cooldown: Duration) -> Autoscaler {
+    Autoscaler::new(client(kube), "lab", "http://ws:8080", templates(), cooldown)
+}
+
 /// A demand the test sets.
 #[derive(Clone)]
 struct Demand(Arc<Mutex<Vec<GroupDemand>>>);
@@ -63,7 +68,7 @@ impl Demand {
 
 #[async_trait]
 impl WorkerDemand for Demand {
-    async fn demands(&self) -> Result<Vec<GroupDemand>, String> {
+    async fn demands(&self) -> Result<Vec<GroupDemand>, DemandError> {
         Ok(self.0.lock().clone())
     }
 }
@@ -173,13 +178,7 @@ async fn the_workers_go_down_only_after_the_cooldown() {
     let kube = FakeKube::start().expect("the fake API");
     let demand = Demand::new(Workers::Jobs("plate-worker".into()), 4);
     let cooldown = Duration::from_millis(1500);
-    let mut scaler = Autoscaler::new(
-        client(&kube),
-        "lab",
-        "http://ws:8080",
-        templates(),
-        cooldown,
-    );
+    let mut scaler = scaler(&kube, cooldown);
     scaler.round(&demand).await.expect("a round");
     assert_eq!(active_jobs(&kube).len(), 4);
     demand.set(0);
@@ -213,13 +212,7 @@ async fn a_worker_deployment_is_scaled_through_its_scale_subresource() {
                                      "spec": {"containers": [{"name": "w", "image": "w"}]}}}}),
     );
     let demand = Demand::new(Workers::Deployment("plate-workers".into()), 6);
-    let mut scaler = Autoscaler::new(
-        client(&kube),
-        "lab",
-        "http://ws:8080",
-        templates(),
-        Duration::ZERO,
-    );
+    let mut scaler = scaler(&kube, Duration::ZERO);
     let changed = scaler.round(&demand).await.expect("a round");
     assert_eq!((changed[0].from, changed[0].to), (1, 6));
     let replicas = |kube: &FakeKube| {
@@ -242,6 +235,72 @@ async fn a_worker_deployment_is_scaled_through_its_scale_subresource() {
         .await
         .expect_err("no such Deployment");
     assert!(error.to_string().contains(GROUP), "{error}");
+}
+
+/// A demand that answers from a script, counting the questions.
+struct Scripted {
+    answers: Mutex<Vec<Result<Vec<GroupDemand>, DemandError>>>,
+    asked: Mutex<u32>,
+}
+
+#[async_trait]
+impl WorkerDemand for Scripted {
+    async fn demands(&self) -> Result<Vec<GroupDemand>, DemandError> {
+        *self.asked.lock() += 1;
+        let mut answers = self.answers.lock();
+        if answers.is_empty() {
+            Ok(Vec::new())
+        } else {
+            answers.remove(0)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demand_unavailable_now_is_asked_again_and_a_refused_one_not_this_term() {
+    let kube = FakeKube::start().expect("the fake API");
+    let mut scaler = scaler(&kube, Duration::ZERO);
+    let wanted = Demand::new(Workers::Jobs("plate-worker".into()), 2)
+        .0
+        .lock()
+        .clone();
+    let unavailable = DemandError::Unavailable {
+        group: GROUP.into(),
+        reason: "a task shard is restarting; retry".into(),
+    };
+    let demand = Scripted {
+        answers: Mutex::new(vec![Err(unavailable), Ok(wanted.clone())]),
+        asked: Mutex::new(0),
+    };
+    let error = scaler.round(&demand).await.expect_err("not now");
+    assert!(error.to_string().contains("restarting"), "{error}");
+    let changed = scaler
+        .round(&demand)
+        .await
+        .expect("the next round reads it");
+    assert_eq!((changed[0].from, changed[0].to), (0, 2));
+    assert_eq!(*demand.asked.lock(), 2);
+
+    let refused = DemandError::Refused {
+        group: GROUP.into(),
+        reason: "group settings are invalid".into(),
+    };
+    let demand = Scripted {
+        answers: Mutex::new(vec![Err(refused), Ok(wanted)]),
+        asked: Mutex::new(0),
+    };
+    scaler.round(&demand).await.expect_err("refused");
+    assert!(scaler.round(&demand).await.expect("a round").is_empty());
+    assert_eq!(
+        *demand.asked.lock(),
+        1,
+        "a refused demand is not asked again this term"
+    );
+    assert_eq!(active_jobs(&kube).len(), 2, "nothing was scaled meanwhile");
+    // A new term asks again.
+    scaler.reset();
+    scaler.round(&demand).await.expect("a round");
+    assert_eq!(*demand.asked.lock(), 2);
 }
 
 struct NoPeers;

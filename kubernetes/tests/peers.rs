@@ -132,7 +132,9 @@ struct NoDemand;
 
 #[async_trait]
 impl wellspring_kube::WorkerDemand for NoDemand {
-    async fn demands(&self) -> Result<Vec<wellspring_kube::GroupDemand>, String> {
+    async fn demands(
+        &self,
+    ) -> Result<Vec<wellspring_kube::GroupDemand>, wellspring_kube::DemandError> {
         Ok(Vec::new())
     }
 }

@@ -11,8 +11,8 @@ use clap::Args;
 use wellspring_actors::metrics::Gauge;
 use wellspring_actors::taskstore::{Scope, TaskStore};
 use wellspring_kube::{
-    GroupDemand, Integration, JobTemplates, KubeSettings, LeaseSettings, PeerLoss, WorkerDemand,
-    Workers,
+    DemandError, GroupDemand, Integration, JobTemplates, KubeSettings, LeaseSettings, PeerLoss,
+    WorkerDemand, Workers,
 };
 use wellspring_log::Log;
 use wellspring_protocol::spec::parse_duration_text;
@@ -121,7 +121,7 @@ pub struct TaskStoreDemand(pub TaskStore);
 
 #[async_trait]
 impl WorkerDemand for TaskStoreDemand {
-    async fn demands(&self) -> Result<Vec<GroupDemand>, String> {
+    async fn demands(&self) -> Result<Vec<GroupDemand>, DemandError> {
         let mut out = Vec::new();
         for group in self.0.groups() {
             let workers = match (&group.worker_deployment, &group.worker_job) {
@@ -133,7 +133,15 @@ impl WorkerDemand for TaskStoreDemand {
                 .0
                 .stats(&group.name, Scope::Cluster)
                 .await
-                .map_err(|e| format!("group {:?}: {e}", group.name))?;
+                .map_err(|e| {
+                    let (group, reason) = (group.name.clone(), e.to_string());
+                    // 5xx: a shard moving or restarting, a peer down; 4xx: the question.
+                    if e.http_status() >= 500 {
+                        DemandError::Unavailable { group, reason }
+                    } else {
+                        DemandError::Refused { group, reason }
+                    }
+                })?;
             out.push(GroupDemand {
                 group: group.name.clone(),
                 workers,

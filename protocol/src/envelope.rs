@@ -63,7 +63,8 @@ impl fmt::Debug for MessageId {
     }
 }
 
-/// W3C trace context (`traceparent`, optional `tracestate`).
+/// W3C trace context (`traceparent`, optional `tracestate`), as the envelope carries it:
+/// the data only (reading and writing it is the actors' telemetry).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceContext {
     pub traceparent: String,
@@ -132,13 +133,12 @@ impl Envelope {
     }
 }
 
-/// Names of the log record headers Wellspring writes on every output record.
+/// Names of the log record headers Wellspring writes on every output record. (A traced
+/// record also carries the W3C trace context headers, `traceparent` and `tracestate`,
+/// which OpenTelemetry's propagator names and writes.)
 pub mod headers {
     /// The record's deterministic id: consumers drop repeats by it.
     pub const ID: &str = "wellspring-id";
-    /// W3C trace context.
-    pub const TRACEPARENT: &str = "traceparent";
-    pub const TRACESTATE: &str = "tracestate";
     /// The DAG node that produced the record.
     pub const NODE: &str = "wellspring-node";
 }

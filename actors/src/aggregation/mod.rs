@@ -91,6 +91,19 @@ pub enum Rejection {
     Conflict(String),
 }
 
+/// Why a changelog entry could not be restored (the shard skips it).
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("changelog key {key:?} is not a {level} key")]
+    Key { key: String, level: &'static str },
+    #[error("changelog entry of {key}: {source}")]
+    Entry {
+        key: String,
+        #[source]
+        source: wire::WireError,
+    },
+}
+
 /// Something the aggregator wants written.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Emitted<K, O> {
@@ -155,7 +168,10 @@ impl Default for AggregatorConfig {
 /// The aggregates of one level in one shard.
 pub struct Aggregator<L: Level> {
     config: AggregatorConfig,
+    /// Never shares a key with `closed`: a key opens only when it is not closed.
     open: FxHashMap<L::Key, Open<L::Child>>,
+    /// When each emitted aggregate closed, by key: what makes it emitted once. (Re-runs
+    /// of an experiment will add a generation to the key here.)
     closed: FxHashMap<L::Key, i64>,
     /// Open aggregates whose experiment had no layout when they opened.
     awaiting_layout: FxHashMap<ExperimentId, Vec<L::Key>>,
@@ -264,15 +280,22 @@ impl<L: Level> Aggregator<L> {
         Ok(Ingested::Accepted)
     }
 
+    /// Emits the open aggregate `key` and remembers it as closed.
     fn close(&mut self, key: L::Key, now_ms: i64, out: &mut Vec<Emitted<L::Key, L::Output>>) {
-        if let Some(open) = self.open.remove(&key) {
-            let output = L::build(&key, open.provenance, open.children);
-            out.push(Emitted::Complete {
-                key: key.clone(),
-                output,
-            });
-        }
-        self.closed.insert(key.clone(), now_ms);
+        let Some(open) = self.open.remove(&key) else {
+            return;
+        };
+        let closed_before = self.closed.insert(key.clone(), now_ms);
+        invariant!(
+            closed_before.is_none(),
+            "the {} aggregate {key} is emitted twice: it closed at {closed_before:?} ms and again at {now_ms} ms",
+            L::NAME
+        );
+        let output = L::build(&key, open.provenance, open.children);
+        out.push(Emitted::Complete {
+            key: key.clone(),
+            output,
+        });
         self.dirty.push(key);
     }
 
@@ -448,16 +471,18 @@ impl<L: Level> Aggregator<L> {
     }
 
     /// Applies one changelog entry (restoring a shard). The last entry of a key wins.
-    pub fn restore(&mut self, key: &str, entry: Option<&[u8]>) -> Result<(), String> {
-        let key: L::Key = key
-            .parse()
-            .map_err(|_| format!("changelog key {key:?} is not a {} key", L::NAME))?;
+    pub fn restore(&mut self, key: &str, entry: Option<&[u8]>) -> Result<(), RestoreError> {
+        let key: L::Key = key.parse().map_err(|_| RestoreError::Key {
+            key: key.to_owned(),
+            level: L::NAME,
+        })?;
         self.open.remove(&key);
         self.closed.remove(&key);
         let Some(bytes) = entry else { return Ok(()) };
-        match wire::decode::<StateEntry<L::Child>>(bytes)
-            .map_err(|e| format!("changelog entry of {key}: {e}"))?
-        {
+        match wire::decode::<StateEntry<L::Child>>(bytes).map_err(|source| RestoreError::Entry {
+            key: key.to_string(),
+            source,
+        })? {
             StateEntry::Open {
                 cell_type,
                 plate_barcode,

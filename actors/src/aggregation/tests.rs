@@ -329,3 +329,19 @@ fn closed_aggregates_are_forgotten_after_the_retention() {
         "a tombstone for the forgotten key"
     );
 }
+
+#[test]
+#[should_panic(expected = "the site aggregate EXP-T/1/B02/1 is emitted twice")]
+fn an_aggregate_emitted_twice_is_caught() {
+    let layout = synthetic::layout("EXP-T", 1, 1, 1, 2).unwrap();
+    let known = layouts_of(&layout);
+    let mut images = synthetic::images(&layout, "HUVEC");
+    let mut aggregator = Aggregator::<SiteLevel>::new(AggregatorConfig::default());
+    let mut out = Vec::new();
+    let first = images.remove(0);
+    let key = SiteLevel::key(&first);
+    aggregator.ingest(first, &known, 0, &mut out).unwrap();
+    // A bug that lets a closed key open again (here: the memory of it, forced).
+    aggregator.closed.insert(key, 0);
+    let _ = aggregator.ingest(images.remove(0), &known, 1, &mut out);
+}

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
 use async_trait::async_trait;
@@ -15,19 +14,18 @@ use bytes::Bytes;
 use opentelemetry::trace::{SpanContext, SpanKind};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use wellspring_log::{
-    Clock, ConsumerConfig, Log, LogRecord, NoListener, ProducerRecord, TopicPartition,
-};
-use wellspring_protocol::{Envelope, ExperimentId, MessageId, Origin, TraceContext, Value, wire};
+use wellspring_log::{Clock, Log, LogRecord, ProducerRecord, TopicPartition};
+use wellspring_protocol::{Envelope, ExperimentId, MessageId, Origin, TraceContext, Value};
 
-use super::shard::{RecordProcessor, SyncShard};
-use super::{ShardFactory, ShardRequest};
+use super::restore::restore;
+use super::shard::{RecordProcessor, RetryLater, SyncShard};
+use super::{ShardFactory, ShardRequest, StartError};
 use crate::functions::{
-    FunctionContext, FunctionDef, FunctionOutput, FunctionParams, StreamFunction,
+    FunctionContext, FunctionDef, FunctionError, FunctionOutput, FunctionParams, StreamFunction,
 };
 use crate::metadata::{LayoutArrived, MetadataTable, Snapshot};
 use crate::metrics::{Counter, Gauge};
-use crate::routing::{DeadLetterWriter, IncompleteWriter, Router};
+use crate::routing::{Downstream, IncompleteWriter, decode_envelope, origin_of};
 use crate::telemetry;
 
 /// Starts grouping shards of one stream-operation node.
@@ -40,72 +38,13 @@ pub struct GroupingFactory {
     pub log: Arc<dyn Log>,
     pub table: MetadataTable,
     pub clock: Arc<dyn Clock>,
-    pub router: Arc<Router>,
-    pub dead: DeadLetterWriter,
+    pub downstream: Downstream,
     pub incomplete: IncompleteWriter,
     pub records_in: Counter,
-    pub records_out: Counter,
     pub duplicates: Counter,
     pub panics: Counter,
     pub open: Gauge,
     pub mailbox: usize,
-}
-
-/// A changelog restore that makes no progress for this long fails (and is retried).
-const RESTORE_STALL: Duration = Duration::from_secs(30);
-
-impl GroupingFactory {
-    async fn restore(
-        &self,
-        partition: u32,
-        function: &mut dyn StreamFunction,
-    ) -> Result<u64, String> {
-        let changelog = TopicPartition::new(self.changelog_topic.clone(), partition);
-        let end = self
-            .log
-            .end_offset(&changelog)
-            .await
-            .map_err(|e| format!("reading the end of {changelog}: {e}"))?;
-        if end == 0 {
-            return Ok(0);
-        }
-        let mut consumer = self
-            .log
-            .consumer(ConsumerConfig::assign(
-                format!("restore-{}-{partition}", self.node),
-                vec![(changelog.clone(), Some(0))],
-            ))
-            .map_err(|e| e.to_string())?;
-        let mut applied = 0u64;
-        let mut last_progress = Instant::now();
-        loop {
-            let records = consumer
-                .poll(&mut NoListener, 10_000, Duration::from_millis(200))
-                .await
-                .map_err(|e| format!("reading {changelog}: {e}"))?;
-            for record in &records {
-                let key =
-                    String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
-                if let Err(e) = function.restore(&key, record.value.as_deref()) {
-                    tracing::warn!(changelog = %changelog, offset = record.offset, "skipping an unreadable changelog entry: {e}");
-                }
-                applied += 1;
-            }
-            // Read to the end of what is committed (offsets alone cannot tell: Kafka's
-            // transaction markers take offsets no record is delivered for).
-            if consumer.caught_up(&changelog) {
-                return Ok(applied);
-            }
-            if records.is_empty() && last_progress.elapsed() > RESTORE_STALL {
-                return Err(format!(
-                    "restoring from {changelog} stalled before offset {end}"
-                ));
-            }
-            if !records.is_empty() {
-                last_progress = Instant::now();
-            }
-        }
-    }
 }
 
 #[async_trait(?Send)]
@@ -114,22 +53,34 @@ impl ShardFactory for GroupingFactory {
         &self,
         partition: &TopicPartition,
         waker: Arc<Notify>,
-    ) -> Result<Recipient<ShardRequest>, String> {
+    ) -> Result<Recipient<ShardRequest>, StartError> {
         let started = Instant::now();
         let mut function = (self.function.create)(&self.params);
-        let entries = self.restore(partition.partition, function.as_mut()).await?;
+        let changelog = TopicPartition::new(self.changelog_topic.clone(), partition.partition);
+        let restored = restore(
+            self.log.as_ref(),
+            &changelog,
+            format!("restore-{}-{}", self.node, partition.partition),
+            |record| {
+                let key =
+                    String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
+                if let Err(e) = function.restore(&key, record.value.as_deref()) {
+                    tracing::warn!(changelog = %changelog, offset = record.offset, "skipping an unreadable changelog entry: {e}");
+                }
+            },
+        )
+        .await?;
         let mut processor = GroupingProcessor {
             dag: self.dag.clone(),
             node: self.node.clone(),
-            changelog: TopicPartition::new(self.changelog_topic.clone(), partition.partition),
+            changelog,
             function,
+            retry: None,
             table: self.table.clone(),
             clock: self.clock.clone(),
-            router: self.router.clone(),
-            dead: self.dead.clone(),
+            downstream: self.downstream.clone(),
             incomplete: self.incomplete.clone(),
             records_in: self.records_in.clone(),
-            records_out: self.records_out.clone(),
             duplicates: self.duplicates.clone(),
             open: self.open.clone(),
             open_reported: 0,
@@ -139,10 +90,10 @@ impl ShardFactory for GroupingFactory {
         };
         let mut initial = Vec::new();
         processor.with_function(None, &mut initial, |f, ctx| f.restored(ctx));
-        if entries > 0 {
+        if restored.records > 0 {
             tracing::info!(
                 shard = %format!("{}/{}/{partition}", self.dag, self.node),
-                entries,
+                entries = restored.records,
                 open = processor.function.open_count(),
                 took = ?started.elapsed(),
                 "restored from the changelog"
@@ -151,6 +102,7 @@ impl ShardFactory for GroupingFactory {
         let name = format!("{}/{}/{partition}", self.dag, self.node);
         let addr = SyncShard::new(
             name,
+            partition.clone(),
             processor,
             initial,
             waker,
@@ -169,13 +121,14 @@ pub struct GroupingProcessor {
     node: Arc<str>,
     changelog: TopicPartition,
     function: Box<dyn StreamFunction>,
+    /// Set when an output of the record being processed could not be routed now, but
+    /// could later: the record is read again.
+    retry: Option<RetryLater>,
     table: MetadataTable,
     clock: Arc<dyn Clock>,
-    router: Arc<Router>,
-    dead: DeadLetterWriter,
+    downstream: Downstream,
     incomplete: IncompleteWriter,
     records_in: Counter,
-    records_out: Counter,
     duplicates: Counter,
     open: Gauge,
     /// This shard's share of the open-aggregates gauge.
@@ -188,6 +141,9 @@ pub struct GroupingProcessor {
     /// aggregate it completes).
     current: Option<TraceContext>,
 }
+
+/// What a grouping's spans name as their actor.
+const ACTOR: &str = "grouping shard";
 
 /// Links kept per aggregate: a well has 4 sites and a plate 308 wells; beyond this many
 /// (duplicates), the rest are dropped rather than let one key grow without bound.
@@ -236,28 +192,15 @@ impl GroupingProcessor {
                     let span = telemetry::start(
                         "wellspring.aggregate",
                         SpanKind::Internal,
-                        telemetry::About {
-                            actor: "grouping shard",
-                            dag: &self.dag,
-                            node: &self.node,
-                            key: &envelope.key,
-                            attempt: envelope.attempt,
-                        },
+                        telemetry::About::envelope(ACTOR, &self.dag, &self.node, &envelope),
                         self.current.as_ref(),
                         links,
                     );
                     envelope.trace = span.trace();
                     span
                 });
-                match self.router.route(&envelope, out) {
-                    Ok(()) => self.records_out.inc(),
-                    Err(reason) => {
-                        let Envelope { key, payload, .. } = envelope;
-                        out.push(
-                            self.dead
-                                .record(reason, origin.cloned(), Some(key), payload, 0),
-                        );
-                    }
+                if let Err(e) = self.downstream.send(envelope, origin.cloned(), 0, out) {
+                    self.retry.get_or_insert(RetryLater(e.to_string()));
                 }
             }
             FunctionOutput::Incomplete(record) => {
@@ -265,57 +208,39 @@ impl GroupingProcessor {
                 out.push(self.incomplete.record(&record))
             }
             FunctionOutput::Reject { key, reason } => {
-                out.push(
-                    self.dead
-                        .record(reason, origin.cloned(), Some(key), Value::Null, 0),
-                );
+                out.push(self.downstream.dead.record(
+                    reason,
+                    origin.cloned(),
+                    Some(key),
+                    Value::Null,
+                    0,
+                ));
             }
         }
     }
 }
 
 impl RecordProcessor for GroupingProcessor {
-    fn process(&mut self, record: &LogRecord, out: &mut Vec<ProducerRecord>) {
+    fn process(
+        &mut self,
+        record: &LogRecord,
+        out: &mut Vec<ProducerRecord>,
+    ) -> Result<(), RetryLater> {
         self.records_in.inc();
-        let here = Origin {
-            topic: record.topic.to_string(),
-            partition: record.partition,
-            offset: record.offset,
-        };
-        let envelope: Envelope = match record.value.as_deref().map(wire::decode) {
-            Some(Ok(envelope)) => envelope,
-            Some(Err(e)) => {
-                out.push(self.dead.unreadable(
-                    format!("unreadable internal record: {e}"),
-                    here,
-                    record.key.as_deref(),
-                    None,
-                ));
-                return;
-            }
-            None => {
-                out.push(self.dead.unreadable(
-                    "the record has no value".into(),
-                    here,
-                    record.key.as_deref(),
-                    None,
-                ));
-                return;
+        let envelope = match decode_envelope(record, &self.downstream.dead) {
+            Ok(envelope) => envelope,
+            Err(letter) => {
+                out.push(letter);
+                return Ok(());
             }
         };
         // Dead letters name where the record first entered the engine.
-        let origin = envelope.origin.clone().unwrap_or(here);
+        let origin = envelope.origin.clone().unwrap_or_else(|| origin_of(record));
         let _span = telemetry::enabled().then(|| {
             let span = telemetry::start(
                 "wellspring.group",
                 SpanKind::Consumer,
-                telemetry::About {
-                    actor: "grouping shard",
-                    dag: &self.dag,
-                    node: &self.node,
-                    key: &envelope.key,
-                    attempt: envelope.attempt,
-                },
+                telemetry::About::envelope(ACTOR, &self.dag, &self.node, &envelope),
                 envelope.trace.as_ref(),
                 Vec::new(),
             );
@@ -329,26 +254,38 @@ impl RecordProcessor for GroupingProcessor {
             self.current = span.trace();
             span
         });
-        let mut rejected = None;
+        let mut refused = None;
         self.with_function(Some(&origin), out, |f, ctx| {
-            if let Err(reason) = f.process(&envelope.key, &envelope.payload, ctx) {
-                rejected = Some(reason);
+            if let Err(e) = f.process(&envelope.key, &envelope.payload, ctx) {
+                refused = Some(e);
             }
         });
         self.current = None;
-        if let Some(reason) = rejected {
-            out.push(self.dead.record(
-                reason,
-                Some(origin),
-                Some(envelope.key),
-                envelope.payload,
-                0,
-            ));
+        if let Some(retry) = self.retry.take() {
+            return Err(retry);
+        }
+        match refused {
+            None => Ok(()),
+            Some(FunctionError::Unavailable(why)) => Err(RetryLater(why)),
+            Some(rejected @ FunctionError::Rejected(_)) => {
+                out.push(self.downstream.dead.record(
+                    rejected.to_string(),
+                    Some(origin),
+                    Some(envelope.key),
+                    envelope.payload,
+                    0,
+                ));
+                Ok(())
+            }
         }
     }
 
-    fn drain(&mut self, out: &mut Vec<ProducerRecord>) {
+    fn drain(&mut self, out: &mut Vec<ProducerRecord>) -> Result<(), RetryLater> {
         self.with_function(None, out, |f, ctx| f.tick(ctx));
+        // Also what a layout's arrival or the restore emitted since the last drain.
+        if let Some(retry) = self.retry.take() {
+            return Err(retry);
+        }
         for (key, state) in self.function.take_changes() {
             out.push(ProducerRecord {
                 topic: self.changelog.topic.clone(),
@@ -361,6 +298,7 @@ impl RecordProcessor for GroupingProcessor {
         let open = self.function.open_count() as i64;
         self.open.add(open - self.open_reported);
         self.open_reported = open;
+        Ok(())
     }
 
     fn layout_arrived(&mut self, experiment: &ExperimentId, out: &mut Vec<ProducerRecord>) {

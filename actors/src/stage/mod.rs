@@ -18,15 +18,20 @@
 //! last commit. The record it failed on is remembered as poison and goes to the
 //! dead-letter topic on replay, so a bad record never stalls its partition. More
 //! failures than the budget allows escalate: the stage fails and its DAG supervisor
-//! restarts it.
+//! restarts it. What cannot succeed however often it is retried (a partition that does
+//! not exist) is not retried: the stage fails at once as unrecoverable ([`error`]).
 
+pub mod error;
 mod grouping;
 mod relay;
+pub(crate) mod restore;
+mod set;
 mod shard;
 mod source;
 mod task;
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -34,19 +39,18 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use wellspring_log::{
-    Assigned, CommitBatch, Consumer, ConsumerConfig, LogError, LogRecord, Offset, ProducerRecord,
-    RebalanceListener, TopicPartition,
+    CommitBatch, Consumer, ConsumerConfig, LogError, LogRecord, Offset, ProducerRecord,
+    TopicPartition,
 };
-use wellspring_protocol::Origin;
 
 use crate::routing::DeadLetterWriter;
-use crate::supervision::{
-    ChildLink, Exit, RestartDecision, RestartPolicy, RestartTracker, StopChild,
-};
+use crate::supervision::{ChildLink, Exit, RestartPolicy, StopChild};
+use set::{ShardSet, ShardState, Slot};
 
+pub use error::{CommitError, StageError, StartError};
 pub use grouping::GroupingFactory;
 pub use relay::RelayFactory;
-pub use shard::{RecordProcessor, SyncShard};
+pub use shard::{RecordProcessor, RetryLater, SyncShard};
 pub use source::SourceFactory;
 pub use task::TaskFactory;
 
@@ -62,14 +66,14 @@ pub struct ShardOutput {
 }
 
 /// A callback told the outcome of a commit.
-pub struct Ack(Box<dyn FnOnce(Result<(), String>) + Send>);
+pub struct Ack(Box<dyn FnOnce(Result<(), CommitError>) + Send>);
 
 impl Ack {
-    pub fn new(f: impl FnOnce(Result<(), String>) + Send + 'static) -> Self {
+    pub fn new(f: impl FnOnce(Result<(), CommitError>) + Send + 'static) -> Self {
         Self(Box::new(f))
     }
 
-    pub fn send(self, outcome: Result<(), String>) {
+    pub fn send(self, outcome: Result<(), CommitError>) {
         (self.0)(outcome)
     }
 }
@@ -80,10 +84,12 @@ impl std::fmt::Debug for Ack {
     }
 }
 
-/// Why a shard failed.
+/// Why a shard failed. Either way it restarts (after a back-off, within its budget).
 #[derive(Debug, Clone)]
 pub struct ShardFailure {
-    /// The record it failed on, if one.
+    /// The record it failed on when reading it again cannot help (it panicked): the
+    /// record goes to the dead-letter topic on replay. `None`: replay it all (the shard
+    /// died, or a record asked to be read again).
     pub offset: Option<Offset>,
     pub reason: String,
 }
@@ -109,7 +115,7 @@ pub trait ShardFactory {
         &self,
         partition: &TopicPartition,
         waker: Arc<Notify>,
-    ) -> Result<Recipient<ShardRequest>, String>;
+    ) -> Result<Recipient<ShardRequest>, StartError>;
 }
 
 /// How a stage reads and commits.
@@ -118,256 +124,6 @@ pub struct StageSettings {
     pub max_records: usize,
     pub max_wait: std::time::Duration,
     pub shard_restart: RestartPolicy,
-}
-
-enum Slot {
-    Running(Recipient<ShardRequest>),
-    /// Failed; to be started again at `until`.
-    Down {
-        until: Instant,
-        reason: String,
-    },
-}
-
-struct ShardState {
-    slot: Slot,
-    tracker: RestartTracker,
-    /// Where the partition was assigned from, for rewinding when nothing was committed.
-    assigned_at: Offset,
-    /// Records that made the shard fail, by offset, with the reason.
-    poison: BTreeMap<Offset, String>,
-}
-
-/// The shards of a stage; the rebalance listener of its consumer.
-pub struct ShardSet {
-    name: String,
-    factory: Rc<dyn ShardFactory>,
-    settings: StageSettings,
-    dead: DeadLetterWriter,
-    waker: Arc<Notify>,
-    shards: BTreeMap<TopicPartition, ShardState>,
-    /// Set when a shard's restart budget is spent: the stage must fail.
-    escalation: Option<String>,
-    restarts: crate::metrics::Counter,
-    /// The partitions this stage owns on this node.
-    owned: crate::metrics::OwnedShards,
-}
-
-impl Drop for ShardSet {
-    /// The stage is gone (failed, or stopped): its shards stop too. A shard that others
-    /// can still reach (a task-store shard is registered for the API) must not go on
-    /// answering from memory that no commit will ever make durable (found by the
-    /// simulation harness, seed 97: a submission answered "exists" from a refused write).
-    fn drop(&mut self) {
-        for (tp, state) in &self.shards {
-            self.owned.remove(tp);
-            if let Slot::Running(shard) = &state.slot {
-                shard.do_send(ShardRequest::Stop);
-            }
-        }
-    }
-}
-
-use std::rc::Rc;
-
-impl ShardSet {
-    fn mark_failed(&mut self, tp: &TopicPartition, failure: ShardFailure) {
-        let Some(state) = self.shards.get_mut(tp) else {
-            return;
-        };
-        if let Some(offset) = failure.offset {
-            state.poison.insert(offset, failure.reason.clone());
-        }
-        self.restarts.inc();
-        match state.tracker.on_failure(Instant::now()) {
-            RestartDecision::RestartAfter(delay) => {
-                tracing::warn!(stage = %self.name, partition = %tp, reason = %failure.reason, ?delay, "shard failed; restarting after back-off");
-                state.slot = Slot::Down {
-                    until: Instant::now() + delay,
-                    reason: failure.reason,
-                };
-            }
-            RestartDecision::Escalate { failures } => {
-                state.slot = Slot::Down {
-                    until: Instant::now() + self.settings.shard_restart.max_backoff,
-                    reason: failure.reason.clone(),
-                };
-                self.escalation = Some(format!(
-                    "shard {tp} failed {failures} times within {:?}; last: {}",
-                    self.settings.shard_restart.window, failure.reason
-                ));
-            }
-        }
-    }
-
-    async fn start_shard(&mut self, tp: &TopicPartition) -> bool {
-        let started = Instant::now();
-        match self.factory.start(tp, self.waker.clone()).await {
-            Ok(addr) => {
-                if let Some(state) = self.shards.get_mut(tp) {
-                    state.slot = Slot::Running(addr);
-                }
-                // Starting includes restoring the shard's state from its changelog.
-                self.owned.restores.observe(started.elapsed());
-                tracing::info!(stage = %self.name, partition = %tp, restore_ms = started.elapsed().as_millis() as u64, "shard restored and running");
-                true
-            }
-            Err(reason) => {
-                self.mark_failed(
-                    tp,
-                    ShardFailure {
-                        offset: None,
-                        reason: format!("could not start: {reason}"),
-                    },
-                );
-                false
-            }
-        }
-    }
-
-    /// Partitions whose shard is down and due for a restart.
-    fn due_restarts(&self) -> Vec<TopicPartition> {
-        let now = Instant::now();
-        self.shards
-            .iter()
-            .filter(|(_, s)| matches!(s.slot, Slot::Down { until, .. } if until <= now))
-            .map(|(tp, _)| tp.clone())
-            .collect()
-    }
-
-    /// The soonest pending restart, so the poll does not sleep past it.
-    fn next_restart(&self) -> Option<Instant> {
-        self.shards
-            .values()
-            .filter_map(|s| match s.slot {
-                Slot::Down { until, .. } => Some(until),
-                Slot::Running(_) => None,
-            })
-            .min()
-    }
-
-    /// Sends a request to a running shard; a failure marks it down.
-    async fn ask(&mut self, tp: &TopicPartition, request: ShardRequest) -> Option<ShardOutput> {
-        let Some(Slot::Running(addr)) = self.shards.get(tp).map(|s| &s.slot) else {
-            return None;
-        };
-        let addr = addr.clone();
-        match addr.send(request).await {
-            Ok(Ok(output)) => Some(output),
-            Ok(Err(failure)) => {
-                self.mark_failed(tp, failure);
-                None
-            }
-            Err(mailbox) => {
-                self.mark_failed(
-                    tp,
-                    ShardFailure {
-                        offset: None,
-                        reason: format!("shard actor is gone: {mailbox}"),
-                    },
-                );
-                None
-            }
-        }
-    }
-
-    /// Splits out the records that made this shard fail before: they become dead letters.
-    fn take_poison(
-        &mut self,
-        tp: &TopicPartition,
-        records: &mut Vec<LogRecord>,
-        out: &mut Vec<ProducerRecord>,
-    ) -> Option<Offset> {
-        let state = self.shards.get_mut(tp)?;
-        if state.poison.is_empty() {
-            return None;
-        }
-        let mut last = None;
-        records.retain(|r| match state.poison.remove(&r.offset) {
-            Some(reason) => {
-                out.push(self.dead.unreadable(
-                    format!("processing this record failed: {reason}"),
-                    Origin {
-                        topic: r.topic.to_string(),
-                        partition: r.partition,
-                        offset: r.offset,
-                    },
-                    r.key.as_deref(),
-                    r.value.as_deref(),
-                ));
-                last = Some(r.offset + 1);
-                false
-            }
-            None => true,
-        });
-        last
-    }
-}
-
-#[async_trait(?Send)]
-impl RebalanceListener for ShardSet {
-    async fn on_assigned(&mut self, partitions: &[Assigned]) {
-        if !partitions.is_empty() {
-            self.owned.rebalances.inc();
-        }
-        for assigned in partitions {
-            self.owned.insert(&assigned.partition);
-            self.owned.committed(&assigned.partition, assigned.position);
-            tracing::info!(stage = %self.name, partition = %assigned.partition, from = assigned.position, "shard assigned");
-            self.shards.insert(
-                assigned.partition.clone(),
-                ShardState {
-                    slot: Slot::Down {
-                        until: Instant::now(),
-                        reason: "starting".into(),
-                    },
-                    tracker: RestartTracker::new(self.settings.shard_restart.clone()),
-                    assigned_at: assigned.position,
-                    poison: BTreeMap::new(),
-                },
-            );
-            self.start_shard(&assigned.partition).await;
-        }
-    }
-
-    async fn on_revoked(&mut self, partitions: &[TopicPartition]) -> CommitBatch {
-        if !partitions.is_empty() {
-            self.owned.rebalances.inc();
-        }
-        let mut batch = CommitBatch::default();
-        for tp in partitions {
-            if let Some(output) = self.ask(tp, ShardRequest::Revoke).await {
-                // The commit of a revoke happens inside the poll, out of our sight: a
-                // shard must not hand over acknowledged work here.
-                for ack in output.acks {
-                    ack.send(Err(
-                        "the shard moved to another node during the request; retry".into(),
-                    ));
-                }
-                batch.outputs.extend(output.outputs);
-                if let Some(offset) = output.commit_to {
-                    batch.offsets.push((tp.clone(), offset));
-                }
-            }
-            self.shards.remove(tp);
-            self.owned.remove(tp);
-            tracing::info!(stage = %self.name, partition = %tp, "shard revoked");
-        }
-        batch
-    }
-
-    async fn on_lost(&mut self, partitions: &[TopicPartition]) {
-        if !partitions.is_empty() {
-            self.owned.rebalances.inc();
-        }
-        for tp in partitions {
-            self.owned.remove(tp);
-            if let Some(Slot::Running(addr)) = self.shards.remove(tp).map(|s| s.slot) {
-                let _ = addr.send(ShardRequest::Stop).await;
-            }
-            tracing::warn!(stage = %self.name, partition = %tp, "shard lost (this member was presumed dead)");
-        }
-    }
 }
 
 /// The consumer and its shards: what a cycle works on.
@@ -400,7 +156,7 @@ impl StageLoop {
     }
 
     /// One poll-process-commit cycle.
-    async fn cycle(&mut self) -> Result<(), String> {
+    async fn cycle(&mut self) -> Result<(), StageError> {
         self.refresh_ends().await;
         let settings = self.shards.settings.clone();
         let wait = match self.shards.next_restart() {
@@ -413,7 +169,7 @@ impl StageLoop {
             .consumer
             .poll(&mut self.shards, settings.max_records, wait)
             .await
-            .map_err(|e| format!("polling: {e}"))?;
+            .map_err(StageError::Poll)?;
         if let Some(why) = self.shards.escalation.take() {
             return Err(why);
         }
@@ -430,11 +186,14 @@ impl StageLoop {
                 tracing::info!(stage = %self.shards.name, partition = %tp, after = %reason, "starting shard");
             }
             if self.shards.start_shard(&tp).await {
-                let committed = self
-                    .consumer
-                    .committed(&tp)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let committed =
+                    self.consumer
+                        .committed(&tp)
+                        .await
+                        .map_err(|source| StageError::Committed {
+                            partition: tp.clone(),
+                            source,
+                        })?;
                 let from = committed
                     .unwrap_or_else(|| self.shards.shards.get(&tp).map_or(0, |s| s.assigned_at));
                 if let Err(e) = self.consumer.seek(&tp, from) {
@@ -450,16 +209,21 @@ impl StageLoop {
                 .or_default()
                 .push(record);
         }
+        // What the log says this member owns, to check the stage's view against.
+        let assignment = cfg!(debug_assertions).then(|| self.consumer.assignment());
         let partitions: Vec<TopicPartition> = self.shards.shards.keys().cloned().collect();
         for tp in partitions {
             let mut records = by_partition.remove(&tp).unwrap_or_default();
-            let running = matches!(
-                self.shards.shards.get(&tp).map(|s| &s.slot),
-                Some(Slot::Running(_))
-            );
-            if !running {
+            if !self.shards.is_running(&tp) {
                 // Dropped: the partition is rewound when its shard restarts.
                 continue;
+            }
+            if let Some(assignment) = &assignment {
+                invariant!(
+                    records.is_empty() || assignment.contains(&tp),
+                    "stage {}: records of {tp} are handed to its shard, but the consumer is not assigned {tp} (assigned: {assignment:?})",
+                    self.shards.name
+                );
             }
             let mut poison_outputs = Vec::new();
             let poison_to = self
@@ -481,7 +245,7 @@ impl StageLoop {
                 (a, b) => a.or(b),
             };
             if let Some(offset) = commit_to {
-                batch.offsets.push((tp, offset));
+                self.shards.to_commit(&tp, offset, &mut batch);
             }
         }
         if let Some(why) = self.shards.escalation.take() {
@@ -493,19 +257,12 @@ impl StageLoop {
             }
             return Ok(());
         }
-        let committed: Vec<(TopicPartition, Offset)> = batch.offsets.clone();
+        let offsets: Vec<(TopicPartition, Offset)> = batch.offsets.clone();
         let result = self.consumer.commit(batch).await;
         if result.is_ok() {
-            for (tp, offset) in &committed {
-                self.shards.owned.committed(tp, *offset);
-            }
+            self.shards.committed(&offsets);
         }
-        let outcome = result.as_ref().map(|_| ()).map_err(|e| match e {
-            LogError::NotAssigned(_) => {
-                "the shard moved to another node during the request; retry".to_owned()
-            }
-            other => format!("the log refused the write: {other}"),
-        });
+        let outcome = result.as_ref().map(|_| ()).map_err(CommitError::from_log);
         for ack in acks {
             ack.send(outcome.clone());
         }
@@ -517,7 +274,7 @@ impl StageLoop {
                 tracing::info!(stage = %self.shards.name, partition = %tp, "commit refused after a rebalance; the new owner takes over");
                 Ok(())
             }
-            Err(e) => Err(format!("committing: {e}")),
+            Err(e) => Err(StageError::Commit(e)),
         }
     }
 }
@@ -559,9 +316,13 @@ impl StageActor {
         }
     }
 
-    fn fail(&mut self, reason: String, ctx: &mut Context<Self>) {
-        tracing::error!(stage = %self.spec.name, %reason, "stage failed");
-        self.exit = Exit::Failed(reason);
+    fn fail(&mut self, error: StageError, ctx: &mut Context<Self>) {
+        if error.retryable() {
+            tracing::error!(stage = %self.spec.name, reason = %error, "stage failed");
+        } else {
+            tracing::error!(stage = %self.spec.name, reason = %error, "stage failed, and no restart can mend it");
+        }
+        self.exit = error.exit();
         // The consumer is dropped without leaving: like a crash, its partitions are
         // picked up again by this node's restarted stage (same static member id).
         self.state = None;
@@ -596,7 +357,7 @@ impl Actor for StageActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let consumer = match self.spec.log.consumer(self.spec.consumer.clone()) {
             Ok(c) => c,
-            Err(e) => return self.fail(format!("could not create the consumer: {e}"), ctx),
+            Err(e) => return self.fail(StageError::Consumer(e), ctx),
         };
         let waker = consumer.waker();
         self.waker = Some(waker.clone());

@@ -8,18 +8,15 @@ use actix::prelude::*;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 use wellspring_log::{LogRecord, ProducerRecord, TopicPartition};
-use wellspring_protocol::{Envelope, Origin, wire};
 
-use super::shard::{RecordProcessor, SyncShard};
-use super::{ShardFactory, ShardRequest};
+use super::shard::{RecordProcessor, RetryLater, SyncShard};
+use super::{ShardFactory, ShardRequest, StartError};
 use crate::metrics::Counter;
-use crate::routing::{DeadLetterWriter, Router};
+use crate::routing::{Downstream, decode_envelope};
 
 pub struct RelayFactory {
     pub name: String,
-    pub router: Arc<Router>,
-    pub dead: DeadLetterWriter,
-    pub records_out: Counter,
+    pub downstream: Downstream,
     pub panics: Counter,
     pub mailbox: usize,
 }
@@ -30,15 +27,11 @@ impl ShardFactory for RelayFactory {
         &self,
         partition: &TopicPartition,
         waker: Arc<Notify>,
-    ) -> Result<Recipient<ShardRequest>, String> {
-        let processor = RelayProcessor {
-            router: self.router.clone(),
-            dead: self.dead.clone(),
-            records_out: self.records_out.clone(),
-        };
+    ) -> Result<Recipient<ShardRequest>, StartError> {
         Ok(SyncShard::new(
             format!("{}/{partition}", self.name),
-            processor,
+            partition.clone(),
+            RelayProcessor(self.downstream.clone()),
             Vec::new(),
             waker,
             self.panics.clone(),
@@ -49,43 +42,24 @@ impl ShardFactory for RelayFactory {
     }
 }
 
-pub struct RelayProcessor {
-    router: Arc<Router>,
-    dead: DeadLetterWriter,
-    records_out: Counter,
-}
+pub struct RelayProcessor(Downstream);
 
 impl RecordProcessor for RelayProcessor {
-    fn process(&mut self, record: &LogRecord, out: &mut Vec<ProducerRecord>) {
-        let here = Origin {
-            topic: record.topic.to_string(),
-            partition: record.partition,
-            offset: record.offset,
-        };
-        let envelope: Envelope = match record.value.as_deref().map(wire::decode) {
-            Some(Ok(envelope)) => envelope,
-            Some(Err(e)) => {
-                out.push(self.dead.unreadable(
-                    format!("unreadable internal record: {e}"),
-                    here,
-                    record.key.as_deref(),
-                    None,
-                ));
-                return;
+    fn process(
+        &mut self,
+        record: &LogRecord,
+        out: &mut Vec<ProducerRecord>,
+    ) -> Result<(), RetryLater> {
+        let envelope = match decode_envelope(record, &self.0.dead) {
+            Ok(envelope) => envelope,
+            Err(letter) => {
+                out.push(letter);
+                return Ok(());
             }
-            None => return,
         };
-        match self.router.route(&envelope, out) {
-            Ok(()) => self.records_out.inc(),
-            Err(reason) => {
-                let Envelope {
-                    origin,
-                    key,
-                    payload,
-                    ..
-                } = envelope;
-                out.push(self.dead.record(reason, origin, Some(key), payload, 0));
-            }
-        }
+        let origin = envelope.origin.clone();
+        self.0
+            .send(envelope, origin, 0, out)
+            .map_err(|e| RetryLater(e.to_string()))
     }
 }

@@ -3,14 +3,16 @@
 //! actix does not catch a panic in a handler (it would unwind the arbiter's thread), so
 //! every call into the processor runs under `catch_unwind`. A panic stops the shard (its
 //! state may be half-updated) and names the record it happened on; the stage restores
-//! the shard from its changelog and sends that record to the dead-letter topic.
+//! the shard from its changelog and sends that record to the dead-letter topic. A
+//! processor that cannot process a record now, but could later, says so ([`RetryLater`]):
+//! the shard stops the same way, but the record is read again after the restart.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::sync::Notify;
-use wellspring_log::{LogRecord, ProducerRecord};
+use wellspring_log::{LogRecord, ProducerRecord, TopicPartition};
 use wellspring_protocol::ExperimentId;
 
 use super::{ShardFailure, ShardOutput, ShardRequest};
@@ -18,19 +20,35 @@ use crate::metadata::LayoutArrived;
 use crate::metrics::Counter;
 use crate::supervision::panic_message;
 
+/// A record could not be processed now; a retry can help. Its shard restarts from the
+/// last commit and reads it again (and if that keeps failing, the restart budgets
+/// escalate up the supervision tree).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RetryLater(pub String);
+
 /// Processes the records of one partition, synchronously.
 pub trait RecordProcessor: Unpin + 'static {
     /// Processes one record; everything it produces goes to `out`. Bad records become
-    /// dead letters in `out`: only a panic fails the shard.
-    fn process(&mut self, record: &LogRecord, out: &mut Vec<ProducerRecord>);
-    /// Timers and state changes (changelog entries) since the last call.
-    fn drain(&mut self, _out: &mut Vec<ProducerRecord>) {}
+    /// dead letters in `out`; a record that can succeed later is an `Err`.
+    fn process(
+        &mut self,
+        record: &LogRecord,
+        out: &mut Vec<ProducerRecord>,
+    ) -> Result<(), RetryLater>;
+    /// Timers and state changes (changelog entries) since the last call; an `Err` fails
+    /// the shard as [`RecordProcessor::process`] does.
+    fn drain(&mut self, _out: &mut Vec<ProducerRecord>) -> Result<(), RetryLater> {
+        Ok(())
+    }
     /// An experiment's layout arrived.
     fn layout_arrived(&mut self, _experiment: &ExperimentId, _out: &mut Vec<ProducerRecord>) {}
 }
 
 pub struct SyncShard<P: RecordProcessor> {
     name: String,
+    /// The one partition this shard processes.
+    partition: TopicPartition,
     processor: P,
     /// Produced outside a request (layouts arriving), delivered with the next one.
     outbox: Vec<ProducerRecord>,
@@ -43,6 +61,7 @@ pub struct SyncShard<P: RecordProcessor> {
 impl<P: RecordProcessor> SyncShard<P> {
     pub fn new(
         name: String,
+        partition: TopicPartition,
         processor: P,
         initial: Vec<ProducerRecord>,
         waker: Arc<Notify>,
@@ -51,6 +70,7 @@ impl<P: RecordProcessor> SyncShard<P> {
     ) -> Self {
         Self {
             name,
+            partition,
             processor,
             outbox: initial,
             waker,
@@ -72,10 +92,27 @@ impl<P: RecordProcessor> SyncShard<P> {
         ShardFailure { offset, reason }
     }
 
+    /// The processor can go on later: the shard stops, and is restarted from the last
+    /// commit (nothing is poison).
+    fn retry_later(
+        &mut self,
+        why: RetryLater,
+        offset: Option<u64>,
+        ctx: &mut Context<Self>,
+    ) -> ShardFailure {
+        tracing::warn!(shard = %self.name, ?offset, reason = %why, "cannot go on now; the shard restarts from its last commit");
+        ctx.stop();
+        ShardFailure {
+            offset: None,
+            reason: format!("to be retried: {why}"),
+        }
+    }
+
     fn drain(&mut self, ctx: &mut Context<Self>) -> Result<Vec<ProducerRecord>, ShardFailure> {
         let mut out = std::mem::take(&mut self.outbox);
         match catch_unwind(AssertUnwindSafe(|| self.processor.drain(&mut out))) {
-            Ok(()) => Ok(out),
+            Ok(Ok(())) => Ok(out),
+            Ok(Err(why)) => Err(self.retry_later(why, None, ctx)),
             Err(payload) => Err(self.panicked(payload, None, ctx)),
         }
     }
@@ -98,12 +135,26 @@ impl<P: RecordProcessor> Handler<ShardRequest> for SyncShard<P> {
             ShardRequest::Process(records) => {
                 let mut commit_to = None;
                 for record in &records {
+                    invariant!(
+                        record.partition == self.partition.partition
+                            && record.topic == self.partition.topic,
+                        "shard {} of {} was handed record {} of {}[{}]",
+                        self.name,
+                        self.partition,
+                        record.offset,
+                        record.topic,
+                        record.partition
+                    );
                     let outbox = &mut self.outbox;
                     let processor = &mut self.processor;
-                    if let Err(payload) =
-                        catch_unwind(AssertUnwindSafe(|| processor.process(record, outbox)))
-                    {
-                        return Err(self.panicked(payload, Some(record.offset), ctx));
+                    match catch_unwind(AssertUnwindSafe(|| processor.process(record, outbox))) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(why)) => {
+                            return Err(self.retry_later(why, Some(record.offset), ctx));
+                        }
+                        Err(payload) => {
+                            return Err(self.panicked(payload, Some(record.offset), ctx));
+                        }
                     }
                     commit_to = Some(record.offset + 1);
                 }

@@ -9,15 +9,13 @@ use async_trait::async_trait;
 use opentelemetry::trace::SpanKind;
 use tokio::sync::Notify;
 use wellspring_log::{LogRecord, ProducerRecord, TopicPartition};
-use wellspring_protocol::envelope::headers;
-use wellspring_protocol::{Envelope, MessageId, Origin, SchemaSet, TraceContext, Value};
+use wellspring_protocol::{Envelope, MessageId, SchemaSet, Value};
 
-use crate::telemetry;
-
-use super::shard::{RecordProcessor, SyncShard};
-use super::{ShardFactory, ShardRequest};
+use super::shard::{RecordProcessor, RetryLater, SyncShard};
+use super::{ShardFactory, ShardRequest, StartError};
 use crate::metrics::Counter;
-use crate::routing::{DeadLetterWriter, Router};
+use crate::routing::{Downstream, origin_of};
+use crate::telemetry;
 
 /// Starts source shards of one topic-stream node.
 pub struct SourceFactory {
@@ -26,10 +24,8 @@ pub struct SourceFactory {
     /// The topic's value schema.
     pub schema: String,
     pub schemas: Arc<SchemaSet>,
-    pub router: Arc<Router>,
-    pub dead: DeadLetterWriter,
+    pub downstream: Downstream,
     pub records_in: Counter,
-    pub records_out: Counter,
     pub panics: Counter,
     pub mailbox: usize,
 }
@@ -40,20 +36,19 @@ impl ShardFactory for SourceFactory {
         &self,
         partition: &TopicPartition,
         waker: Arc<Notify>,
-    ) -> Result<Recipient<ShardRequest>, String> {
+    ) -> Result<Recipient<ShardRequest>, StartError> {
         let processor = SourceProcessor {
             dag: self.dag.clone(),
             node: self.node.clone(),
             schema: self.schema.clone(),
             schemas: self.schemas.clone(),
-            router: self.router.clone(),
-            dead: self.dead.clone(),
+            downstream: self.downstream.clone(),
             records_in: self.records_in.clone(),
-            records_out: self.records_out.clone(),
         };
         let name = format!("{}/{}/{partition}", self.dag, self.node);
         Ok(SyncShard::new(
             name,
+            partition.clone(),
             processor,
             Vec::new(),
             waker,
@@ -70,54 +65,30 @@ pub struct SourceProcessor {
     node: Arc<str>,
     schema: String,
     schemas: Arc<SchemaSet>,
-    router: Arc<Router>,
-    dead: DeadLetterWriter,
+    downstream: Downstream,
     records_in: Counter,
-    records_out: Counter,
-}
-
-/// A W3C `traceparent` header, if the record carries a well-formed one.
-pub(crate) fn trace_of(record: &LogRecord) -> Option<TraceContext> {
-    let parent = std::str::from_utf8(record.header(headers::TRACEPARENT)?).ok()?;
-    let well_formed = parent.len() == 55 && parent.split('-').count() == 4;
-    well_formed.then(|| TraceContext {
-        traceparent: parent.to_owned(),
-        tracestate: record
-            .header(headers::TRACESTATE)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::to_owned),
-    })
 }
 
 impl RecordProcessor for SourceProcessor {
-    fn process(&mut self, record: &LogRecord, out: &mut Vec<ProducerRecord>) {
+    fn process(
+        &mut self,
+        record: &LogRecord,
+        out: &mut Vec<ProducerRecord>,
+    ) -> Result<(), RetryLater> {
         self.records_in.inc();
-        let origin = Origin {
-            topic: record.topic.to_string(),
-            partition: record.partition,
-            offset: record.offset,
-        };
+        let dead = &self.downstream.dead;
         let Some(bytes) = record.value.as_deref() else {
-            out.push(self.dead.unreadable(
-                "the record has no value".into(),
-                origin,
-                record.key.as_deref(),
-                None,
-            ));
-            return;
+            out.push(dead.unreadable("the record has no value".into(), record, None));
+            return Ok(());
         };
         let json: serde_json::Value = match serde_json::from_slice(bytes) {
             Ok(json) => json,
             Err(e) => {
-                out.push(self.dead.unreadable(
-                    format!("not JSON: {e}"),
-                    origin,
-                    record.key.as_deref(),
-                    Some(bytes),
-                ));
-                return;
+                out.push(dead.unreadable(format!("not JSON: {e}"), record, Some(bytes)));
+                return Ok(());
             }
         };
+        let origin = origin_of(record);
         let key = match &record.key {
             Some(k) => String::from_utf8_lossy(k).into_owned(),
             None => format!("{}/{}/{}", origin.topic, origin.partition, origin.offset),
@@ -125,31 +96,25 @@ impl RecordProcessor for SourceProcessor {
         let payload = match self.schemas.validate(&self.schema, &json) {
             Ok(value) => value,
             Err(errors) => {
-                out.push(self.dead.record(
+                out.push(dead.record(
                     errors.to_string(),
                     Some(origin),
                     Some(key),
                     Value::from(&json),
                     0,
                 ));
-                return;
+                return Ok(());
             }
         };
         let mut envelope =
             Envelope::new(MessageId::derive(&self.dag, &self.node, &key), key, payload);
-        envelope.trace = trace_of(record);
+        envelope.trace = telemetry::record_trace(record);
         // The record's span: the context everything it leads to refers to.
         let _span = telemetry::enabled().then(|| {
             let mut span = telemetry::start(
                 "wellspring.source",
                 SpanKind::Consumer,
-                telemetry::About {
-                    actor: "source shard",
-                    dag: &self.dag,
-                    node: &self.node,
-                    key: &envelope.key,
-                    attempt: envelope.attempt,
-                },
+                telemetry::About::envelope("source shard", &self.dag, &self.node, &envelope),
                 envelope.trace.as_ref(),
                 Vec::new(),
             );
@@ -160,18 +125,9 @@ impl RecordProcessor for SourceProcessor {
             }
             span
         });
-        envelope.origin = Some(origin);
-        match self.router.route(&envelope, out) {
-            Ok(()) => self.records_out.inc(),
-            Err(reason) => {
-                let Envelope {
-                    origin,
-                    key,
-                    payload,
-                    ..
-                } = envelope;
-                out.push(self.dead.record(reason, origin, Some(key), payload, 0));
-            }
-        }
+        envelope.origin = Some(origin.clone());
+        self.downstream
+            .send(envelope, Some(origin), 0, out)
+            .map_err(|e| RetryLater(e.to_string()))
     }
 }

@@ -8,7 +8,8 @@
 //! offsets are committed together, so a crash repeats calls but never loses or
 //! duplicates an output. When more than a bounded number of records are pending, the
 //! shard answers the stage late: the stage stops polling (backpressure), nothing is
-//! dropped.
+//! dropped. An output that cannot be routed now but could later fails the shard at its
+//! next request: it restarts from the last commit and the record's call is repeated.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
@@ -19,14 +20,12 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use tokio::sync::{Notify, oneshot};
 use wellspring_log::{LogRecord, Offset, ProducerRecord, TopicPartition};
-use wellspring_protocol::{
-    Envelope, MessageId, Origin, TaskOutcome, TaskRequest, TaskResult, wire,
-};
+use wellspring_protocol::{Envelope, MessageId, TaskOutcome, TaskRequest, TaskResult};
 
-use super::{ShardFactory, ShardFailure, ShardOutput, ShardRequest};
+use super::{ShardFactory, ShardFailure, ShardOutput, ShardRequest, StartError};
 use crate::http::TaskRunner;
 use crate::metrics::{Counter, Gauge};
-use crate::routing::{DeadLetterWriter, Router};
+use crate::routing::{Downstream, decode_envelope};
 use crate::supervision::panic_message;
 
 /// Starts the shards of one external-task node.
@@ -34,10 +33,8 @@ pub struct TaskFactory {
     pub dag: Arc<str>,
     pub node: Arc<str>,
     pub runner: Rc<dyn TaskRunner>,
-    pub router: Arc<Router>,
-    pub dead: DeadLetterWriter,
+    pub downstream: Downstream,
     pub records_in: Counter,
-    pub records_out: Counter,
     pub panics: Counter,
     pub pending: Gauge,
     pub mailbox: usize,
@@ -47,18 +44,17 @@ pub struct TaskFactory {
 impl ShardFactory for TaskFactory {
     async fn start(
         &self,
-        _partition: &TopicPartition,
+        partition: &TopicPartition,
         waker: Arc<Notify>,
-    ) -> Result<Recipient<ShardRequest>, String> {
+    ) -> Result<Recipient<ShardRequest>, StartError> {
         let max_pending = self.runner.max_pending();
         Ok(TaskShard {
+            partition: partition.clone(),
             dag: self.dag.clone(),
             node: self.node.clone(),
             runner: self.runner.clone(),
-            router: self.router.clone(),
-            dead: self.dead.clone(),
+            downstream: self.downstream.clone(),
             records_in: self.records_in.clone(),
-            records_out: self.records_out.clone(),
             panics: self.panics.clone(),
             pending: self.pending.clone(),
             waker,
@@ -69,6 +65,7 @@ impl ShardFactory for TaskFactory {
             max_pending,
             queued: VecDeque::new(),
             admission: Vec::new(),
+            failure: None,
             mailbox: self.mailbox,
         }
         .start()
@@ -77,13 +74,13 @@ impl ShardFactory for TaskFactory {
 }
 
 struct TaskShard {
+    /// The one partition this shard processes.
+    partition: TopicPartition,
     dag: Arc<str>,
     node: Arc<str>,
     runner: Rc<dyn TaskRunner>,
-    router: Arc<Router>,
-    dead: DeadLetterWriter,
+    downstream: Downstream,
     records_in: Counter,
-    records_out: Counter,
     panics: Counter,
     pending: Gauge,
     waker: Arc<Notify>,
@@ -100,6 +97,9 @@ struct TaskShard {
     queued: VecDeque<LogRecord>,
     /// The stage waits here until its records are all admitted.
     admission: Vec<oneshot::Sender<()>>,
+    /// A finished call whose output must be routed again later: the shard fails with
+    /// this at the stage's next request.
+    failure: Option<String>,
     mailbox: usize,
 }
 
@@ -110,6 +110,15 @@ impl TaskShard {
             return ShardOutput::default();
         };
         let watermark = self.outstanding.first().copied().unwrap_or(next);
+        invariant!(
+            self.reported_to
+                .is_none_or(|reported| watermark >= reported),
+            "task shard {}/{} of {}: the watermark moved back from {:?} to {watermark}",
+            self.dag,
+            self.node,
+            self.partition,
+            self.reported_to
+        );
         let rest = self.finished.split_off(&watermark);
         let ready = std::mem::replace(&mut self.finished, rest);
         let outputs = ready.into_values().flatten().collect();
@@ -139,33 +148,22 @@ impl TaskShard {
     }
 
     fn admit(&mut self, record: LogRecord, ctx: &mut Context<Self>) {
+        invariant!(
+            record.partition == self.partition.partition && record.topic == self.partition.topic,
+            "task shard {}/{} of {} was handed record {} of {}[{}]",
+            self.dag,
+            self.node,
+            self.partition,
+            record.offset,
+            record.topic,
+            record.partition
+        );
         self.records_in.inc();
         let offset = record.offset;
         self.next_offset = Some(offset + 1);
-        let here = Origin {
-            topic: record.topic.to_string(),
-            partition: record.partition,
-            offset,
-        };
-        let envelope: Envelope = match record.value.as_deref().map(wire::decode) {
-            Some(Ok(e)) => e,
-            Some(Err(e)) => {
-                let letter = self.dead.unreadable(
-                    format!("unreadable internal record: {e}"),
-                    here,
-                    record.key.as_deref(),
-                    None,
-                );
-                self.finished.insert(offset, vec![letter]);
-                return;
-            }
-            None => {
-                let letter = self.dead.unreadable(
-                    "the record has no value".into(),
-                    here,
-                    record.key.as_deref(),
-                    None,
-                );
+        let envelope = match decode_envelope(&record, &self.downstream.dead) {
+            Ok(envelope) => envelope,
+            Err(letter) => {
                 self.finished.insert(offset, vec![letter]);
                 return;
             }
@@ -204,6 +202,7 @@ impl TaskShard {
             outcome,
         } = result;
         let mut outputs = Vec::new();
+        let mut retry = None;
         match outcome {
             TaskOutcome::Succeeded { output } => {
                 let mut envelope = Envelope::new(
@@ -213,22 +212,18 @@ impl TaskShard {
                 );
                 envelope.trace = request.trace;
                 envelope.origin = request.origin.clone();
-                match self.router.route(&envelope, &mut outputs) {
-                    Ok(()) => self.records_out.inc(),
-                    Err(reason) => outputs.push(self.dead.record(
-                        reason,
-                        request.origin,
-                        Some(request.key),
-                        envelope.payload,
-                        attempts,
-                    )),
+                if let Err(e) =
+                    self.downstream
+                        .send(envelope, request.origin, attempts, &mut outputs)
+                {
+                    retry = Some(e);
                 }
             }
             // The task store has it; its output comes through the task's output topic.
-            TaskOutcome::Submitted => self.records_out.inc(),
+            TaskOutcome::Submitted => self.downstream.records_out.inc(),
             TaskOutcome::Failed { error } => {
                 tracing::debug!(dag = %self.dag, node = %self.node, key = %request.key, %error, "task failed for good");
-                outputs.push(self.dead.record(
+                outputs.push(self.downstream.dead.record(
                     error,
                     request.origin,
                     Some(request.key),
@@ -240,12 +235,59 @@ impl TaskShard {
         if self.outstanding.remove(&offset) {
             self.pending.add(-1);
         }
+        if let Some(e) = retry {
+            self.failure.get_or_insert_with(|| {
+                format!("the output of record {offset} must be routed again: {e}")
+            });
+        }
+        if self.failure.is_some() {
+            // The shard fails at the stage's next request (or the one waiting for
+            // admission) and restarts from the last commit, so this call is repeated.
+            for waiter in self.admission.drain(..) {
+                let _ = waiter.send(());
+            }
+            self.waker.notify_one();
+            return;
+        }
         self.finished.insert(offset, outputs);
         if self.outstanding.first().is_none_or(|first| *first > offset) {
             // The watermark moved: let the stage commit soon.
             self.waker.notify_one();
         }
         self.admit_queued(ctx);
+    }
+}
+
+impl TaskShard {
+    /// What is ready, or the failure that makes the shard restart.
+    fn answer(&mut self) -> Result<ShardOutput, ShardFailure> {
+        match self.failure.take() {
+            // Nothing past the record was reported: the restarted shard calls it again.
+            Some(reason) => {
+                tracing::warn!(dag = %self.dag, node = %self.node, partition = %self.partition, %reason, "the task shard restarts");
+                Err(ShardFailure {
+                    offset: None,
+                    reason,
+                })
+            }
+            None => Ok(self.take_ready()),
+        }
+    }
+
+    /// Answers now; stops once the answer is out when asked to or when it failed
+    /// (stopping first would drop the pending answer with the context's other futures).
+    fn reply(&mut self, stop: bool) -> ResponseActFuture<Self, Result<ShardOutput, ShardFailure>> {
+        let answer = self.answer();
+        let stop = stop || answer.is_err();
+        Box::pin(ActorFutureExt::map(
+            fut::ready(answer),
+            move |answer, _, ctx: &mut Context<Self>| {
+                if stop {
+                    ctx.stop();
+                }
+                answer
+            },
+        ))
     }
 }
 
@@ -264,9 +306,11 @@ impl Handler<ShardRequest> for TaskShard {
         match request {
             ShardRequest::Process(records) => {
                 self.queued.extend(records);
-                self.admit_queued(ctx);
-                if self.queued.is_empty() {
-                    return Box::pin(fut::ready(Ok(self.take_ready())));
+                if self.failure.is_none() {
+                    self.admit_queued(ctx);
+                }
+                if self.queued.is_empty() || self.failure.is_some() {
+                    return self.reply(false);
                 }
                 // Too much pending: answer once all of it is admitted; meanwhile the
                 // stage does not poll (backpressure).
@@ -275,23 +319,18 @@ impl Handler<ShardRequest> for TaskShard {
                 Box::pin(
                     async move { rx.await.ok() }
                         .into_actor(self)
-                        .map(|_, act, _| Ok(act.take_ready())),
+                        .map(|_, act, ctx| {
+                            let answer = act.answer();
+                            if answer.is_err() {
+                                ctx.stop();
+                            }
+                            answer
+                        }),
                 )
             }
-            ShardRequest::Drain => Box::pin(fut::ready(Ok(self.take_ready()))),
-            // Stop only once the answer is out: stopping first would drop the pending
-            // answer with the context's other futures. Calls still running are
-            // abandoned; the partition's next owner repeats them.
-            ShardRequest::Revoke => {
-                let output = self.take_ready();
-                Box::pin(ActorFutureExt::map(
-                    fut::ready(Ok(output)),
-                    |answer, _, ctx: &mut Context<Self>| {
-                        ctx.stop();
-                        answer
-                    },
-                ))
-            }
+            ShardRequest::Drain => self.reply(false),
+            // Calls still running are abandoned; the partition's next owner repeats them.
+            ShardRequest::Revoke => self.reply(true),
             ShardRequest::Stop => Box::pin(ActorFutureExt::map(
                 fut::ready(Ok(ShardOutput::default())),
                 |answer, _, ctx: &mut Context<Self>| {

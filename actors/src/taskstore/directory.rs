@@ -11,16 +11,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::prelude::*;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
-use wellspring_log::{
-    Clock, ConsumerConfig, Log, NoListener, Producer, ProducerRecord, TopicPartition,
-};
+use wellspring_log::{Clock, Log, LogRecord, ProducerRecord};
 
 use super::shard::LocalShards;
-use crate::supervision::{ChildLink, Exit, StopChild};
+use crate::reader::{Follow, Partitions, Reader, ReaderSpec};
+use crate::supervision::ChildLink;
 
 /// One node's announcement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,20 +84,9 @@ impl Directory {
 
 /// Announces this node's shards when they change (and every few seconds), and reads
 /// everyone's announcements into the [`Directory`].
-pub struct Announcer {
-    pub node: String,
-    pub url: String,
-    pub topic: String,
-    pub log: Arc<dyn Log>,
-    pub clock: Arc<dyn Clock>,
-    pub shards: LocalShards,
-    pub directory: Directory,
-    pub link: ChildLink,
-    exit: Exit,
-    stop: Arc<tokio::sync::Notify>,
-}
+pub type Announcer = Reader<Announcing>;
 
-impl Announcer {
+impl Reader<Announcing> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         node: String,
@@ -111,142 +98,104 @@ impl Announcer {
         directory: Directory,
         link: ChildLink,
     ) -> Self {
-        Self {
+        let spec = ReaderSpec {
+            name: format!("directory-{node}"),
+            topic: topic.clone(),
+            partitions: Partitions::Only(vec![0]),
+            log,
+            wait: Duration::from_millis(250),
+        };
+        let announcing = Announcing {
             node,
             url,
             topic,
-            log,
             clock,
             shards,
             directory,
-            link,
-            exit: Exit::Normal,
-            stop: Arc::new(tokio::sync::Notify::new()),
-        }
+            announced: None,
+            last: tokio::time::Instant::now(),
+            sending: None,
+        };
+        Reader::following(spec, announcing, link)
     }
 }
 
-struct Announcing {
+/// Reads the announcements, and makes this node's.
+pub struct Announcing {
     node: String,
     url: String,
     topic: String,
-    log: Arc<dyn Log>,
     clock: Arc<dyn Clock>,
     shards: LocalShards,
     directory: Directory,
+    /// The partitions last announced, and when.
+    announced: Option<BTreeSet<u32>>,
+    last: tokio::time::Instant,
+    /// The announcement being written.
+    sending: Option<Announcement>,
 }
 
 impl Announcing {
-    async fn announce(
-        &self,
-        producer: &dyn Producer,
-        partitions: BTreeSet<u32>,
-    ) -> Result<(), String> {
+    /// The record announcing that this node serves `partitions`.
+    fn announce(&mut self, partitions: BTreeSet<u32>, out: &mut Vec<ProducerRecord>) {
         let announcement = Announcement {
             node: self.node.clone(),
             url: self.url.clone(),
             partitions,
             at: self.clock.now_ms(),
         };
-        let json = serde_json::to_vec(&announcement).map_err(|e| e.to_string())?;
-        producer
-            .send(vec![
+        match serde_json::to_vec(&announcement) {
+            Ok(json) => out.push(
                 ProducerRecord::new(
                     self.topic.as_str(),
                     Some(Bytes::from(self.node.clone())),
                     Some(Bytes::from(json)),
                 )
                 .to_partition(0),
-            ])
-            .await
-            .map_err(|e| format!("announcing this node's shards: {e}"))?;
-        self.directory.upsert(announcement);
-        Ok(())
+            ),
+            Err(e) => tracing::warn!("could not write this node's announcement: {e}"),
+        }
+        self.sending = Some(announcement);
     }
+}
 
-    async fn run(self, stop: Arc<tokio::sync::Notify>) -> Result<(), String> {
-        let producer = self.log.producer().map_err(|e| e.to_string())?;
-        let mut reader = self
-            .log
-            .consumer(ConsumerConfig::assign(
-                format!("directory-{}", self.node),
-                vec![(TopicPartition::new(self.topic.as_str(), 0), Some(0))],
-            ))
-            .map_err(|e| e.to_string())?;
-        let mut listener = NoListener;
-        let mut announced: Option<BTreeSet<u32>> = None;
-        let mut last = tokio::time::Instant::now();
-        loop {
-            // Biased (stop first): a fixed order, so a simulated run replays exactly.
-            let records = tokio::select! {
-                biased;
-                _ = stop.notified() => {
-                    // Leaving: tell the others at once.
-                    let _ = self.announce(producer.as_ref(), BTreeSet::new()).await;
-                    return Ok(());
-                }
-                records = reader.poll(&mut listener, 1000, Duration::from_millis(250)) => records.map_err(|e| e.to_string())?,
-            };
-            for record in records {
-                match record
-                    .value
-                    .as_deref()
-                    .map(serde_json::from_slice::<Announcement>)
-                {
-                    Some(Ok(announcement)) => self.directory.upsert(announcement),
-                    Some(Err(e)) => tracing::warn!(
-                        offset = record.offset,
-                        "skipping an unreadable announcement: {e}"
-                    ),
-                    None => {}
-                }
-            }
-            let serving: BTreeSet<u32> = self.shards.all().into_iter().map(|(p, _)| p).collect();
-            if announced.as_ref() != Some(&serving) || last.elapsed() >= HEARTBEAT {
-                self.announce(producer.as_ref(), serving.clone()).await?;
-                announced = Some(serving);
-                last = tokio::time::Instant::now();
+impl Follow for Announcing {
+    const WRITING: &'static str = "announcing this node's shards";
+
+    fn apply(&mut self, records: Vec<LogRecord>, _: &mut Vec<ProducerRecord>) {
+        for record in records {
+            match record
+                .value
+                .as_deref()
+                .map(serde_json::from_slice::<Announcement>)
+            {
+                Some(Ok(announcement)) => self.directory.upsert(announcement),
+                Some(Err(e)) => tracing::warn!(
+                    offset = record.offset,
+                    "skipping an unreadable announcement: {e}"
+                ),
+                None => {}
             }
         }
     }
-}
 
-impl Actor for Announcer {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let announcing = Announcing {
-            node: self.node.clone(),
-            url: self.url.clone(),
-            topic: self.topic.clone(),
-            log: self.log.clone(),
-            clock: self.clock.clone(),
-            shards: self.shards.clone(),
-            directory: self.directory.clone(),
-        };
-        ctx.spawn(
-            announcing
-                .run(self.stop.clone())
-                .into_actor(self)
-                .map(|result, act, ctx| {
-                    if let Err(reason) = result {
-                        tracing::error!(%reason, "the task-store directory failed");
-                        act.exit = Exit::Failed(reason);
-                    }
-                    ctx.stop();
-                }),
-        );
+    fn polled(&mut self, out: &mut Vec<ProducerRecord>) {
+        let serving: BTreeSet<u32> = self.shards.all().into_iter().map(|(p, _)| p).collect();
+        if self.announced.as_ref() != Some(&serving) || self.last.elapsed() >= HEARTBEAT {
+            self.announce(serving, out);
+        }
     }
 
-    fn stopped(&mut self, _: &mut Self::Context) {
-        self.link.report(self.exit.clone());
+    fn written(&mut self) {
+        if let Some(announcement) = self.sending.take() {
+            self.announced = Some(announcement.partitions.clone());
+            self.last = tokio::time::Instant::now();
+            self.directory.upsert(announcement);
+        }
     }
-}
 
-impl Handler<StopChild> for Announcer {
-    type Result = ();
-
-    fn handle(&mut self, _: StopChild, _: &mut Self::Context) {
-        self.stop.notify_one();
+    /// Leaving: tell the others at once.
+    fn stopping(&mut self, out: &mut Vec<ProducerRecord>) {
+        self.announce(BTreeSet::new(), out);
     }
 }

@@ -16,9 +16,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
-use wellspring_log::{
-    Clock, ConsumerConfig, Log, LogRecord, NoListener, Offset, ProducerRecord, TopicPartition,
-};
+use wellspring_log::{Clock, Log, LogRecord, Offset, ProducerRecord, TopicPartition};
 use wellspring_protocol::envelope::headers;
 use wellspring_protocol::taskstore::{
     DagTaskOrigin, ExtendClaim, GroupStats, NewTask, Report, TaskState, TaskStatus, TaskView,
@@ -28,7 +26,10 @@ use wellspring_protocol::{DeadLetter, Envelope, MessageId, Value, wire};
 use super::groups::GroupTable;
 use super::table::{Change, TaskError, TaskTable};
 use crate::metrics::Counter;
-use crate::stage::{Ack, ShardFactory, ShardFailure, ShardOutput, ShardRequest};
+use crate::stage::restore::restore;
+use crate::stage::{
+    Ack, CommitError, ShardFactory, ShardFailure, ShardOutput, ShardRequest, StartError,
+};
 use crate::telemetry;
 use opentelemetry::trace::SpanKind;
 
@@ -86,7 +87,7 @@ pub enum Answer {
 pub struct QueueReply {
     pub answer: Answer,
     /// Resolves once the change the answer reports is durable (`None`: nothing changed).
-    pub durable: Option<oneshot::Receiver<Result<(), String>>>,
+    pub durable: Option<oneshot::Receiver<Result<(), CommitError>>>,
 }
 
 /// Counters of the task store, one set for all groups.
@@ -146,38 +147,18 @@ impl ShardFactory for QueueShardFactory {
         &self,
         partition: &TopicPartition,
         waker: Arc<Notify>,
-    ) -> Result<Recipient<ShardRequest>, String> {
+    ) -> Result<Recipient<ShardRequest>, StartError> {
         let started = Instant::now();
-        let end = self
-            .log
-            .end_offset(partition)
-            .await
-            .map_err(|e| format!("reading the end of {partition}: {e}"))?;
         let mut table = TaskTable::default();
+        let restored = restore(
+            self.log.as_ref(),
+            partition,
+            format!("restore-{partition}"),
+            |record| apply(&mut table, record),
+        )
+        .await?;
+        let end = restored.end;
         if end > 0 {
-            let mut reader = self
-                .log
-                .consumer(ConsumerConfig::assign(
-                    format!("restore-{partition}"),
-                    vec![(partition.clone(), Some(0))],
-                ))
-                .map_err(|e| e.to_string())?;
-            let mut last_progress = Instant::now();
-            // Until everything committed is read (offsets alone cannot tell: Kafka's
-            // transaction markers take offsets no record is delivered for).
-            while !reader.caught_up(partition) {
-                let records = reader
-                    .poll(&mut NoListener, 10_000, Duration::from_millis(200))
-                    .await
-                    .map_err(|e| format!("restoring {partition}: {e}"))?;
-                if records.is_empty() && last_progress.elapsed() > Duration::from_secs(30) {
-                    return Err(format!("restoring {partition} stalled before offset {end}"));
-                }
-                for record in &records {
-                    apply(&mut table, record);
-                    last_progress = Instant::now();
-                }
-            }
             tracing::info!(shard = %partition, tasks = table.len(), took = ?started.elapsed(), "task shard restored");
         }
         let shard = QueueShard {
@@ -240,7 +221,10 @@ pub struct QueueShard {
 
 impl QueueShard {
     /// Queues the records of `changes` and returns a receiver told when they are durable.
-    fn write(&mut self, changes: Vec<Change>) -> Option<oneshot::Receiver<Result<(), String>>> {
+    fn write(
+        &mut self,
+        changes: Vec<Change>,
+    ) -> Option<oneshot::Receiver<Result<(), CommitError>>> {
         if changes.is_empty() {
             return None;
         }
@@ -388,7 +372,7 @@ impl QueueShard {
     }
 
     /// A receiver told when the writes now pending are durable (`None`: none pending).
-    fn pending_durability(&mut self) -> Option<oneshot::Receiver<Result<(), String>>> {
+    fn pending_durability(&mut self) -> Option<oneshot::Receiver<Result<(), CommitError>>> {
         if self.pending.is_empty() {
             return None;
         }
@@ -540,9 +524,7 @@ impl Actor for QueueShard {
         self.shards
             .remove(self.partition.partition, &ctx.address().recipient());
         for ack in self.acks.drain(..) {
-            ack.send(Err(
-                "the task shard stopped before the change was written; retry".into(),
-            ));
+            ack.send(Err(CommitError::ShardStopped));
         }
     }
 }
@@ -564,6 +546,15 @@ impl Handler<ShardRequest> for QueueShard {
                 // Our own writes, read back (or, after a takeover, the last writes of the
                 // previous owner): apply what is newer.
                 for record in &records {
+                    invariant!(
+                        record.partition == self.partition.partition
+                            && record.topic == self.partition.topic,
+                        "task-store shard of {} was handed record {} of {}[{}]",
+                        self.partition,
+                        record.offset,
+                        record.topic,
+                        record.partition
+                    );
                     apply(&mut self.table, record);
                     self.seen_to = self.seen_to.max(record.offset + 1);
                 }

@@ -392,7 +392,7 @@ impl TaskStore {
         if let Some(durable) = durable {
             match durable.await {
                 Ok(Ok(())) => {}
-                Ok(Err(reason)) => return Err(TaskError::Unavailable(reason)),
+                Ok(Err(reason)) => return Err(TaskError::Unavailable(reason.to_string())),
                 Err(_) => {
                     return Err(TaskError::Unavailable(
                         "a task shard stopped before the change was written; retry".into(),

@@ -399,6 +399,60 @@ async fn bad_requests_get_clear_4xx_answers_and_never_crash_the_node() {
     node.stop().unwrap();
 }
 
+/// One rule for durations in every body: a number is milliseconds (the reference sends
+/// `30000`), text carries its unit, and text without one is refused, not read as seconds.
+#[tokio::test]
+async fn durations_are_milliseconds_or_text_with_its_unit() {
+    let log = EmbeddedLog::new();
+    let node = node(&log, "n0", None);
+    let api = Api::new(&node);
+    let (status, group) = api
+        .post("/groups", json!({"name": "d", "max-run-time": "10m"}))
+        .await;
+    assert_eq!(
+        (status, group["max-run-time"].as_u64()),
+        (201, Some(600_000))
+    );
+    let (status, refused) = api
+        .post("/groups", json!({"name": "e", "max-run-time": "600"}))
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    let message = refused["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("\"600\" has no unit") && message.contains("600ms"),
+        "{refused}"
+    );
+    for _ in 0..2 {
+        api.submit("d", "x").await;
+    }
+    let lease = |task: &Value| {
+        task["lease-expires-at"].as_i64().unwrap() - task["updated-at"].as_i64().unwrap()
+    };
+    let by_number = api.claim("d", "w", 30_000).await.unwrap();
+    assert_eq!(lease(&by_number), 30_000, "{by_number}");
+    let (status, by_text) = api
+        .ready_post(
+            "/tasks/claim",
+            json!({"groups": ["d"], "client-id": "w", "duration": "30s"}),
+        )
+        .await;
+    assert_eq!((status, lease(&by_text)), (200, 30_000), "{by_text}");
+    let (status, refused) = api
+        .ready_post(
+            "/tasks/extend-claim",
+            json!({"client-id": "w", "duration": "30000", "id": by_text["id"], "version": by_text["version"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("\"30000\" has no unit")),
+        "{refused}"
+    );
+    node.stop().unwrap();
+}
+
 #[tokio::test]
 async fn a_token_protects_everything_but_the_health_checks() {
     let log = EmbeddedLog::new();

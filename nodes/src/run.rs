@@ -13,7 +13,7 @@ use std::time::Duration;
 use wellspring_actors::http::{ReqwestTransport, SharedRng};
 use wellspring_actors::metrics::Metrics;
 use wellspring_actors::supervision::Health;
-use wellspring_actors::taskstore::{TaskStore, TaskStoreConfig};
+use wellspring_actors::taskstore::{HttpPeerLink, TaskStore, TaskStoreConfig};
 use wellspring_actors::{FunctionRegistry, Node, NodeEnv, RuntimeConfig};
 use wellspring_log::{EmbeddedLog, Log, SystemClock};
 use wellspring_protocol::Dag;
@@ -207,7 +207,9 @@ async fn serve(
         drain,
     } = handles;
     let starting = async {
-        let store = TaskStore::new(
+        let peers = HttpPeerLink::new(options.node_id.clone(), options.token.clone())
+            .map_err(|e| RunError::Start(format!("cannot build the HTTP client: {e}")))?;
+        let store = TaskStore::with_peers(
             TaskStoreConfig {
                 partitions: options.task_partitions,
                 node_id: options.node_id.clone(),
@@ -221,6 +223,7 @@ async fn serve(
             clock.clone(),
             rng.clone(),
             metrics.clone(),
+            Arc::new(peers),
         )
         .map_err(|e| RunError::Start(e.to_string()))?;
         let env = NodeEnv {

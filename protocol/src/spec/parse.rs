@@ -168,10 +168,10 @@ impl<'a> Obj<'a> {
 
     fn duration(&mut self, errors: &mut Vec<SpecError>, field: &'static str) -> Option<Duration> {
         let value = self.get(field)?;
-        match parse_duration(value) {
+        match crate::duration::from_json(value) {
             Ok(d) => Some(d),
             Err(e) => {
-                self.error(errors, field, e);
+                self.error(errors, field, e.to_string());
                 None
             }
         }
@@ -252,49 +252,6 @@ fn kind(v: &Json) -> &'static str {
     }
 }
 
-/// `250ms`, `30s`, `5m`, `2h`, `1d`, `1.5s`, or a number of milliseconds.
-pub(crate) fn parse_duration(value: &Json) -> Result<Duration, String> {
-    match value {
-        Json::Number(n) => n.as_u64().map(Duration::from_millis).ok_or_else(|| {
-            format!("{n} is not a duration (a whole number of milliseconds, or text like 30s)")
-        }),
-        Json::String(s) => parse_duration_text(s),
-        other => Err(format!(
-            "must be a duration like 30s, found {}",
-            kind(other)
-        )),
-    }
-}
-
-/// `250ms`, `30s`, `5m`, `2h`, `1d`, `1.5s` (a bare number is seconds).
-pub fn parse_duration_text(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 250ms, 30s, 5m, 2h or 1d"))?;
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "s" | "" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        "d" => 86_400.0,
-        _ => {
-            return Err(format!(
-                "{text:?} has an unknown unit (use ms, s, m, h or d)"
-            ));
-        }
-    };
-    let secs = number * scale;
-    if !(0.0..=1.0e9).contains(&secs) {
-        return Err(format!("{text:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// The closest candidate within a small edit distance, to suggest for a typo.
 pub(crate) fn suggest<'c>(
     name: &str,
@@ -303,25 +260,10 @@ pub(crate) fn suggest<'c>(
     let limit = (name.len() / 3).clamp(1, 3);
     candidates
         .into_iter()
-        .map(|c| (edit_distance(name, c), c))
+        .map(|c| (strsim::levenshtein(name, c), c))
         .filter(|(d, _)| *d <= limit)
         .min()
         .map(|(_, c)| c)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 impl Parser<'_> {
@@ -1004,37 +946,45 @@ fn parse_header_conditions(value: &Json) -> Result<Vec<HeaderCondition>, String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
+    /// The spec reads durations by the one rule: a number is milliseconds, text carries
+    /// its unit, text without one is refused.
     #[test]
-    fn durations() {
-        for (text, ms) in [
-            ("250ms", 250),
-            ("30s", 30_000),
-            ("5m", 300_000),
-            ("2h", 7_200_000),
-            ("1.5s", 1_500),
-            ("1d", 86_400_000),
-        ] {
-            assert_eq!(
-                parse_duration(&json!(text)).unwrap(),
-                Duration::from_millis(ms),
-                "{text}"
-            );
-        }
-        assert_eq!(
-            parse_duration(&json!(40)).unwrap(),
-            Duration::from_millis(40)
+    fn durations_follow_the_one_rule() {
+        let spec = |timeout: &str, max_run_time: &str| {
+            format!(
+                "name: t\ntasks:\n  call: {{url: \"http://x\", timeout: {timeout}}}\n  queue: {{type: queue, group: g, cmd: [x], group-settings: {{max-run-time: {max_run_time}}}}}\ngraph:\n  images: {{type: topic-stream, topic-name: images}}\n"
+            )
+        };
+        let (raw, errors) = parse(&spec("250", "60000"), SpecFormat::Yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let raw = raw.unwrap();
+        let Some(TaskDecl::Http(call)) = raw.tasks.get("call") else {
+            panic!("no HTTP task in {:?}", raw.tasks.keys());
+        };
+        assert_eq!(call.timeout, Duration::from_millis(250), "a number is ms");
+        let (raw, errors) = parse(&spec("\"2s\"", "\"2h\""), SpecFormat::Yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let Some(TaskDecl::Http(call)) = raw.unwrap().tasks.remove("call") else {
+            panic!("no HTTP task");
+        };
+        assert_eq!(call.timeout, Duration::from_secs(2));
+        let (_, errors) = parse(&spec("\"30\"", "\"60000\""), SpecFormat::Yaml);
+        let message = |field: &str| {
+            errors
+                .iter()
+                .find(|e| e.field == field)
+                .map(|e| e.message.clone())
+                .unwrap_or_else(|| panic!("no error on {field}: {errors:?}"))
+        };
+        assert!(
+            message("timeout").contains("\"30\" has no unit"),
+            "{errors:?}"
         );
-        for bad in [
-            json!("5 parsecs"),
-            json!("x"),
-            json!(-1),
-            json!(true),
-            json!("1e30h"),
-        ] {
-            assert!(parse_duration(&bad).is_err(), "{bad}");
-        }
+        assert!(
+            message("group-settings").contains("\"60000\" has no unit"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -215,7 +215,6 @@ async fn serve(
                 node_id: options.node_id.clone(),
                 session_timeout: options.session_timeout,
                 advertise_url: options.advertise_url.clone(),
-                token: options.token.clone(),
                 prefix: options.prefix.clone(),
                 ..TaskStoreConfig::default()
             },
@@ -420,15 +419,29 @@ async fn wait_for_signal() -> &'static str {
     }
 }
 
+/// Why the API token could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read the token file {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the token file {} is empty (put the bearer token in it)", .0.display())]
+    Empty(PathBuf),
+}
+
 /// Reads the API token from `--token-file` or `WELLSPRING_API_TOKEN` (never from the
 /// command line, where `ps` would show it).
-pub fn token(file: Option<&PathBuf>) -> Result<Option<String>, String> {
+pub fn token(file: Option<&PathBuf>) -> Result<Option<String>, TokenError> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Unreadable {
+            path: path.clone(),
+            source,
+        })?;
         let token = text.trim().to_owned();
         if token.is_empty() {
-            return Err(format!("the token file {} is empty", path.display()));
+            return Err(TokenError::Empty(path.clone()));
         }
         return Ok(Some(token));
     }

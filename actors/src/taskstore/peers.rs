@@ -177,11 +177,8 @@ impl PeerLink for InProcessPeers {
                 .await
                 .map(|task| PeerAnswer::Task(Some(task))),
             PeerCall::Report { report, success } => {
-                if success && report.error.is_some() {
-                    return Err(bad_request("a success report carries output, not error"));
-                }
-                if !success && report.output.is_some() {
-                    return Err(bad_request("a failure report carries error, not output"));
+                if let Some(mismatch) = report.mismatch(success) {
+                    return Err(bad_request(mismatch));
                 }
                 store
                     .report(report, success, Scope::Local)

@@ -4,8 +4,8 @@
 //! Any node accepts any call. A call for a shard this node serves goes to the shard
 //! actor; a call for a shard another node serves is forwarded to that node through the
 //! store's [`PeerLink`] (that node's HTTP API in production; marked as forwarded, so it
-//! is never forwarded twice). A claim is served from this node's shards first, then by asking the
-//! others; statistics and lists combine every node's.
+//! is never forwarded twice). A claim is served from this node's shards first, then by
+//! asking the others; statistics and lists combine every node's.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,8 +58,6 @@ pub struct TaskStoreConfig {
     /// Where other nodes reach this node's API (to forward calls here). `None`: this
     /// node does not announce itself (it then serves only the calls for its own shards).
     pub advertise_url: Option<String>,
-    /// Bearer token for forwarded calls (the cluster shares one).
-    pub token: Option<String>,
 }
 
 impl Default for TaskStoreConfig {
@@ -73,7 +71,6 @@ impl Default for TaskStoreConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             shard_restart: RestartPolicy::default(),
             advertise_url: None,
-            token: None,
         }
     }
 }

@@ -167,13 +167,7 @@ pub(super) async fn success(
     headers: HeaderMap,
     body: Result<Json<Report>, JsonRejection>,
 ) -> Answer<Response> {
-    let Json(report) = body?;
-    if report.error.is_some() {
-        return Err(ApiError::bad_request(
-            "a success report carries output, not error",
-        ));
-    }
-    Ok(Json(api.store.report(report, true, scope(&headers)).await?).into_response())
+    report(api, headers, body, true).await
 }
 
 pub(super) async fn failure(
@@ -181,11 +175,18 @@ pub(super) async fn failure(
     headers: HeaderMap,
     body: Result<Json<Report>, JsonRejection>,
 ) -> Answer<Response> {
+    report(api, headers, body, false).await
+}
+
+async fn report(
+    api: Api,
+    headers: HeaderMap,
+    body: Result<Json<Report>, JsonRejection>,
+    success: bool,
+) -> Answer<Response> {
     let Json(report) = body?;
-    if report.output.is_some() {
-        return Err(ApiError::bad_request(
-            "a failure report carries error, not output",
-        ));
+    if let Some(mismatch) = report.mismatch(success) {
+        return Err(ApiError::bad_request(mismatch));
     }
-    Ok(Json(api.store.report(report, false, scope(&headers)).await?).into_response())
+    Ok(Json(api.store.report(report, success, scope(&headers)).await?).into_response())
 }

@@ -249,6 +249,20 @@ pub struct Report {
     pub error: Option<String>,
 }
 
+impl Report {
+    /// What is wrong with this report as a success (`success`) or a failure: a success
+    /// carries output and no error, a failure an error and no output.
+    pub fn mismatch(&self, success: bool) -> Option<&'static str> {
+        if success && self.error.is_some() {
+            Some("a success report carries output, not error")
+        } else if !success && self.output.is_some() {
+            Some("a failure report carries error, not output")
+        } else {
+            None
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TaskStatus {

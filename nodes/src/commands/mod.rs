@@ -64,14 +64,6 @@ impl CliError {
         Self { exit, message }
     }
 
-    /// The same error, its message put in context: `{context}: {message}`.
-    pub fn context(self, context: impl std::fmt::Display) -> Self {
-        Self {
-            message: format!("{context}: {}", self.message),
-            ..self
-        }
-    }
-
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(self.exit as u8)
     }

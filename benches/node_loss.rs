@@ -16,7 +16,7 @@ use wellspring_fake_kube::FakeKube;
 use wellspring_kube::{KubeSettings, LeaseSettings};
 use wellspring_log::{EmbeddedLog, Log};
 use wellspring_nodes::run::{RunOptions, RunningNode, start};
-use wellspring_protocol::spec::parse_duration_text;
+use wellspring_protocol::duration;
 
 const PODS: &str = "/api/v1/namespaces/lab/pods";
 const GROUP: &str = "wellspring.task-store";
@@ -95,7 +95,7 @@ fn round(session: Duration, report_pod_deleted: bool) -> Duration {
 fn main() {
     let rounds: usize = flag("--rounds").and_then(|r| r.parse().ok()).unwrap_or(3);
     let session = flag("--session-timeout")
-        .and_then(|s| parse_duration_text(&s).ok())
+        .and_then(|s| duration::parse_text(&s).ok())
         .unwrap_or(Duration::from_secs(10));
     println!(
         "node loss, 2 nodes, 8 task-store shards, session timeout {session:?}, {rounds} rounds"

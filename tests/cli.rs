@@ -125,7 +125,7 @@ fn the_demo_runs_an_experiment_exactly_once_with_bad_records_dead_lettered() {
         "4",
         "--no-progress",
         "--stall-timeout",
-        "30",
+        "30s",
     ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
@@ -144,7 +144,51 @@ fn the_demo_runs_an_experiment_exactly_once_with_bad_records_dead_lettered() {
 fn the_demo_rejects_nonsense_options() {
     let out = wellspring(&["demo", "--error-rate", "2"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("--error-rate must be between 0 and 1"));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--error-rate") && stderr.contains("must be between 0 and 1, not 2"),
+        "{stderr}"
+    );
+}
+
+/// Every duration flag reads durations by the one rule: text with its unit; a number
+/// alone is refused (by clap, before anything starts) with how to write it.
+#[test]
+fn duration_flags_need_their_unit_and_their_bounds() {
+    for (args, expected) in [
+        (
+            vec!["run", "--session-timeout", "30000"],
+            "\"30000\" has no unit",
+        ),
+        (vec!["run", "--session-timeout", "500ms"], "at least 1s"),
+        (vec!["run", "--lease-duration", "2s"], "at least 3s"),
+        (vec!["run", "--task-partitions", "0"], "--task-partitions"),
+        (
+            vec!["drain", "--wait", "30"],
+            "write it with one, like 30ms or 30s",
+        ),
+        (
+            vec![
+                "tasks",
+                "claim",
+                "--group",
+                "g",
+                "--client-id",
+                "c",
+                "--duration",
+                "30",
+            ],
+            "has no unit",
+        ),
+        (vec!["demo", "--stall-timeout", "30"], "has no unit"),
+        (vec!["demo", "--duplicates", "1.5"], "between 0 and 1"),
+        (vec!["validate", "x.yaml", "--set", "novalue"], "name=value"),
+    ] {
+        let out = wellspring(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
 }
 
 /// Starts `wellspring run` on a free port; returns the process and its API's URL.

@@ -8,8 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use wellspring_actors::taskstore::{ApiClient, ClientError};
 use wellspring_log::{EmbeddedLog, Log};
 use wellspring_nodes::run::{RunOptions, RunningNode, start};
+use wellspring_protocol::taskstore::{
+    Claim, ExtendClaim, GroupSettings, Millis, NewTask, Report, TaskStatus,
+};
 
 fn node(log: &EmbeddedLog, node_id: &str, token: Option<&str>) -> RunningNode {
     let mut options = RunOptions::new("127.0.0.1:0".parse().unwrap());
@@ -397,6 +401,167 @@ async fn bad_requests_get_clear_4xx_answers_and_never_crash_the_node() {
     // Still serving.
     api.submit("g", "x").await;
     node.stop().unwrap();
+}
+
+/// One rule for durations in every body: a number is milliseconds (the reference sends
+/// `30000`), text carries its unit, and text without one is refused, not read as seconds.
+#[tokio::test]
+async fn durations_are_milliseconds_or_text_with_its_unit() {
+    let log = EmbeddedLog::new();
+    let node = node(&log, "n0", None);
+    let api = Api::new(&node);
+    let (status, group) = api
+        .post("/groups", json!({"name": "d", "max-run-time": "10m"}))
+        .await;
+    assert_eq!(
+        (status, group["max-run-time"].as_u64()),
+        (201, Some(600_000))
+    );
+    let (status, refused) = api
+        .post("/groups", json!({"name": "e", "max-run-time": "600"}))
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    let message = refused["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("\"600\" has no unit") && message.contains("600ms"),
+        "{refused}"
+    );
+    for _ in 0..2 {
+        api.submit("d", "x").await;
+    }
+    let lease = |task: &Value| {
+        task["lease-expires-at"].as_i64().unwrap() - task["updated-at"].as_i64().unwrap()
+    };
+    let by_number = api.claim("d", "w", 30_000).await.unwrap();
+    assert_eq!(lease(&by_number), 30_000, "{by_number}");
+    let (status, by_text) = api
+        .ready_post(
+            "/tasks/claim",
+            json!({"groups": ["d"], "client-id": "w", "duration": "30s"}),
+        )
+        .await;
+    assert_eq!((status, lease(&by_text)), (200, 30_000), "{by_text}");
+    let (status, refused) = api
+        .ready_post(
+            "/tasks/extend-claim",
+            json!({"client-id": "w", "duration": "30000", "id": by_text["id"], "version": by_text["version"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("\"30000\" has no unit")),
+        "{refused}"
+    );
+    node.stop().unwrap();
+}
+
+/// The typed client (the peer link's and the CLI's) speaks every call of the API: the
+/// paths, bodies and answers of `wellspring_protocol::taskstore::api`.
+#[tokio::test]
+async fn the_typed_client_speaks_every_call() {
+    let log = EmbeddedLog::new();
+    let node = node(&log, "n0", Some("s3cret"));
+    let client = ApiClient::new(&node.url(), Some("s3cret".into())).unwrap();
+    let (group, created) = client
+        .create_group(&GroupSettings::named("typed group"))
+        .await
+        .unwrap();
+    assert!(created);
+    assert!(!client.create_group(&group).await.unwrap().1, "unchanged");
+    assert_eq!(client.group("typed group").await.unwrap(), group);
+    assert_eq!(client.groups().await.unwrap(), vec![group.clone()]);
+    let new = NewTask {
+        cmd: vec!["echo".into()],
+        group: "typed group".into(),
+        labels: BTreeMap::new(),
+        idempotency_key: Some("once".into()),
+    };
+    let submitted = loop {
+        match client.submit(&new).await {
+            Err(e) if e.can_retry() => tokio::time::sleep(Duration::from_millis(20)).await,
+            answer => break answer.unwrap(),
+        }
+    };
+    assert!(submitted.1, "a new task");
+    let (again, created) = client.submit(&new).await.unwrap();
+    assert_eq!((again.id, created), (submitted.0.id, false), "the same key");
+    let claim = Claim {
+        groups: vec!["typed group".into()],
+        client_id: "w".into(),
+        duration: Millis(60_000),
+    };
+    let task = client.claim(&claim).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Leased);
+    assert_eq!(
+        client.claim(&claim).await.unwrap(),
+        None,
+        "204: nothing left"
+    );
+    let task = client
+        .extend(&ExtendClaim {
+            client_id: "w".into(),
+            duration: Millis(60_000),
+            id: task.id,
+            version: task.version,
+        })
+        .await
+        .unwrap();
+    let report = Report {
+        client_id: "w".into(),
+        id: task.id,
+        version: task.version,
+        elapsed_time: None,
+        output: Some(json!({"done": true})),
+        error: None,
+    };
+    let done = client.report(&report, true).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Succeeded);
+    assert_eq!(client.get(task.id).await.unwrap(), done);
+    let listed = client
+        .list("typed group", Some(TaskStatus::Succeeded), Some(10))
+        .await
+        .unwrap();
+    assert_eq!(listed, vec![done]);
+    assert_eq!(client.stats("typed group").await.unwrap().succeeded, 1);
+    assert_eq!(client.autoscaling("typed group").await.unwrap().backlog, 0);
+    assert!(client.live().await.unwrap().live);
+    assert!(client.ready().await.unwrap().ready);
+    let cluster = client.shards().await.unwrap();
+    assert_eq!(cluster.node, "n0");
+    let local = client.local_shards().await.unwrap();
+    assert!(
+        local.stages.iter().any(|s| s.dag == "task-store"),
+        "{local:?}"
+    );
+    // Refusals carry the status and the node's message; a wrong token is refused too.
+    match client.stats("nope").await {
+        Err(ClientError::Refused {
+            status, message, ..
+        }) => assert!(
+            status == 404 && message.contains("does not exist"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let stranger = ApiClient::new(&node.url(), None).unwrap();
+    assert!(matches!(
+        stranger.groups().await,
+        Err(ClientError::Refused { status: 401, .. })
+    ));
+    assert!(client.drain().await.unwrap().draining);
+    let url = node.url();
+    node.stop().unwrap();
+    let gone = ApiClient::new(&url, None)
+        .unwrap()
+        .live()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(gone, ClientError::Unreachable { .. }) && gone.can_retry(),
+        "{gone}"
+    );
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ pub struct KafkaArgs {
     #[arg(long, value_name = "FILE", env = "WELLSPRING_KAFKA_CONFIG_FILE")]
     pub kafka_config_file: Option<PathBuf>,
     /// Replication factor of the topics Wellspring creates (default: the brokers').
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
     pub replication_factor: Option<i32>,
     /// Commit without transactions: outputs first, then input offsets (for brokers
     /// without transactions; a crash between the two repeats outputs, with the same ids).

@@ -15,7 +15,8 @@ use wellspring_kube::{
     WorkerDemand, Workers,
 };
 use wellspring_log::Log;
-use wellspring_protocol::spec::parse_duration_text;
+
+use crate::commands::flags;
 
 /// When the integration runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,9 +47,13 @@ pub struct KubeArgs {
     /// The Lease the nodes elect their leader on.
     #[arg(long, default_value = "wellspring-leader")]
     pub leader_lease: String,
-    /// How long a leader's Lease lasts unrenewed (it renews every 2 s).
-    #[arg(long, default_value = "15s")]
-    pub lease_duration: String,
+    /// How long a leader's Lease lasts unrenewed (it renews every 2 s; at least 3s).
+    #[arg(
+        long,
+        default_value = "15s",
+        value_parser = flags::duration_at_least(Duration::from_secs(3))
+    )]
+    pub lease_duration: Duration,
     /// Label selector of the node pods (the peers watched for loss).
     #[arg(long, default_value = wellspring_kube::DEFAULT_PEER_SELECTOR)]
     pub peer_selector: String,
@@ -61,11 +66,11 @@ pub struct KubeArgs {
     #[arg(long, env = "WELLSPRING_WORKER_TEMPLATES")]
     pub worker_templates: Option<PathBuf>,
     /// Workers are scaled down only after the demand stayed lower this long.
-    #[arg(long, default_value = "2m")]
-    pub scale_cooldown: String,
-    /// How often the leader compares workers with the demand.
-    #[arg(long, default_value = "10s")]
-    pub scale_interval: String,
+    #[arg(long, default_value = "2m", value_parser = flags::duration)]
+    pub scale_cooldown: Duration,
+    /// How often the leader compares workers with the demand (100ms at the least).
+    #[arg(long, default_value = "10s", value_parser = flags::duration)]
+    pub scale_interval: Duration,
 }
 
 impl KubeArgs {
@@ -80,12 +85,7 @@ impl KubeArgs {
         if !on {
             return Ok(None);
         }
-        let duration =
-            |text: &str, flag: &str| parse_duration_text(text).map_err(|e| format!("{flag}: {e}"));
-        let lease_duration = duration(&self.lease_duration, "--lease-duration")?;
-        if lease_duration < Duration::from_secs(3) {
-            return Err("--lease-duration must be at least 3s".into());
-        }
+        let lease_duration = self.lease_duration;
         let mut lease = LeaseSettings::new(&self.leader_lease, node_id);
         lease.duration = lease_duration;
         // client-go's proportions: renew within 2/3 of the Lease, retry every 2 s.
@@ -108,9 +108,8 @@ impl KubeArgs {
                 .clone()
                 .unwrap_or(defaults.worker_url.clone()),
             templates: Arc::new(templates),
-            scale_interval: duration(&self.scale_interval, "--scale-interval")?
-                .max(Duration::from_millis(100)),
-            scale_cooldown: duration(&self.scale_cooldown, "--scale-cooldown")?,
+            scale_interval: self.scale_interval.max(Duration::from_millis(100)),
+            scale_cooldown: self.scale_cooldown,
             ..defaults
         }))
     }

@@ -6,7 +6,7 @@
 pub mod api;
 pub mod backend;
 pub mod cli;
-pub mod client;
+pub mod commands;
 pub mod demo;
 pub mod kube;
 pub mod run;

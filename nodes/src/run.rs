@@ -13,7 +13,7 @@ use std::time::Duration;
 use wellspring_actors::http::{ReqwestTransport, SharedRng};
 use wellspring_actors::metrics::Metrics;
 use wellspring_actors::supervision::Health;
-use wellspring_actors::taskstore::{TaskStore, TaskStoreConfig};
+use wellspring_actors::taskstore::{HttpPeerLink, TaskStore, TaskStoreConfig};
 use wellspring_actors::{FunctionRegistry, Node, NodeEnv, RuntimeConfig};
 use wellspring_log::{EmbeddedLog, Log, SystemClock};
 use wellspring_protocol::Dag;
@@ -207,13 +207,14 @@ async fn serve(
         drain,
     } = handles;
     let starting = async {
-        let store = TaskStore::new(
+        let peers = HttpPeerLink::new(options.node_id.clone(), options.token.clone())
+            .map_err(|e| RunError::Start(format!("cannot build the HTTP client: {e}")))?;
+        let store = TaskStore::with_peers(
             TaskStoreConfig {
                 partitions: options.task_partitions,
                 node_id: options.node_id.clone(),
                 session_timeout: options.session_timeout,
                 advertise_url: options.advertise_url.clone(),
-                token: options.token.clone(),
                 prefix: options.prefix.clone(),
                 ..TaskStoreConfig::default()
             },
@@ -221,6 +222,7 @@ async fn serve(
             clock.clone(),
             rng.clone(),
             metrics.clone(),
+            Arc::new(peers),
         )
         .map_err(|e| RunError::Start(e.to_string()))?;
         let env = NodeEnv {
@@ -417,15 +419,29 @@ async fn wait_for_signal() -> &'static str {
     }
 }
 
+/// Why the API token could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read the token file {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the token file {} is empty (put the bearer token in it)", .0.display())]
+    Empty(PathBuf),
+}
+
 /// Reads the API token from `--token-file` or `WELLSPRING_API_TOKEN` (never from the
 /// command line, where `ps` would show it).
-pub fn token(file: Option<&PathBuf>) -> Result<Option<String>, String> {
+pub fn token(file: Option<&PathBuf>) -> Result<Option<String>, TokenError> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Unreadable {
+            path: path.clone(),
+            source,
+        })?;
         let token = text.trim().to_owned();
         if token.is_empty() {
-            return Err(format!("the token file {} is empty", path.display()));
+            return Err(TokenError::Empty(path.clone()));
         }
         return Ok(Some(token));
     }

@@ -31,7 +31,7 @@ pub struct TelemetryArgs {
     #[arg(long, value_name = "PROTOCOL")]
     pub otlp_protocol: Option<String>,
     /// The share of traces to keep (0 to 1), unless the trace's parent decided already.
-    #[arg(long, value_name = "RATIO")]
+    #[arg(long, value_name = "RATIO", value_parser = crate::commands::flags::fraction)]
     pub trace_sample_ratio: Option<f64>,
 }
 

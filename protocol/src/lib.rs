@@ -3,9 +3,11 @@
 //!
 //! Nothing here runs: no actors, no I/O. Start with [`records::ChannelImage`] (the message
 //! that starts it all), [`records::ExperimentLayout`] (what makes each level complete) and
-//! [`spec::Dag::load`] (a DAG spec, parsed and validated). Every other crate depends on
+//! [`spec::Dag::load`] (a DAG spec, parsed and validated); [`duration`] is how every
+//! duration is read, and [`taskstore::api`] is the node's HTTP API. Every other crate depends on
 //! this one; a change to a record's shape or to the spec language belongs here.
 
+pub mod duration;
 pub mod envelope;
 pub mod keys;
 pub mod records;

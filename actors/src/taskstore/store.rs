@@ -3,9 +3,9 @@
 //!
 //! Any node accepts any call. A call for a shard this node serves goes to the shard
 //! actor; a call for a shard another node serves is forwarded to that node through the
-//! store's [`PeerLink`] (its API in production; marked as forwarded, so it is never
-//! forwarded twice). A claim is served from this node's shards first, then by asking the
-//! others; statistics and lists combine every node's.
+//! store's [`PeerLink`] (that node's HTTP API in production; marked as forwarded, so it
+//! is never forwarded twice). A claim is served from this node's shards first, then by
+//! asking the others; statistics and lists combine every node's.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,13 +14,12 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value as Json, json};
 use uuid::Uuid;
 use wellspring_log::{
     Cleanup, Clock, ConsumerConfig, Log, LogError, Producer, ProducerRecord, TopicSpec,
     partition_for_key,
 };
+use wellspring_protocol::taskstore::api::ForwardedSubmit;
 use wellspring_protocol::taskstore::{
     Claim, DagTaskOrigin, ExtendClaim, GroupSettings, GroupStats, NewTask, Report, TaskStatus,
     TaskView, valid_group_name,
@@ -28,7 +27,7 @@ use wellspring_protocol::taskstore::{
 
 use super::directory::{Announcer, Directory};
 use super::groups::{GroupTable, GroupsReader};
-use super::peers::{HttpPeerLink, PeerAnswer, PeerCall, PeerLink};
+use super::link::{PeerAnswer, PeerCall, PeerLink};
 use super::shard::{
     Answer, LocalShards, QueueCounters, QueueReply, QueueRequest, QueueShardFactory,
 };
@@ -41,10 +40,6 @@ use crate::supervision::{ChildSpec, RestartPolicy};
 
 /// Namespace of task ids derived from idempotency keys.
 const TASK_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5745_4c4c_5350_5249_4e47_0000_0000_0002);
-
-/// The header marking a call forwarded by another node: it is served here, not again
-/// forwarded.
-pub const FORWARDED: &str = "x-wellspring-forwarded";
 
 /// How a node runs its part of the task store.
 #[derive(Debug, Clone)]
@@ -63,8 +58,6 @@ pub struct TaskStoreConfig {
     /// Where other nodes reach this node's API (to forward calls here). `None`: this
     /// node does not announce itself (it then serves only the calls for its own shards).
     pub advertise_url: Option<String>,
-    /// Bearer token for forwarded calls (the cluster shares one).
-    pub token: Option<String>,
 }
 
 impl Default for TaskStoreConfig {
@@ -78,7 +71,6 @@ impl Default for TaskStoreConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             shard_restart: RestartPolicy::default(),
             advertise_url: None,
-            token: None,
         }
     }
 }
@@ -90,14 +82,6 @@ pub enum Scope {
     Cluster,
     /// This node only (a call another node forwarded).
     Local,
-}
-
-/// A submission forwarded between nodes: the chosen id and the DAG origin travel with it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ForwardedSubmit {
-    pub id: Uuid,
-    pub task: NewTask,
-    pub dag: Option<DagTaskOrigin>,
 }
 
 struct Inner {
@@ -123,7 +107,7 @@ pub struct TaskStore {
     inner: Arc<Inner>,
 }
 
-/// A task store that does not keep it alive (see [`super::peers::InProcessPeers`]).
+/// A task store that does not keep it alive: how the in-process peer registry holds it.
 #[derive(Clone)]
 pub(crate) struct WeakTaskStore(Weak<Inner>);
 
@@ -141,21 +125,9 @@ enum Route {
 }
 
 impl TaskStore {
-    /// A node's task store, reaching the other nodes over their HTTP API.
-    pub fn new(
-        config: TaskStoreConfig,
-        log: Arc<dyn Log>,
-        clock: Arc<dyn Clock>,
-        rng: SharedRng,
-        metrics: Metrics,
-    ) -> Result<Self, LogError> {
-        let peers = HttpPeerLink::new(config.node_id.clone(), config.token.clone())
-            .map_err(|e| LogError::Other(format!("cannot build the HTTP client: {e}")))?;
-        Self::with_peers(config, log, clock, rng, metrics, Arc::new(peers))
-    }
-
-    /// A node's task store reaching the other nodes through `peers`: for a simulation
-    /// running several nodes in one process (with [`super::peers::InProcessPeers`]).
+    /// A node's task store reaching the other nodes through `peers`: their HTTP API in
+    /// production, or their stores for a simulation running several nodes in one
+    /// process.
     pub fn with_peers(
         config: TaskStoreConfig,
         log: Arc<dyn Log>,
@@ -724,13 +696,6 @@ impl TaskStore {
     }
 }
 
-/// What a node answers a forwarded submission.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ForwardedAnswer {
-    pub task: TaskView,
-    pub created: bool,
-}
-
 fn unexpected(answer: Answer) -> TaskError {
     TaskError::Unavailable(format!("unexpected answer from a task shard: {answer:?}"))
 }
@@ -755,18 +720,6 @@ fn peer_task(base: &str, answer: PeerAnswer) -> Result<Option<TaskView>, TaskErr
     }
 }
 
-pub(crate) fn path_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// A group name from a URL path, checked.
 pub fn group_name(name: &str) -> Result<&str, TaskError> {
     if valid_group_name(name) {
@@ -774,9 +727,4 @@ pub fn group_name(name: &str) -> Result<&str, TaskError> {
     } else {
         Err(TaskError::Invalid(format!("{name:?} is not a group name")))
     }
-}
-
-/// The body shape of a forwarded claim, for tests and tools.
-pub fn claim_body(groups: &[&str], client: &str, duration_ms: u64) -> Json {
-    json!({"groups": groups, "client-id": client, "duration": duration_ms})
 }

@@ -39,7 +39,6 @@ use std::time::Duration;
 
 use crate::schema::SchemaSet;
 
-pub use parse::parse_duration_text;
 pub use render::{to_dot, to_mermaid};
 pub use template::{JsonTemplate, TextTemplate};
 

@@ -1,9 +1,10 @@
-//! The task store's language: its HTTP API bodies (the reference task-queue API) and the
-//! durable state of a task.
+//! The task store's data: the bodies of its calls (the reference task-queue API), a
+//! group's settings, and the durable state of a task as the log keeps it.
 //!
-//! API bodies are JSON with kebab-case names and no unknown fields (a typo is a `400`,
-//! not a silently ignored setting). Durations are milliseconds, as in the reference
-//! (`"duration": 30000`), or text like `"10m"`.
+//! Bodies are JSON with kebab-case names and no unknown fields (a typo is a `400`, not a
+//! silently ignored setting). Durations follow [`crate::duration`]: a number is
+//! milliseconds, as in the reference (`"duration": 30000`), text carries its unit
+//! (`"10m"`), and text without one (`"30000"`) is refused.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,25 +16,20 @@ use crate::envelope::{MessageId, TraceContext};
 use crate::records::Origin;
 use crate::value::Value;
 
-/// A duration in milliseconds; JSON `30000` or `"30s"`.
+/// A duration in milliseconds: JSON `30000` or `"30s"` (see [`crate::duration`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct Millis(pub u64);
 
 impl<'de> Deserialize<'de> for Millis {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Number(ms) => Ok(Millis(ms)),
-            Raw::Text(text) => crate::spec::parse_duration_text(&text)
-                .map(|d| Millis(d.as_millis() as u64))
-                .map_err(serde::de::Error::custom),
-        }
+        crate::duration::deserialize(deserializer).map(Millis::from)
+    }
+}
+
+impl From<std::time::Duration> for Millis {
+    fn from(duration: std::time::Duration) -> Self {
+        Millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
     }
 }
 
@@ -253,6 +249,20 @@ pub struct Report {
     pub error: Option<String>,
 }
 
+impl Report {
+    /// What is wrong with this report as a success (`success`) or a failure: a success
+    /// carries output and no error, a failure an error and no output.
+    pub fn mismatch(&self, success: bool) -> Option<&'static str> {
+        if success && self.error.is_some() {
+            Some("a success report carries output, not error")
+        } else if !success && self.output.is_some() {
+            Some("a failure report carries error, not output")
+        } else {
+            None
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TaskStatus {
@@ -456,6 +466,17 @@ mod tests {
             serde_json::from_str::<Claim>(r#"{"groups": ["A"], "client_id": "c", "duration": 1}"#)
                 .is_err()
         );
+        // Text without a unit is refused, not read as seconds.
+        let unitless = serde_json::from_str::<Claim>(
+            r#"{"groups": ["A"], "client-id": "c", "duration": "30000"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(unitless.contains("has no unit"), "{unitless}");
+        let group = serde_json::from_str::<GroupSettings>(r#"{"name": "A", "max-run-time": "60"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(group.contains("\"60\" has no unit"), "{group}");
         let task: NewTask = serde_json::from_str(
             r#"{"cmd": ["my-program.py", "url-to-data", "settings"], "group": "Group A", "labels": {"my-label": "is-good"}}"#,
         )

@@ -3,16 +3,17 @@
 //! serde derive stops at the first error; a spec author wants them all, so the document
 //! is read into a JSON tree and walked by hand. An element that does not parse is left
 //! out and remembered as broken, so validation does not pile follow-on errors on it.
+//! Task declarations are read in [`tasks`].
+
+mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{Map, Value as Json};
 
-use super::template::{JsonTemplate, TextTemplate};
 use super::{
-    Backoff, DagSettings, HeaderCondition, HeaderTest, HttpTask, Method, NodeKind, NodeSpec,
-    SpecError, SpecFormat, StatusMatch, StreamOperation, SuccessPredicate, TaskDecl, TopicDecl,
+    DagSettings, NodeKind, NodeSpec, SpecError, SpecFormat, StreamOperation, TaskDecl, TopicDecl,
 };
 use crate::schema::{AdditionalFields, Field, FieldType, Schema, SchemaSet};
 
@@ -168,10 +169,10 @@ impl<'a> Obj<'a> {
 
     fn duration(&mut self, errors: &mut Vec<SpecError>, field: &'static str) -> Option<Duration> {
         let value = self.get(field)?;
-        match parse_duration(value) {
+        match crate::duration::from_json(value) {
             Ok(d) => Some(d),
             Err(e) => {
-                self.error(errors, field, e);
+                self.error(errors, field, e.to_string());
                 None
             }
         }
@@ -252,49 +253,6 @@ fn kind(v: &Json) -> &'static str {
     }
 }
 
-/// `250ms`, `30s`, `5m`, `2h`, `1d`, `1.5s`, or a number of milliseconds.
-pub(crate) fn parse_duration(value: &Json) -> Result<Duration, String> {
-    match value {
-        Json::Number(n) => n.as_u64().map(Duration::from_millis).ok_or_else(|| {
-            format!("{n} is not a duration (a whole number of milliseconds, or text like 30s)")
-        }),
-        Json::String(s) => parse_duration_text(s),
-        other => Err(format!(
-            "must be a duration like 30s, found {}",
-            kind(other)
-        )),
-    }
-}
-
-/// `250ms`, `30s`, `5m`, `2h`, `1d`, `1.5s` (a bare number is seconds).
-pub fn parse_duration_text(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 250ms, 30s, 5m, 2h or 1d"))?;
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "s" | "" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        "d" => 86_400.0,
-        _ => {
-            return Err(format!(
-                "{text:?} has an unknown unit (use ms, s, m, h or d)"
-            ));
-        }
-    };
-    let secs = number * scale;
-    if !(0.0..=1.0e9).contains(&secs) {
-        return Err(format!("{text:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// The closest candidate within a small edit distance, to suggest for a typo.
 pub(crate) fn suggest<'c>(
     name: &str,
@@ -303,25 +261,10 @@ pub(crate) fn suggest<'c>(
     let limit = (name.len() / 3).clamp(1, 3);
     candidates
         .into_iter()
-        .map(|c| (edit_distance(name, c), c))
+        .map(|c| (strsim::levenshtein(name, c), c))
         .filter(|(d, _)| *d <= limit)
         .min()
         .map(|(_, c)| c)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 impl Parser<'_> {
@@ -554,268 +497,6 @@ impl Parser<'_> {
         })
     }
 
-    fn task(&mut self, name: &str, decl: &Json) -> Option<TaskDecl> {
-        let (location, map) = self.declaration("tasks", name, decl)?;
-        let start = self.errors.len();
-        let mut obj = Obj::new(&location, map);
-        match obj.string(self.errors, "type", false).as_deref() {
-            None | Some("http") => {}
-            Some("queue") => return self.queue_task(obj, start),
-            Some(other) => {
-                obj.error(
-                    self.errors,
-                    "type",
-                    format!("{other:?} is not a task type (supported: http, queue)"),
-                );
-                return None;
-            }
-        }
-        let _ = obj.string(self.errors, "description", false);
-        let method = match obj
-            .string(self.errors, "method", false)
-            .as_deref()
-            .map(str::to_ascii_uppercase)
-            .as_deref()
-        {
-            None | Some("POST") => Method::Post,
-            Some("GET") => Method::Get,
-            Some("PUT") => Method::Put,
-            Some("PATCH") => Method::Patch,
-            Some("DELETE") => Method::Delete,
-            Some(other) => {
-                obj.error(
-                    self.errors,
-                    "method",
-                    format!("{other:?} is not GET, POST, PUT, PATCH or DELETE"),
-                );
-                Method::Post
-            }
-        };
-        let url =
-            obj.string(self.errors, "url", true)
-                .and_then(|u| match TextTemplate::parse(&u) {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        obj.error(self.errors, "url", e.to_string());
-                        None
-                    }
-                });
-        if let Some(url) = &url {
-            let text = url.source();
-            if !(text.starts_with("http://")
-                || text.starts_with("https://")
-                || text.starts_with("${"))
-            {
-                obj.error(
-                    self.errors,
-                    "url",
-                    format!("{text:?} must start with http://, https:// or a ${{variable}}"),
-                );
-            }
-        }
-        let mut headers = Vec::new();
-        if let Some(map) = obj.object(self.errors, "headers") {
-            for (header, value) in map {
-                match value.as_str().map(TextTemplate::parse) {
-                    Some(Ok(t)) => headers.push((header.clone(), t)),
-                    Some(Err(e)) => {
-                        obj.error(self.errors, &format!("headers.{header}"), e.to_string())
-                    }
-                    None => obj.error(
-                        self.errors,
-                        &format!("headers.{header}"),
-                        "must be a string",
-                    ),
-                }
-            }
-        }
-        let template = |obj: &mut Obj, errors: &mut Vec<SpecError>, field: &'static str| {
-            obj.get(field)
-                .and_then(|v| match JsonTemplate::parse(v.clone()) {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        obj.error(errors, field, e.to_string());
-                        None
-                    }
-                })
-        };
-        let body = template(&mut obj, self.errors, "body");
-        let output = template(&mut obj, self.errors, "output");
-        let input_schema = obj.string(self.errors, "input-schema", false);
-        let output_schema = obj.string(self.errors, "output-schema", false);
-        let max_inflight = obj
-            .integer(self.errors, "max-inflight", 1, 100_000)
-            .unwrap_or(16) as u32;
-        let retries = obj.integer(self.errors, "retries", 0, 1_000).unwrap_or(5) as u32;
-        let timeout = obj
-            .duration(self.errors, "timeout")
-            .unwrap_or(Duration::from_secs(30));
-        if timeout.is_zero() {
-            obj.error(self.errors, "timeout", "must be longer than zero");
-        }
-        let mut backoff = Backoff::default();
-        if let Some(map) = obj.object(self.errors, "backoff") {
-            let mut b = Obj::new(format!("{location}.backoff"), map);
-            if let Some(d) = b.duration(self.errors, "initial") {
-                backoff.initial = d;
-            }
-            if let Some(d) = b.duration(self.errors, "max") {
-                backoff.max = d;
-            }
-            match b.get("multiplier") {
-                Some(Json::Number(n)) if n.as_f64().is_some_and(|m| (1.0..=100.0).contains(&m)) => {
-                    backoff.multiplier = n.as_f64().unwrap_or(2.0);
-                }
-                Some(other) => b.error(
-                    self.errors,
-                    "multiplier",
-                    format!("must be a number from 1 to 100, found {other}"),
-                ),
-                None => {}
-            }
-            match b.get("jitter") {
-                Some(Json::Bool(j)) => backoff.jitter = *j,
-                Some(other) => b.error(
-                    self.errors,
-                    "jitter",
-                    format!("must be true or false, found {}", kind(other)),
-                ),
-                None => {}
-            }
-            if backoff.initial > backoff.max {
-                b.error(self.errors, "initial", "is longer than max");
-            }
-            b.finish(self.errors);
-        }
-        let mut success = SuccessPredicate::default();
-        if let Some(map) = obj.object(self.errors, "success") {
-            let mut s = Obj::new(format!("{location}.success"), map);
-            if let Some(statuses) = s.get("status") {
-                match parse_statuses(statuses) {
-                    Ok(list) => success.statuses = list,
-                    Err(e) => s.error(self.errors, "status", e),
-                }
-            }
-            if let Some(conditions) = s.get("headers") {
-                match parse_header_conditions(conditions) {
-                    Ok(list) => success.headers = list,
-                    Err(e) => s.error(self.errors, "headers", e),
-                }
-            }
-            s.finish(self.errors);
-        }
-        let mut permanent_statuses = (400..=499)
-            .filter(|c| *c != 408 && *c != 429)
-            .map(StatusMatch::Code)
-            .collect();
-        if let Some(statuses) = obj.get("permanent-statuses") {
-            match parse_statuses(statuses) {
-                Ok(list) => permanent_statuses = list,
-                Err(e) => obj.error(self.errors, "permanent-statuses", e),
-            }
-        }
-        obj.finish(self.errors);
-        if self.errors.len() != start {
-            return None;
-        }
-        Some(TaskDecl::Http(HttpTask {
-            method,
-            url: url?,
-            headers,
-            body,
-            output,
-            input_schema,
-            output_schema,
-            max_inflight,
-            retries,
-            backoff,
-            timeout,
-            success,
-            permanent_statuses,
-        }))
-    }
-
-    /// A `type: queue` task: records become tasks of a task-store group.
-    fn queue_task(&mut self, mut obj: Obj<'_>, start: usize) -> Option<TaskDecl> {
-        let _ = obj.string(self.errors, "description", false);
-        let group = obj.string(self.errors, "group", true);
-        if let Some(g) = &group
-            && !crate::taskstore::valid_group_name(g)
-        {
-            obj.error(
-                self.errors,
-                "group",
-                format!("{g:?} is not a group name (letters, digits, spaces, '-', '_', '.', ':')"),
-            );
-        }
-        let mut cmd = Vec::new();
-        match obj.strings(self.errors, "cmd") {
-            Some(args) if args.is_empty() => {
-                obj.error(self.errors, "cmd", "must list at least the program to run")
-            }
-            Some(args) => {
-                for arg in args {
-                    match TextTemplate::parse(&arg) {
-                        Ok(t) => cmd.push(t),
-                        Err(e) => obj.error(self.errors, "cmd", e.to_string()),
-                    }
-                }
-            }
-            None if !obj.map.contains_key("cmd") => obj.error(self.errors, "cmd", "is required"),
-            None => {}
-        }
-        let mut labels = Vec::new();
-        if let Some(map) = obj.object(self.errors, "labels") {
-            for (label, value) in map {
-                match value.as_str().map(TextTemplate::parse) {
-                    Some(Ok(t)) => labels.push((label.clone(), t)),
-                    Some(Err(e)) => {
-                        obj.error(self.errors, &format!("labels.{label}"), e.to_string())
-                    }
-                    None => obj.error(self.errors, &format!("labels.{label}"), "must be a string"),
-                }
-            }
-        }
-        let group_settings = match obj.object(self.errors, "group-settings") {
-            Some(map) => {
-                let mut settings = map.clone();
-                settings.insert(
-                    "name".into(),
-                    Json::String(group.clone().unwrap_or_default()),
-                );
-                match serde_json::from_value::<crate::taskstore::GroupSettings>(Json::Object(
-                    settings.clone(),
-                )) {
-                    Ok(parsed) => {
-                        for problem in parsed.problems() {
-                            obj.error(self.errors, "group-settings", problem);
-                        }
-                        Some(Json::Object(settings))
-                    }
-                    Err(e) => {
-                        obj.error(self.errors, "group-settings", e.to_string());
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
-        let input_schema = obj.string(self.errors, "input-schema", false);
-        let output_schema = obj.string(self.errors, "output-schema", false);
-        obj.finish(self.errors);
-        if self.errors.len() != start {
-            return None;
-        }
-        Some(TaskDecl::Queue(super::QueueTask {
-            group: group?,
-            cmd,
-            labels,
-            group_settings,
-            input_schema,
-            output_schema,
-        }))
-    }
-
     fn node(&mut self, name: &str, decl: &Json) -> Option<NodeSpec> {
         let (location, map) = self.declaration("graph", name, decl)?;
         let start = self.errors.len();
@@ -910,131 +591,48 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-fn parse_statuses(value: &Json) -> Result<Vec<StatusMatch>, String> {
-    let items = match value {
-        Json::Array(items) => items.as_slice(),
-        single => std::slice::from_ref(single),
-    };
-    let mut out = Vec::new();
-    for item in items {
-        match item {
-            Json::Number(n) => match n.as_u64() {
-                Some(c @ 100..=599) => out.push(StatusMatch::Code(c as u16)),
-                _ => return Err(format!("{n} is not an HTTP status")),
-            },
-            Json::String(s) => match s.as_bytes() {
-                [d @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
-                    out.push(StatusMatch::Class(d - b'0'))
-                }
-                _ => match s.parse::<u16>() {
-                    Ok(c @ 100..=599) => out.push(StatusMatch::Code(c)),
-                    _ => return Err(format!("{s:?} is not an HTTP status or class like 2xx")),
-                },
-            },
-            other => {
-                return Err(format!(
-                    "statuses are numbers or classes like 2xx, found {}",
-                    kind(other)
-                ));
-            }
-        }
-    }
-    if out.is_empty() {
-        return Err("lists no status".into());
-    }
-    Ok(out)
-}
-
-fn parse_header_conditions(value: &Json) -> Result<Vec<HeaderCondition>, String> {
-    let Json::Array(items) = value else {
-        return Err(format!(
-            "must be a list of conditions, found {}",
-            kind(value)
-        ));
-    };
-    let strings = |v: &Json| -> Result<Vec<String>, String> {
-        match v {
-            Json::Array(items) => items
-                .iter()
-                .map(|i| {
-                    i.as_str()
-                        .map(str::to_owned)
-                        .ok_or_else(|| "values must be strings".to_string())
-                })
-                .collect(),
-            Json::String(s) => Ok(vec![s.clone()]),
-            other => Err(format!("values must be strings, found {}", kind(other))),
-        }
-    };
-    let mut out = Vec::new();
-    for item in items {
-        let Json::Object(map) = item else {
-            return Err("each condition is an object with name and one test".into());
-        };
-        let name = map
-            .get("name")
-            .and_then(Json::as_str)
-            .ok_or("each condition needs a name")?
-            .to_ascii_lowercase();
-        let tests: Vec<(&String, &Json)> =
-            map.iter().filter(|(k, _)| k.as_str() != "name").collect();
-        let [(test, arg)] = tests.as_slice() else {
-            return Err(format!(
-                "condition on {name} needs exactly one of present, equals, in, not-in"
-            ));
-        };
-        let test = match test.as_str() {
-            "present" => HeaderTest::Present(arg.as_bool().ok_or("present must be true or false")?),
-            "equals" => {
-                HeaderTest::Equals(arg.as_str().ok_or("equals must be a string")?.to_owned())
-            }
-            "in" => HeaderTest::In(strings(arg)?),
-            "not-in" => HeaderTest::NotIn(strings(arg)?),
-            other => {
-                return Err(format!(
-                    "{other:?} is not a header test (present, equals, in, not-in)"
-                ));
-            }
-        };
-        out.push(HeaderCondition { name, test });
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
+    /// The spec reads durations by the one rule: a number is milliseconds, text carries
+    /// its unit, text without one is refused.
     #[test]
-    fn durations() {
-        for (text, ms) in [
-            ("250ms", 250),
-            ("30s", 30_000),
-            ("5m", 300_000),
-            ("2h", 7_200_000),
-            ("1.5s", 1_500),
-            ("1d", 86_400_000),
-        ] {
-            assert_eq!(
-                parse_duration(&json!(text)).unwrap(),
-                Duration::from_millis(ms),
-                "{text}"
-            );
-        }
-        assert_eq!(
-            parse_duration(&json!(40)).unwrap(),
-            Duration::from_millis(40)
+    fn durations_follow_the_one_rule() {
+        let spec = |timeout: &str, max_run_time: &str| {
+            format!(
+                "name: t\ntasks:\n  call: {{url: \"http://x\", timeout: {timeout}}}\n  queue: {{type: queue, group: g, cmd: [x], group-settings: {{max-run-time: {max_run_time}}}}}\ngraph:\n  images: {{type: topic-stream, topic-name: images}}\n"
+            )
+        };
+        let (raw, errors) = parse(&spec("250", "60000"), SpecFormat::Yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let raw = raw.unwrap();
+        let Some(TaskDecl::Http(call)) = raw.tasks.get("call") else {
+            panic!("no HTTP task in {:?}", raw.tasks.keys());
+        };
+        assert_eq!(call.timeout, Duration::from_millis(250), "a number is ms");
+        let (raw, errors) = parse(&spec("\"2s\"", "\"2h\""), SpecFormat::Yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let Some(TaskDecl::Http(call)) = raw.unwrap().tasks.remove("call") else {
+            panic!("no HTTP task");
+        };
+        assert_eq!(call.timeout, Duration::from_secs(2));
+        let (_, errors) = parse(&spec("\"30\"", "\"60000\""), SpecFormat::Yaml);
+        let message = |field: &str| {
+            errors
+                .iter()
+                .find(|e| e.field == field)
+                .map(|e| e.message.clone())
+                .unwrap_or_else(|| panic!("no error on {field}: {errors:?}"))
+        };
+        assert!(
+            message("timeout").contains("\"30\" has no unit"),
+            "{errors:?}"
         );
-        for bad in [
-            json!("5 parsecs"),
-            json!("x"),
-            json!(-1),
-            json!(true),
-            json!("1e30h"),
-        ] {
-            assert!(parse_duration(&bad).is_err(), "{bad}");
-        }
+        assert!(
+            message("group-settings").contains("\"60000\" has no unit"),
+            "{errors:?}"
+        );
     }
 
     #[test]

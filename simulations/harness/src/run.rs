@@ -20,10 +20,10 @@ use crate::cluster::{Cluster, EPOCH_MS};
 use crate::config::SimConfig;
 use crate::history::{Digest, Event, EventKind, History};
 use crate::lab::Lab;
-use crate::services::Service;
-use crate::verify::{LevelReport, Tracker, reference_expectations};
 use crate::workers::{GROUP, Workers, overlapping_leases};
-use crate::workload::{self, Message};
+use wellspring_lab::services::Service;
+use wellspring_lab::verify::{LevelReport, Tracker, reference_expectations};
+use wellspring_lab::workload::{self, Message};
 
 /// The DAG every run deploys.
 pub const SIM_DAG: &str = include_str!("../dags/sim.yaml");

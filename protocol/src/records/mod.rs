@@ -9,13 +9,13 @@
 //!
 //! Each record converts to and from [`Value`] with exactly the fields of its schema:
 //! the shape is a derived serde struct beside the record (`ImageFields`, `SiteFields`…,
-//! with the key fields of [`fields`] checked as they are read), and [`value_format`] reads
-//! and writes it as a `Value`.
+//! with the key fields of `fields.rs` checked as they are read), and `value_format.rs`
+//! reads and writes it as a `Value`.
 //!
-//! - [`image`]: what comes in (channel images, experiment layouts);
-//! - [`aggregates`]: what the groupings emit, site to experiment;
-//! - [`reports`]: incomplete aggregates and dead letters;
-//! - [`schemas`]: the built-in schemas the records match.
+//! - `image.rs`: what comes in (channel images, experiment layouts);
+//! - `aggregates.rs`: what the groupings emit, site to experiment;
+//! - `reports.rs`: incomplete aggregates and dead letters;
+//! - `schemas.rs`: the built-in schemas the records match.
 
 mod aggregates;
 mod fields;

@@ -7,7 +7,7 @@
 //!   injects log faults, and a [`transport::SimTransport`] answering as the
 //!   microservices), the [`lab::Lab`]'s experiments published over a minute, task-store
 //!   [`workers`], and a fault driver; then it waits for the cluster to settle and checks
-//!   the invariants. Its [`run::SimOutcome`] carries a digest of the whole run (history
+//!   the invariants ([`checks`]). Its [`run::SimOutcome`] carries a digest of the whole run (history
 //!   and log contents): the same seed gives the same digest, byte for byte.
 //! - [`sweep`] runs many seeds on every core with progress, and keeps the regression list.
 //! - The lab it simulates (its messages, its microservices' answers, the output checks)
@@ -19,6 +19,7 @@
 //! (wall-clock readings), so a paused tokio runtime plus [`TokioClock`] makes a whole
 //! node run in virtual time: a timer fires as soon as every task waits.
 
+pub mod checks;
 pub mod cluster;
 pub mod config;
 pub mod history;

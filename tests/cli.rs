@@ -333,55 +333,50 @@ fn drain_stops_a_running_node_and_waits_until_it_has() {
     assert!(text(&again.stderr).contains("cannot reach"));
 }
 
+/// `wellspring sim` is the harness's own binary, `wellspring-sim`, found beside
+/// `wellspring`: a stand-in for it gets every argument, and its exit code is the
+/// command's; without it the command says how to build it. (The harness itself is tested
+/// in `simulations/harness/tests/cli.rs`.)
+#[cfg(unix)]
 #[test]
-fn sim_runs_a_seed_replays_it_and_sweeps() {
-    let digest = |out: &Output| {
-        let stdout = text(&out.stdout);
-        stdout
-            .split("digest ")
-            .nth(1)
-            .map(|rest| {
-                rest.split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned()
-            })
-            .unwrap_or_else(|| panic!("no digest in {stdout}"))
-    };
-    let first = wellspring(&["sim", "--seed", "3", "--faults", "all,crash=2"]);
-    assert!(first.status.success(), "{}", text(&first.stdout));
-    assert!(text(&first.stdout).contains("seed 3: ok"));
-    let again = wellspring(&["sim", "--seed", "3", "--faults", "all,crash=2"]);
-    assert_eq!(
-        digest(&first),
-        digest(&again),
-        "the same seed, the same run"
-    );
-    let sweep = wellspring(&["sim", "--seeds", "10..12", "--no-progress"]);
-    assert!(sweep.status.success(), "{}", text(&sweep.stdout));
-    assert!(
-        text(&sweep.stdout).contains("2 seeds (10..12)"),
-        "{}",
-        text(&sweep.stdout)
-    );
-}
+fn sim_hands_over_to_the_harness_beside_it_or_says_how_to_build_it() {
+    use std::os::unix::fs::PermissionsExt;
 
-#[test]
-fn sim_explains_bad_settings() {
-    for (args, expected) in [
-        (vec!["sim", "--faults", "crsh=1"], "\"crsh\" is not a fault"),
-        (vec!["sim", "--seeds", "5..2"], "the range is empty"),
-        (vec!["sim", "--inject-bug", "nope"], "not a known bug"),
-        (vec!["sim", "--nodes", "0"], "--nodes must be at least 1"),
-    ] {
-        let out = wellspring(&args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(
-            text(&out.stderr).contains(expected),
-            "{args:?}: {}",
-            text(&out.stderr)
-        );
-    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("wellspring-sim-hand-over-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("wellspring");
+    let _ = std::fs::remove_file(&copy);
+    std::fs::hard_link(env!("CARGO_BIN_EXE_wellspring"), &copy)
+        .or_else(|_| std::fs::copy(env!("CARGO_BIN_EXE_wellspring"), &copy).map(drop))
+        .unwrap();
+    let sim = |args: &[&str]| {
+        Command::new(&copy)
+            .arg("sim")
+            .args(args)
+            .env("PATH", "")
+            .output()
+            .unwrap()
+    };
+
+    let missing = sim(&["--seed", "3"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        text(&missing.stderr).contains("cargo build --release -p wellspring-simulations"),
+        "{}",
+        text(&missing.stderr)
+    );
+
+    let harness = dir.join("wellspring-sim");
+    std::fs::write(&harness, "#!/bin/sh\necho \"harness: $*\"\nexit 3\n").unwrap();
+    std::fs::set_permissions(&harness, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = sim(&["--seeds", "0..2", "--no-progress", "--help"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "harness: --seeds 0..2 --no-progress --help\n"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -6,10 +6,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use wellspring_fake_kube::FakeKube;
 use wellspring_kube::{JobTemplates, KubeSettings, LeaseSettings};
-use wellspring_log::{EmbeddedLog, Log};
+use wellspring_log::{
+    Consumer, ConsumerConfig, EmbeddedLog, Log, LogError, Offset, Producer, TopicPartition,
+    TopicSpec,
+};
 use wellspring_nodes::run::{RunOptions, RunningNode, start};
 
 const PODS: &str = "/api/v1/namespaces/lab/pods";
@@ -38,12 +43,54 @@ fn kube_settings(kube: &FakeKube, node_id: &str, templates: Arc<JobTemplates>) -
 
 /// A node whose session outlasts every test here: only the API's word moves its shards.
 fn node(log: &EmbeddedLog, kube: &FakeKube, id: &str, templates: Arc<JobTemplates>) -> RunningNode {
+    node_on(Arc::new(log.clone()), kube, id, templates)
+}
+
+fn node_on(
+    log: Arc<dyn Log>,
+    kube: &FakeKube,
+    id: &str,
+    templates: Arc<JobTemplates>,
+) -> RunningNode {
     let mut options = RunOptions::new("127.0.0.1:0".parse().unwrap());
     options.node_id = id.into();
     options.task_partitions = 4;
     options.session_timeout = Duration::from_secs(120);
     options.kube = Some(kube_settings(kube, id, templates));
-    start(options, Some(Arc::new(log.clone()) as Arc<dyn Log>)).unwrap()
+    start(options, Some(log)).unwrap()
+}
+
+/// The embedded log, noting every peer a node asks it to evict: what a node does when it
+/// learns from the API that a peer is lost, seen from outside.
+struct NotingEvictions {
+    log: EmbeddedLog,
+    evicted: Arc<Mutex<Vec<String>>>,
+}
+
+#[async_trait]
+impl Log for NotingEvictions {
+    async fn ensure_topic(&self, spec: &TopicSpec) -> Result<(), LogError> {
+        self.log.ensure_topic(spec).await
+    }
+    async fn partitions(&self, topic: &str) -> Result<u32, LogError> {
+        self.log.partitions(topic).await
+    }
+    async fn end_offset(&self, partition: &TopicPartition) -> Result<Offset, LogError> {
+        self.log.end_offset(partition).await
+    }
+    fn producer(&self) -> Result<Box<dyn Producer>, LogError> {
+        self.log.producer()
+    }
+    fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>, LogError> {
+        self.log.consumer(config)
+    }
+    fn describe(&self) -> String {
+        self.log.describe()
+    }
+    async fn evict_static_member(&self, instance_id: &str) -> Result<Vec<String>, LogError> {
+        self.evicted.lock().push(instance_id.to_owned());
+        self.log.evict_static_member(instance_id).await
+    }
 }
 
 /// Partitions of the task store's group held per node.
@@ -64,6 +111,14 @@ fn wait_until(what: &str, timeout: Duration, condition: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// How many times the Jobs have been listed (each autoscaling round lists them once).
+fn job_lists(kube: &FakeKube) -> usize {
+    kube.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == JOBS && !r.query.contains("watch"))
+        .count()
 }
 
 fn metric(node: &RunningNode, line_start: &str) -> Option<String> {
@@ -105,12 +160,19 @@ mod http {
 #[test]
 fn a_lost_peers_partitions_move_as_soon_as_its_pod_is_deleted() {
     let kube = FakeKube::start().unwrap();
-    for id in ["ws-0", "ws-1"] {
+    // ws-2 is a peer's pod whose node never starts: its deletion shows when the survivor
+    // has acted on what the API said after ws-1's loss.
+    for id in ["ws-0", "ws-1", "ws-2"] {
         kube.apply(PODS, pod(id));
     }
     let log = EmbeddedLog::new();
+    let evicted = Arc::new(Mutex::new(Vec::new()));
+    let noting = NotingEvictions {
+        log: log.clone(),
+        evicted: evicted.clone(),
+    };
     let templates = Arc::new(JobTemplates::default());
-    let survivor = node(&log, &kube, "ws-0", templates.clone());
+    let survivor = node_on(Arc::new(noting), &kube, "ws-0", templates.clone());
     let lost = node(&log, &kube, "ws-1", templates);
     wait_until(
         "both nodes to hold task shards",
@@ -123,7 +185,19 @@ fn a_lost_peers_partitions_move_as_soon_as_its_pod_is_deleted() {
     // ws-1's machine vanishes: no drain, no leave. Its session would keep its shards for
     // two minutes.
     lost.kill();
-    std::thread::sleep(Duration::from_millis(500));
+    // The survivor hears of a loss that came after ws-1's (its peer watch delivers in the
+    // API's order) and acts on it; ws-1's shards have stayed where they were.
+    kube.remove(PODS, "ws-2");
+    wait_until(
+        "ws-0 to act on ws-2's deletion",
+        Duration::from_secs(30),
+        || evicted.lock().contains(&"ws-2".to_owned()),
+    );
+    assert_eq!(
+        *evicted.lock(),
+        ["ws-2"],
+        "only the peer the API said was lost"
+    );
     assert!(
         holdings(&log).iter().any(|(id, n)| id == "ws-1" && *n == 2),
         "moved before the API said anything"
@@ -214,7 +288,14 @@ fn the_leader_starts_worker_jobs_for_a_backlog_and_hands_over_when_it_drains() {
     wait_until("the other node to lead", Duration::from_secs(10), || {
         metric(&nodes[0], "wellspring_leader{").as_deref() == Some("1")
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // A round lists the Jobs before it creates any: once the new leader has listed them
+    // twice, at least one whole round of its own has decided, and the API shows it.
+    let rounds_before = job_lists(&kube);
+    wait_until(
+        "two autoscaling rounds of the new leader",
+        Duration::from_secs(30),
+        || job_lists(&kube) >= rounds_before + 2,
+    );
     assert_eq!(kube.list(JOBS).len(), 3);
     nodes.pop().unwrap().stop().unwrap();
 }

@@ -1,12 +1,14 @@
-//! PATCH bodies: JSON merge patch (RFC 7386) and JSON patch (RFC 6902).
+//! PATCH bodies: JSON merge patch (RFC 7386) and JSON patch (RFC 6902), applied by the
+//! `json-patch` crate; this module picks the kind from the content type and maps the
+//! failures to the API's answers.
 //!
-//! A strategic merge patch is applied as a plain merge patch: the fake does not know the
-//! types' patch strategies, so a list in a strategic patch replaces the whole list (as a
+//! A strategic merge patch is applied as a plain merge patch (neither the crate nor the fake
+//! knows the types' patch strategies), so a list in a strategic patch replaces the whole list (as a
 //! merge patch does) where the real server would merge it by key (containers by name,
 //! for instance), and `$patch`/`$retainKeys` directives are not understood. Patch only
 //! maps, or send whole lists, and both behave the same.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// The PATCH content types the fake applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,7 @@ impl PatchKind {
 pub(crate) fn apply(kind: PatchKind, target: &Value, body: &[u8]) -> Result<Value, PatchError> {
     let patch: Value = serde_json::from_slice(body)
         .map_err(|e| PatchError::Malformed(format!("the patch is not JSON: {e}")))?;
+    let mut document = target.clone();
     match kind {
         PatchKind::Merge | PatchKind::StrategicMerge => {
             if !patch.is_object() {
@@ -70,176 +73,17 @@ pub(crate) fn apply(kind: PatchKind, target: &Value, body: &[u8]) -> Result<Valu
                     "a merge patch must be a JSON object".into(),
                 ));
             }
-            let mut document = target.clone();
-            merge(&mut document, &patch);
-            Ok(document)
+            json_patch::merge(&mut document, &patch);
         }
-        PatchKind::Json => json_patch(target, &patch),
-    }
-}
-
-/// RFC 7386: objects merge key by key, `null` removes a key, anything else replaces.
-pub(crate) fn merge(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    if let Value::Object(target) = target {
-        for (key, value) in patch {
-            if value.is_null() {
-                target.remove(key);
-            } else {
-                merge(target.entry(key.clone()).or_insert(Value::Null), value);
-            }
-        }
-    }
-}
-
-/// RFC 6902: `add`, `remove`, `replace`, `move`, `copy` and `test`.
-pub(crate) fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
-    let Value::Array(operations) = patch else {
-        return Err(PatchError::Malformed(
-            "a JSON patch must be an array of operations".into(),
-        ));
-    };
-    let mut document = target.clone();
-    for operation in operations {
-        let field = |name: &str| operation.get(name);
-        let string = |name: &str| {
-            field(name).and_then(Value::as_str).ok_or_else(|| {
-                PatchError::Malformed(format!("an operation lacks its {name:?}: {operation}"))
-            })
-        };
-        let value = || {
-            field("value").cloned().ok_or_else(|| {
-                PatchError::Malformed(format!("an operation lacks its \"value\": {operation}"))
-            })
-        };
-        let path = string("path")?;
-        match string("op")? {
-            "add" => add(&mut document, path, value()?)?,
-            "remove" => {
-                remove(&mut document, path)?;
-            }
-            "replace" => {
-                check_pointer(path)?;
-                let slot = document.pointer_mut(path).ok_or_else(|| missing(path))?;
-                *slot = value()?;
-            }
-            "move" => {
-                let from = string("from")?;
-                if path != from {
-                    if path.starts_with(&format!("{from}/")) {
-                        return Err(PatchError::Failed(format!(
-                            "cannot move {from} into its own child {path}"
-                        )));
-                    }
-                    let moved = remove(&mut document, from)?;
-                    add(&mut document, path, moved)?;
-                }
-            }
-            "copy" => {
-                let from = string("from")?;
-                check_pointer(from)?;
-                let copied = document
-                    .pointer(from)
-                    .cloned()
-                    .ok_or_else(|| missing(from))?;
-                add(&mut document, path, copied)?;
-            }
-            "test" => {
-                check_pointer(path)?;
-                let expected = value()?;
-                if document.pointer(path) != Some(&expected) {
-                    return Err(PatchError::Failed(format!(
-                        "testing value {path} failed: expected {expected}"
-                    )));
-                }
-            }
-            other => {
-                return Err(PatchError::Malformed(format!(
-                    "unknown JSON patch operation {other:?}"
-                )));
-            }
+        PatchKind::Json => {
+            let operations: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
+                PatchError::Malformed(format!("not a JSON patch (an array of operations): {e}"))
+            })?;
+            json_patch::patch(&mut document, &operations)
+                .map_err(|e| PatchError::Failed(e.to_string()))?;
         }
     }
     Ok(document)
-}
-
-fn missing(path: &str) -> PatchError {
-    PatchError::Failed(format!("path {path} does not exist in the object"))
-}
-
-fn check_pointer(path: &str) -> Result<(), PatchError> {
-    if path.is_empty() || path.starts_with('/') {
-        Ok(())
-    } else {
-        Err(PatchError::Malformed(format!(
-            "{path:?} is not a JSON pointer"
-        )))
-    }
-}
-
-/// The parent's pointer and the last token, unescaped (`~1` is `/`, `~0` is `~`).
-fn split_last(path: &str) -> Result<(&str, String), PatchError> {
-    check_pointer(path)?;
-    let Some(slash) = path.rfind('/') else {
-        return Err(PatchError::Failed(
-            "the whole document cannot be the target of this operation".into(),
-        ));
-    };
-    let last = path[slash + 1..].replace("~1", "/").replace("~0", "~");
-    Ok((&path[..slash], last))
-}
-
-fn array_index(token: &str, len: usize, path: &str) -> Result<usize, PatchError> {
-    match token.parse::<usize>() {
-        Ok(index) if index <= len => Ok(index),
-        _ => Err(PatchError::Failed(format!(
-            "index {token:?} of {path} is out of range"
-        ))),
-    }
-}
-
-fn add(document: &mut Value, path: &str, value: Value) -> Result<(), PatchError> {
-    if path.is_empty() {
-        *document = value;
-        return Ok(());
-    }
-    let (parent, last) = split_last(path)?;
-    match document.pointer_mut(parent) {
-        Some(Value::Object(map)) => {
-            map.insert(last, value);
-        }
-        Some(Value::Array(items)) => {
-            let index = if last == "-" {
-                items.len()
-            } else {
-                array_index(&last, items.len(), path)?
-            };
-            items.insert(index, value);
-        }
-        _ => return Err(missing(path)),
-    }
-    Ok(())
-}
-
-fn remove(document: &mut Value, path: &str) -> Result<Value, PatchError> {
-    let (parent, last) = split_last(path)?;
-    match document.pointer_mut(parent) {
-        Some(Value::Object(map)) => map.remove(&last).ok_or_else(|| missing(path)),
-        Some(Value::Array(items)) => {
-            let index = array_index(&last, items.len(), path)?;
-            if index == items.len() {
-                return Err(missing(path));
-            }
-            Ok(items.remove(index))
-        }
-        _ => Err(missing(path)),
-    }
 }
 
 #[cfg(test)]
@@ -249,17 +93,21 @@ mod tests {
     use super::*;
 
     fn patched(target: Value, patch: Value) -> Result<Value, PatchError> {
-        json_patch(&target, &patch)
+        apply(PatchKind::Json, &target, patch.to_string().as_bytes())
     }
 
     #[test]
     fn merge_patch_merges_maps_removes_nulls_and_replaces_lists() {
-        let mut target = json!({"a": {"b": 1, "c": 2}, "list": [1, 2], "gone": true});
-        merge(
-            &mut target,
-            &json!({"a": {"b": 10, "d": 4}, "list": [3], "gone": null}),
-        );
-        assert_eq!(target, json!({"a": {"b": 10, "c": 2, "d": 4}, "list": [3]}));
+        let target = json!({"a": {"b": 1, "c": 2}, "list": [1, 2], "gone": true});
+        let patch = json!({"a": {"b": 10, "d": 4}, "list": [3], "gone": null}).to_string();
+        for kind in [PatchKind::Merge, PatchKind::StrategicMerge] {
+            let merged = apply(kind, &target, patch.as_bytes()).expect("the patch applies");
+            assert_eq!(merged, json!({"a": {"b": 10, "c": 2, "d": 4}, "list": [3]}));
+        }
+        assert!(matches!(
+            apply(PatchKind::Merge, &target, b"[1]"),
+            Err(PatchError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -13,6 +13,6 @@ pub mod run;
 pub mod services;
 pub mod sim;
 pub mod telemetry;
-// The lab's workload and the output checks live with the simulation harness, which
-// needs them too; the commands use them from here.
-pub use wellspring_simulations::{verify, workload};
+// The lab's workload and the output checks live in the simulated lab (`wellspring-lab`),
+// which the simulation harness uses too; the commands use them from here.
+pub use wellspring_lab::{verify, workload};

@@ -5,7 +5,7 @@
 //! stand for), answer after a configurable latency, and fail at a configurable rate:
 //! `503`s, `200`s flagged with `X-Function-Error: Unhandled` (the reference system's
 //! function-error header) and stalls that never answer in time. The answers themselves
-//! are `wellspring_simulations::services`' (computed from the request alone), which the
+//! are `wellspring_lab::services`' (computed from the request alone), which the
 //! simulation harness serves in process.
 
 use std::net::SocketAddr;
@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
-use wellspring_simulations::services as answers;
+use wellspring_lab::services as answers;
 
 /// How the simulated services behave.
 #[derive(Debug, Clone)]

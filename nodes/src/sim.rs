@@ -1,217 +1,76 @@
-//! `wellspring sim`: the deterministic simulation harness from the command line. One seed
-//! (with its digest, and its full history on request), or a sweep over a range of seeds
-//! with a progress bar; a failing seed prints the command that replays it and the trace
-//! that led to the violation.
+//! `wellspring sim`: hands over to `wellspring-sim`, the simulation harness's own binary
+//! (crate `wellspring-simulations`). The harness runs tokio with a paused clock, which
+//! needs tokio's test utilities: the `wellspring` binary does not link it.
 
-use std::ops::Range;
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use wellspring_simulations::sweep::{run_regressions, sweep};
-use wellspring_simulations::{FaultRates, InjectedBug, SimConfig, SimOutcome, run};
+
+/// The harness's binary.
+const HARNESS: &str = "wellspring-sim";
 
 #[derive(Args)]
+#[command(disable_help_flag = true)]
 pub struct SimArgs {
-    /// The seed of one run.
-    #[arg(long, conflicts_with_all = ["seeds", "regressions"])]
-    seed: Option<u64>,
-    /// A sweep over seeds A (included) to B (excluded): `--seeds 0..200`.
-    #[arg(long, value_name = "A..B", conflicts_with = "regressions")]
-    seeds: Option<String>,
-    /// Replay every seed of the regression list (seeds that once failed).
-    #[arg(long)]
-    regressions: bool,
-    /// Nodes at the start.
-    #[arg(long, default_value_t = 3)]
-    nodes: usize,
-    /// Plates over all experiments of a run.
-    #[arg(long, default_value_t = 2)]
-    plates: u32,
-    /// Task-store workers.
-    #[arg(long, default_value_t = 3)]
-    workers: usize,
-    /// Faults and their rates: `all`, `none`, or changes such as
-    /// `all,crash=2,clock-skew-ms=0` (names: crash, restart, preempt, join per simulated
-    /// minute; log-delay, redelivery, service-error, service-timeout, service-slow,
-    /// worker-vanish as fractions; clock-skew-ms).
-    #[arg(long, default_value = "all")]
-    faults: String,
-    /// Switch on a known bug, to see the harness catch it: commit-input-before-state.
-    #[arg(long, value_name = "BUG")]
-    inject_bug: Option<String>,
-    /// Simulated seconds during which faults happen.
-    #[arg(long, default_value_t = 90)]
-    fault_window: u64,
-    /// Runs in parallel during a sweep (default: one per core).
-    #[arg(long)]
-    jobs: Option<usize>,
-    /// Print the whole history of a single run.
-    #[arg(long)]
-    history: bool,
-    /// No progress bar.
-    #[arg(long)]
-    no_progress: bool,
+    /// Everything after `sim`, for `wellspring-sim` (`wellspring sim --help` lists it).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    args: Vec<OsString>,
 }
 
-fn parse_range(text: &str) -> Result<Range<u64>, String> {
-    let (from, to) = text
-        .split_once("..")
-        .ok_or_else(|| format!("--seeds {text:?}: expected A..B, e.g. 0..200"))?;
-    let number = |s: &str| {
-        s.trim()
-            .parse::<u64>()
-            .map_err(|_| format!("--seeds {text:?}: {s:?} is not a seed"))
-    };
-    let range = number(from)?..number(to)?;
-    if range.is_empty() {
-        return Err(format!(
-            "--seeds {text:?}: the range is empty (B must be above A)"
-        ));
-    }
-    Ok(range)
-}
-
-impl SimArgs {
-    fn config(&self) -> Result<SimConfig, String> {
-        if self.nodes == 0 {
-            return Err("--nodes must be at least 1".into());
-        }
-        Ok(SimConfig {
-            nodes: self.nodes,
-            plates: self.plates.max(1),
-            workers: self.workers,
-            faults: FaultRates::parse(&self.faults).map_err(|e| format!("--faults: {e}"))?,
-            bug: self
-                .inject_bug
-                .as_deref()
-                .map(InjectedBug::parse)
-                .transpose()
-                .map_err(|e| format!("--inject-bug: {e}"))?,
-            fault_window: Duration::from_secs(self.fault_window),
-            ..SimConfig::new(self.seed.unwrap_or(0))
-        })
-    }
-}
-
+/// Runs `wellspring-sim ARGS...` in this process's place: the binary beside this one (as
+/// `cargo build` leaves them), else the first on `PATH`.
 pub fn sim_command(args: SimArgs) -> ExitCode {
-    let template = match args.config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(harness) = find_harness() else {
+        eprintln!(
+            "error: `wellspring sim` runs the simulation harness, `{HARNESS}`, which is \
+             neither beside this binary nor on PATH; build it with `cargo build --release \
+             -p wellspring-simulations` (it lands beside `wellspring` in target/release), \
+             or run it with `cargo run --release -p wellspring-simulations -- ARGS`"
+        );
+        return ExitCode::from(2);
     };
-    if args.regressions {
-        return regressions();
-    }
-    let Some(range) = args.seeds.as_deref() else {
-        return single(&template, args.history);
-    };
-    let range = match parse_range(range) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let jobs = args.jobs.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    let bar = if !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        ProgressBar::new(range.end - range.start)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} seeds {pos}/{len} [{bar:30}] {per_sec} eta {eta} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let failures = std::sync::atomic::AtomicU64::new(0);
-    let report = sweep(&template, range.clone(), jobs, &|outcome: &SimOutcome| {
-        if !outcome.passed() {
-            let n = failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            bar.set_message(format!("{n} failed"));
-            let line = format!("seed {} FAILED", outcome.config.seed);
-            if bar.is_hidden() {
-                eprintln!("{line}");
-            } else {
-                bar.println(line);
-            }
-        }
-        bar.inc(1);
-    });
-    bar.finish_and_clear();
-    for outcome in &report.failures {
-        println!("{}", outcome.render_failure());
-    }
-    for (seed, error) in &report.errors {
-        println!("seed {seed}: could not run: {error}");
-    }
-    println!(
-        "{} seeds ({}..{}) in {:.1} s: {:.2} seeds/s on {jobs} threads; {} failed, {} could not run",
-        report.runs,
-        range.start,
-        range.end,
-        report.elapsed.as_secs_f64(),
-        report.seeds_per_second(),
-        report.failures.len(),
-        report.errors.len()
-    );
-    if report.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    let mut command = std::process::Command::new(&harness);
+    command.args(&args.args);
+    hand_over(command, &harness)
 }
 
-fn single(config: &SimConfig, history: bool) -> ExitCode {
-    let started = std::time::Instant::now();
-    match run(config) {
-        Ok(outcome) => {
-            if history {
-                for event in &outcome.history {
-                    println!("{}", event.render());
-                }
-            }
-            if outcome.passed() {
-                println!(
-                    "{} in {:.1} s",
-                    outcome.summary(),
-                    started.elapsed().as_secs_f64()
-                );
-                ExitCode::SUCCESS
-            } else {
-                println!("{}", outcome.render_failure());
-                ExitCode::from(1)
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-    }
+fn find_harness() -> Option<PathBuf> {
+    let name = format!("{HARNESS}{}", std::env::consts::EXE_SUFFIX);
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(&name)));
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(&name));
+    beside
+        .into_iter()
+        .chain(on_path)
+        .find(|path| path.is_file())
 }
 
-fn regressions() -> ExitCode {
-    match run_regressions() {
-        Ok(failed) if failed.is_empty() => {
-            println!("every regression seed passes");
-            ExitCode::SUCCESS
-        }
-        Ok(failed) => {
-            for outcome in &failed {
-                println!("{}", outcome.render_failure());
-            }
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
+/// Replaces this process (its usage lines then say `wellspring sim`).
+#[cfg(unix)]
+fn hand_over(mut command: std::process::Command, harness: &std::path::Path) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let error = command.arg0("wellspring sim").exec();
+    eprintln!("error: could not run {}: {error}", harness.display());
+    ExitCode::from(2)
+}
+
+/// Runs it and answers its exit code.
+#[cfg(not(unix))]
+fn hand_over(mut command: std::process::Command, harness: &std::path::Path) -> ExitCode {
+    match command.status() {
+        Ok(status) => ExitCode::from(status.code().map_or(1, |code| code as u8)),
+        Err(error) => {
+            eprintln!("error: could not run {}: {error}", harness.display());
             ExitCode::from(2)
         }
     }

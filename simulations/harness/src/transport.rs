@@ -1,5 +1,5 @@
 //! The microservices, in process and in simulated time: each node incarnation calls them
-//! through its own [`SimTransport`], which answers with [`crate::services`], injects the
+//! through its own [`SimTransport`], which answers with [`wellspring_lab::services`], injects the
 //! run's service faults, and counts the requests each task has in flight.
 
 use std::collections::BTreeMap;
@@ -15,7 +15,7 @@ use wellspring_actors::http::{HttpRequest, HttpResponse, HttpTransport, Transpor
 
 use crate::config::FaultRates;
 use crate::node_log::Life;
-use crate::services::Service;
+use wellspring_lab::services::Service;
 
 /// Requests in flight for one service, now and at most.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use rand::{RngExt, SeedableRng};
 use wellspring_protocol::records::PlateLayout;
 use wellspring_protocol::{ExperimentLayout, synthetic};
 
-use crate::workload::{Message, Workload, WorkloadConfig};
+use wellspring_lab::workload::{Message, Workload, WorkloadConfig};
 
 /// What a run publishes.
 pub struct Lab {

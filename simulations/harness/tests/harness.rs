@@ -112,7 +112,7 @@ fn sweep_of_seeds_with_every_fault_on() {
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(
         report.failures.is_empty(),
-        "{} of {CI_SEEDS} seeds failed; add each to simulations/regressions.txt once fixed:\n{}",
+        "{} of {CI_SEEDS} seeds failed; add each to simulations/harness/regressions.txt once fixed:\n{}",
         report.failures.len(),
         rendered.join("\n")
     );

@@ -7,28 +7,28 @@
 //!   injects log faults, and a [`transport::SimTransport`] answering as the
 //!   microservices), the [`lab::Lab`]'s experiments published over a minute, task-store
 //!   [`workers`], and a fault driver; then it waits for the cluster to settle and checks
-//!   the invariants. Its [`run::SimOutcome`] carries a digest of the whole run (history
+//!   the invariants ([`checks`]). Its [`run::SimOutcome`] carries a digest of the whole run (history
 //!   and log contents): the same seed gives the same digest, byte for byte.
 //! - [`sweep`] runs many seeds on every core with progress, and keeps the regression list.
-//! - [`workload`], [`services`] and [`verify`] are shared with the `wellspring` command:
-//!   the lab's messages, the microservices' answers and the output checks.
+//! - The lab it simulates (its messages, its microservices' answers, the output checks)
+//!   is the `wellspring-lab` crate, which the `wellspring` command uses too; this crate's
+//!   binary, `wellspring-sim` (`src/main.rs`), is the harness from the command line, and
+//!   `wellspring sim` hands over to it.
 //!
 //! Time in Wellspring comes from tokio's clock (timers) and [`wellspring_log::Clock`]
 //! (wall-clock readings), so a paused tokio runtime plus [`TokioClock`] makes a whole
 //! node run in virtual time: a timer fires as soon as every task waits.
 
+pub mod checks;
 pub mod cluster;
 pub mod config;
 pub mod history;
 pub mod lab;
 pub mod node_log;
 pub mod run;
-pub mod services;
 pub mod sweep;
 pub mod transport;
-pub mod verify;
 pub mod workers;
-pub mod workload;
 
 pub use config::{FaultRates, InjectedBug, SimConfig};
 pub use run::{SimOutcome, Violation, run};

@@ -14,7 +14,7 @@ use wellspring_protocol::taskstore::{Claim, Millis, Report, TaskView};
 
 use crate::cluster::LiveStores;
 use crate::history::{EventKind, History};
-use crate::services;
+use wellspring_lab::services;
 
 /// The task-store group the simulation DAG's queue task submits to.
 pub const GROUP: &str = "plate-features";

@@ -50,12 +50,30 @@ fn get(url: &str) -> String {
     call(url, None)
 }
 
+/// Posts until the node accepts: a task shard still starting answers 503 ("retry").
 fn post(url: &str, body: serde_json::Value) -> String {
-    call(url, Some(body))
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, text) = call_with_status(url, Some(body.clone()));
+        if status != 503 {
+            assert!(status < 300, "POST {url} answered {status}: {text}");
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "POST {url} kept answering 503: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
-/// One request, answered as text, on a runtime of its own (the test is synchronous).
 fn call(url: &str, body: Option<serde_json::Value>) -> String {
+    call_with_status(url, body).1
+}
+
+/// One request, answered as its status and text, on a runtime of its own (the test is
+/// synchronous).
+fn call_with_status(url: &str, body: Option<serde_json::Value>) -> (u16, String) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -69,7 +87,9 @@ fn call(url: &str, body: Option<serde_json::Value>) -> String {
                 .body(body.to_string()),
             None => client.get(url),
         };
-        request.send().await.unwrap().text().await.unwrap()
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
     })
 }
 

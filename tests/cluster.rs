@@ -187,3 +187,26 @@ async fn five_nodes_lose_nothing_when_two_are_killed_at_once() {
         );
     }
 }
+
+#[test]
+fn a_node_on_a_broker_without_transactions_names_the_flag() {
+    let broker = Broker::start_for_groups();
+    let output = Command::new(env!("CARGO_BIN_EXE_wellspring"))
+        .args([
+            "run",
+            "--kafka",
+            &broker.address,
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("do not support transactions") && stderr.contains("--no-transactions"),
+        "{stderr}"
+    );
+}

@@ -1,16 +1,17 @@
-//! Failover time on a real broker (tansu) on loopback: two `wellspring run` processes
-//! share the reference DAG while a plate streams in; one is killed with SIGKILL, and this
-//! measures the time from the kill until the survivor owns every partition (the lost
-//! shards restored and running again) and until every output of the plate is there.
+//! Failover time on a real broker on loopback: three `wellspring run` processes share the
+//! reference DAG while plates stream in at 1,000 images/s; one is killed with SIGKILL,
+//! and this measures the time from the kill until the survivors own every partition (the
+//! lost shards restored and running again) and until every output of the plates is
+//! there; then a second is stopped with SIGTERM (a drain), and this measures the time
+//! from the signal until the last node owns every partition.
 //!
-//! Run: `cargo bench --bench failover` (`-- --rounds N`, default 2; `--session-timeout S`,
-//! default 6s; `--no-transactions` to run the nodes without Kafka transactions;
-//! `--kafka BROKERS` to measure on a Kafka cluster instead of a tansu started here,
-//! installed into .tools/ if needed).
-//!
-//! On tansu this does not finish today: with a plate streaming in, tansu does not move a
-//! SIGKILLed member's partitions to the survivor (see ARCHITECTURE.md, "Several nodes"),
-//! and the round stops after 2 minutes saying which partitions stayed unowned.
+//! Run: `cargo bench --bench failover` (`-- --rounds N`, default 3; `--session-timeout
+//! S`, default 6s). On nisshi (installed into .tools/ if needed), whose groups reassign a
+//! lost member's partitions, with `--no-transactions` (nisshi has none). `--tansu` runs
+//! on tansu with transactions instead (its coordinator does not reassign a killed
+//! member's partitions with three members: the round stops after 2 minutes saying which
+//! stayed unowned); `--kafka BROKERS` measures on a Kafka cluster of yours (add
+//! `--no-transactions` if it has none).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use wellspring_nodes::services::{ServiceConfig, Services};
 use wellspring_nodes::verify::{VerifyOptions, verify_experiment};
 use wellspring_test_support::broker::Broker;
 use wellspring_test_support::cluster_watch::{
-    wait_for_records, wait_until_every_partition_is_owned,
+    wait_for_records, wait_until_every_node_has_a_share, wait_until_every_partition_is_owned,
 };
 use wellspring_test_support::node_process::{NodeProcess, reference_dag_args};
 
@@ -30,39 +31,44 @@ fn flag(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
 }
 
+fn has(flag: &str) -> bool {
+    std::env::args().any(|a| a == flag)
+}
+
 struct Round {
     running_again: Duration,
     backlog_cleared: Duration,
+    drained: Duration,
 }
 
 async fn round(n: u32, session: &str, services: &Services, kafka: Option<&str>) -> Round {
     // A broker of its own per round, unless measuring on a given cluster.
-    let own = kafka.is_none().then(Broker::start);
+    let tansu = has("--tansu");
+    let own = kafka.is_none().then(|| {
+        if tansu {
+            Broker::start()
+        } else {
+            Broker::start_for_groups()
+        }
+    });
     let address = kafka.map_or_else(
         || own.as_ref().map(|b| b.address.clone()).unwrap_or_default(),
         str::to_owned,
     );
     let mut args = reference_dag_args(services.variables(), session);
     args.extend(["--partitions".into(), "6".into()]);
-    if std::env::args().any(|a| a == "--no-transactions") {
+    if has("--no-transactions") || (kafka.is_none() && !tansu) {
         args.push("--no-transactions".into());
     }
-    let mut doomed = NodeProcess::start(
-        env!("CARGO_BIN_EXE_wellspring"),
-        &address,
-        "wellspring-0",
-        &args,
-    );
-    let survivor = NodeProcess::start(
-        env!("CARGO_BIN_EXE_wellspring"),
-        &address,
-        "wellspring-1",
-        &args,
-    );
+    let start =
+        |id: &str| NodeProcess::start(env!("CARGO_BIN_EXE_wellspring"), &address, id, &args);
+    let mut doomed = start("wellspring-0");
+    let mut stopped = start("wellspring-1");
+    let survivor = start("wellspring-2");
     let log = KafkaLog::connect(KafkaSettings::new(address.clone()))
         .await
         .expect("broker reachable");
-    wait_until_every_partition_is_owned(&log, &[&doomed, &survivor], "two nodes").await;
+    wait_until_every_node_has_a_share(&log, &[&doomed, &stopped, &survivor], "three nodes").await;
 
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -70,7 +76,7 @@ async fn round(n: u32, session: &str, services: &Services, kafka: Option<&str>) 
     let experiment = format!("EXP-FAILOVER-{now}-{n}");
     let mut generator = Command::new(env!("CARGO_BIN_EXE_wellspring"))
         .args(["generate", "--kafka", &address])
-        .args(["--experiment", &experiment, "--plates", "1"])
+        .args(["--experiment", &experiment, "--plates", "2"])
         .args(["--rate", "1000", "--no-progress"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("RUST_LOG", "error")
@@ -81,8 +87,18 @@ async fn round(n: u32, session: &str, services: &Services, kafka: Option<&str>) 
     wait_for_records(&log, "images_site", 100, "sites before the kill").await;
     doomed.kill();
     let killed = Instant::now();
-    wait_until_every_partition_is_owned(&log, &[&survivor], "after the kill").await;
+    wait_until_every_partition_is_owned(&log, &[&stopped, &survivor], "after the kill").await;
     let running_again = killed.elapsed();
+
+    // Mid-stream still, a drain: the stopped node commits and leaves its groups, so its
+    // partitions move without waiting out a session.
+    let signalled = Instant::now();
+    assert!(
+        stopped.terminate().success(),
+        "a SIGTERMed node exits cleanly"
+    );
+    wait_until_every_partition_is_owned(&log, &[&survivor], "after the drain").await;
+    let drained = signalled.elapsed();
 
     let registry = FunctionRegistry::with_builtins();
     let dag = demo::load_dag(None, &registry, services).expect("reference DAG");
@@ -103,11 +119,12 @@ async fn round(n: u32, session: &str, services: &Services, kafka: Option<&str>) 
     Round {
         running_again,
         backlog_cleared,
+        drained,
     }
 }
 
 fn main() {
-    let rounds: u32 = flag("--rounds").and_then(|n| n.parse().ok()).unwrap_or(2);
+    let rounds: u32 = flag("--rounds").and_then(|n| n.parse().ok()).unwrap_or(3);
     let session = flag("--session-timeout").unwrap_or_else(|| "6s".into());
     let kafka = flag("--kafka");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -120,10 +137,12 @@ fn main() {
     for n in 1..=rounds {
         let r = runtime.block_on(round(n, &session, &services, kafka.as_deref()));
         println!(
-            "round {n}: SIGKILL -> every lost shard running on the survivor after {:.1} s; \
-             the plate's every output there after {:.1} s",
+            "round {n}: SIGKILL -> every lost shard running on the survivors after {:.1} s; \
+             the plates' every output there after {:.1} s; SIGTERM -> every partition on \
+             the last node after {:.2} s",
             r.running_again.as_secs_f64(),
-            r.backlog_cleared.as_secs_f64()
+            r.backlog_cleared.as_secs_f64(),
+            r.drained.as_secs_f64()
         );
         results.push(r);
     }
@@ -132,7 +151,7 @@ fn main() {
         v[v.len() / 2]
     };
     println!(
-        "failover (session timeout {session}, no standby replicas): median {:.1} s until the lost shards run again, {:.1} s until the backlog is cleared",
+        "failover (session timeout {session}, no standby replicas): median {:.1} s until the lost shards run again, {:.1} s until the backlog is cleared; drain: median {:.2} s until the partitions run elsewhere",
         median(
             results
                 .iter()
@@ -144,6 +163,7 @@ fn main() {
                 .iter()
                 .map(|r| r.backlog_cleared.as_secs_f64())
                 .collect()
-        )
+        ),
+        median(results.iter().map(|r| r.drained.as_secs_f64()).collect())
     );
 }

@@ -17,6 +17,10 @@ use tokio::sync::Semaphore;
 use wellspring_protocol::spec::{HttpTask, Method};
 use wellspring_protocol::{SchemaSet, TaskOutcome, TaskRequest, TaskResult, TraceContext, Value};
 
+mod tls;
+
+pub use tls::{ClientIdentity, HttpClientError, TlsSettings};
+
 use crate::metrics::{Counter, Gauge, Histogram};
 use crate::telemetry;
 use opentelemetry::trace::SpanKind;
@@ -66,20 +70,24 @@ pub trait HttpTransport: Send + Sync + 'static {
     ) -> Result<HttpResponse, TransportError>;
 }
 
-/// HTTP over the network with reqwest (plain HTTP; no proxy).
+/// HTTP and HTTPS over the network with reqwest (no proxy; pooled keep-alive
+/// connections; TLS by rustls with the system's roots and [`TlsSettings`]).
 #[derive(Clone)]
 pub struct ReqwestTransport {
     client: reqwest::Client,
 }
 
 impl ReqwestTransport {
+    /// Trusting the system's roots only.
     pub fn new() -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .no_proxy()
+        Self::with_tls(&TlsSettings::default()).map_err(|e| e.to_string())
+    }
+
+    /// With a private CA and a client certificate, as `settings` says.
+    pub fn with_tls(settings: &TlsSettings) -> Result<Self, HttpClientError> {
+        let client = tls::client_builder(settings)?
             .build()
-            .map_err(|e| format!("could not build the HTTP client: {e}"))?;
+            .map_err(|e| HttpClientError::Build(e.to_string()))?;
         Ok(Self { client })
     }
 }
@@ -108,9 +116,9 @@ impl HttpTransport for ReqwestTransport {
         let call = async {
             let response = builder.send().await.map_err(|e| {
                 if e.is_connect() {
-                    TransportError::Connect(e.to_string())
+                    TransportError::Connect(with_causes(&e))
                 } else {
-                    TransportError::Other(e.to_string())
+                    TransportError::Other(with_causes(&e))
                 }
             })?;
             let status = response.status().as_u16();
@@ -139,6 +147,22 @@ impl HttpTransport for ReqwestTransport {
             Err(_) => Err(TransportError::Timeout(timeout)),
         }
     }
+}
+
+/// An error with what caused it ("error sending request: ...: invalid peer certificate:
+/// UnknownIssuer"): reqwest's own message hides the cause a TLS failure needs.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = e.source();
+    }
+    message
 }
 
 /// A seeded random source shared by a node's actors (the randomness seam).

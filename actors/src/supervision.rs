@@ -179,8 +179,8 @@ impl Exit {
 
 /// Whether doing again what failed with `error` can succeed: a log that is unreachable,
 /// a rebalance, a fenced incarnation or an aborted commit pass; a topic or partition
-/// that does not exist (or not as Wellspring needs it) and a consumer without a group
-/// stay as they are until an operator acts.
+/// that does not exist (or not as Wellspring needs it), brokers without transactions and
+/// a consumer without a group stay as they are until an operator acts.
 pub fn log_error_is_transient(error: &LogError) -> bool {
     match error {
         LogError::NotAssigned(_)
@@ -190,6 +190,7 @@ pub fn log_error_is_transient(error: &LogError) -> bool {
         LogError::UnknownTopic(_)
         | LogError::UnknownPartition { .. }
         | LogError::TopicMismatch { .. }
+        | LogError::TransactionsUnsupported(_)
         | LogError::NoGroup(_) => false,
     }
 }

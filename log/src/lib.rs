@@ -294,6 +294,12 @@ pub enum LogError {
     NoGroup(String),
     #[error("the log is unreachable: {0}")]
     Unreachable(String),
+    /// The brokers refuse transactions (a broker without a transaction coordinator
+    /// answers `TRANSACTIONAL_ID_AUTHORIZATION_FAILED`): commit without them.
+    #[error(
+        "the Kafka brokers at {0} do not support transactions (they refused a transactional producer: transactional id authorization failed)"
+    )]
+    TransactionsUnsupported(String),
     #[error("{0}")]
     Other(String),
 }

@@ -43,8 +43,21 @@ pub enum BackendError {
     },
     #[error("--replication-factor must be at least 1, not {0}")]
     ReplicationFactor(i32),
+    #[error(
+        "{0}; start the node with --no-transactions (outputs are then committed before the input offsets and stay effectively once by their ids)"
+    )]
+    NoTransactions(LogError),
     #[error("{0}")]
-    Log(#[from] LogError),
+    Log(LogError),
+}
+
+impl From<LogError> for BackendError {
+    fn from(error: LogError) -> Self {
+        match error {
+            LogError::TransactionsUnsupported(_) => BackendError::NoTransactions(error),
+            other => BackendError::Log(other),
+        }
+    }
 }
 
 fn property(item: &str, flag: &'static str) -> Result<(String, String), BackendError> {

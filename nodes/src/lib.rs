@@ -13,6 +13,7 @@ pub mod run;
 pub mod services;
 pub mod sim;
 pub mod telemetry;
+pub mod tls_args;
 // The lab's workload and the output checks live in the simulated lab (`wellspring-lab`),
 // which the simulation harness uses too; the commands use them from here.
 pub use wellspring_lab::{verify, workload};

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wellspring_actors::http::{ReqwestTransport, SharedRng};
+use wellspring_actors::http::{ReqwestTransport, SharedRng, TlsSettings};
 use wellspring_actors::metrics::Metrics;
 use wellspring_actors::supervision::Health;
 use wellspring_actors::taskstore::{HttpPeerLink, TaskStore, TaskStoreConfig};
@@ -38,6 +38,8 @@ pub struct RunOptions {
     pub prefix: String,
     /// The Kubernetes integration, when it runs.
     pub kube: Option<wellspring_kube::KubeSettings>,
+    /// TLS for HTTP tasks calling `https://` services.
+    pub tls: TlsSettings,
 }
 
 impl RunOptions {
@@ -52,6 +54,7 @@ impl RunOptions {
             session_timeout: Duration::from_secs(10),
             advertise_url: None,
             prefix: RuntimeConfig::default().prefix,
+            tls: TlsSettings::default(),
             kube: None,
         }
     }
@@ -228,7 +231,10 @@ async fn serve(
         let env = NodeEnv {
             log: log.clone(),
             clock: clock.clone(),
-            transport: Arc::new(ReqwestTransport::new().map_err(RunError::Start)?),
+            transport: Arc::new(
+                ReqwestTransport::with_tls(&options.tls)
+                    .map_err(|e| RunError::Start(e.to_string()))?,
+            ),
             registry: Arc::new(FunctionRegistry::with_builtins()),
             metrics: metrics.clone(),
             health: health.clone(),

@@ -93,6 +93,16 @@ pub async fn wait_until_every_partition_is_owned(
     nodes: &[&NodeProcess],
     why: &str,
 ) {
+    wait_for_ownership(log, nodes, why, false).await
+}
+
+/// As [`wait_until_every_partition_is_owned`], and every node owns some partition: a
+/// joining node has been given its share (the rebalance it starts has finished).
+pub async fn wait_until_every_node_has_a_share(log: &KafkaLog, nodes: &[&NodeProcess], why: &str) {
+    wait_for_ownership(log, nodes, why, true).await
+}
+
+async fn wait_for_ownership(log: &KafkaLog, nodes: &[&NodeProcess], why: &str, each: bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let owned = owned_shards(nodes).await;
@@ -108,12 +118,20 @@ pub async fn wait_until_every_partition_is_owned(
                 unsettled.push(format!("{dag}/{stage}: {counts:?} of {partitions}"));
             }
         }
+        if each {
+            for node in nodes {
+                let mine = owned_shards(&[node]).await;
+                if !mine.values().flatten().any(|n| *n > 0) {
+                    unsettled.push(format!("{} owns nothing yet", node.id));
+                }
+            }
+        }
         if !owned.is_empty() && unsettled.is_empty() {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{why}: partitions still unowned or owned twice after 2 minutes: {unsettled:?}"
+            "{why}: not settled after 2 minutes: {unsettled:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

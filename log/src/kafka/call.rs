@@ -21,6 +21,9 @@ pub(super) fn explain(e: &KafkaError, brokers: &str) -> LogError {
             | RDKafkaErrorCode::InvalidProducerEpoch
             | RDKafkaErrorCode::FencedInstanceId,
         ) => LogError::Fenced(format!("{e}")),
+        Some(RDKafkaErrorCode::TransactionalIdAuthorizationFailed) => {
+            LogError::TransactionsUnsupported(brokers.to_owned())
+        }
         // The member may keep its partitions, but this batch is not committed: the caller
         // must restart from the last commit rather than carry on past it.
         Some(

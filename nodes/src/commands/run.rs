@@ -12,6 +12,7 @@ use crate::backend::KafkaArgs;
 use crate::kube::KubeArgs;
 use crate::run::{RunOptions, pod_url};
 use crate::telemetry::TelemetryArgs;
+use crate::tls_args::TlsArgs;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -57,6 +58,8 @@ pub struct RunArgs {
     kube: KubeArgs,
     #[command(flatten)]
     telemetry: TelemetryArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Prefix of Wellspring's internal topics and consumer groups.
     #[arg(long, default_value = "wellspring.", env = "WELLSPRING_TOPIC_PREFIX")]
     topic_prefix: String,
@@ -79,6 +82,10 @@ pub fn run(args: RunArgs) -> CommandResult {
         .iter()
         .map(|file| read_dag(file, &args.set))
         .collect::<Result<Vec<_>, _>>()?;
+    // TLS files are read before anything starts, so a wrong path stops the node at once.
+    let tls = args.tls.settings();
+    wellspring_actors::http::ReqwestTransport::with_tls(&tls)
+        .map_err(|e| CliError::could_not_run(e.to_string()))?;
     let token = crate::run::token(args.token_file.as_ref())
         .map_err(|e| CliError::could_not_run(e.to_string()))?;
     if let Some(partitions) = args.partitions {
@@ -113,6 +120,7 @@ pub fn run(args: RunArgs) -> CommandResult {
         prefix: args.topic_prefix,
         session_timeout: args.session_timeout,
         kube,
+        tls,
         ..RunOptions::new(args.http_addr)
     };
     crate::run::run(options, log).map_err(|e| CliError::could_not_run(e.to_string()))

@@ -4,7 +4,7 @@
 //! A [`Tracker`] watches the output topics while a run goes on (for progress and
 //! latencies) and reports at the end.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -78,6 +78,9 @@ pub fn reference_expectations(layout: &ExperimentLayout) -> Vec<Expected> {
 struct Tally {
     ids: HashMap<String, u32>,
     keys: HashMap<String, u32>,
+    /// Each key's distinct ids: more than one means the key was computed twice, not
+    /// repeated (a repeat carries the id of the record it repeats).
+    ids_of_key: HashMap<String, HashSet<String>>,
 }
 
 /// The verdict on one output topic.
@@ -93,6 +96,9 @@ pub struct LevelReport {
     pub repeats: usize,
     /// Aggregates: keys that came out more than once (with the same id or not).
     pub duplicated: Vec<String>,
+    /// Aggregates: keys that came out under more than one id (computed twice, which
+    /// consumers dropping repeated ids would not catch).
+    pub conflicting: Vec<String>,
     pub missing: Vec<String>,
     /// Missing keys for which a dead letter explains why.
     pub dead_lettered: usize,
@@ -109,6 +115,16 @@ impl LevelReport {
                 && self.unexpected.is_empty()
         } else {
             self.missing.len() == self.dead_lettered && self.unexpected.is_empty()
+        }
+    }
+
+    /// As [`LevelReport::ok`], but an aggregate may repeat under its id: exactly once for
+    /// consumers that drop repeated ids (the guarantee without transactions).
+    pub fn ok_by_id(&self) -> bool {
+        if self.aggregate {
+            self.missing.is_empty() && self.conflicting.is_empty() && self.unexpected.is_empty()
+        } else {
+            self.ok()
         }
     }
 }
@@ -206,7 +222,8 @@ impl Tracker {
             .header(headers::ID)
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
-        *tally.ids.entry(id).or_default() += 1;
+        *tally.ids.entry(id.clone()).or_default() += 1;
+        tally.ids_of_key.entry(key.clone()).or_default().insert(id);
         let count = tally.keys.entry(key.clone()).or_default();
         *count += 1;
         if *count == 1 {
@@ -270,6 +287,19 @@ impl Tracker {
                                 .keys
                                 .iter()
                                 .filter(|(_, n)| **n > 1)
+                                .map(|(k, _)| k.clone())
+                                .collect();
+                            keys.sort();
+                            keys
+                        }
+                        _ => Vec::new(),
+                    },
+                    conflicting: match (e.aggregate, tally) {
+                        (true, Some(t)) => {
+                            let mut keys: Vec<String> = t
+                                .ids_of_key
+                                .iter()
+                                .filter(|(_, ids)| ids.len() > 1)
                                 .map(|(k, _)| k.clone())
                                 .collect();
                             keys.sort();
@@ -345,6 +375,12 @@ impl VerifyReport {
         self.levels.iter().all(LevelReport::ok)
     }
 
+    /// Every aggregate exactly once by id (repeats of one id allowed), every task output
+    /// present or dead-lettered.
+    pub fn ok_by_id(&self) -> bool {
+        self.levels.iter().all(LevelReport::ok_by_id)
+    }
+
     /// The table, then every missing and every duplicated output by key.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -390,6 +426,9 @@ impl VerifyReport {
                     "  {} records of {} repeat an id already seen",
                     level.repeats, level.label
                 );
+            }
+            for key in &level.conflicting {
+                let _ = writeln!(out, "  computed twice (two ids) {} {key}", level.label);
             }
             for key in &level.unexpected {
                 let _ = writeln!(out, "  unexpected {} {key}", level.label);

@@ -264,6 +264,11 @@ impl Scanner {
         report
     }
 
+    /// Whether `relative` (a file, or any entry the caller names) was published.
+    pub fn is_published(&self, relative: &Path) -> bool {
+        self.state.is_published(relative)
+    }
+
     /// Marks the files of `images` published (after the log acknowledged them).
     pub fn mark_published(&mut self, files: &[PathBuf]) -> Result<(), ScanError> {
         self.state.mark_published(files)?;

@@ -238,7 +238,15 @@ async fn run(
             key: layout.experiment.to_string(),
             value: layout.to_value().to_json_string(),
         };
-        sink.publish(&[record]).await.map_err(publish_error)?;
+        // The state remembers the layout as it was published (a name no scanned file
+        // has: scans pass hidden files over), so a rescan sends it only when it changed.
+        let entry = PathBuf::from(format!(".layout {}", record.value));
+        if !scanner.is_published(&entry) {
+            sink.publish(&[record]).await.map_err(publish_error)?;
+            scanner
+                .mark_published(&[entry])
+                .map_err(|e| CliError::could_not_run(e.to_string()))?;
+        }
     } else if !args.watch {
         eprintln!(
             "note: no layout published (give --plate-map CSV, or --wells, --sites and --channels): the pipeline completes a site, well or plate only once it knows the layout"
@@ -278,7 +286,7 @@ async fn run(
             totals.published += batch.len();
         }
         tell(&report, images.len(), args.watch);
-        add(&mut totals, &report, images.len());
+        add(&mut totals, &report);
         if !args.watch {
             break;
         }
@@ -367,8 +375,7 @@ fn tell(report: &ScanReport, published: usize, watch: bool) {
     }
 }
 
-fn add(totals: &mut Totals, report: &ScanReport, published: usize) {
-    let _ = published;
+fn add(totals: &mut Totals, report: &ScanReport) {
     totals.files = report.files;
     totals.already_published = report.already_published;
     totals.still_written = report.still_written.len();

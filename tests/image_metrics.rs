@@ -3,14 +3,26 @@
 //! --dry-run`, each posted to the service as the reference DAG's image-metrics task
 //! does, and its statistics checked against the pixels. The service's packages come
 //! from `scripts/install-example-deps` (a virtual environment under .tools/).
+//!
+//! And the whole path a lab runs: `wellspring ingest --kafka` a folder → `wellspring run`
+//! with the reference DAG (the image-metrics task pointed at this service, the other
+//! tasks at the simulated ones) → real metrics on the `image_metrics` topic, every
+//! aggregate exactly once (`wellspring verify`).
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use serde_json::{Value, json};
+use wellspring_log::{ConsumerConfig, KafkaLog, KafkaSettings, Log, NoListener, TopicPartition};
+use wellspring_nodes::services::{ServiceConfig, Services};
+use wellspring_test_support::broker::Broker;
 use wellspring_test_support::images::{write_png_gray8, write_tiff_gray16};
+use wellspring_test_support::node_process::{NodeProcess, reference_dag_args};
 use wellspring_test_support::repository_root;
 
 struct Service {
@@ -184,4 +196,129 @@ async fn the_example_service_measures_real_images() {
     assert_eq!(status, 403, "outside --root");
     let (status, _, _) = post(json!({"well": "B02"})).await;
     assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_a_folder_then_run_the_reference_dag_on_real_metrics() {
+    let dir = std::env::temp_dir().join(format!("wellspring-whole-path-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // 2 wells × 2 sites × 2 channels, each image with pixels of its own.
+    let mut expected = BTreeMap::new();
+    for (w, well) in ["B02", "B03"].iter().enumerate() {
+        for site in 1..=2u16 {
+            for channel in 1..=2u16 {
+                let base = 1000 * (w as u16 + 1) + 100 * site + 10 * channel;
+                let pixels: Vec<u16> = (0..64u16).map(|i| base + i * 3).collect();
+                let path = dir.join(format!("PLATE-R/TimePoint_1/{well}_s{site}_w{channel}.tif"));
+                write_tiff_gray16(&path, 8, 8, &pixels);
+                let values: Vec<f64> = pixels.iter().map(|p| f64::from(*p)).collect();
+                let key = format!("EXP-REAL/1/{well}/{site}/{channel}");
+                expected.insert(key, statistics(&values, 65535.0));
+            }
+        }
+    }
+    let broker = Broker::start();
+    let simulated = Services::start(ServiceConfig::quick()).unwrap();
+    let metrics = start(&dir);
+    let mut variables = simulated.variables();
+    variables.insert("image-metrics-url".into(), metrics.url.clone());
+    let mut node = NodeProcess::start(
+        env!("CARGO_BIN_EXE_wellspring"),
+        &broker.address,
+        "whole-path",
+        &reference_dag_args(variables, "6s"),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_wellspring"))
+        .arg("ingest")
+        .arg(&dir)
+        .args(["--convention", "imagexpress", "--experiment", "EXP-REAL"])
+        .args(["--wells", "B02,B03", "--sites", "2", "--channels", "2"])
+        .args([
+            "--settle",
+            "0s",
+            "--no-progress",
+            "--kafka",
+            &broker.address,
+        ])
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("8 channel images published"), "{said}");
+    let out = Command::new(env!("CARGO_BIN_EXE_wellspring"))
+        .args([
+            "verify",
+            "--kafka",
+            &broker.address,
+            "--experiment",
+            "EXP-REAL",
+        ])
+        .args(["--wait", "3m", "--no-progress"])
+        .current_dir(repository_root())
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The metrics are the images' own.
+    let log = KafkaLog::connect(KafkaSettings::new(broker.address.clone()))
+        .await
+        .unwrap();
+    let partitions = log.partitions("image_metrics").await.unwrap();
+    let assigned = (0..partitions)
+        .map(|p| (TopicPartition::new("image_metrics", p), Some(0)))
+        .collect();
+    let mut reader = log
+        .consumer(ConsumerConfig::assign("metrics-check", assigned))
+        .unwrap();
+    let mut seen = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < expected.len() && std::time::Instant::now() < deadline {
+        for record in reader
+            .poll(&mut NoListener, 100, Duration::from_millis(200))
+            .await
+            .unwrap()
+        {
+            let value: Value = serde_json::from_slice(record.value.as_deref().unwrap()).unwrap();
+            let key = format!(
+                "{}/{}/{}/{}/{}",
+                value["experiment_id"].as_str().unwrap(),
+                value["plate_number"],
+                value["well"].as_str().unwrap(),
+                value["site"],
+                value["channel"]
+            );
+            seen.insert(key, value);
+        }
+    }
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (key, (mean, std, saturated)) in &expected {
+        let answer = &seen[key];
+        assert!(
+            close(&answer["mean_intensity"], *mean),
+            "{key}: {answer} vs {mean}"
+        );
+        assert!(
+            close(&answer["std_intensity"], *std),
+            "{key}: {answer} vs {std}"
+        );
+        assert!(
+            close(&answer["saturated_fraction"], *saturated),
+            "{key}: {answer}"
+        );
+    }
+    node.terminate();
 }

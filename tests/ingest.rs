@@ -553,3 +553,31 @@ fn watch_publishes_files_as_they_appear_and_waits_for_those_being_written() {
     let keys: Vec<String> = sink.received().iter().map(|r| r.key.clone()).collect();
     assert_eq!(keys.len(), 4, "each image once: {keys:?}");
 }
+
+#[test]
+fn an_unreadable_folder_is_reported_and_the_rest_ingested() {
+    let dir = folder("unreadable");
+    imagexpress_folder(&dir);
+    // A link that loops back on the folder: walking it would never end.
+    std::os::unix::fs::symlink(&dir, dir.join("PLATE-X/loop")).unwrap();
+    let out = ingest(&[
+        dir.to_str().unwrap(),
+        "--convention",
+        "imagexpress",
+        "--experiment",
+        "EXP-1",
+        "--dry-run",
+        "--settle",
+        "0s",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(image_keys(&lines(&out)), expected(1));
+    assert!(stderr.contains("1 unreadable folders or files"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("skipped: ") && l.contains("loop")),
+        "{stderr}"
+    );
+}

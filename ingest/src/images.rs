@@ -12,7 +12,7 @@ use wellspring_protocol::{ChannelImage, ChannelKey, ExperimentId, ExperimentLayo
 
 use crate::convention::{Convention, ImageName, NameError, Recognised};
 use crate::platemap::PlateMap;
-use crate::scan::{ScanError, Stability, State, list_files};
+use crate::scan::{Listing, ScanError, Stability, State, list_files};
 
 /// Characters a `file://` URI writes as `%XX` (the rest of a path stays readable).
 const URI_ESCAPES: &AsciiSet = &CONTROLS
@@ -215,10 +215,10 @@ impl Scanner {
         &self.ingest
     }
 
-    /// The files below the folder now (for a progress bar's length).
-    pub fn list(&self) -> Result<Vec<PathBuf>, ScanError> {
-        let files = list_files(&self.root, self.state_file.as_deref())?;
-        Ok(files.into_iter().map(|(path, _)| path).collect())
+    /// The files below the folder now (for a progress bar's length), and what below it
+    /// could not be read.
+    pub fn list(&self) -> Result<Listing, ScanError> {
+        list_files(&self.root, self.state_file.as_deref())
     }
 
     /// Takes a first look at `files` (from [`Scanner::list`]), so that a scan after the

@@ -134,7 +134,7 @@ fn a_rescan_finds_nothing_new_and_a_changing_file_waits() {
         .unwrap()
     };
     let mut scanner = open();
-    let files = scanner.list().unwrap();
+    let files = scanner.list().unwrap().files;
     assert_eq!(files.len(), 6);
     let report = scanner.scan(&files, || {});
     let keys: Vec<String> = report
@@ -152,12 +152,13 @@ fn a_rescan_finds_nothing_new_and_a_changing_file_waits() {
     assert_eq!(report.conflicts.len(), 1, "{:?}", report.conflicts);
     let published: Vec<PathBuf> = report.images.iter().map(|(p, _)| p.clone()).collect();
     scanner.mark_published(&published).unwrap();
-    let again = scanner.scan(&scanner.list().unwrap(), || {});
+    let files = scanner.list().unwrap().files;
+    let again = scanner.scan(&files, || {});
     assert!(again.images.is_empty());
     assert_eq!(again.already_published, 3);
     // A new scanner reads the state file.
     let mut reopened = open();
-    let files = reopened.list().unwrap();
+    let files = reopened.list().unwrap().files;
     let report = reopened.scan(&files, || {});
     assert!(report.images.is_empty());
     assert_eq!(report.conflicts.len(), 1, "the duplicate still conflicts");
@@ -171,7 +172,7 @@ fn a_rescan_finds_nothing_new_and_a_changing_file_waits() {
     )
     .unwrap();
     touch(&root, "PLATE-1/TimePoint_1/B03_s1_w1.tif");
-    let files = slow.list().unwrap();
+    let files = slow.list().unwrap().files;
     slow.look(&files);
     let report = slow.scan(&files, || {});
     assert!(report.images.is_empty());

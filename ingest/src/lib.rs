@@ -22,7 +22,7 @@ mod well;
 pub use convention::{Convention, ImageName, NameError, PatternError, Recognised, UserPattern};
 pub use images::{Ingest, LayoutError, LayoutFlags, Passed, ScanReport, Scanner, location_uri};
 pub use platemap::{MappedPlate, PlateMap, PlateMapError};
-pub use scan::{ScanError, Stability, State, list_files};
+pub use scan::{Listing, ScanError, Stability, State, list_files};
 pub use well::{WellError, normalise_well, well_at};
 
 #[cfg(doc)]

@@ -31,27 +31,46 @@ pub enum ScanError {
     State { path: String, reason: String },
 }
 
-/// The files of a folder (paths below it), every file but hidden ones and the state file.
-pub fn list_files(root: &Path, skip: Option<&Path>) -> Result<Vec<(PathBuf, u64)>, ScanError> {
-    let mut files = Vec::new();
+/// What a folder holds: its files (paths below it, sorted), every file but hidden ones
+/// and the state file, and what could not be read below it.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub files: Vec<PathBuf>,
+    /// Folders or files below the root that could not be read (permissions, a link
+    /// loop), in words: reported, and the rest of the folder is still scanned.
+    pub unreadable: Vec<String>,
+}
+
+/// Lists the folder `root`, leaving out `skip` (the state file); fails only when `root`
+/// itself cannot be read.
+pub fn list_files(root: &Path, skip: Option<&Path>) -> Result<Listing, ScanError> {
+    let mut listing = Listing::default();
     let walker = walkdir::WalkDir::new(root)
         .follow_links(true)
         .sort_by_file_name()
         .into_iter()
         .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
     for entry in walker {
-        let entry = entry.map_err(|e| ScanError::Folder {
-            path: root.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) if e.depth() == 0 => {
+                return Err(ScanError::Folder {
+                    path: root.display().to_string(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => {
+                listing.unreadable.push(e.to_string());
+                continue;
+            }
+        };
         if !entry.file_type().is_file() || Some(entry.path()) == skip {
             continue;
         }
         let relative = entry.path().strip_prefix(root).unwrap_or(entry.path());
-        let size = entry.metadata().map_or(0, |m| m.len());
-        files.push((relative.to_path_buf(), size));
+        listing.files.push(relative.to_path_buf());
     }
-    Ok(files)
+    Ok(listing)
 }
 
 /// Which files have stopped changing.
@@ -239,6 +258,7 @@ mod tests {
         assert!(reopened.is_published(Path::new("b c.tif")));
         assert!(!reopened.is_published(Path::new("torn.ti")));
         let listed = list_files(&dir, Some(&path)).unwrap();
-        assert!(listed.is_empty(), "{listed:?}");
+        assert!(listed.files.is_empty(), "{listed:?}");
+        assert!(list_files(&dir.join("missing"), None).is_err());
     }
 }

@@ -9,6 +9,7 @@
 
 mod publish;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -219,6 +220,8 @@ struct Totals {
     other_timepoint: usize,
     unmatched: usize,
     conflicts: usize,
+    /// What below the folder could not be read, each reported once.
+    unreadable: BTreeSet<String>,
 }
 
 async fn run(
@@ -258,14 +261,14 @@ async fn run(
     let stop = stop_signal();
     tokio::pin!(stop);
     loop {
-        let files = list(scanner)?;
+        let files = list(scanner, &mut totals)?;
         let mut report = if args.watch || args.settle.is_zero() {
             scan(scanner, &files, progress)
         } else {
             // One look now, one after the settle time: files still being written wait.
             scanner.look(&files);
             tokio::time::sleep(args.settle).await;
-            let files = list(scanner)?;
+            let files = list(scanner, &mut totals)?;
             scan(scanner, &files, progress)
         };
         let images = std::mem::take(&mut report.images);
@@ -310,6 +313,14 @@ async fn run(
         totals.unmatched,
         totals.conflicts,
     );
+    let summary = if totals.unreadable.is_empty() {
+        summary
+    } else {
+        format!(
+            "{summary}, {} unreadable folders or files",
+            totals.unreadable.len()
+        )
+    };
     // A dry run's standard output is its records.
     if args.dry_run {
         eprintln!("{summary}");
@@ -331,10 +342,17 @@ async fn run(
     Ok(())
 }
 
-fn list(scanner: &Scanner) -> Result<Vec<PathBuf>, CliError> {
-    scanner
+/// The folder's files now; what below it cannot be read is reported once and counted.
+fn list(scanner: &Scanner, totals: &mut Totals) -> Result<Vec<PathBuf>, CliError> {
+    let listing = scanner
         .list()
-        .map_err(|e| CliError::could_not_run(e.to_string()))
+        .map_err(|e| CliError::could_not_run(e.to_string()))?;
+    for problem in listing.unreadable {
+        if totals.unreadable.insert(problem.clone()) {
+            eprintln!("skipped: {problem}");
+        }
+    }
+    Ok(listing.files)
 }
 
 fn scan(scanner: &mut Scanner, files: &[PathBuf], progress: bool) -> ScanReport {

@@ -581,3 +581,64 @@ fn an_unreadable_folder_is_reported_and_the_rest_ingested() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_layout_from_flags_takes_the_plates_the_images_name() {
+    let dir = folder("flag-layout");
+    for plate in [1, 3] {
+        for (row, column, site, channel) in images() {
+            let well = format!("{}{column:02}", letter(row));
+            png(&dir.join(format!(
+                "HEPG2-07/Plate{plate}/{well}_s{site}_w{channel}.png"
+            )));
+        }
+    }
+    let out = ingest(&[
+        dir.to_str().unwrap(),
+        "--convention",
+        "rxrx",
+        "--experiment",
+        "EXP-1",
+        "--dry-run",
+        "--settle",
+        "0s",
+        "--wells",
+        "B03,c4",
+        "--sites",
+        "2",
+        "--channels",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let records = lines(&out);
+    let (topic, _, layout) = &records[0];
+    assert_eq!(topic, "experiment_metadata");
+    assert_eq!(
+        layout["plates"],
+        serde_json::json!([
+            {"plate_number": 1, "plate_barcode": "HEPG2-07_Plate1", "wells": ["B03", "C04"]},
+            {"plate_number": 3, "plate_barcode": "HEPG2-07_Plate3", "wells": ["B03", "C04"]},
+        ])
+    );
+    assert_eq!(records.len(), 17);
+    // Flags that cannot make a layout are refused before anything is scanned.
+    let out = ingest(&[
+        dir.to_str().unwrap(),
+        "--convention",
+        "rxrx",
+        "--experiment",
+        "EXP-1",
+        "--dry-run",
+        "--wells",
+        "B03",
+        "--sites",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--channels N"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+}

@@ -2,7 +2,7 @@
 //! [`Ingest`] says what to take (experiment, plate, barcode, z-plane, time point) and
 //! [`Scanner`] finds the files that are new and stable and reads them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -269,6 +269,14 @@ impl Scanner {
         self.state.is_published(relative)
     }
 
+    /// The plates of the images published or found so far, with the barcode of each.
+    pub fn plates_seen(&self) -> BTreeMap<u32, String> {
+        self.barcodes
+            .iter()
+            .map(|(plate, barcode)| (*plate, barcode.clone()))
+            .collect()
+    }
+
     /// Marks the files of `images` published (after the log acknowledged them).
     pub fn mark_published(&mut self, files: &[PathBuf]) -> Result<(), ScanError> {
         self.state.mark_published(files)?;
@@ -345,9 +353,21 @@ pub enum LayoutError {
 }
 
 impl Ingest {
+    /// Whether the layout's plates come from the images (wells from `--wells`, but no
+    /// plate map nor `--plate` to say which plates): then it is made once the first scan
+    /// has found images, from the plates they name.
+    pub fn layout_waits_for_images(&self, flags: &LayoutFlags) -> bool {
+        self.plate_map.is_none() && self.plate.is_none() && !flags.wells.is_empty()
+    }
+
     /// The experiment's layout, from the plate map and the flags (flags win), or `None`
-    /// when neither gives wells.
-    pub fn layout(&self, flags: &LayoutFlags) -> Result<Option<ExperimentLayout>, LayoutError> {
+    /// when neither gives wells. `seen` is the plates (and their barcodes) the images
+    /// named, for the plates that neither the plate map nor `--plate` gives.
+    pub fn layout(
+        &self,
+        flags: &LayoutFlags,
+        seen: &BTreeMap<u32, String>,
+    ) -> Result<Option<ExperimentLayout>, LayoutError> {
         let map = self.plate_map.as_ref();
         if map.is_none() && flags.wells.is_empty() {
             return Ok(None);
@@ -373,12 +393,23 @@ impl Ingest {
             let numbers: Vec<u32> = match (self.plate, map) {
                 (Some(p), _) => vec![p],
                 (None, Some(m)) => m.plates.keys().copied().collect(),
-                (None, None) => vec![1],
+                (None, None) => seen.keys().copied().collect(),
             };
+            if numbers.is_empty() {
+                return Err(LayoutError::Missing(
+                    "no images yet to tell the layout's plates: give --plate N or a --plate-map"
+                        .into(),
+                ));
+            }
             for number in numbers {
+                let mapped = map.and_then(|m| m.plates.get(&number));
                 plates.push(PlateLayout {
                     plate: number,
-                    barcode: self.barcode.clone(),
+                    barcode: self
+                        .barcode
+                        .clone()
+                        .or_else(|| mapped.and_then(|p| p.barcode.clone()))
+                        .or_else(|| seen.get(&number).cloned()),
                     wells: wells.clone(),
                 });
             }

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -186,7 +187,12 @@ fn layouts_from_flags_and_maps() {
         sites: Some(4),
         channels: Some(5),
     };
-    let layout = ingest(Convention::Rxrx).layout(&flags).unwrap().unwrap();
+    let layout = ingest(Convention::Rxrx)
+        .layout(&flags, &BTreeMap::from([(3, "P3".to_owned())]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(layout.plates[0].plate, 3);
+    assert_eq!(layout.plates[0].barcode.as_deref(), Some("P3"));
     let wells: Vec<String> = layout.plates[0]
         .wells
         .iter()
@@ -196,7 +202,7 @@ fn layouts_from_flags_and_maps() {
     assert_eq!((layout.sites_per_well, layout.channels_per_site), (4, 5));
     assert!(
         ingest(Convention::Rxrx)
-            .layout(&LayoutFlags::default())
+            .layout(&LayoutFlags::default(), &BTreeMap::new())
             .unwrap()
             .is_none()
     );
@@ -204,11 +210,25 @@ fn layouts_from_flags_and_maps() {
         channels: None,
         ..flags.clone()
     };
-    let error = ingest(Convention::Rxrx).layout(&no_channels).unwrap_err();
+    let error = ingest(Convention::Rxrx)
+        .layout(&no_channels, &BTreeMap::new())
+        .unwrap_err();
     assert!(error.to_string().contains("--channels"), "{error}");
     let backwards = LayoutFlags {
         wells: vec!["C3:B2".into()],
         ..flags
     };
-    assert!(ingest(Convention::Rxrx).layout(&backwards).is_err());
+    assert!(
+        ingest(Convention::Rxrx)
+            .layout(&backwards, &BTreeMap::from([(1, "P".to_owned())]))
+            .is_err()
+    );
+    let waiting = LayoutFlags {
+        wells: vec!["A1".into()],
+        sites: Some(1),
+        channels: Some(1),
+    };
+    assert!(ingest(Convention::Rxrx).layout_waits_for_images(&waiting));
+    let none_seen = ingest(Convention::Rxrx).layout(&waiting, &BTreeMap::new());
+    assert!(none_seen.unwrap_err().to_string().contains("--plate N"));
 }

@@ -9,7 +9,7 @@
 
 mod publish;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -116,8 +116,10 @@ pub fn ingest(args: IngestArgs) -> CommandResult {
         sites: args.sites.map(|s| s.min(u32::from(u16::MAX)) as u16),
         channels: args.channels.map(|c| c.min(u32::from(u8::MAX)) as u8),
     };
-    let layout = ingest
-        .layout(&layout_flags)
+    // Flags that cannot make a layout are refused before anything is scanned.
+    let probe = BTreeMap::from([(ingest.plate.unwrap_or(1), String::new())]);
+    ingest
+        .layout(&layout_flags, &probe)
         .map_err(|e| CliError::could_not_run(e.to_string()))?;
     let state_file = args
         .state
@@ -135,7 +137,7 @@ pub fn ingest(args: IngestArgs) -> CommandResult {
             .or(Some(state_file.clone())),
     )
     .map_err(|e| CliError::could_not_run(e.to_string()))?;
-    on_runtime(run(&args, &mut scanner, layout.as_ref()))?
+    on_runtime(run(&args, &mut scanner, &layout_flags))?
 }
 
 /// What to take, from the flags (and the plate map).
@@ -224,37 +226,62 @@ struct Totals {
     unreadable: BTreeSet<String>,
 }
 
+fn publish_failed(target: &str, e: publish::PublishError) -> CliError {
+    CliError::failed(format!(
+        "publishing to {target}: {e} (what was published is kept in the state file: running the same command again publishes the rest)"
+    ))
+}
+
+/// Publishes `layout` unless the state says it already was, as it is.
+async fn send_layout(
+    args: &IngestArgs,
+    sink: &mut Sink,
+    target: &str,
+    scanner: &mut Scanner,
+    layout: &ExperimentLayout,
+) -> CommandResult {
+    let record = OutRecord {
+        topic: args.metadata_topic.clone(),
+        key: layout.experiment.to_string(),
+        value: layout.to_value().to_json_string(),
+    };
+    // The state remembers the layout as it was published (a name no scanned file has:
+    // scans pass hidden files over), so a rescan sends it only when it changed.
+    let entry = PathBuf::from(format!(".layout {}", record.value));
+    if !scanner.is_published(&entry) {
+        sink.publish(&[record])
+            .await
+            .map_err(|e| publish_failed(target, e))?;
+        scanner
+            .mark_published(&[entry])
+            .map_err(|e| CliError::could_not_run(e.to_string()))?;
+    }
+    Ok(())
+}
+
 async fn run(
     args: &IngestArgs,
     scanner: &mut Scanner,
-    layout: Option<&ExperimentLayout>,
+    layout_flags: &LayoutFlags,
 ) -> CommandResult {
     let (mut sink, target) = sink(args).await?;
-    let publish_error = |e: publish::PublishError| {
-        CliError::failed(format!(
-            "publishing to {target}: {e} (what was published is kept in the state file: running the same command again publishes the rest)"
-        ))
-    };
-    if let Some(layout) = layout {
-        let record = OutRecord {
-            topic: args.metadata_topic.clone(),
-            key: layout.experiment.to_string(),
-            value: layout.to_value().to_json_string(),
-        };
-        // The state remembers the layout as it was published (a name no scanned file
-        // has: scans pass hidden files over), so a rescan sends it only when it changed.
-        let entry = PathBuf::from(format!(".layout {}", record.value));
-        if !scanner.is_published(&entry) {
-            sink.publish(&[record]).await.map_err(publish_error)?;
-            scanner
-                .mark_published(&[entry])
-                .map_err(|e| CliError::could_not_run(e.to_string()))?;
+    let publish_error = |e: publish::PublishError| publish_failed(&target, e);
+    let layout_error = |e: wellspring_ingest::LayoutError| CliError::could_not_run(e.to_string());
+    let waits = scanner.ingest().layout_waits_for_images(layout_flags);
+    let mut layout = None;
+    if !waits {
+        layout = scanner
+            .ingest()
+            .layout(layout_flags, &BTreeMap::new())
+            .map_err(layout_error)?;
+        match &layout {
+            Some(l) => send_layout(args, &mut sink, &target, scanner, l).await?,
+            None => eprintln!(
+                "note: no layout published (give --plate-map CSV, or --wells, --sites and --channels): the pipeline completes a site, well or plate only once it knows the layout"
+            ),
         }
-    } else if !args.watch {
-        eprintln!(
-            "note: no layout published (give --plate-map CSV, or --wells, --sites and --channels): the pipeline completes a site, well or plate only once it knows the layout"
-        );
     }
+    let mut outside_layout = BTreeSet::new();
     let progress = wants_progress(args.no_progress);
     let mut totals = Totals::default();
     let started = Instant::now();
@@ -272,6 +299,28 @@ async fn run(
             scan(scanner, &files, progress)
         };
         let images = std::mem::take(&mut report.images);
+        if waits && layout.is_none() && !scanner.plates_seen().is_empty() {
+            // The layout's plates are those the first images name.
+            let made = scanner
+                .ingest()
+                .layout(layout_flags, &scanner.plates_seen())
+                .map_err(layout_error)?;
+            if let Some(l) = &made {
+                send_layout(args, &mut sink, &target, scanner, l).await?;
+            }
+            layout = made;
+        }
+        if let Some(layout) = &layout {
+            for (_, image) in &images {
+                let plate = image.key.plate;
+                if layout.plate(plate).is_none() && outside_layout.insert(plate) {
+                    eprintln!(
+                        "warning: plate {plate} ({}) is not in the layout published: its wells will not complete (give a --plate-map that has it, or ingest it with --plate)",
+                        image.plate_barcode
+                    );
+                }
+            }
+        }
         for batch in images.chunks(args.batch as usize) {
             let records: Vec<OutRecord> = batch
                 .iter()

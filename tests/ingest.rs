@@ -642,3 +642,47 @@ fn a_layout_from_flags_takes_the_plates_the_images_name() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn an_unreachable_node_is_reported_as_such() {
+    let dir = folder("unreachable");
+    imagexpress_folder(&dir);
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = ingest(&[
+        dir.to_str().unwrap(),
+        "--convention",
+        "imagexpress",
+        "--experiment",
+        "EXP-1",
+        "--settle",
+        "0s",
+        "--url",
+        &url,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("is a node running there?"), "{stderr}");
+    assert!(
+        stderr.contains("/api/topics/images_channel/records"),
+        "{stderr}"
+    );
+    let out = ingest(&[
+        dir.to_str().unwrap(),
+        "--convention",
+        "imagexpress",
+        "--experiment",
+        "EXP-1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--url NODE"),
+        "{}",
+        text(&out.stderr)
+    );
+}

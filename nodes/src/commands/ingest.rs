@@ -125,8 +125,7 @@ pub fn ingest(args: IngestArgs) -> CommandResult {
         .state
         .clone()
         .unwrap_or_else(|| args.dir.join(".wellspring-ingest"));
-    let state = State::open(&state_file, !args.dry_run)
-        .map_err(|e| CliError::could_not_run(e.to_string()))?;
+    let state = State::open(&state_file, !args.dry_run).map_err(scan_error)?;
     let mut scanner = Scanner::new(
         &args.dir,
         ingest,
@@ -136,7 +135,7 @@ pub fn ingest(args: IngestArgs) -> CommandResult {
             .ok()
             .or(Some(state_file.clone())),
     )
-    .map_err(|e| CliError::could_not_run(e.to_string()))?;
+    .map_err(scan_error)?;
     on_runtime(run(&args, &mut scanner, &layout_flags))?
 }
 
@@ -226,7 +225,22 @@ struct Totals {
     unreadable: BTreeSet<String>,
 }
 
+/// A scan or state error, with what to do about a folder the command cannot write.
+fn scan_error(error: wellspring_ingest::ScanError) -> CliError {
+    match error {
+        wellspring_ingest::ScanError::State { .. } => CliError::could_not_run(format!(
+            "{error} (a read-only folder? keep the state elsewhere with --state FILE)"
+        )),
+        wellspring_ingest::ScanError::Folder { .. } => CliError::could_not_run(error.to_string()),
+    }
+}
+
 fn publish_failed(target: &str, e: publish::PublishError) -> CliError {
+    if let publish::PublishError::Http(PostError::Unreachable { .. }) = e {
+        return CliError::could_not_run(format!(
+            "{e} (is a node running there? start one with `wellspring run`, or check --url)"
+        ));
+    }
     CliError::failed(format!(
         "publishing to {target}: {e} (what was published is kept in the state file: running the same command again publishes the rest)"
     ))
@@ -252,9 +266,7 @@ async fn send_layout(
         sink.publish(&[record])
             .await
             .map_err(|e| publish_failed(target, e))?;
-        scanner
-            .mark_published(&[entry])
-            .map_err(|e| CliError::could_not_run(e.to_string()))?;
+        scanner.mark_published(&[entry]).map_err(scan_error)?;
     }
     Ok(())
 }
@@ -332,9 +344,7 @@ async fn run(
                 .collect();
             sink.publish(&records).await.map_err(publish_error)?;
             let files: Vec<PathBuf> = batch.iter().map(|(f, _)| f.clone()).collect();
-            scanner
-                .mark_published(&files)
-                .map_err(|e| CliError::could_not_run(e.to_string()))?;
+            scanner.mark_published(&files).map_err(scan_error)?;
             totals.published += batch.len();
         }
         tell(&report, images.len(), args.watch);
@@ -393,9 +403,7 @@ async fn run(
 
 /// The folder's files now; what below it cannot be read is reported once and counted.
 fn list(scanner: &Scanner, totals: &mut Totals) -> Result<Vec<PathBuf>, CliError> {
-    let listing = scanner
-        .list()
-        .map_err(|e| CliError::could_not_run(e.to_string()))?;
+    let listing = scanner.list().map_err(scan_error)?;
     for problem in listing.unreadable {
         if totals.unreadable.insert(problem.clone()) {
             eprintln!("skipped: {problem}");

@@ -88,9 +88,12 @@ pub async fn post_records(
     topic: &str,
     records: &[&OutRecord],
 ) -> Result<(), PostError> {
-    let topic_path: String =
-        percent_encoding::utf8_percent_encode(topic, percent_encoding::NON_ALPHANUMERIC)
-            .to_string();
+    // Topic names are letters, digits, '.', '_' and '-': only anything else is escaped.
+    const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'-');
+    let topic_path = percent_encoding::utf8_percent_encode(topic, ESCAPED).to_string();
     let url = format!(
         "{}/api/topics/{topic_path}/records",
         base_url.trim_end_matches('/')
@@ -268,5 +271,35 @@ async fn post_with_retries(
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_is_the_contract_json_with_keys_escaped() {
+        let records = [
+            OutRecord {
+                topic: "images_channel".into(),
+                key: "EXP-1/1/B02/1/1".into(),
+                value: r#"{"well":"B02"}"#.into(),
+            },
+            OutRecord {
+                topic: "images_channel".into(),
+                key: "a \"quoted\" key".into(),
+                value: "{}".into(),
+            },
+        ];
+        let body = records_body(&records.iter().collect::<Vec<_>>());
+        let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"records": [
+                {"key": "EXP-1/1/B02/1/1", "value": {"well": "B02"}, "headers": {}},
+                {"key": "a \"quoted\" key", "value": {}, "headers": {}},
+            ]})
+        );
     }
 }

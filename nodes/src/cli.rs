@@ -33,6 +33,9 @@ enum Command {
     Tasks(commands::tasks::TasksArgs),
     /// Publish a synthetic experiment (its layout, then its images) to Kafka.
     Generate(commands::generate::GenerateArgs),
+    /// Publish the images a microscope writes into a folder (one channel_level record
+    /// each, after the experiment's layout), to Kafka or to a node; --watch follows it.
+    Ingest(Box<commands::ingest::IngestArgs>),
     /// Check one experiment's outputs on Kafka: every missing and every duplicated
     /// aggregate (exit code 0 only when there are none).
     Verify(commands::verify::VerifyArgs),
@@ -70,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(*args),
         Command::Tasks(args) => commands::tasks::tasks(args),
         Command::Generate(args) => commands::generate::generate(args),
+        Command::Ingest(args) => commands::ingest::ingest(*args),
         Command::Verify(args) => commands::verify::verify(args),
         Command::Drain(args) => commands::drain::drain(args),
     };

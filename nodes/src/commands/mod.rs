@@ -11,6 +11,7 @@ pub mod drain;
 pub mod flags;
 pub mod generate;
 pub mod graph;
+pub mod ingest;
 pub mod run;
 pub mod tasks;
 pub mod validate;

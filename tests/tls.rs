@@ -96,15 +96,21 @@ impl Drop for Pki {
 /// what it was sent (HTTP/1.1, one request per connection). With `client_ca`, it asks
 /// for a client certificate from that CA and refuses connections without one.
 async fn https_service(pki: &Pki, client_ca: bool) -> String {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let builder = rustls::ServerConfig::builder();
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap();
     let builder = if client_ca {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(pki.ca_der.clone()).unwrap();
         builder.with_client_cert_verifier(
-            rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
-                .build()
-                .unwrap(),
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            )
+            .build()
+            .unwrap(),
         )
     } else {
         builder.with_no_client_auth()

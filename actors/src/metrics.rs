@@ -135,6 +135,8 @@ pub mod names {
     pub const RESTORE_DURATION: &str = "restore_duration_seconds";
     /// Gauge per stage: partitions owned here.
     pub const SHARDS: &str = "shards";
+    /// Gauge per stage: owned partitions whose shard is restoring its state now.
+    pub const SHARDS_RESTORING: &str = "shards_restoring";
     /// Gauge per owned partition: records not yet committed.
     pub const CONSUMER_LAG: &str = "consumer_lag";
 
@@ -163,6 +165,9 @@ pub mod names {
                 "Time to restore a shard from its changelog before it runs"
             }
             "shards" => "Partitions of a stage this node owns",
+            "shards_restoring" => {
+                "Owned partitions of a stage whose shard is restoring its state (the node is not ready meanwhile)"
+            }
             "consumer_lag" => {
                 "Records of an owned partition not yet committed (end offset minus committed offset)"
             }
@@ -184,10 +189,14 @@ pub struct OwnedShards {
     partitions: Arc<Mutex<BTreeSet<TopicPartition>>>,
     /// Per owned partition: (committed offset, end offset when last looked).
     offsets: Arc<Mutex<BTreeMap<TopicPartition, (u64, u64)>>>,
+    /// Owned partitions whose shard is restoring its state now.
+    restoring: Arc<Mutex<BTreeSet<TopicPartition>>>,
     /// Rebalance callbacks that moved partitions of this stage (assigned, revoked, lost).
     pub rebalances: Counter,
     /// Time to restore a shard (changelog replay included) before it runs.
     pub restores: Histogram,
+    /// Restores so far, and the time they took in all (for the shards API).
+    restore_totals: Arc<Mutex<(u64, Duration)>>,
 }
 
 impl OwnedShards {
@@ -198,6 +207,35 @@ impl OwnedShards {
     pub fn remove(&self, partition: &TopicPartition) {
         self.partitions.lock().remove(partition);
         self.offsets.lock().remove(partition);
+        self.restoring.lock().remove(partition);
+    }
+
+    /// The shard of `partition` starts restoring its state.
+    pub fn restoring(&self, partition: &TopicPartition) {
+        self.restoring.lock().insert(partition.clone());
+    }
+
+    /// The shard of `partition` is restored (or failed to start): no longer restoring.
+    pub fn restored(&self, partition: &TopicPartition) {
+        self.restoring.lock().remove(partition);
+    }
+
+    /// A shard was restored (its changelog replayed) in `took`.
+    pub fn restore_took(&self, took: Duration) {
+        self.restores.observe(took);
+        let mut totals = self.restore_totals.lock();
+        totals.0 += 1;
+        totals.1 += took;
+    }
+
+    /// Restores so far and the time they took in all.
+    pub fn restore_totals(&self) -> (u64, Duration) {
+        *self.restore_totals.lock()
+    }
+
+    /// The partitions whose shards are restoring now.
+    pub fn restoring_now(&self) -> Vec<TopicPartition> {
+        self.restoring.lock().iter().cloned().collect()
     }
 
     pub fn list(&self) -> Vec<TopicPartition> {
@@ -406,6 +444,31 @@ impl Metrics {
             .collect()
     }
 
+    /// Every stage on this node, `(dag, stage, its shards)`.
+    pub fn stages(&self) -> Vec<(String, String, OwnedShards)> {
+        self.inner
+            .stages
+            .lock()
+            .iter()
+            .map(|(labels, owned)| (labels.dag.clone(), labels.node.clone(), owned.clone()))
+            .collect()
+    }
+
+    /// `(dag, stage, partitions)` of every stage with shards restoring now: while there
+    /// are any, the node is not ready.
+    pub fn restoring(&self) -> Vec<(String, String, Vec<TopicPartition>)> {
+        self.inner
+            .stages
+            .lock()
+            .iter()
+            .map(|(labels, owned)| {
+                let restoring = owned.restoring_now();
+                (labels.dag.clone(), labels.node.clone(), restoring)
+            })
+            .filter(|(_, _, restoring)| !restoring.is_empty())
+            .collect()
+    }
+
     /// Every family in the Prometheus text format (version 0.0.4).
     pub fn encode(&self, out: &mut String) -> fmt::Result {
         prometheus_client::encoding::prometheus_text::encode(out, &self.inner.registry.lock())
@@ -439,6 +502,16 @@ impl Collector for StageShardsCollector {
         for (labels, owned) in &stages {
             let owned = i64::try_from(owned.list().len()).unwrap_or(i64::MAX);
             ConstGauge::new(owned).encode(shards.encode_family(labels)?)?;
+        }
+        let mut restoring = encoder.encode_descriptor(
+            names::SHARDS_RESTORING,
+            &help(names::SHARDS_RESTORING),
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, owned) in &stages {
+            let now = i64::try_from(owned.restoring_now().len()).unwrap_or(i64::MAX);
+            ConstGauge::new(now).encode(restoring.encode_family(labels)?)?;
         }
         let mut lags = encoder.encode_descriptor(
             names::CONSUMER_LAG,

@@ -1,5 +1,5 @@
-//! How HTTP tasks reach HTTPS microservices: rustls (ring) with the system's roots, a
-//! private CA added to them, and a client certificate for mutual TLS.
+//! How HTTP tasks reach HTTPS microservices: rustls (aws-lc-rs) with the system's roots,
+//! a private CA added to them, and a client certificate for mutual TLS.
 
 use std::path::{Path, PathBuf};
 
@@ -47,9 +47,6 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, HttpClientError> {
 
 /// A client builder with `settings` applied (no proxy, keep-alive pool, no Nagle).
 pub fn client_builder(settings: &TlsSettings) -> Result<reqwest::ClientBuilder, HttpClientError> {
-    // reqwest is built without a default crypto provider; the first client installs
-    // ring's for the process (a second install is refused, and harmless).
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)

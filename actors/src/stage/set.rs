@@ -111,13 +111,16 @@ impl ShardSet {
     /// one that cannot start at all fails the stage.
     pub(super) async fn start_shard(&mut self, tp: &TopicPartition) -> bool {
         let started = Instant::now();
-        match self.factory.start(tp, self.waker.clone()).await {
+        self.owned.restoring(tp);
+        let start = self.factory.start(tp, self.waker.clone()).await;
+        self.owned.restored(tp);
+        match start {
             Ok(addr) => {
                 if let Some(state) = self.shards.get_mut(tp) {
                     state.slot = Slot::Running(addr);
                 }
                 // Starting includes restoring the shard's state from its changelog.
-                self.owned.restores.observe(started.elapsed());
+                self.owned.restore_took(started.elapsed());
                 tracing::info!(stage = %self.name, partition = %tp, restore_ms = started.elapsed().as_millis() as u64, "shard restored and running");
                 true
             }

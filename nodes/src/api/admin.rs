@@ -39,20 +39,30 @@ pub(super) async fn task_store_shards(State(api): State<Api>) -> Response {
 
 /// This node's stages and the partitions each owns here.
 fn local_shards(api: &Api) -> NodeShards {
+    let listed = |partitions: Vec<wellspring_log::TopicPartition>| -> Vec<OwnedPartition> {
+        partitions
+            .iter()
+            .map(|tp| OwnedPartition {
+                topic: tp.topic.to_string(),
+                partition: tp.partition,
+            })
+            .collect()
+    };
     let stages = api
         .metrics
-        .owned_partitions()
+        .stages()
         .into_iter()
-        .map(|(dag, stage, partitions)| StageShards {
-            dag,
-            stage,
-            partitions: partitions
-                .iter()
-                .map(|tp| OwnedPartition {
-                    topic: tp.topic.to_string(),
-                    partition: tp.partition,
-                })
-                .collect(),
+        .map(|(dag, stage, owned)| {
+            let (restores, took) = owned.restore_totals();
+            StageShards {
+                dag,
+                stage,
+                partitions: listed(owned.list()),
+                restoring: listed(owned.restoring_now()),
+                rebalances: owned.rebalances.get(),
+                restores,
+                restore_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            }
         })
         .collect();
     NodeShards {

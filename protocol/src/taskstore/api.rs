@@ -205,6 +205,10 @@ pub struct Readiness {
     pub ready: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<FailedComponent>,
+    /// Shards restoring their state now (`dag/stage topic/partition`): a node is ready
+    /// only once every shard it owns is restored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restoring: Vec<String>,
 }
 
 /// [`route::DRAIN`]'s answer (`202`): the node stops as on SIGTERM.
@@ -226,6 +230,17 @@ pub struct StageShards {
     pub dag: String,
     pub stage: String,
     pub partitions: Vec<OwnedPartition>,
+    /// Of those, the partitions whose shards are restoring their state now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restoring: Vec<OwnedPartition>,
+    /// Rebalances that moved this stage's partitions to or from the node.
+    #[serde(default)]
+    pub rebalances: u64,
+    /// Shard restores on this node, and the time they took in all (milliseconds).
+    #[serde(default)]
+    pub restores: u64,
+    #[serde(default)]
+    pub restore_ms: u64,
 }
 
 /// [`local_shards`]: what one node owns, and where it is reached.
@@ -304,6 +319,10 @@ mod tests {
                             topic: "wellspring.tasks".into(),
                             partition: 1,
                         }],
+                        restoring: Vec::new(),
+                        rebalances: 2,
+                        restores: 1,
+                        restore_ms: 250,
                     }],
                 }),
                 PeerShards::Unanswered {

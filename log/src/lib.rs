@@ -39,7 +39,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-pub use embedded::{EmbeddedLog, GroupView};
+pub use embedded::{DurableOptions, EmbeddedLog, Fsync, GroupView, Retention, StorageError};
 pub use kafka::{KafkaLog, KafkaSettings};
 pub use partitioner::partition_for_key;
 pub use time::{Clock, SystemClock};

@@ -277,6 +277,7 @@ async fn serve(
     };
 
     // The API runs on its own threads; it reaches the actors through their addresses.
+    let ingest = api::ingest::IngestTopics::new(log.clone(), &options.dags);
     let router = api::router(
         store,
         health,
@@ -284,6 +285,7 @@ async fn serve(
         options.token.clone(),
         options.body_limit,
         drain,
+        ingest,
     );
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::Builder::new()

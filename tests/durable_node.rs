@@ -1,0 +1,271 @@
+//! `wellspring run --data-dir` as a real process, fed over HTTP ingest: killed with
+//! SIGKILL mid-stream and restarted on the same directory, it loses nothing and repeats
+//! nothing (every aggregate exactly once) and keeps the task store's tasks; a batch with
+//! bad records is refused whole, with each bad record named.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+use wellspring_actors::FunctionRegistry;
+use wellspring_actors::taskstore::ApiClient;
+use wellspring_log::{DurableOptions, EmbeddedLog, TopicPartition};
+use wellspring_nodes::demo;
+use wellspring_nodes::services::{ServiceConfig, Services};
+use wellspring_nodes::verify::{VerifyOptions, verify_experiment};
+use wellspring_nodes::workload::{Message, Workload, WorkloadConfig};
+use wellspring_protocol::taskstore::{GroupSettings, NewTask, TaskStatus};
+use wellspring_test_support::node_process::{NodeProcess, reference_dag_args};
+
+const EXPERIMENT: &str = "EXP-DURABLE";
+
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wellspring-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn start(dir: &std::path::Path, args: &[String]) -> NodeProcess {
+    NodeProcess::start_on_disk(env!("CARGO_BIN_EXE_wellspring"), dir, "wellspring-0", args)
+}
+
+/// The workload's messages as ingest batches: `(topic, body)`.
+fn batches(workload: &Workload, size: usize) -> Vec<(&'static str, Value)> {
+    let mut out = Vec::new();
+    let mut images = Vec::new();
+    for message in &workload.messages {
+        match message {
+            Message::Metadata(layout) => {
+                let value: Value =
+                    serde_json::from_str(&layout.to_value().to_json_string()).unwrap();
+                out.push((
+                    "experiment_metadata",
+                    json!({"records": [{"key": layout.experiment.to_string(), "value": value}]}),
+                ));
+            }
+            Message::Image(image) => {
+                let value: Value =
+                    serde_json::from_str(&image.to_value().to_json_string()).unwrap();
+                images.push(json!({"key": image.key.to_string(), "value": value, "headers": {"uploader": "test"}}));
+                if images.len() == size {
+                    out.push((
+                        "images_channel",
+                        json!({ "records": std::mem::take(&mut images) }),
+                    ));
+                }
+            }
+            Message::Bad(_) => {}
+        }
+    }
+    if !images.is_empty() {
+        out.push(("images_channel", json!({ "records": images })));
+    }
+    out
+}
+
+async fn post(url: &str, topic: &str, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/api/topics/{topic}/records"))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(body).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// A counter of the node's `/metrics` for one DAG node (0 while it has none).
+async fn counter(url: &str, family: &str, node: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(family) && l.contains(&format!("node=\"{node}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_stream_restarts_from_its_data_dir_with_every_aggregate_once_and_every_task()
+ {
+    let services = Services::start(ServiceConfig::quick()).unwrap();
+    let args = reference_dag_args(services.variables(), "3s");
+    let dir = fresh_dir("durable-node");
+    let workload = Workload::build(&WorkloadConfig {
+        experiment: EXPERIMENT.into(),
+        plates: 2,
+        wells: 12,
+        sites: 2,
+        channels: 3,
+        metadata_after: 10,
+        ..WorkloadConfig::default()
+    })
+    .unwrap();
+    let batches = batches(&workload, 12);
+    let half = batches.len() / 2;
+
+    let mut node = start(&dir, &args);
+    // Tasks queued in the task store, with no worker to take them.
+    let client = ApiClient::new(&node.url, None).unwrap();
+    client
+        .create_group(
+            &serde_json::from_value::<GroupSettings>(json!({"name": "stitching"})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut tasks: Vec<Uuid> = Vec::new();
+    for i in 0..10 {
+        let task = NewTask {
+            cmd: vec!["stitch".into(), format!("plate-{i}")],
+            group: "stitching".into(),
+            labels: Default::default(),
+            idempotency_key: Some(format!("stitch-{i}")),
+        };
+        tasks.push(client.submit(&task).await.unwrap().0.id);
+    }
+    for (topic, body) in &batches[..half] {
+        let (status, answer) = post(&node.url, topic, body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // Some sites are done (aggregated, their outputs committed) when the node dies.
+    let url = node.url.clone();
+    wait_for("the first sites", async || {
+        counter(&url, "wellspring_out_total", "images-site").await > 0.0
+    })
+    .await;
+    node.kill();
+
+    let mut node = start(&dir, &args);
+    let client = ApiClient::new(&node.url, None).unwrap();
+    for id in &tasks {
+        let task = client.get(*id).await.unwrap();
+        assert_eq!(task.status, TaskStatus::Available, "task {id} kept");
+    }
+    // The uploader did not hear back for its last batch before the crash: it sends it again.
+    for (topic, body) in &batches[half - 1..] {
+        let (status, answer) = post(&node.url, topic, body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let url = node.url.clone();
+    wait_for("the experiment's aggregate", async || {
+        counter(&url, "wellspring_out_total", "images-experiment").await > 0.0
+    })
+    .await;
+    assert!(node.terminate().success(), "a SIGTERMed node exits cleanly");
+
+    // The stopped node's log, read from its directory.
+    let log = EmbeddedLog::open(DurableOptions::new(&dir)).unwrap();
+    let registry = FunctionRegistry::with_builtins();
+    let dag = demo::load_dag(None, &registry, &services).unwrap();
+    let report = verify_experiment(&log, &VerifyOptions::for_dag(&dag, EXPERIMENT), |_| {})
+        .await
+        .unwrap();
+    assert!(report.ok(), "{}", report.render());
+    assert!(report.dead_letters.is_empty(), "{}", report.render());
+    let images = (0..8)
+        .map(|p| {
+            log.read(&TopicPartition::new("images_channel", p), 0, usize::MAX)
+                .unwrap()
+                .len()
+        })
+        .sum::<usize>();
+    assert!(
+        images >= workload.image_count(),
+        "every posted image is on disk: {images}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_bad_records_is_refused_whole_with_each_bad_record_named() {
+    let services = Services::start(ServiceConfig::quick()).unwrap();
+    let args = reference_dag_args(services.variables(), "3s");
+    let dir = fresh_dir("durable-ingest");
+    let mut node = start(&dir, &args);
+    let good = json!({
+        "experiment_id": "EXP-X", "cell_type": "HUVEC", "plate_number": 1,
+        "plate_barcode": "BC1", "well": "B02", "site": 1, "channel": 1, "location": "file:///x.tif"
+    });
+    let body = json!({"records": [
+        {"key": "EXP-X/1/B02/1/1", "value": good},
+        {"key": "EXP-X/1/B02/1/2", "value": {"experiment_id": "EXP-X", "plate_number": "one"}},
+        {"key": 7, "value": good},
+        {"value": good, "colour": "red"},
+        {"key": "EXP-X/1/B02/1/3", "value": good, "headers": {"n": 1}},
+    ]});
+    let (status, answer) = post(&node.url, "images_channel", &body).await;
+    assert_eq!(status, 422, "{answer}");
+    let refused: Vec<u64> = answer["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(refused, vec![1, 2, 3, 4], "{answer}");
+    let errors = answer["records"][0]["errors"].to_string();
+    assert!(
+        errors.contains("value.plate_number") && errors.contains("value.well"),
+        "{errors}"
+    );
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was written"),
+        "{answer}"
+    );
+
+    // Other refusals: an unknown topic, a body that is not a batch, too big a body.
+    let (status, answer) = post(&node.url, "images_site", &body).await;
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer.to_string().contains("images_channel"), "{answer}");
+    let (status, _) = post(&node.url, "images_channel", &json!({"records": []})).await;
+    assert_eq!(status, 400);
+    let (status, _) = post(&node.url, "images_channel", &json!([good])).await;
+    assert_eq!(status, 400);
+    let huge = json!({"records": [{"key": "k", "value": {"location": "x".repeat(2 << 20)}}]});
+    let (status, _) = post(&node.url, "images_channel", &huge).await;
+    assert_eq!(status, 413);
+
+    // The good record alone goes in, and is answered with where it went.
+    let (status, answer) = post(
+        &node.url,
+        "images_channel",
+        &json!({"records": [{"key": "EXP-X/1/B02/1/1", "value": good}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["offsets"].as_array().unwrap().len(), 1, "{answer}");
+    assert!(node.terminate().success());
+
+    // On disk: the one good record, nothing of the refused batch.
+    let log = EmbeddedLog::open(DurableOptions::new(&dir)).unwrap();
+    let stored: usize = (0..8)
+        .map(|p| {
+            log.read(&TopicPartition::new("images_channel", p), 0, usize::MAX)
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(stored, 1);
+}

@@ -269,3 +269,100 @@ async fn a_batch_with_bad_records_is_refused_whole_with_each_bad_record_named() 
         .sum();
     assert_eq!(stored, 1);
 }
+
+/// `wellspring services` on ports of its own, as a child process.
+struct ServicesProcess(std::process::Child);
+
+impl Drop for ServicesProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_and_verify_data_dir_run_the_reference_dag_by_hand() {
+    use std::io::BufRead;
+    // Ports of this test's own, away from the usual 9101-9104.
+    let first_port = 20_000 + (std::process::id() % 20_000) as u16;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wellspring"))
+        .args([
+            "services",
+            "--first-port",
+            &first_port.to_string(),
+            "--latency",
+            "1ms",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let services = ServicesProcess(child);
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let urls: Vec<(String, String)> = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let (name, url) = (words.next()?, words.next()?);
+            (name.ends_with("-url") && url.starts_with("http://"))
+                .then(|| (name.to_owned(), url.to_owned()))
+        })
+        .take(4)
+        .collect();
+    assert_eq!(urls.len(), 4, "{urls:?}");
+    assert!(urls[0].1.ends_with(&format!(":{first_port}")), "{urls:?}");
+    let args = reference_dag_args(urls, "3s");
+    let dir = fresh_dir("durable-verify");
+    let mut node = start(&dir, &args);
+    let workload = Workload::build(&WorkloadConfig {
+        experiment: "EXP-BY-HAND".into(),
+        plates: 1,
+        wells: 4,
+        sites: 2,
+        channels: 2,
+        metadata_after: 0,
+        ..WorkloadConfig::default()
+    })
+    .unwrap();
+    for (topic, body) in batches(&workload, 8) {
+        let (status, answer) = post(&node.url, topic, &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let url = node.url.clone();
+    wait_for("the experiment's aggregate", async || {
+        counter(&url, "wellspring_out_total", "images-experiment").await > 0.0
+    })
+    .await;
+    // A running node holds its directory.
+    let verify = |experiment: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wellspring"))
+            .args(["verify", "--data-dir", &dir.display().to_string()])
+            .args(["--experiment", experiment, "--no-progress"])
+            .output()
+            .unwrap()
+    };
+    let busy = verify("EXP-BY-HAND");
+    assert_eq!(busy.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("in use"),
+        "{busy:?}"
+    );
+    assert!(node.terminate().success());
+    let checked = verify("EXP-BY-HAND");
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(stdout.contains("every aggregate exactly once"), "{stdout}");
+    // An experiment the log never saw is said to be unknown.
+    let missing = verify("EXP-NEVER");
+    assert_eq!(missing.status.code(), Some(2), "{missing:?}");
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no layout of experiment EXP-NEVER"),
+        "{missing:?}"
+    );
+    drop(services);
+}

@@ -39,6 +39,9 @@ enum Command {
     /// Stop a node as SIGTERM does (API first, then every stage flushes, commits and
     /// leaves its groups) and wait until it has: for a Kubernetes preStop hook.
     Drain(commands::drain::DrainArgs),
+    /// Start the demo's simulated microservices on the reference DAG's usual ports
+    /// (9101-9104), so `run --dag examples/reference-dag.yaml` works without the demo.
+    Services(commands::services::ServicesArgs),
     /// Run the deterministic simulation harness: several nodes of the real engine in one
     /// process, in virtual time, with injected faults; one seed or a sweep.
     Sim(crate::sim::SimArgs),
@@ -72,6 +75,7 @@ pub fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::generate(args),
         Command::Verify(args) => commands::verify::verify(args),
         Command::Drain(args) => commands::drain::drain(args),
+        Command::Services(args) => commands::services::services(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -399,7 +399,7 @@ pub fn run(options: RunOptions, log: Option<Arc<dyn Log>>) -> Result<(), RunErro
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM (Kubernetes stopping the pod).
-async fn wait_for_signal() -> &'static str {
+pub async fn wait_for_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -13,6 +13,7 @@ pub mod flags;
 pub mod generate;
 pub mod graph;
 pub mod run;
+pub mod services;
 pub mod tasks;
 pub mod validate;
 pub mod verify;

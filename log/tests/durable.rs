@@ -331,3 +331,57 @@ async fn retention_and_compaction_bound_the_disk_over_a_long_run() {
         assert!(n >= total - 100, "key {k} has an old value {n}");
     }
 }
+
+#[tokio::test]
+async fn retention_never_drops_what_a_group_has_yet_to_read() {
+    let dir = fresh_dir("unread");
+    let options = || {
+        let mut options = DurableOptions::new(&dir);
+        options.retention = Retention {
+            max_age: None,
+            max_bytes: Some(4 << 10),
+        };
+        options.snapshot_after_bytes = 64 << 10;
+        options.fsync = Fsync::Never;
+        options
+    };
+    let value = "y".repeat(200);
+    {
+        let log = EmbeddedLog::open(options()).unwrap();
+        prepare(&log).await;
+        let producer = log.producer().unwrap();
+        for i in 0..20 {
+            producer
+                .send(vec![record("in", &format!("k{i}"), &value)])
+                .await
+                .unwrap();
+        }
+        // The group has read 10 of them; the rest wait for it, however much comes after.
+        consume_and_commit(&log, 10).await;
+        for i in 20..2_000 {
+            producer
+                .send(vec![record("in", &format!("k{i}"), &value)])
+                .await
+                .unwrap();
+        }
+    }
+    let log = EmbeddedLog::open(options()).unwrap();
+    let kept = log
+        .read(&TopicPartition::new("in", 0), 0, usize::MAX)
+        .unwrap();
+    assert_eq!(
+        kept.first().unwrap().offset,
+        10,
+        "nothing from the group's offset on is dropped"
+    );
+    assert_eq!(kept.len(), 1_990);
+    // Once the group has read them, retention takes them (at the next snapshot, or open).
+    consume_and_commit(&log, 1_990).await;
+    drop(log);
+    let log = EmbeddedLog::open(options()).unwrap();
+    let kept = log
+        .read(&TopicPartition::new("in", 0), 0, usize::MAX)
+        .unwrap();
+    assert!(kept.len() < 30, "{}", kept.len());
+    assert_eq!(kept.last().unwrap().offset, 1_999);
+}

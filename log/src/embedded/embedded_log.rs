@@ -54,7 +54,8 @@ impl EmbeddedLog {
         let mut state = State::default();
         let journal = durable::open(&options, &mut state.topics, &mut state.groups)?;
         state.topics.retention = options.retention;
-        state.topics.clean_up_all(clock.now_ms());
+        let State { topics, groups, .. } = &mut state;
+        topics.clean_up_all(clock.now_ms(), |tp| durable::lowest_committed(groups, tp));
         Ok(Self {
             shared: Arc::new(Shared::with_state(clock, state, Some(journal))),
         })

@@ -1,7 +1,8 @@
 //! The embedded log's topics: each partition a queue of records in offset order, kept
 //! in memory (and, for a durable log, journaled by `durable`). Appends are
 //! all-or-nothing per batch; compacted topics drop superseded values as they grow, and
-//! topics of cleanup `Delete` drop their oldest records past the [`Retention`].
+//! topics of cleanup `Delete` drop their oldest records past the [`Retention`] when the
+//! durable log takes a snapshot (never one a consumer group has yet to read).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -17,8 +18,10 @@ use crate::{
 const MIN_COMPACT_AT: usize = 1024;
 
 /// How long records of `Delete` topics are kept: the oldest go once they are older than
-/// `max_age`, or once their partition holds more than `max_bytes`. None of either keeps
-/// everything (the in-memory default).
+/// `max_age`, or once their partition holds more than `max_bytes`, when the durable log
+/// takes a snapshot or opens; never one a consumer group has yet to read (at or past
+/// the lowest offset a group committed). None of either keeps everything (the in-memory
+/// default).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retention {
     pub max_age: Option<Duration>,
@@ -169,7 +172,9 @@ impl Topics {
                 journal.push((tp.clone(), stored.clone()));
             }
             log.push(stored);
-            log.clean_up(cleanup, self.retention, now_ms, false);
+            if cleanup == Cleanup::Compact && log.records.len() >= log.compact_at {
+                log.compact();
+            }
             out.push((tp, offset));
         }
         Ok(out)
@@ -200,13 +205,21 @@ impl Topics {
         Ok(())
     }
 
-    /// Compacts and applies retention everywhere now (before a snapshot, after a restore).
-    pub fn clean_up_all(&mut self, now_ms: i64) {
+    /// Compacts, and applies retention, everywhere (before a snapshot, after a restore).
+    /// Retention never drops a record at or past `unread(partition)`: the lowest offset a
+    /// consumer group committed there, so that no record a group has yet to process is
+    /// lost to retention.
+    pub fn clean_up_all(
+        &mut self,
+        now_ms: i64,
+        unread: impl Fn(&TopicPartition) -> Option<Offset>,
+    ) {
         let retention = self.retention;
-        for topic in self.logs.values_mut() {
+        for (name, topic) in &mut self.logs {
             let cleanup = topic.spec.cleanup;
-            for log in &mut topic.partitions {
-                log.clean_up(cleanup, retention, now_ms, true);
+            for (p, log) in topic.partitions.iter_mut().enumerate() {
+                let floor = unread(&TopicPartition::new(name.as_str(), p as u32));
+                log.clean_up(cleanup, retention, now_ms, floor);
             }
         }
     }
@@ -256,16 +269,18 @@ impl PartitionLog {
         self.records.push_back(stored);
     }
 
-    /// Compacts (a compacted topic, when due or `now`) or drops what retention no longer
-    /// keeps (a `Delete` topic). The newest record always stays, so that the partition's
-    /// high watermark is never in doubt.
-    fn clean_up(&mut self, cleanup: Cleanup, retention: Retention, now_ms: i64, now: bool) {
+    /// Compacts (a compacted topic) or drops what retention no longer keeps (a `Delete`
+    /// topic), below `floor` if given. The newest record always stays, so that the
+    /// partition's high watermark is never in doubt.
+    fn clean_up(
+        &mut self,
+        cleanup: Cleanup,
+        retention: Retention,
+        now_ms: i64,
+        floor: Option<Offset>,
+    ) {
         match cleanup {
-            Cleanup::Compact => {
-                if now || self.records.len() >= self.compact_at {
-                    self.compact();
-                }
-            }
+            Cleanup::Compact => self.compact(),
             Cleanup::Delete => {
                 let oldest_kept = retention
                     .max_age
@@ -274,6 +289,9 @@ impl PartitionLog {
                     let Some(first) = self.records.front() else {
                         break;
                     };
+                    if floor.is_some_and(|floor| first.offset >= floor) {
+                        break;
+                    }
                     let too_old = oldest_kept.is_some_and(|t| first.timestamp_ms < t);
                     let too_big = retention.max_bytes.is_some_and(|max| self.bytes > max);
                     if !(too_old || too_big) {

@@ -221,7 +221,7 @@ impl Journal {
         groups: &BTreeMap<String, GroupState>,
         now_ms: i64,
     ) -> Result<(), LogError> {
-        topics.clean_up_all(now_ms);
+        topics.clean_up_all(now_ms, |tp| lowest_committed(groups, tp));
         let result = self.write_snapshot(topics, groups);
         if let Err(e) = &result {
             let message: Arc<str> = e.to_string().into();
@@ -316,6 +316,14 @@ impl Drop for Journal {
             let _ = thread.join();
         }
     }
+}
+
+/// The lowest offset any group committed in `tp`: retention keeps everything from there.
+pub(in crate::embedded) fn lowest_committed(
+    groups: &BTreeMap<String, GroupState>,
+    tp: &crate::TopicPartition,
+) -> Option<crate::Offset> {
+    groups.values().filter_map(|g| g.committed(tp)).min()
 }
 
 fn stopped(failed: &str) -> LogError {

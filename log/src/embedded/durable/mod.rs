@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub(super) use entry::Entry;
-pub(super) use journal::Journal;
+pub(super) use journal::{Journal, lowest_committed};
 pub(super) use recover::open;
 
 pub use super::storage::Retention;

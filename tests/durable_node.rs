@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use wellspring_actors::FunctionRegistry;
-use wellspring_actors::taskstore::ApiClient;
+use wellspring_actors::taskstore::{ApiClient, ClientError};
 use wellspring_log::{DurableOptions, EmbeddedLog, TopicPartition};
 use wellspring_nodes::demo;
 use wellspring_nodes::services::{ServiceConfig, Services};
@@ -66,13 +66,18 @@ fn batches(workload: &Workload, size: usize) -> Vec<(&'static str, Value)> {
 }
 
 async fn post(url: &str, topic: &str, body: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
+    post_with(url, topic, body, None).await
+}
+
+async fn post_with(url: &str, topic: &str, body: &Value, token: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
         .post(format!("{url}/api/topics/{topic}/records"))
         .header("content-type", "application/json")
-        .body(serde_json::to_vec(body).unwrap())
-        .send()
-        .await
-        .unwrap();
+        .body(serde_json::to_vec(body).unwrap());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     (
@@ -93,6 +98,34 @@ async fn counter(url: &str, family: &str, node: &str) -> f64 {
         .filter(|l| l.starts_with(family) && l.contains(&format!("node=\"{node}\"")))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// What the task store answered, or `None` while the shard is not served yet (503);
+/// any other error fails the test.
+fn served<T>(answer: Result<T, ClientError>) -> Option<T> {
+    match answer {
+        Err(ClientError::Refused { status: 503, .. }) => None,
+        other => Some(other.unwrap()),
+    }
+}
+
+/// Whether the experiment's aggregate is out and no task has a call left to finish (a
+/// stop then commits every output).
+async fn finished(url: &str) -> bool {
+    if counter(url, "wellspring_out_total", "images-experiment").await == 0.0 {
+        return false;
+    }
+    for task in [
+        "image-metrics",
+        "site-features",
+        "well-thumbnails",
+        "plate-features",
+    ] {
+        if counter(url, "wellspring_pending", task).await > 0.0 {
+            return false;
+        }
+    }
+    true
 }
 
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
@@ -128,12 +161,11 @@ async fn a_node_killed_mid_stream_restarts_from_its_data_dir_with_every_aggregat
     let mut node = start(&dir, &args);
     // Tasks queued in the task store, with no worker to take them.
     let client = ApiClient::new(&node.url, None).unwrap();
-    client
-        .create_group(
-            &serde_json::from_value::<GroupSettings>(json!({"name": "stitching"})).unwrap(),
-        )
-        .await
-        .unwrap();
+    let group = serde_json::from_value::<GroupSettings>(json!({"name": "stitching"})).unwrap();
+    wait_for("the task store's groups", async || {
+        served(client.create_group(&group).await).is_some()
+    })
+    .await;
     let mut tasks: Vec<Uuid> = Vec::new();
     for i in 0..10 {
         let task = NewTask {
@@ -142,7 +174,13 @@ async fn a_node_killed_mid_stream_restarts_from_its_data_dir_with_every_aggregat
             labels: Default::default(),
             idempotency_key: Some(format!("stitch-{i}")),
         };
-        tasks.push(client.submit(&task).await.unwrap().0.id);
+        let mut submitted = None;
+        wait_for("the task store's shards", async || {
+            submitted = served(client.submit(&task).await);
+            submitted.is_some()
+        })
+        .await;
+        tasks.push(submitted.unwrap().0.id);
     }
     for (topic, body) in &batches[..half] {
         let (status, answer) = post(&node.url, topic, body).await;
@@ -159,8 +197,18 @@ async fn a_node_killed_mid_stream_restarts_from_its_data_dir_with_every_aggregat
     let mut node = start(&dir, &args);
     let client = ApiClient::new(&node.url, None).unwrap();
     for id in &tasks {
-        let task = client.get(*id).await.unwrap();
-        assert_eq!(task.status, TaskStatus::Available, "task {id} kept");
+        // Until the restored node serves the task store's shards, it answers 503.
+        let mut task = None;
+        wait_for("the restored task store", async || {
+            task = served(client.get(*id).await);
+            task.is_some()
+        })
+        .await;
+        assert_eq!(
+            task.unwrap().status,
+            TaskStatus::Available,
+            "task {id} kept"
+        );
     }
     // The uploader did not hear back for its last batch before the crash: it sends it again.
     for (topic, body) in &batches[half - 1..] {
@@ -168,9 +216,10 @@ async fn a_node_killed_mid_stream_restarts_from_its_data_dir_with_every_aggregat
         assert_eq!(status, 200, "{answer}");
     }
     let url = node.url.clone();
-    wait_for("the experiment's aggregate", async || {
-        counter(&url, "wellspring_out_total", "images-experiment").await > 0.0
-    })
+    wait_for(
+        "the experiment's aggregate, every task call finished",
+        async || finished(&url).await,
+    )
     .await;
     assert!(node.terminate().success(), "a SIGTERMed node exits cleanly");
 
@@ -330,9 +379,10 @@ async fn services_and_verify_data_dir_run_the_reference_dag_by_hand() {
         assert_eq!(status, 200, "{answer}");
     }
     let url = node.url.clone();
-    wait_for("the experiment's aggregate", async || {
-        counter(&url, "wellspring_out_total", "images-experiment").await > 0.0
-    })
+    wait_for(
+        "the experiment's aggregate, every task call finished",
+        async || finished(&url).await,
+    )
     .await;
     // A running node holds its directory.
     let verify = |experiment: &str| {
@@ -365,4 +415,31 @@ async fn services_and_verify_data_dir_run_the_reference_dag_by_hand() {
         "{missing:?}"
     );
     drop(services);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_needs_the_nodes_token_when_it_has_one() {
+    let services = Services::start(ServiceConfig::quick()).unwrap();
+    let mut args = reference_dag_args(services.variables(), "3s");
+    let dir = fresh_dir("durable-token");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    args.extend(["--token-file".into(), token_file.display().to_string()]);
+    let mut node = start(&dir.join("log"), &args);
+    let body = json!({"records": [{"key": "EXP-T", "value": {"experiment_id": "EXP-T"}}]});
+    let (status, _) = post(&node.url, "experiment_metadata", &body).await;
+    assert_eq!(status, 401);
+    let (status, _) = post_with(&node.url, "experiment_metadata", &body, Some("wrong")).await;
+    assert_eq!(status, 401);
+    // With the token the call is served (this record then fails its schema: 422).
+    let (status, answer) = post_with(
+        &node.url,
+        "experiment_metadata",
+        &body,
+        Some("s3cret-token"),
+    )
+    .await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(node.terminate().success());
 }

@@ -443,3 +443,35 @@ async fn ingest_needs_the_nodes_token_when_it_has_one() {
     assert_eq!(status, 422, "{answer}");
     assert!(node.terminate().success());
 }
+
+#[test]
+fn a_corrupt_data_dir_stops_the_node_with_a_message_naming_the_file() {
+    let dir = fresh_dir("durable-corrupt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let journal = dir.join("journal-00000000000000000000.log");
+    std::fs::write(&journal, b"these bytes were never a Wellspring log").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wellspring"))
+        .args(["run", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(&journal.display().to_string()), "{said}");
+    assert!(said.contains("backup"), "{said}");
+    // And --data-dir with --kafka is one log too many.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wellspring"))
+        .args([
+            "run",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--kafka",
+            "127.0.0.1:1",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give one of them"));
+}

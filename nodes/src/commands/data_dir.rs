@@ -70,10 +70,7 @@ impl DataDirArgs {
     }
 }
 
-/// Opens a data directory, in plain words when it cannot be.
+/// Opens a data directory, in plain words when it cannot be (its error says what to do).
 pub fn open_dir(options: DurableOptions) -> Result<EmbeddedLog, CliError> {
-    EmbeddedLog::open(options).map_err(|e| match e {
-        StorageError::Corrupt { .. } => CliError::failed(e.to_string()),
-        _ => CliError::could_not_run(e.to_string()),
-    })
+    EmbeddedLog::open(options).map_err(|e: StorageError| CliError::could_not_run(e.to_string()))
 }

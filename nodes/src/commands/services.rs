@@ -25,7 +25,8 @@ pub struct ServicesArgs {
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
     /// The first port: image metrics there, then one port each for site features, well
-    /// thumbnails and plate features (the reference DAG's defaults from 9101).
+    /// thumbnails and plate features (the reference DAG's defaults from 9101). 0: any
+    /// free ports (the `--set` flags to use are printed).
     #[arg(long, default_value_t = 9101)]
     first_port: u16,
     /// Typical time each call takes.
@@ -44,7 +45,11 @@ pub fn services(args: ServicesArgs) -> CommandResult {
     };
     let mut running = Vec::new();
     for (i, variable) in SERVICES.iter().enumerate() {
-        let port = args.first_port.checked_add(i as u16).ok_or_else(|| {
+        let port = match args.first_port {
+            0 => Some(0),
+            first => first.checked_add(i as u16),
+        };
+        let port = port.ok_or_else(|| {
             CliError::could_not_run(format!(
                 "--first-port {} leaves no room for four ports",
                 args.first_port

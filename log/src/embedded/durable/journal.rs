@@ -9,8 +9,11 @@
 //! with the error, and nothing more is acknowledged.
 //!
 //! Snapshots bound the disk: once the journal has grown past its threshold, the log's
-//! state as it stands (compacted, retention applied) is written as `snapshot-GEN+1.snap`
-//! beside a fresh `journal-GEN+1.log`, and the older files are deleted.
+//! state as it stands (compacted, retention applied) is encoded under the state lock and
+//! the journal moves on to a fresh `journal-GEN+1.log`; the same background thread then
+//! writes the encoded state as `snapshot-GEN+1.snap` and deletes the older files. Until
+//! that snapshot is in place, recovery replays the older snapshot and both journals,
+//! which hold the same changes.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -44,8 +47,11 @@ pub(in crate::embedded) struct Journal {
 }
 
 struct SyncShared {
+    dir: PathBuf,
     writing: Mutex<Writing>,
     wake: Condvar,
+    /// Told when a snapshot is in place (writers held back by one wait on it).
+    snapshot_done: Condvar,
     synced: watch::Sender<Synced>,
 }
 
@@ -60,6 +66,10 @@ struct Writing {
     last_snapshot_bytes: u64,
     failed: Option<Arc<str>>,
     shutdown: bool,
+    /// An encoded snapshot for the background thread to write: `(generation, bytes)`.
+    pending_snapshot: Option<(u64, Vec<u8>)>,
+    /// A snapshot is pending or being written: no other is started meanwhile.
+    snapshot_busy: bool,
 }
 
 #[derive(Clone, Default)]
@@ -124,25 +134,28 @@ impl Journal {
                 last_snapshot_bytes: snapshot_bytes,
                 failed: None,
                 shutdown: false,
+                pending_snapshot: None,
+                snapshot_busy: false,
             }),
+            dir: options.dir.clone(),
             wake: Condvar::new(),
+            snapshot_done: Condvar::new(),
             synced: sender,
         });
-        let thread = (options.fsync != Fsync::Never).then(|| {
+        let thread = {
             let shared = shared.clone();
             let fsync = options.fsync;
             std::thread::Builder::new()
-                .name("wellspring-log-fsync".into())
+                .name("wellspring-log-sync".into())
                 .spawn(move || sync_loop(&shared, fsync))
-        });
+        };
         let thread = match thread {
-            Some(Ok(handle)) => Some(handle),
-            Some(Err(e)) => {
-                let message: Arc<str> = format!("cannot start the fsync thread: {e}").into();
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                let message: Arc<str> = format!("cannot start the log's sync thread: {e}").into();
                 shared.writing.lock().failed = Some(message);
                 None
             }
-            None => None,
         };
         Self {
             dir: options.dir.clone(),
@@ -165,6 +178,14 @@ impl Journal {
         let mut bytes = Vec::with_capacity(payload.len() + frame::HEADER);
         frame::encode(&payload, &mut bytes);
         let mut w = self.shared.writing.lock();
+        // A journal that outgrows twice its threshold while a snapshot is written waits
+        // for it: the disk stays bounded however fast the writes come.
+        while w.snapshot_busy
+            && w.failed.is_none()
+            && w.bytes_since_snapshot >= 2 * self.snapshot_threshold(&w)
+        {
+            self.shared.snapshot_done.wait(&mut w);
+        }
         if let Some(failed) = &w.failed {
             return Err(stopped(failed));
         }
@@ -209,12 +230,19 @@ impl Journal {
     pub fn wants_snapshot(&self) -> bool {
         let w = self.shared.writing.lock();
         w.failed.is_none()
-            && w.bytes_since_snapshot >= self.snapshot_after.max(2 * w.last_snapshot_bytes)
+            && !w.snapshot_busy
+            && w.bytes_since_snapshot >= self.snapshot_threshold(&w)
     }
 
-    /// Writes the log's state as the next generation's snapshot, starts that
-    /// generation's journal, and deletes the files before it. The caller holds the state
-    /// lock, so nothing changes meanwhile.
+    /// How much journal calls for a snapshot: the configured size, or twice the last
+    /// snapshot when that is more (so rewriting costs at most half of what is written).
+    fn snapshot_threshold(&self, w: &Writing) -> u64 {
+        self.snapshot_after.max(2 * w.last_snapshot_bytes)
+    }
+
+    /// Encodes the log's state as the next generation's snapshot and starts that
+    /// generation's journal; the background thread writes the snapshot and deletes the
+    /// files before it. The caller holds the state lock, so nothing changes meanwhile.
     pub fn snapshot(
         &self,
         topics: &mut Topics,
@@ -256,47 +284,47 @@ impl Journal {
         let segment = segment_path(&self.dir, next);
         let file = create_segment(&segment)?;
         sync_dir(&self.dir)?;
-        let tmp = self.dir.join(format!("snapshot-{next:020}.tmp"));
-        let snapshot = snapshot_path(&self.dir, next);
-        let mut out = File::create(&tmp).map_err(io_error(&tmp, "create"))?;
-        out.write_all(&bytes)
-            .and_then(|()| out.sync_all())
-            .map_err(io_error(&tmp, "write"))?;
-        std::fs::rename(&tmp, &snapshot).map_err(io_error(&snapshot, "rename into"))?;
-        sync_dir(&self.dir)?;
-        let old = w.generation;
         w.file = Arc::new(file);
         w.path = segment;
         w.generation = next;
         w.synced = w.written;
         w.bytes_since_snapshot = frame::MAGIC.len() as u64;
         w.last_snapshot_bytes = bytes.len() as u64;
+        w.pending_snapshot = Some((next, bytes));
+        w.snapshot_busy = true;
         self.shared.synced.send_replace(Synced {
             seq: w.synced,
             failed: None,
         });
         drop(w);
-        // The new snapshot holds everything: what came before it can go.
-        for generation in super::recover::generations_before(&self.dir, next) {
-            for path in [
-                segment_path(&self.dir, generation),
-                snapshot_path(&self.dir, generation),
-            ] {
-                if path.exists()
-                    && let Err(e) = std::fs::remove_file(&path)
-                {
-                    tracing::warn!(file = %path.display(), "cannot delete an old log file: {e}");
-                }
-            }
-        }
-        tracing::debug!(
-            generation = next,
-            previous = old,
-            bytes = bytes.len(),
-            "log snapshot written"
-        );
+        self.shared.wake.notify_all();
         Ok(())
     }
+}
+
+/// Writes snapshot `generation` (to a temporary file, fsynced, renamed into place, the
+/// directory fsynced), then deletes the generations before it.
+fn write_snapshot_file(dir: &Path, generation: u64, bytes: &[u8]) -> Result<(), StorageError> {
+    let tmp = dir.join(format!("snapshot-{generation:020}.tmp"));
+    let snapshot = snapshot_path(dir, generation);
+    let mut out = File::create(&tmp).map_err(io_error(&tmp, "create"))?;
+    out.write_all(bytes)
+        .and_then(|()| out.sync_all())
+        .map_err(io_error(&tmp, "write"))?;
+    std::fs::rename(&tmp, &snapshot).map_err(io_error(&snapshot, "rename into"))?;
+    sync_dir(dir)?;
+    // The new snapshot holds everything: what came before it can go.
+    for old in super::recover::generations_before(dir, generation) {
+        for path in [segment_path(dir, old), snapshot_path(dir, old)] {
+            if path.exists()
+                && let Err(e) = std::fs::remove_file(&path)
+            {
+                tracing::warn!(file = %path.display(), "cannot delete an old log file: {e}");
+            }
+        }
+    }
+    tracing::debug!(generation, bytes = bytes.len(), "log snapshot written");
+    Ok(())
 }
 
 impl Drop for Journal {
@@ -332,15 +360,29 @@ fn stopped(failed: &str) -> LogError {
     ))
 }
 
-/// The sync thread: fsyncs whatever was written since the last fsync, as soon as there is
-/// some (`always`) or every interval (`interval`).
+/// The background thread: fsyncs whatever was written since the last fsync, as soon as
+/// there is some (`always`) or every interval (`interval`), and writes pending snapshots.
 fn sync_loop(shared: &SyncShared, fsync: Fsync) {
     let mut w = shared.writing.lock();
     loop {
+        if let Some((generation, bytes)) = w.pending_snapshot.take() {
+            drop(w);
+            if let Err(e) = write_snapshot_file(&shared.dir, generation, &bytes) {
+                // The journals it would replace stay: nothing is lost, the disk just
+                // holds more until the next snapshot.
+                tracing::error!("the log's snapshot was not written: {e}");
+                let _ =
+                    std::fs::remove_file(shared.dir.join(format!("snapshot-{generation:020}.tmp")));
+            }
+            w = shared.writing.lock();
+            w.snapshot_busy = false;
+            shared.snapshot_done.notify_all();
+            continue;
+        }
         if w.shutdown {
             return;
         }
-        if w.written > w.synced && w.failed.is_none() {
+        if fsync != Fsync::Never && w.written > w.synced && w.failed.is_none() {
             let (file, target, path) = (w.file.clone(), w.written, w.path.clone());
             drop(w);
             let result = file.sync_data();
@@ -354,15 +396,15 @@ fn sync_loop(shared: &SyncShared, fsync: Fsync) {
                 failed: w.failed.clone(),
             });
         }
+        let idle = (fsync == Fsync::Never || w.written == w.synced || w.failed.is_some())
+            && w.pending_snapshot.is_none()
+            && !w.shutdown;
         match fsync {
             Fsync::Interval(every) => {
                 shared.wake.wait_for(&mut w, every);
             }
-            _ => {
-                if w.written == w.synced && !w.shutdown {
-                    shared.wake.wait(&mut w);
-                }
-            }
+            _ if idle => shared.wake.wait(&mut w),
+            _ => {}
         }
     }
 }

@@ -35,12 +35,13 @@ pub struct DataDirArgs {
     /// How often with --fsync interval.
     #[arg(long, default_value = "100ms", value_parser = flags::duration_at_least(Duration::from_millis(1)))]
     fsync_interval: Duration,
-    /// How long records of input and output topics are kept on disk (changelogs and the
-    /// task store keep the latest value of each key, however old). 0s keeps them forever.
+    /// How long records of input and output topics are kept on disk, but never one a
+    /// consumer group has yet to process (changelogs and the task store keep the latest
+    /// value of each key, however old). 0s keeps them forever.
     #[arg(long, default_value = "7d", value_parser = flags::duration)]
     retention: Duration,
     /// Also drop the oldest records of an input or output topic's partition once it holds
-    /// more than this many bytes.
+    /// more than this many bytes (processed ones only, as for --retention).
     #[arg(long, value_name = "BYTES")]
     retention_bytes: Option<u64>,
 }

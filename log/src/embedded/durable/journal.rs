@@ -250,7 +250,7 @@ impl Journal {
         now_ms: i64,
     ) -> Result<(), LogError> {
         topics.clean_up_all(now_ms, |tp| lowest_committed(groups, tp));
-        let result = self.write_snapshot(topics, groups);
+        let result = self.start_snapshot(topics, groups);
         if let Err(e) = &result {
             let message: Arc<str> = e.to_string().into();
             let mut w = self.shared.writing.lock();
@@ -263,7 +263,7 @@ impl Journal {
         result.map_err(|e| LogError::Unreachable(e.to_string()))
     }
 
-    fn write_snapshot(
+    fn start_snapshot(
         &self,
         topics: &Topics,
         groups: &BTreeMap<String, GroupState>,

@@ -2,8 +2,9 @@
 //! groups that share a topic's partitions among their members.
 //!
 //! One interface, [`Log`], with two implementations: [`EmbeddedLog`] here (in memory, no
-//! setup; the default for `wellspring demo`, the tests and the simulation harness) and
-//! [`KafkaLog`] on rdkafka. Everything above the log is the same code for both.
+//! setup; the default for `wellspring demo`, the tests and the simulation harness; or on
+//! disk with [`EmbeddedLog::open`], for `wellspring run --data-dir`) and [`KafkaLog`] on
+//! rdkafka. Everything above the log is the same code for both.
 //!
 //! The interface is Kafka's consume-transform-produce loop:
 //!
@@ -39,7 +40,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-pub use embedded::{EmbeddedLog, GroupView};
+pub use embedded::{DurableOptions, EmbeddedLog, Fsync, GroupView, Retention, StorageError};
 pub use kafka::{KafkaLog, KafkaSettings};
 pub use partitioner::partition_for_key;
 pub use time::{Clock, SystemClock};

@@ -3,7 +3,9 @@
 //! record, on the embedded log (no HTTP tasks: those are bound by the services).
 //!
 //! Run: `cargo bench -p wellspring-nodes --bench pipeline` (with tracing off, the default,
-//! and on with every trace sampled).
+//! and on with every trace sampled; and on the durable embedded log, fsync before every
+//! commit is acknowledged). It ends by printing the durable log's throughput as a ratio
+//! to the in-memory log's, from runs of both taken in turn (the goal: at least 0.5).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +15,7 @@ use wellspring_actors::http::{ReqwestTransport, SharedRng};
 use wellspring_actors::metrics::Metrics;
 use wellspring_actors::supervision::Health;
 use wellspring_actors::{FunctionRegistry, Node, NodeEnv, RuntimeConfig};
-use wellspring_log::{EmbeddedLog, Log, SystemClock, TopicPartition};
+use wellspring_log::{DurableOptions, EmbeddedLog, Fsync, Log, SystemClock, TopicPartition};
 use wellspring_nodes::workload::{Workload, WorkloadConfig, record};
 use wellspring_protocol::{Dag, SpecFormat};
 
@@ -34,14 +36,49 @@ graph:
   out: {type: publish, stream: experiment, topic-name: experiments}
 "#;
 
+/// Which log a run is on.
+#[derive(Clone, Copy)]
+enum OnLog {
+    Memory,
+    /// On disk in a fresh directory, fsynced before every commit is acknowledged.
+    Durable,
+}
+
+/// A fresh directory for one durable run.
+fn fresh_dir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static RUN: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "wellspring-bench-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 /// One run: a fresh node, the whole workload, until the experiment record is out.
-fn run_once(workload: &Workload) -> Duration {
+fn run_once(workload: &Workload, on: OnLog) -> Duration {
+    let dir = fresh_dir();
+    let elapsed = run_on(workload, on, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    elapsed
+}
+
+fn run_on(workload: &Workload, on: OnLog, dir: &std::path::Path) -> Duration {
     let system = actix_rt::System::new();
     system.block_on(async {
         let registry = FunctionRegistry::with_builtins();
         let dag =
             Dag::load(HIERARCHY, SpecFormat::Yaml, &registry).expect("the bench DAG is valid");
-        let log = EmbeddedLog::new();
+        let log = match on {
+            OnLog::Memory => EmbeddedLog::new(),
+            OnLog::Durable => {
+                let mut options = DurableOptions::new(dir);
+                options.fsync = Fsync::Always;
+                EmbeddedLog::open(options).expect("the bench's data directory opens")
+            }
+        };
         let env = NodeEnv {
             log: Arc::new(log.clone()),
             clock: Arc::new(SystemClock),
@@ -98,7 +135,19 @@ fn pipeline(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(20));
     // Tracing off (the default): the engine reads one flag per record.
     group.bench_function("four-groupings/2-plates", |b| {
-        b.iter_custom(|iterations| (0..iterations).map(|_| run_once(&workload)).sum())
+        b.iter_custom(|iterations| {
+            (0..iterations)
+                .map(|_| run_once(&workload, OnLog::Memory))
+                .sum()
+        })
+    });
+    // The durable embedded log, fsync before every commit is acknowledged.
+    group.bench_function("four-groupings/2-plates/durable-fsync-always", |b| {
+        b.iter_custom(|iterations| {
+            (0..iterations)
+                .map(|_| run_once(&workload, OnLog::Durable))
+                .sum()
+        })
     });
     // Tracing on, every trace sampled, spans built and then dropped (no exporter): the
     // cost of the spans themselves.
@@ -106,14 +155,55 @@ fn pipeline(c: &mut Criterion) {
     opentelemetry::global::set_tracer_provider(provider);
     wellspring_actors::telemetry::enable(true);
     group.bench_function("four-groupings/2-plates/traced", |b| {
-        b.iter_custom(|iterations| (0..iterations).map(|_| run_once(&workload)).sum())
+        b.iter_custom(|iterations| {
+            (0..iterations)
+                .map(|_| run_once(&workload, OnLog::Memory))
+                .sum()
+        })
     });
     wellspring_actors::telemetry::enable(false);
     group.finish();
+}
+
+/// The durable log's throughput over the in-memory log's, from runs of each taken in
+/// turn (so that both see the same machine), medians of `runs`.
+fn durable_ratio(runs: usize) {
+    let workload = Workload::build(&WorkloadConfig {
+        plates: 2,
+        duplicates: 0.0,
+        metadata_after: 0,
+        ..WorkloadConfig::default()
+    })
+    .expect("workload");
+    let mut memory = Vec::new();
+    let mut durable = Vec::new();
+    for _ in 0..runs {
+        memory.push(run_once(&workload, OnLog::Memory));
+        durable.push(run_once(&workload, OnLog::Durable));
+    }
+    let median = |runs: &mut Vec<Duration>| {
+        runs.sort();
+        runs[runs.len() / 2]
+    };
+    let (memory, durable) = (median(&mut memory), median(&mut durable));
+    let images = workload.image_count() as f64;
+    println!(
+        "durable embedded log (fsync always) vs in memory: {:.0} vs {:.0} channel images/s, ratio {:.2} (median of {runs} runs each, taken in turn)",
+        images / durable.as_secs_f64(),
+        images / memory.as_secs_f64(),
+        memory.as_secs_f64() / durable.as_secs_f64()
+    );
 }
 
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     pipeline(&mut criterion);
     criterion.final_summary();
+    // `--test` (cargo test --benches) checks that the bench runs, no more.
+    let runs = if std::env::args().any(|a| a == "--test") {
+        1
+    } else {
+        5
+    };
+    durable_ratio(runs);
 }

@@ -42,6 +42,9 @@ enum Command {
     /// Stop a node as SIGTERM does (API first, then every stage flushes, commits and
     /// leaves its groups) and wait until it has: for a Kubernetes preStop hook.
     Drain(commands::drain::DrainArgs),
+    /// Start the demo's simulated microservices on the reference DAG's usual ports
+    /// (9101-9104), so `run --dag examples/reference-dag.yaml` works without the demo.
+    Services(commands::services::ServicesArgs),
     /// Run the deterministic simulation harness: several nodes of the real engine in one
     /// process, in virtual time, with injected faults; one seed or a sweep.
     Sim(crate::sim::SimArgs),
@@ -76,6 +79,7 @@ pub fn main() -> ExitCode {
         Command::Ingest(args) => commands::ingest::ingest(*args),
         Command::Verify(args) => commands::verify::verify(args),
         Command::Drain(args) => commands::drain::drain(args),
+        Command::Services(args) => commands::services::services(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -283,6 +283,7 @@ async fn serve(
     };
 
     // The API runs on its own threads; it reaches the actors through their addresses.
+    let ingest = api::ingest::IngestTopics::new(log.clone(), &options.dags);
     let router = api::router(
         store,
         health,
@@ -290,6 +291,7 @@ async fn serve(
         options.token.clone(),
         options.body_limit,
         drain,
+        ingest,
     );
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::Builder::new()
@@ -403,7 +405,7 @@ pub fn run(options: RunOptions, log: Option<Arc<dyn Log>>) -> Result<(), RunErro
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM (Kubernetes stopping the pod).
-async fn wait_for_signal() -> &'static str {
+pub async fn wait_for_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

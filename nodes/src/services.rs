@@ -110,7 +110,13 @@ pub struct ServiceStatsSet {
 impl Services {
     /// Starts the services on `127.0.0.1` on a free port.
     pub fn start(config: ServiceConfig) -> std::io::Result<Services> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), config)
+    }
+
+    /// The services listening on `addr` (`wellspring services`: the reference DAG's
+    /// usual ports).
+    pub fn start_at(addr: SocketAddr, config: ServiceConfig) -> std::io::Result<Services> {
+        let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let stats = ServiceStatsSet::default();

@@ -1,5 +1,5 @@
-//! `wellspring run --kafka` as a real process: started, stopped with SIGTERM, killed with
-//! SIGKILL.
+//! `wellspring run --kafka` (or `run --data-dir`) as a real process: started, stopped
+//! with SIGTERM, killed with SIGKILL.
 //!
 //! The binary is the caller's to name (`env!("CARGO_BIN_EXE_wellspring")` in a test or
 //! benchmark of the package that builds it): this crate cannot depend on that package.
@@ -36,9 +36,35 @@ impl NodeProcess {
     /// on a free loopback port; returns once the node says where it serves (its topics
     /// exist by then).
     pub fn start(binary: impl AsRef<Path>, brokers: &str, id: &str, args: &[String]) -> Self {
-        let binary = binary.as_ref();
+        let log = ["--kafka".to_owned(), brokers.to_owned()];
+        Self::spawn(
+            binary.as_ref(),
+            &log,
+            &format!("on Kafka at {brokers}"),
+            id,
+            args,
+        )
+    }
+
+    /// Starts `BINARY run --data-dir DIR --node-id ID ARGS...`: the durable embedded log
+    /// in `data_dir` (as [`NodeProcess::start`] does otherwise).
+    pub fn start_on_disk(
+        binary: impl AsRef<Path>,
+        data_dir: &Path,
+        id: &str,
+        args: &[String],
+    ) -> Self {
+        let log = ["--data-dir".to_owned(), data_dir.display().to_string()];
+        let backend = format!("on disk in {}", data_dir.display());
+        Self::spawn(binary.as_ref(), &log, &backend, id, args)
+    }
+
+    /// Starts the node on the log `log_args` name; its first line must say `backend`.
+    fn spawn(binary: &Path, log_args: &[String], backend: &str, id: &str, args: &[String]) -> Self {
         let mut child = Command::new(binary)
-            .args(["run", "--kafka", brokers, "--node-id", id])
+            .arg("run")
+            .args(log_args)
+            .args(["--node-id", id])
             .args(["--http-addr", "127.0.0.1:0"])
             .args(args)
             .current_dir(crate::repository_root())
@@ -47,6 +73,7 @@ impl NodeProcess {
                 std::env::var("WELLSPRING_TEST_NODE_LOG").unwrap_or_else(|_| "error".into()),
             )
             .env_remove("WELLSPRING_KAFKA")
+            .env_remove("WELLSPRING_DATA_DIR")
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("node {id}: {} does not start: {e}", binary.display()));
@@ -55,7 +82,7 @@ impl NodeProcess {
         let line = lines
             .find_map(|l| l.ok().filter(|l| l.contains("http://")))
             .unwrap_or_else(|| panic!("node {id} never said where it serves"));
-        assert!(line.contains(&format!("on Kafka at {brokers}")), "{line}");
+        assert!(line.contains(backend), "{line}");
         let url = line
             .split_whitespace()
             .find(|word| word.starts_with("http://"))

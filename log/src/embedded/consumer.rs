@@ -175,8 +175,9 @@ impl EmbeddedConsumer {
         step
     }
 
-    /// Applies a commit batch atomically if this member owns every partition in it.
-    fn apply_commit(&self, batch: CommitBatch) -> Result<(), LogError> {
+    /// Applies a commit batch atomically if this member owns every partition in it; what
+    /// to wait on before it is acknowledged (a durable log's journal).
+    fn apply_commit(&self, batch: CommitBatch) -> Result<Option<u64>, LogError> {
         let mut state = self.shared.state.lock();
         if !batch.offsets.is_empty() {
             let Some(group_name) = self.group_name() else {
@@ -188,11 +189,25 @@ impl EmbeddedConsumer {
             }
         }
         let now = self.shared.clock.now_ms();
-        state.topics.append(batch.outputs, now)?;
+        let mut stored = Vec::new();
+        let journaled = self.shared.journal.is_some();
+        state
+            .topics
+            .append(batch.outputs, now, journaled.then_some(&mut stored))?;
+        let group_name = self.group_name().filter(|_| !batch.offsets.is_empty());
+        let commit = group_name.map(|g| (g, batch.offsets.as_slice()));
+        let seq = self.shared.journal_batch(&mut state, &stored, commit)?;
         if let Some(group) = self.group_name().and_then(|g| state.groups.get_mut(g)) {
             group.commit(batch.offsets);
         }
-        Ok(())
+        Ok(seq)
+    }
+
+    /// Applies a commit batch and waits until it is durable.
+    async fn commit_durably(&self, batch: CommitBatch) -> Result<(), LogError> {
+        let seq = self.apply_commit(batch);
+        self.shared.bump();
+        self.shared.durable(seq?).await
     }
 
     fn release(&self, partitions: &[TopicPartition]) {
@@ -273,7 +288,7 @@ impl Consumer for EmbeddedConsumer {
                         self.positions.remove(tp);
                     }
                     self.shared.bump();
-                    result?;
+                    self.shared.durable(result?).await?;
                     continue;
                 }
                 GroupStep::Assign(assigned) => {
@@ -317,9 +332,7 @@ impl Consumer for EmbeddedConsumer {
         if batch.is_empty() {
             return Ok(());
         }
-        let result = self.apply_commit(batch);
-        self.shared.bump();
-        result
+        self.commit_durably(batch).await
     }
 
     fn seek(&mut self, partition: &TopicPartition, offset: Offset) -> Result<(), LogError> {
@@ -363,7 +376,7 @@ impl Consumer for EmbeddedConsumer {
 
     async fn close(&mut self, listener: &mut dyn RebalanceListener) -> Result<(), LogError> {
         let partitions: Vec<TopicPartition> = self.positions.keys().cloned().collect();
-        let mut result = Ok(());
+        let mut result = Ok(None);
         if !partitions.is_empty() {
             let batch = listener.on_revoked(&partitions).await;
             result = self.apply_commit(batch);
@@ -379,6 +392,6 @@ impl Consumer for EmbeddedConsumer {
             }
         }
         self.shared.bump();
-        result
+        self.shared.durable(result?).await
     }
 }

@@ -232,6 +232,11 @@ impl GroupState {
         self.committed.get(partition)
     }
 
+    /// Every committed offset (what a snapshot of the durable log keeps).
+    pub fn committed_offsets(&self) -> impl Iterator<Item = (&TopicPartition, Offset)> {
+        self.committed.iter()
+    }
+
     /// Checks that member `id` may commit `offsets`: it is a member and holds every
     /// partition of them. (In debug builds, also that none moves a committed offset
     /// back.)

@@ -1,5 +1,6 @@
-//! [`EmbeddedLog`]: the in-memory log as a [`Log`], and its producer; its views of
-//! groups and topics for tests, tools and the node API.
+//! [`EmbeddedLog`]: the embedded log as a [`Log`] (in memory, or on disk with
+//! [`EmbeddedLog::open`]), and its producer; its views of groups and topics for tests,
+//! tools and the node API.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use async_trait::async_trait;
 
 use super::consumer::EmbeddedConsumer;
 use super::coordinator::GroupView;
+use super::durable::{self, DurableOptions, Entry, StorageError};
 use super::shared::{Shared, State};
 use crate::time::{Clock, SystemClock};
 use crate::{
@@ -15,7 +17,7 @@ use crate::{
     StartFrom, Subscription, TopicPartition, TopicSpec,
 };
 
-/// An in-memory log. Cloning gives another handle to the same log.
+/// The embedded log, in memory or on disk. Cloning gives another handle to the same log.
 #[derive(Clone)]
 pub struct EmbeddedLog {
     shared: Arc<Shared>,
@@ -37,6 +39,33 @@ impl EmbeddedLog {
         Self {
             shared: Arc::new(Shared::new(clock)),
         }
+    }
+
+    /// The log kept in `options.dir`: restored from what it holds (created empty if it
+    /// holds nothing), every change journaled there from now on.
+    pub fn open(options: DurableOptions) -> Result<Self, StorageError> {
+        Self::open_with_clock(options, Arc::new(SystemClock))
+    }
+
+    pub fn open_with_clock(
+        options: DurableOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StorageError> {
+        let mut state = State::default();
+        let journal = durable::open(&options, &mut state.topics, &mut state.groups)?;
+        state.topics.retention = options.retention;
+        let State { topics, groups, .. } = &mut state;
+        topics.clean_up_all(clock.now_ms(), |tp| durable::lowest_committed(groups, tp));
+        Ok(Self {
+            shared: Arc::new(Shared::with_state(clock, state, Some(journal))),
+        })
+    }
+
+    /// Every committed offset of a group (tools reading a stopped node's log).
+    pub fn committed(&self, group: &str) -> BTreeMap<TopicPartition, Offset> {
+        self.group_view(group)
+            .map(|view| view.committed)
+            .unwrap_or_default()
     }
 
     pub fn group_view(&self, group: &str) -> Option<GroupView> {
@@ -73,9 +102,10 @@ impl EmbeddedLog {
     }
 }
 
-#[async_trait]
-impl Log for EmbeddedLog {
-    async fn ensure_topic(&self, spec: &TopicSpec) -> Result<(), LogError> {
+impl EmbeddedLog {
+    /// Creates the topic or checks it (see [`Log::ensure_topic`]); what to wait on before
+    /// the creation is acknowledged.
+    fn create_topic(&self, spec: &TopicSpec) -> Result<Option<u64>, LogError> {
         if spec.partitions == 0 {
             return Err(LogError::Other(format!(
                 "topic {} needs at least one partition",
@@ -100,9 +130,10 @@ impl Log for EmbeddedLog {
                     fix: "change the topic's cleanup policy".into(),
                 });
             }
-            return Ok(());
+            return Ok(None);
         }
         state.topics.create(spec);
+        let seq = self.shared.journal(&mut state, &Entry::topic(spec))?;
         // Groups subscribed to this topic before it existed get its partitions now.
         let State { topics, groups, .. } = &mut *state;
         for group in groups.values_mut() {
@@ -112,7 +143,15 @@ impl Log for EmbeddedLog {
         }
         drop(state);
         self.shared.bump();
-        Ok(())
+        Ok(seq)
+    }
+}
+
+#[async_trait]
+impl Log for EmbeddedLog {
+    async fn ensure_topic(&self, spec: &TopicSpec) -> Result<(), LogError> {
+        let seq = self.create_topic(spec)?;
+        self.shared.durable(seq).await
     }
 
     async fn partitions(&self, topic: &str) -> Result<u32, LogError> {
@@ -142,7 +181,10 @@ impl Log for EmbeddedLog {
     }
 
     fn describe(&self) -> String {
-        "the embedded log (in memory)".into()
+        match &self.shared.journal {
+            Some(journal) => journal.describe(),
+            None => "the embedded log (in memory)".into(),
+        }
     }
 
     async fn evict_static_member(&self, instance_id: &str) -> Result<Vec<String>, LogError> {
@@ -199,8 +241,18 @@ impl Producer for EmbeddedProducer {
         records: Vec<ProducerRecord>,
     ) -> Result<Vec<(TopicPartition, Offset)>, LogError> {
         let now = self.shared.clock.now_ms();
-        let out = self.shared.state.lock().topics.append(records, now)?;
+        let seq = {
+            let mut state = self.shared.state.lock();
+            let mut stored = Vec::new();
+            let journaled = self.shared.journal.is_some();
+            let out = state
+                .topics
+                .append(records, now, journaled.then_some(&mut stored))?;
+            let seq = self.shared.journal_batch(&mut state, &stored, None)?;
+            (out, seq)
+        };
         self.shared.bump();
-        Ok(out)
+        self.shared.durable(seq.1).await?;
+        Ok(seq.0)
     }
 }

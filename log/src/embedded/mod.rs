@@ -14,19 +14,23 @@
 //!
 //! Time is tokio's, so under a paused runtime sessions expire in virtual time.
 //! Everything is kept in memory; compacted topics drop superseded values as they grow.
+//! A durable log ([`EmbeddedLog::open`]) also journals every change to a directory
+//! before acknowledging it, and restores from it (`durable/`).
 //!
 //! The pieces, each using only those listed before it: `storage.rs` (the topics and
 //! their records), `coordinator.rs` (each group's members, assignment, holders and
-//! committed offsets), `shared.rs` (both under one lock, and the change counter that
+//! committed offsets), `durable/` (the on-disk journal and snapshots), `shared.rs` (both under one lock, and the change counter that
 //! wakes waiting consumers), `consumer.rs` (a member or reader polling, committing,
 //! closing), `embedded_log.rs` ([`EmbeddedLog`]: the [`Log`](crate::Log) and its
 //! producer).
 
 mod consumer;
 mod coordinator;
+mod durable;
 mod embedded_log;
 mod shared;
 mod storage;
 
 pub use coordinator::GroupView;
+pub use durable::{DurableOptions, Fsync, Retention, StorageError};
 pub use embedded_log::EmbeddedLog;

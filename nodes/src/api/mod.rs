@@ -19,6 +19,7 @@
 //! | `GET /task-store/shards` | the shards this node serves, and every node's |
 //! | `GET /shards` | the partitions every stage owns, on this node and on every other (`?scope=local`: this node's) |
 //! | `POST /internal/tasks` | a submission forwarded by another node |
+//! | `POST /api/topics/{topic}/records` | records for a topic the node's DAGs read, checked against its schema, answered once durable ([`ingest`]) |
 //! | `POST /admin/drain` | stop as on SIGTERM: the API, then every stage flushes, commits and leaves its groups (`wellspring drain`) |
 //!
 //! Here: the router, the token check, error answers and the body limit; the handlers by
@@ -30,6 +31,7 @@
 
 mod admin;
 mod health;
+pub mod ingest;
 mod metrics;
 mod tasks;
 
@@ -60,6 +62,8 @@ struct Api {
     token: Option<Arc<str>>,
     /// Told when a drain is asked for; the node's runner stops the node.
     drain: Arc<tokio::sync::Notify>,
+    /// The topics records can be posted to.
+    ingest: ingest::IngestTopics,
 }
 
 /// An error answer: a status and a message, as `{"error": "..."}`.
@@ -121,6 +125,7 @@ pub fn router(
     token: Option<String>,
     body_limit: usize,
     drain: Arc<tokio::sync::Notify>,
+    ingest: ingest::IngestTopics,
 ) -> Router {
     let api = Api {
         store,
@@ -128,6 +133,7 @@ pub fn router(
         metrics,
         token: token.map(Arc::from),
         drain,
+        ingest,
     };
     let protected = Router::new()
         .route(
@@ -149,6 +155,7 @@ pub fn router(
         .route(route::TASK_STORE_SHARDS, get(admin::task_store_shards))
         .route(route::SHARDS, get(admin::cluster_shards))
         .route(route::DRAIN, post(admin::drain))
+        .route(ingest::ROUTE, post(ingest::publish))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     Router::new()
         .route(route::LIVE, get(health::live))

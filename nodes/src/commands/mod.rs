@@ -6,6 +6,7 @@
 //! checked failed; 2: the command could not run) and a message that says what to do next;
 //! `cli::main` prints it once. `sim` (the simulation harness) stays in `crate::sim`.
 
+pub mod data_dir;
 pub mod demo;
 pub mod drain;
 pub mod flags;
@@ -13,6 +14,7 @@ pub mod generate;
 pub mod graph;
 pub mod ingest;
 pub mod run;
+pub mod services;
 pub mod tasks;
 pub mod validate;
 pub mod verify;

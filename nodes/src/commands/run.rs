@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::data_dir::DataDirArgs;
 use super::{CliError, CommandResult, connect, flags, read_dag};
 use crate::backend::KafkaArgs;
 use crate::kube::KubeArgs;
@@ -55,6 +56,8 @@ pub struct RunArgs {
     #[command(flatten)]
     kafka: KafkaArgs,
     #[command(flatten)]
+    data_dir: DataDirArgs,
+    #[command(flatten)]
     kube: KubeArgs,
     #[command(flatten)]
     telemetry: TelemetryArgs,
@@ -99,7 +102,15 @@ pub fn run(args: RunArgs) -> CommandResult {
         .kube
         .settings(&args.node_id, &args.namespace)
         .map_err(CliError::could_not_run)?;
-    let log = connect(&args.kafka, &args.topic_prefix)?;
+    if args.kafka.is_kafka() && args.data_dir.data_dir.is_some() {
+        return Err(CliError::could_not_run(
+            "--data-dir keeps the embedded log on disk, --kafka runs on a broker: give one of them",
+        ));
+    }
+    let log = match args.data_dir.open()? {
+        Some(log) => Some(log),
+        None => connect(&args.kafka, &args.topic_prefix)?,
+    };
     let advertise_url = args.advertise_url.or_else(|| {
         args.headless_service.as_deref().map(|service| {
             pod_url(

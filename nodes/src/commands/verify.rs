@@ -1,5 +1,6 @@
-//! `wellspring verify`: checks one experiment's outputs on Kafka and lists every missing,
-//! duplicated and unexpected aggregate (exit code 0 only when there are none).
+//! `wellspring verify`: checks one experiment's outputs on Kafka (or, with `--data-dir`,
+//! on a stopped node's durable embedded log) and lists every missing, duplicated and
+//! unexpected aggregate (exit code 0 only when there are none).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -7,9 +8,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use indicatif::ProgressBar;
 use wellspring_actors::FunctionRegistry;
-use wellspring_log::KafkaLog;
+use wellspring_log::{DurableOptions, Fsync, KafkaLog, Log, Retention};
 use wellspring_protocol::{Dag, SpecFormat};
 
+use super::data_dir::open_dir;
 use super::generate::kafka_for;
 use super::{CliError, CommandResult, flags, on_runtime, read_dag, wants_progress};
 use crate::backend::KafkaArgs;
@@ -20,6 +22,10 @@ use crate::verify::{VerifyOptions, verify_experiment};
 pub struct VerifyArgs {
     #[command(flatten)]
     kafka: KafkaArgs,
+    /// Read a stopped node's durable log in DIR (what `run --data-dir DIR` kept) instead
+    /// of Kafka.
+    #[arg(long, value_name = "DIR", conflicts_with = "kafka")]
+    data_dir: Option<PathBuf>,
     /// The experiment to check.
     #[arg(long)]
     experiment: String,
@@ -35,7 +41,27 @@ pub struct VerifyArgs {
 }
 
 pub fn verify(args: VerifyArgs) -> CommandResult {
-    let settings = kafka_for("verify", &args.kafka)?;
+    let disk: Option<Box<dyn Log>> = match &args.data_dir {
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(CliError::could_not_run(format!(
+                    "{} is not a directory (give the --data-dir a node ran with)",
+                    dir.display()
+                )));
+            }
+            // Everything on disk is read (no retention) and nothing is appended; a torn
+            // tail is truncated as a restart would.
+            let mut options = DurableOptions::new(dir);
+            options.retention = Retention::default();
+            options.fsync = Fsync::Never;
+            Some(Box::new(open_dir(options)?))
+        }
+        None => None,
+    };
+    let settings = match disk {
+        Some(_) => None,
+        None => Some(kafka_for("verify", &args.kafka)?),
+    };
     let dag = match &args.dag {
         Some(file) => read_dag(file, &[])?,
         None => Dag::load(
@@ -49,7 +75,12 @@ pub fn verify(args: VerifyArgs) -> CommandResult {
     options.wait = args.wait;
     let progress = wants_progress(args.no_progress);
     let report = on_runtime(async {
-        let log = KafkaLog::connect(settings).await?;
+        // The Kafka client lives on the runtime that reads with it.
+        let log: Box<dyn Log> = match (disk, settings) {
+            (Some(log), _) => log,
+            (None, Some(settings)) => Box::new(KafkaLog::connect(settings).await?),
+            (None, None) => unreachable!("verify reads a data directory or Kafka"),
+        };
         let spinner = if progress {
             ProgressBar::new_spinner()
         } else {
@@ -57,7 +88,7 @@ pub fn verify(args: VerifyArgs) -> CommandResult {
         };
         spinner.enable_steady_tick(Duration::from_millis(200));
         let mut last_line = Instant::now();
-        let report = verify_experiment(&log, &options, |read| {
+        let report = verify_experiment(log.as_ref(), &options, |read| {
             spinner.set_message(format!("{read} output records read"));
             if !progress && last_line.elapsed() > Duration::from_secs(5) {
                 last_line = Instant::now();

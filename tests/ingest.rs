@@ -1,8 +1,8 @@
 //! `wellspring ingest` as a lab runs it: the real binary over folders of tiny real TIFF
 //! and PNG files in every convention, with malformed names, rescans, refused batches and
-//! files appearing (and still being written) during `--watch`; publishing to a node's
-//! record ingest (a loopback server keeping the node's contract, `RecordSink`) and as a
-//! dry run's JSON lines.
+//! files appearing (and still being written) during `--watch`; publishing to a real node
+//! (`run --data-dir`) over HTTP, to a loopback server keeping the node's contract
+//! (`RecordSink`, which can refuse records on demand), and as a dry run's JSON lines.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -684,5 +684,84 @@ fn an_unreachable_node_is_reported_as_such() {
         text(&out.stderr).contains("--url NODE"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// A counter of the node's `/metrics` for one DAG node (0 while it has none).
+fn counter(url: &str, family: &str, node: &str) -> f64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let text = runtime.block_on(async {
+        reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    text.lines()
+        .filter(|l| l.starts_with(family) && l.contains(&format!("node=\"{node}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_folder_goes_into_a_real_node_over_http_once() {
+    use wellspring_nodes::services::{ServiceConfig, Services};
+    use wellspring_test_support::node_process::{NodeProcess, reference_dag_args};
+
+    let services = Services::start(ServiceConfig::quick()).unwrap();
+    let data = folder("real-node-data");
+    let node = NodeProcess::start_on_disk(
+        env!("CARGO_BIN_EXE_wellspring"),
+        &data,
+        "wellspring-0",
+        &reference_dag_args(services.variables(), "3s"),
+    );
+    let dir = folder("real-node");
+    imagexpress_folder(&dir);
+    let args = [
+        dir.to_str().unwrap(),
+        "--convention",
+        "imagexpress",
+        "--experiment",
+        "EXP-1",
+        "--url",
+        &node.url,
+        "--settle",
+        "0s",
+        "--wells",
+        "B03,C04",
+        "--sites",
+        "2",
+        "--channels",
+        "2",
+    ];
+    let out = ingest(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("8 channel images published"),
+        "{}",
+        text(&out.stdout)
+    );
+    // The node took every image into its DAG (answered once durable, so they are there).
+    let deadline = std::time::Instant::now() + WAIT;
+    while counter(&node.url, "wellspring_in_total", "images-channel") < 8.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node never read the 8 images"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A rescan sends nothing again.
+    let again = ingest(&args);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stdout).contains("0 channel images published")
+            && text(&again.stdout).contains("8 already published"),
+        "{}",
+        text(&again.stdout)
     );
 }

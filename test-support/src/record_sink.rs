@@ -1,7 +1,8 @@
 //! A stand-in for a node's record ingest on a free loopback port: `POST
 //! /api/topics/{topic}/records` with `{"records":[{"key", "value", "headers"}]}`,
-//! answered 200 once every record of the batch is kept, or 400 with
-//! `{"errors":[{"index", "error"}]}` and nothing kept (the node's contract). It checks
+//! answered 200 once every record of the batch is kept, or 422 with
+//! `{"error", "records":[{"index", "errors":[...]}]}` and nothing kept (the node's
+//! contract, `nodes/src/api/ingest.rs`). It checks
 //! what any topic needs (a string key, an object value) and a bearer token when given
 //! one, and can refuse records whose key contains a given text, to test the errors.
 
@@ -164,21 +165,21 @@ async fn records(
         let value = record.get("value").filter(|v| v.is_object());
         match (key, value) {
             (Some(key), Some(_)) if refuse.as_deref().is_some_and(|r| key.contains(r)) => {
-                errors.push(json!({"index": index, "error": format!("key {key} refused")}));
+                errors.push(json!({"index": index, "errors": [format!("key {key} refused")]}));
             }
             (Some(key), Some(value)) => kept.push(Received {
                 topic: topic.clone(),
                 key: key.to_owned(),
                 value: value.clone(),
             }),
-            (None, _) => errors.push(json!({"index": index, "error": "key is missing"})),
-            (_, None) => errors.push(json!({"index": index, "error": "value is not an object"})),
+            (None, _) => errors.push(json!({"index": index, "errors": ["key is missing"]})),
+            (_, None) => errors.push(json!({"index": index, "errors": ["value is not an object"]})),
         }
     }
     if !errors.is_empty() {
         return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"errors": errors})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({"error": "the batch was refused", "records": errors})),
         );
     }
     shared.records.lock().expect("records").extend(kept);

@@ -79,6 +79,18 @@ pub fn records_body(records: &[&OutRecord]) -> String {
     body
 }
 
+/// The node's `422` answer: the batch was refused whole (nothing written).
+#[derive(serde::Deserialize)]
+struct RefusedBatch {
+    records: Vec<RefusedRecord>,
+}
+
+#[derive(serde::Deserialize)]
+struct RefusedRecord {
+    index: usize,
+    errors: Vec<String>,
+}
+
 /// Posts `records` (all of `topic`) to the node at `base_url`; `Ok` once it answered 200
 /// (durable), else the node's per-record errors or its status.
 pub async fn post_records(
@@ -116,26 +128,25 @@ pub async fn post_records(
     let body = response.text().await.unwrap_or_default();
     match status {
         401 => Err(PostError::Unauthorized { url }),
-        400 => {
-            let errors: Vec<String> = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("errors").and_then(|e| e.as_array()).cloned())
-                .map(|errors| {
-                    errors
+        // The node refused the batch whole, naming each wrong record and why.
+        422 => {
+            let errors: Vec<String> = serde_json::from_str::<RefusedBatch>(&body)
+                .map(|refused| {
+                    refused
+                        .records
                         .iter()
-                        .map(|e| {
-                            let index = e.get("index").and_then(|i| i.as_u64());
-                            let what = e.get("error").and_then(|m| m.as_str()).unwrap_or("?");
-                            match index.and_then(|i| records.get(i as usize)) {
-                                Some(r) => {
-                                    format!("record {} ({}): {what}", index.unwrap_or(0), r.key)
+                        .map(|r| {
+                            let what = r.errors.join(", ");
+                            match records.get(r.index) {
+                                Some(record) => {
+                                    format!("record {} ({}): {what}", r.index, record.key)
                                 }
-                                None => what.to_owned(),
+                                None => format!("record {}: {what}", r.index),
                             }
                         })
                         .collect()
                 })
-                .unwrap_or_else(|| vec![body.clone()]);
+                .unwrap_or_else(|_| vec![body.clone()]);
             Err(PostError::Rejected {
                 url,
                 count: errors.len(),

@@ -19,6 +19,7 @@
 //! | `GET /task-store/shards` | the shards this node serves, and every node's |
 //! | `GET /shards` | the partitions every stage owns, on this node and on every other (`?scope=local`: this node's) |
 //! | `POST /internal/tasks` | a submission forwarded by another node |
+//! | `GET /api/dags`, `/api/experiments[/{id}[/plates/{n}]]`, `/api/dead-letters`, `/api/events` | the status view ([`status`]) |
 //! | `POST /admin/drain` | stop as on SIGTERM: the API, then every stage flushes, commits and leaves its groups (`wellspring drain`) |
 //!
 //! Here: the router, the token check, error answers and the body limit; the handlers by
@@ -31,6 +32,7 @@
 mod admin;
 mod health;
 mod metrics;
+pub mod status;
 mod tasks;
 
 use std::sync::Arc;

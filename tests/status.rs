@@ -271,7 +271,7 @@ fn a_demo_run_shows_the_missing_image_by_name_the_dead_letters_and_the_plate_map
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["site"].to_string() == site)
+        .find(|s| s["site"].as_u64() == site.parse().ok())
         .unwrap();
     assert_eq!(hole_site["state"], "incomplete", "{hole}");
     assert_eq!(

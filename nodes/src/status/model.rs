@@ -467,9 +467,9 @@ impl Model {
             let outputs = self.dags[dag].outputs.len();
             let experiment = self.experiment(&id, dag);
             experiment.dead_letters += 1;
-            if let Some(output) = output {
-                experiment.outputs[output].dead += 1;
-            }
+            // A member counts as dead-lettered once, however often it was (an image
+            // sent twice fails twice).
+            let mut new_member = true;
             if let Some(p) = path.plate {
                 let plate = experiment.plates.entry(p).or_default();
                 plate.dead_letters += 1;
@@ -485,9 +485,18 @@ impl Model {
                         path.bit_in_well()
                     };
                     if let (Some(output), Some(bit)) = (output, bit) {
-                        well.dead.push((output as u16, bit as u32));
+                        let member = (output as u16, bit as u32);
+                        new_member = !well.dead.contains(&member);
+                        if new_member {
+                            well.dead.push(member);
+                        }
                     }
                 }
+            }
+            if let Some(output) = output
+                && new_member
+            {
+                experiment.outputs[output].dead += 1;
             }
             self.changed(&id, path.plate, path.well);
         } else {

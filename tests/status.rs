@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use wellspring_nodes::services::{ServiceConfig, Services};
 use wellspring_test_support::broker::Broker;
-use wellspring_test_support::node_process::{NodeProcess, reference_dag_args};
+use wellspring_test_support::node_process::NodeProcess;
 
 /// A `wellspring` process whose output lines are collected as they come.
 struct Process {

@@ -592,6 +592,23 @@ mod tests {
     }
 
     #[test]
+    fn a_plate_has_the_geometry_of_the_smallest_standard_plate_holding_its_layout() {
+        for (wells, geometry, in_use) in [(10, 96, 10), (308, 384, 308), (1536, 1536, 1536)] {
+            let mut model = reference();
+            model.observe_layout(0, synthetic::layout("E", 1, wells, 1, 1).unwrap());
+            let plate = model.plate_detail("E", 1).unwrap();
+            assert_eq!(usize::from(plate.summary.geometry.wells), geometry);
+            assert_eq!(plate.wells.len(), geometry);
+            let waiting = plate
+                .wells
+                .iter()
+                .filter(|w| w.state == LevelState::Waiting)
+                .count();
+            assert_eq!(waiting, in_use, "{wells} wells");
+        }
+    }
+
+    #[test]
     fn the_oldest_experiment_and_dead_letter_go_first_past_the_limits() {
         let mut model = reference();
         model.limits.experiments = 2;

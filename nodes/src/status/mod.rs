@@ -1,7 +1,7 @@
 //! The status view: where every experiment, plate and well of the node's DAGs stands,
 //! cluster-wide, for the status API (`crate::api::status`) and `wellspring status`.
 //!
-//! A task of the node's actor system reads every partition of the DAGs' topics (images,
+//! A thread of its own reads every partition of the DAGs' topics (images,
 //! layouts, every publish topic, dead letters, incomplete reports) from the start,
 //! outside the consumer groups, into a [`model::Model`] behind a mutex; the API's threads
 //! read the model and turn it into the bodies of `wellspring_protocol::status`. Changes
@@ -75,13 +75,32 @@ impl StatusView {
         }
     }
 
-    /// Starts reading `log` on the current actor system (or tokio local set); reads
-    /// until [`StatusView::stop`].
+    /// Starts reading `log` on a thread of its own (so that the view takes no time from
+    /// the node's actors); reads until [`StatusView::stop`].
     pub fn start(dags: &[Dag], node_id: &str, metrics: Metrics, log: Arc<dyn Log>) -> StatusView {
         let view = StatusView::new(dags, node_id, metrics, Limits::default());
         let reader = view.clone();
         let client_id = format!("wellspring-status-{node_id}");
-        actix_rt::spawn(async move { reader::run(reader, log, client_id).await });
+        let spawned = std::thread::Builder::new()
+            .name("status-view".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        reader.set_error(format!("cannot start the view's runtime: {e}"));
+                        return;
+                    }
+                };
+                // The log's consumers are not Send: the reader stays on this thread.
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, reader::run(reader, log, client_id));
+            });
+        if let Err(e) = spawned {
+            view.set_error(format!("cannot start the view's thread: {e}"));
+        }
         view
     }
 

@@ -3,7 +3,9 @@
 //! Memory is bounded per well (a few words per output, see [`Well`]) and the number of
 //! experiments and dead letters kept is capped ([`Limits`]); what is forgotten is counted.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 
 use wellspring_protocol::ExperimentLayout;
 use wellspring_protocol::keys::WellId;
@@ -96,7 +98,7 @@ impl Well {
 
 #[derive(Debug, Clone, Default)]
 pub struct Plate {
-    pub wells: HashMap<WellId, Well>,
+    pub wells: FxHashMap<WellId, Well>,
     /// Plate-level outputs present (indexed like the shape's outputs).
     pub outputs: Bits,
     pub incomplete: bool,
@@ -158,7 +160,7 @@ impl Default for Limits {
 /// What changed since the last time someone asked (for the events).
 #[derive(Debug, Default)]
 pub struct Changes {
-    pub experiments: BTreeMap<String, BTreeMap<u32, Vec<WellId>>>,
+    pub experiments: BTreeMap<String, BTreeMap<u32, BTreeSet<WellId>>>,
     pub dead_letters: bool,
     pub incomplete: Vec<String>,
 }
@@ -173,7 +175,7 @@ impl Changes {
 #[derive(Debug)]
 pub struct Model {
     pub dags: Vec<DagShape>,
-    pub experiments: HashMap<String, Experiment>,
+    pub experiments: FxHashMap<String, Experiment>,
     pub dead_letters: VecDeque<DeadLetterEntry>,
     pub dead_letters_evicted: u64,
     pub experiments_evicted: u64,
@@ -193,7 +195,7 @@ impl Model {
     pub fn new(dags: Vec<DagShape>, limits: Limits) -> Model {
         Model {
             dags,
-            experiments: HashMap::new(),
+            experiments: FxHashMap::default(),
             dead_letters: VecDeque::new(),
             dead_letters_evicted: 0,
             experiments_evicted: 0,
@@ -250,18 +252,19 @@ impl Model {
 
     fn changed(&mut self, experiment: &str, plate: Option<u32>, well: Option<WellId>) {
         self.version += 1;
-        let plates = self
-            .changes
-            .experiments
-            .entry(experiment.to_owned())
-            .or_default();
+        // Once per record: no allocation unless the experiment or plate is new here.
+        let plates = match self.changes.experiments.get_mut(experiment) {
+            Some(plates) => plates,
+            None => self
+                .changes
+                .experiments
+                .entry(experiment.to_owned())
+                .or_default(),
+        };
         if let Some(plate) = plate {
             let wells = plates.entry(plate).or_default();
-            if let Some(well) = well
-                && wells.len() < 2000
-                && !wells.contains(&well)
-            {
-                wells.push(well);
+            if let Some(well) = well {
+                wells.insert(well);
             }
         }
     }

@@ -55,6 +55,9 @@ fn roles(model: &Model) -> HashMap<String, Vec<Role>> {
 /// How often changes go out as events, and counters are sampled for rates.
 const EVENT_INTERVAL: Duration = Duration::from_millis(250);
 const RATE_INTERVAL: Duration = Duration::from_secs(1);
+/// Records read at most per poll, and how long to wait once caught up.
+const BATCH: usize = 20_000;
+const GATHER: Duration = Duration::from_millis(50);
 
 /// Reads until the view is stopped; waits for topics that do not exist yet.
 pub async fn run(view: StatusView, log: Arc<dyn Log>, client_id: String) {
@@ -99,7 +102,7 @@ async fn read(view: &StatusView, log: &dyn Log, client_id: &str) -> Result<(), L
     let mut failing = false;
     while !view.stopped() {
         let records = match consumer
-            .poll(&mut NoListener, 5_000, Duration::from_millis(100))
+            .poll(&mut NoListener, BATCH, Duration::from_millis(100))
             .await
         {
             Ok(records) => {
@@ -126,6 +129,12 @@ async fn read(view: &StatusView, log: &dyn Log, client_id: &str) -> Result<(), L
             for record in &records {
                 observe(&mut model, &roles, record);
             }
+        }
+        if records.len() < BATCH {
+            // Caught up: let records gather instead of waking for each append (the view
+            // is a dashboard; a few tens of milliseconds do not matter, the pipeline's
+            // throughput does).
+            tokio::time::sleep(GATHER).await;
         }
         if last_events.elapsed() >= EVENT_INTERVAL {
             last_events = Instant::now();

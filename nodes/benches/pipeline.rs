@@ -92,10 +92,12 @@ fn run_once(workload: &Workload, view: bool) -> Duration {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         let elapsed = started.elapsed();
-        if let Some(status) = status {
-            status.stop();
-        }
         node.shutdown().await;
+        // The reader lets go of the log before the next run starts (else the run's
+        // whole log is freed on its thread while the next one runs).
+        if let Some(status) = status {
+            status.stop_and_wait();
+        }
         elapsed
     })
 }

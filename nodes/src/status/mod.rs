@@ -43,6 +43,8 @@ struct Shared {
     metrics: Metrics,
     stopped: AtomicBool,
     error: Mutex<Option<String>>,
+    /// The reader's thread, when [`StatusView::start`] made one.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// A handle on the view; cheap to clone, shared by the reader and the API.
@@ -71,6 +73,7 @@ impl StatusView {
                 metrics,
                 stopped: AtomicBool::new(false),
                 error: Mutex::default(),
+                thread: Mutex::default(),
             }),
         }
     }
@@ -98,10 +101,21 @@ impl StatusView {
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, reader::run(reader, log, client_id));
             });
-        if let Err(e) = spawned {
-            view.set_error(format!("cannot start the view's thread: {e}"));
+        match spawned {
+            Ok(thread) => *view.shared.thread.lock() = Some(thread),
+            Err(e) => view.set_error(format!("cannot start the view's thread: {e}")),
         }
         view
+    }
+
+    /// Stops reading and waits until the reader's thread has ended (and let go of the
+    /// log).
+    pub fn stop_and_wait(&self) {
+        self.stop();
+        let thread = self.shared.thread.lock().take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
     }
 
     pub fn stop(&self) {

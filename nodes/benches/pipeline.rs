@@ -3,7 +3,8 @@
 //! record, on the embedded log (no HTTP tasks: those are bound by the services).
 //!
 //! Run: `cargo bench -p wellspring-nodes --bench pipeline` (with tracing off, the default,
-//! and on with every trace sampled; and on the durable embedded log, fsync before every
+//! and on with every trace sampled; with the status view reading beside it; and on the
+//! durable embedded log, fsync before every
 //! commit is acknowledged). It ends by printing the durable log's throughput as a ratio
 //! to the in-memory log's, from runs of both taken in turn (the goal: at least 0.5).
 
@@ -58,14 +59,16 @@ fn fresh_dir() -> std::path::PathBuf {
 }
 
 /// One run: a fresh node, the whole workload, until the experiment record is out.
-fn run_once(workload: &Workload, on: OnLog) -> Duration {
+/// With `view`, the status view reads every topic beside the pipeline, on its thread,
+/// as on a node (`wellspring run`).
+fn run_once(workload: &Workload, on: OnLog, view: bool) -> Duration {
     let dir = fresh_dir();
-    let elapsed = run_on(workload, on, &dir);
+    let elapsed = run_on(workload, on, view, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     elapsed
 }
 
-fn run_on(workload: &Workload, on: OnLog, dir: &std::path::Path) -> Duration {
+fn run_on(workload: &Workload, on: OnLog, view: bool, dir: &std::path::Path) -> Duration {
     let system = actix_rt::System::new();
     system.block_on(async {
         let registry = FunctionRegistry::with_builtins();
@@ -94,7 +97,18 @@ fn run_on(workload: &Workload, on: OnLog, dir: &std::path::Path) -> Duration {
                 ..RuntimeConfig::default()
             },
         };
-        let node = Node::start(env, vec![dag]).await.expect("node starts");
+        let metrics = env.metrics.clone();
+        let node = Node::start(env, vec![dag.clone()])
+            .await
+            .expect("node starts");
+        let status = view.then(|| {
+            wellspring_nodes::status::StatusView::start(
+                &[dag],
+                "bench",
+                metrics,
+                Arc::new(log.clone()),
+            )
+        });
         let records: Vec<_> = workload
             .messages
             .iter()
@@ -117,6 +131,11 @@ fn run_on(workload: &Workload, on: OnLog, dir: &std::path::Path) -> Duration {
         }
         let elapsed = started.elapsed();
         node.shutdown().await;
+        // The reader lets go of the log before the next run starts (else the run's
+        // whole log is freed on its thread while the next one runs).
+        if let Some(status) = status {
+            status.stop_and_wait();
+        }
         elapsed
     })
 }
@@ -137,7 +156,15 @@ fn pipeline(c: &mut Criterion) {
     group.bench_function("four-groupings/2-plates", |b| {
         b.iter_custom(|iterations| {
             (0..iterations)
-                .map(|_| run_once(&workload, OnLog::Memory))
+                .map(|_| run_once(&workload, OnLog::Memory, false))
+                .sum()
+        })
+    });
+    // The status view reading every topic beside the pipeline: its cost.
+    group.bench_function("four-groupings/2-plates/status-view", |b| {
+        b.iter_custom(|iterations| {
+            (0..iterations)
+                .map(|_| run_once(&workload, OnLog::Memory, true))
                 .sum()
         })
     });
@@ -145,7 +172,7 @@ fn pipeline(c: &mut Criterion) {
     group.bench_function("four-groupings/2-plates/durable-fsync-always", |b| {
         b.iter_custom(|iterations| {
             (0..iterations)
-                .map(|_| run_once(&workload, OnLog::Durable))
+                .map(|_| run_once(&workload, OnLog::Durable, false))
                 .sum()
         })
     });
@@ -157,7 +184,7 @@ fn pipeline(c: &mut Criterion) {
     group.bench_function("four-groupings/2-plates/traced", |b| {
         b.iter_custom(|iterations| {
             (0..iterations)
-                .map(|_| run_once(&workload, OnLog::Memory))
+                .map(|_| run_once(&workload, OnLog::Memory, false))
                 .sum()
         })
     });
@@ -178,8 +205,8 @@ fn durable_ratio(runs: usize) {
     let mut memory = Vec::new();
     let mut durable = Vec::new();
     for _ in 0..runs {
-        memory.push(run_once(&workload, OnLog::Memory));
-        durable.push(run_once(&workload, OnLog::Durable));
+        memory.push(run_once(&workload, OnLog::Memory, false));
+        durable.push(run_once(&workload, OnLog::Durable, false));
     }
     let median = |runs: &mut Vec<Duration>| {
         runs.sort();

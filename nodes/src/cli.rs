@@ -31,6 +31,9 @@ enum Command {
     Run(Box<commands::run::RunArgs>),
     /// Talk to a node's task-store API.
     Tasks(commands::tasks::TasksArgs),
+    /// Where experiments, plates and wells stand (a plate map with --plate), from a
+    /// node's status API.
+    Status(commands::status::StatusArgs),
     /// Publish a synthetic experiment (its layout, then its images) to Kafka.
     Generate(commands::generate::GenerateArgs),
     /// Publish the images a microscope writes into a folder (one channel_level record
@@ -75,6 +78,7 @@ pub fn main() -> ExitCode {
         Command::Graph(args) => commands::graph::graph(args),
         Command::Run(args) => commands::run::run(*args),
         Command::Tasks(args) => commands::tasks::tasks(args),
+        Command::Status(args) => commands::status::status(args),
         Command::Generate(args) => commands::generate::generate(args),
         Command::Ingest(args) => commands::ingest::ingest(*args),
         Command::Verify(args) => commands::verify::verify(args),

@@ -282,6 +282,13 @@ async fn serve(
         None => None,
     };
 
+    // The status view reads the DAGs' topics on this actor system; the API reads it.
+    let status = crate::status::StatusView::start(
+        &options.dags,
+        &options.node_id,
+        metrics.clone(),
+        log.clone(),
+    );
     // The API runs on its own threads; it reaches the actors through their addresses.
     let ingest = api::ingest::IngestTopics::new(log.clone(), &options.dags);
     let router = api::router(
@@ -292,7 +299,12 @@ async fn serve(
         options.body_limit,
         drain,
         ingest,
-    );
+    )
+    .merge(api::status::router(
+        status.clone(),
+        options.token.clone(),
+        options.body_limit,
+    ));
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::Builder::new()
         .name("http-api".into())
@@ -324,6 +336,7 @@ async fn serve(
         }
     };
     let _ = stop_http.send(());
+    status.stop();
     let joined = tokio::task::spawn_blocking(move || server.join()).await;
     if let Some(kube) = kube {
         // The leader hands over (its duties stop, its Lease is released) before the

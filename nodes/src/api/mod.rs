@@ -20,6 +20,7 @@
 //! | `GET /shards` | the partitions every stage owns, on this node and on every other (`?scope=local`: this node's) |
 //! | `POST /internal/tasks` | a submission forwarded by another node |
 //! | `POST /api/topics/{topic}/records` | records for a topic the node's DAGs read, checked against its schema, answered once durable ([`ingest`]) |
+//! | `GET /api/dags`, `/api/experiments[/{id}[/plates/{n}]]`, `/api/dead-letters`, `/api/events` | the status view ([`status`]) |
 //! | `POST /admin/drain` | stop as on SIGTERM: the API, then every stage flushes, commits and leaves its groups (`wellspring drain`) |
 //!
 //! Here: the router, the token check, error answers and the body limit; the handlers by
@@ -33,6 +34,7 @@ mod admin;
 mod health;
 pub mod ingest;
 mod metrics;
+pub mod status;
 mod tasks;
 
 use std::sync::Arc;

@@ -15,6 +15,7 @@ pub mod graph;
 pub mod ingest;
 pub mod run;
 pub mod services;
+pub mod status;
 pub mod tasks;
 pub mod validate;
 pub mod verify;

@@ -19,6 +19,7 @@
 //! | `GET /task-store/shards` | the shards this node serves, and every node's |
 //! | `GET /shards` | the partitions every stage owns, on this node and on every other (`?scope=local`: this node's) |
 //! | `POST /internal/tasks` | a submission forwarded by another node |
+//! | `GET /`, `GET /ui/...` | the web UI (open without the token; its API calls send it) |
 //! | `POST /admin/drain` | stop as on SIGTERM: the API, then every stage flushes, commits and leaves its groups (`wellspring drain`) |
 //!
 //! Here: the router, the token check, error answers and the body limit; the handlers by
@@ -32,6 +33,7 @@ mod admin;
 mod health;
 mod metrics;
 mod tasks;
+mod ui;
 
 use std::sync::Arc;
 
@@ -154,6 +156,7 @@ pub fn router(
         .route(route::LIVE, get(health::live))
         .route(route::READY, get(health::ready))
         .merge(protected)
+        .merge(ui::routes())
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,

@@ -364,6 +364,26 @@ impl Metrics {
             .map_or(0, Gauge::max)
     }
 
+    /// A gauge's current value (0 if it was never created); reading creates nothing.
+    pub fn gauge_value(&self, dag: &str, node: &str, name: &'static str) -> i64 {
+        self.inner
+            .gauges
+            .lock()
+            .0
+            .get(&(dag.to_owned(), node.to_owned(), name))
+            .map_or(0, Gauge::get)
+    }
+
+    /// The consumer lag of a stage here, summed over its owned partitions (`None` when
+    /// the stage is not on this node); reading creates nothing.
+    pub fn stage_lag(&self, dag: &str, node: &str) -> Option<u64> {
+        let labels = NodeLabels::new(dag, node);
+        let stages = self.inner.stages.lock();
+        stages
+            .get(&labels)
+            .map(|owned| owned.lags().iter().map(|(_, lag)| lag).sum())
+    }
+
     /// Sum of a counter over every node of a DAG.
     pub fn total(&self, dag: &str, name: &'static str) -> u64 {
         self.inner

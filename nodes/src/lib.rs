@@ -12,6 +12,7 @@ pub mod kube;
 pub mod run;
 pub mod services;
 pub mod sim;
+pub mod status;
 pub mod telemetry;
 // The lab's workload and the output checks live in the simulated lab (`wellspring-lab`),
 // which the simulation harness uses too; the commands use them from here.

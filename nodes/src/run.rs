@@ -276,6 +276,13 @@ async fn serve(
         None => None,
     };
 
+    // The status view reads the DAGs' topics on this actor system; the API reads it.
+    let status = crate::status::StatusView::start(
+        &options.dags,
+        &options.node_id,
+        metrics.clone(),
+        log.clone(),
+    );
     // The API runs on its own threads; it reaches the actors through their addresses.
     let router = api::router(
         store,
@@ -284,7 +291,12 @@ async fn serve(
         options.token.clone(),
         options.body_limit,
         drain,
-    );
+    )
+    .merge(api::status::router(
+        status.clone(),
+        options.token.clone(),
+        options.body_limit,
+    ));
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::Builder::new()
         .name("http-api".into())
@@ -316,6 +328,7 @@ async fn serve(
         }
     };
     let _ = stop_http.send(());
+    status.stop();
     let joined = tokio::task::spawn_blocking(move || server.join()).await;
     if let Some(kube) = kube {
         // The leader hands over (its duties stop, its Lease is released) before the

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod records;
 pub mod schema;
 pub mod spec;
+pub mod status;
 pub mod synthetic;
 pub mod task;
 pub mod taskstore;

@@ -19,6 +19,7 @@
 //! | `GET /task-store/shards` | the shards this node serves, and every node's |
 //! | `GET /shards` | the partitions every stage owns, on this node and on every other (`?scope=local`: this node's) |
 //! | `POST /internal/tasks` | a submission forwarded by another node |
+//! | `GET /api/dags`, `/api/experiments[/{id}[/plates/{n}]]`, `/api/dead-letters`, `/api/events` | the status view ([`status`]) |
 //! | `GET /`, `GET /ui/...` | the web UI (open without the token; its API calls send it) |
 //! | `POST /admin/drain` | stop as on SIGTERM: the API, then every stage flushes, commits and leaves its groups (`wellspring drain`) |
 //!
@@ -32,8 +33,9 @@
 mod admin;
 mod health;
 mod metrics;
+pub mod status;
 mod tasks;
-mod ui;
+pub mod ui;
 
 use std::sync::Arc;
 

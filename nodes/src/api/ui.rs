@@ -60,8 +60,9 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
     style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; \
     base-uri 'none'; frame-ancestors 'none'; form-action 'none'";
 
-/// The UI's routes; merged into the API's router outside its token check.
-pub(super) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+/// The UI's routes, for any router (the node's API, `demo --serve`): outside the token
+/// check, since the page itself carries no data.
+pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route(INDEX, get(index))
         .route(ASSETS, get(file))

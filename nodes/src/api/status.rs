@@ -1,0 +1,174 @@
+//! The status API: `GET /api/dags`, `/api/experiments`, `/api/experiments/{id}`,
+//! `/api/experiments/{id}/plates/{n}`, `/api/dead-letters` and `/api/events` (SSE),
+//! answered from the node's status view (`crate::status`), so for the whole cluster.
+//!
+//! Its own router, so that `wellspring demo --serve` serves it without a task store; the
+//! node merges it into its API. Same rules as the rest: with a token configured every call
+//! needs `Authorization: Bearer TOKEN` (`/api/events` also takes `?token=`, as a
+//! browser's `EventSource` cannot set headers), bodies are bounded, errors are
+//! `{"error": "..."}`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::Stream;
+use subtle::ConstantTimeEq;
+use tokio::sync::broadcast;
+use wellspring_protocol::status::{DeadLetterQuery, route};
+use wellspring_protocol::taskstore::api;
+
+use super::ApiError;
+use crate::status::StatusView;
+
+#[derive(Clone)]
+struct StatusApi {
+    view: StatusView,
+    token: Option<Arc<str>>,
+}
+
+/// The status routes, with their own token check and body limit.
+pub fn router(view: StatusView, token: Option<String>, body_limit: usize) -> Router {
+    let state = StatusApi {
+        view,
+        token: token.map(Arc::from),
+    };
+    Router::new()
+        .route(route::DAGS, get(dags))
+        .route(route::EXPERIMENTS, get(experiments))
+        .route(route::EXPERIMENT, get(experiment))
+        .route(route::PLATE, get(plate))
+        .route(route::DEAD_LETTERS, get(dead_letters))
+        .route(route::EVENTS, get(events))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+fn not_found(message: String) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, message)
+}
+
+async fn dags(State(api): State<StatusApi>) -> Json<wellspring_protocol::status::DagList> {
+    Json(api.view.dag_list())
+}
+
+async fn experiments(
+    State(api): State<StatusApi>,
+) -> Json<wellspring_protocol::status::ExperimentList> {
+    Json(api.view.with(|m| m.experiment_list()))
+}
+
+async fn experiment(State(api): State<StatusApi>, Path(id): Path<String>) -> Response {
+    match api.view.with(|m| m.experiment_detail(&id)) {
+        Some(detail) => Json(detail).into_response(),
+        None => not_found(format!(
+            "no experiment {id:?} (yet): GET /api/experiments lists those seen"
+        ))
+        .into_response(),
+    }
+}
+
+async fn plate(
+    State(api): State<StatusApi>,
+    Path((id, plate)): Path<(String, String)>,
+) -> Response {
+    let Ok(number) = plate.parse::<u32>() else {
+        return ApiError::bad_request(format!("plate must be a number, not {plate:?}"))
+            .into_response();
+    };
+    match api.view.with(|m| m.plate_detail(&id, number)) {
+        Some(detail) => Json(detail).into_response(),
+        None => not_found(format!(
+            "no plate {number} of experiment {id:?} (yet): GET /api/experiments/{id} lists its plates"
+        ))
+        .into_response(),
+    }
+}
+
+async fn dead_letters(
+    State(api): State<StatusApi>,
+    query: Result<Query<DeadLetterQuery>, QueryRejection>,
+) -> Response {
+    match query {
+        Ok(Query(query)) => Json(api.view.with(|m| m.dead_letter_page(&query))).into_response(),
+        Err(rejection) => ApiError::from(rejection).into_response(),
+    }
+}
+
+async fn events(
+    State(api): State<StatusApi>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let receiver = api.view.subscribe();
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(change) => {
+                    let event = Event::default()
+                        .event(change.kind.clone())
+                        .json_data(&change)
+                        .unwrap_or_else(|_| Event::default().comment("unencodable"));
+                    return Some((Ok(event), receiver));
+                }
+                // A slow client missed events: tell it to re-read everything.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let event = Event::default().event("resync").data("{}");
+                    return Some((Ok(event), receiver));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// With a token configured, a call presents it as a bearer token, or (for the event
+/// stream) as `?token=`; compared in constant time.
+async fn authorize(
+    State(api): State<StatusApi>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &api.token {
+        let from_header = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(api::presented_token)
+            .map(str::to_owned);
+        let from_query = (request.uri().path() == route::EVENTS)
+            .then(|| request.uri().query())
+            .flatten()
+            .and_then(|q| {
+                q.split('&')
+                    .find_map(|pair| pair.strip_prefix("token="))
+                    .map(|t| {
+                        percent_encoding::percent_decode_str(t)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    })
+            });
+        let presented = from_header.or(from_query);
+        if !presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.as_bytes()))) {
+            let mut response = ApiError(
+                StatusCode::UNAUTHORIZED,
+                "this API needs Authorization: Bearer TOKEN".into(),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
+}

@@ -3,8 +3,8 @@
 
 import { count, h, number, replace } from "./dom.js";
 
-const NODE_W = 212;
-const NODE_H = 66;
+const NODE_W = 214;
+const NODE_H = 82;
 const COL_GAP = 56;
 const ROW_GAP = 14;
 
@@ -84,6 +84,20 @@ class DagView {
     const depth = depths(dag);
     const columns = [];
     for (const node of dag.nodes) (columns[depth.get(node.name)] ??= []).push(node);
+    // Each column ordered by where its inputs sit (barycentre): fewer crossing edges.
+    const inputsOf = new Map(dag.nodes.map((n) => [n.name, new Set(n.inputs ?? [])]));
+    for (const [from, to] of dag.edges) inputsOf.get(to)?.add(from);
+    const rowOf = new Map();
+    columns.forEach((col, c) => {
+      if (c > 0) {
+        const centre = (n) => {
+          const rows = [...inputsOf.get(n.name)].map((i) => rowOf.get(i)).filter((r) => r !== undefined);
+          return rows.length ? rows.reduce((a, b) => a + b, 0) / rows.length : Infinity;
+        };
+        col.sort((a, b) => centre(a) - centre(b));
+      }
+      col.forEach((n, r) => rowOf.set(n.name, r));
+    });
     const pos = new Map();
     let height = 0;
     columns.forEach((col, c) => {
@@ -110,6 +124,7 @@ class DagView {
       const { x, y } = pos.get(node.name);
       const line1 = h("svg:text", { class: "figures", x: "10", y: "46" });
       const line2 = h("svg:text", { class: "figures", x: "10", y: "60" });
+      const line3 = h("svg:text", { class: "figures", x: "10", y: "74" });
       const title = h("svg:title");
       const group = h(
         "svg:g",
@@ -117,11 +132,12 @@ class DagView {
         title,
         h("svg:rect", { width: String(NODE_W), height: String(NODE_H - 4) }),
         h("svg:text", { x: "10", y: "17" }, truncate(node.name, 28)),
-        h("svg:text", { class: "kind", x: "10", y: "31" }, node.kind + (node.topic ? ` → ${truncate(node.topic, 18)}` : "")),
+        h("svg:text", { class: "kind", x: "10", y: "31" }, h("svg:tspan", { class: "k" }, node.kind), node.topic ? ` → ${truncate(node.topic, 22)}` : ""),
         line1,
         line2,
+        line3,
       );
-      this.figures.set(`${dag.name}/${node.name}`, { line1, line2, group, title });
+      this.figures.set(`${dag.name}/${node.name}`, { line1, line2, line3, group, title });
       svg.append(group);
     }
     return svg;
@@ -133,8 +149,12 @@ class DagView {
     f.line1.textContent = `in ${count(node.records_in)} · out ${count(node.records_out)} · ${number(node.rate, 2)}/s`;
     replace(
       f.line2,
-      `flight ${count(node.in_flight)} · retry ${count(node.retries)} · `,
-      h("svg:tspan", { class: node.dead_letters ? "bad" : null }, `✕ ${count(node.dead_letters)}`),
+      `in flight ${count(node.in_flight)} · `,
+      h("svg:tspan", { class: node.retries ? "warn" : null }, `retries ${count(node.retries)}`),
+    );
+    replace(
+      f.line3,
+      h("svg:tspan", { class: node.dead_letters ? "bad" : null }, `✕ ${count(node.dead_letters)} dead`),
       node.consumer_lag === null || node.consumer_lag === undefined ? "" : ` · lag ${count(node.consumer_lag)}`,
     );
     f.group.classList.toggle("bad", node.dead_letters > 0);
@@ -165,7 +185,7 @@ function table(dag) {
           h("td", { class: "num" }, count(n.retries)),
           h("td", { class: "num" }, n.dead_letters ? h("a", { class: "bad-text", href: `#/dead-letters?node=${encodeURIComponent(n.name)}` }, count(n.dead_letters)) : "0"),
           h("td", { class: "num" }, n.consumer_lag === null || n.consumer_lag === undefined ? "–" : count(n.consumer_lag)),
-          h("td", { class: "mono" }, Object.entries(n.shards ?? {}).map(([owner, parts]) => `${owner}: ${ranges(parts)}`).join("; ") || "–"),
+          h("td", { class: "mono" }, Object.entries(n.shards ?? {}).map(([owner, parts]) => `${owner}: ${parts.length ? ranges(parts) : "none"}`).join("; ") || "–"),
         ),
       ),
     ),

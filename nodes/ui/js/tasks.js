@@ -1,5 +1,6 @@
 // The task store: every group with its queue depth, leases, failures and the workers
 // holding leases now (the task API's /groups, /groups/{name}/stats and its leased tasks).
+// The task API speaks kebab-case (`dead-lettered`, `client-id`), unlike the status API.
 
 import { ApiError } from "./api.js";
 import { count, duration, h, replace } from "./dom.js";
@@ -90,9 +91,9 @@ class TaskView {
                       {},
                       h("td", {}, t.group),
                       h("td", { class: "mono" }, t.id),
-                      h("td", { class: "mono" }, t.client_id ?? "–"),
+                      h("td", { class: "mono" }, t["client-id"] ?? "–"),
                       h("td", { class: "num" }, count(t.attempts)),
-                      h("td", {}, t.lease_expires_at ? duration(t.lease_expires_at - Date.now()) : "–"),
+                      h("td", {}, t["lease-expires-at"] ? duration(t["lease-expires-at"] - Date.now()) : "–"),
                       h("td", { class: "mono" }, (t.cmd ?? []).join(" ")),
                     ),
                   ),
@@ -107,7 +108,7 @@ class TaskView {
 
 function row({ group, stats, leased }) {
   const s = stats ?? {};
-  const workers = new Set(leased.map((t) => t.client_id).filter(Boolean));
+  const workers = new Set(leased.map((t) => t["client-id"]).filter(Boolean));
   return h(
     "tr",
     {},
@@ -116,10 +117,10 @@ function row({ group, stats, leased }) {
     h("td", { class: "num" }, count(s.leased)),
     h("td", { class: "num" }, count(s.failed)),
     h("td", { class: "num" }, count(s.succeeded)),
-    h("td", { class: "num" }, s.dead_lettered ? h("b", { class: "bad-text" }, count(s.dead_lettered)) : count(s.dead_lettered)),
-    h("td", { class: "num" }, s.oldest_waiting_ms === null || s.oldest_waiting_ms === undefined ? "–" : duration(s.oldest_waiting_ms)),
-    h("td", { class: "num" }, count(s.desired_workers)),
+    h("td", { class: "num" }, s["dead-lettered"] ? h("b", { class: "bad-text" }, count(s["dead-lettered"])) : count(s["dead-lettered"])),
+    h("td", { class: "num" }, s["oldest-waiting-ms"] === null || s["oldest-waiting-ms"] === undefined ? "–" : duration(s["oldest-waiting-ms"])),
+    h("td", { class: "num" }, count(s["desired-workers"])),
     h("td", { class: "mono" }, workers.size ? [...workers].join(", ") : "–"),
-    h("td", {}, duration(group.max_run_time)),
+    h("td", {}, duration(group["max-run-time"])),
   );
 }

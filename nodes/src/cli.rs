@@ -31,6 +31,9 @@ enum Command {
     Run(Box<commands::run::RunArgs>),
     /// Talk to a node's task-store API.
     Tasks(commands::tasks::TasksArgs),
+    /// Where experiments, plates and wells stand (a plate map with --plate), from a
+    /// node's status API.
+    Status(commands::status::StatusArgs),
     /// Publish a synthetic experiment (its layout, then its images) to Kafka.
     Generate(commands::generate::GenerateArgs),
     /// Check one experiment's outputs on Kafka: every missing and every duplicated
@@ -69,6 +72,7 @@ pub fn main() -> ExitCode {
         Command::Graph(args) => commands::graph::graph(args),
         Command::Run(args) => commands::run::run(*args),
         Command::Tasks(args) => commands::tasks::tasks(args),
+        Command::Status(args) => commands::status::status(args),
         Command::Generate(args) => commands::generate::generate(args),
         Command::Verify(args) => commands::verify::verify(args),
         Command::Drain(args) => commands::drain::drain(args),

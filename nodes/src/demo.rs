@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,10 +23,12 @@ use wellspring_actors::metrics::{Metrics, names};
 use wellspring_actors::supervision::Health;
 use wellspring_actors::{FunctionRegistry, Node, NodeEnv, RuntimeConfig};
 use wellspring_log::{ConsumerConfig, EmbeddedLog, Log, NoListener, SystemClock, TopicPartition};
+use wellspring_protocol::spec::NodeKind;
 use wellspring_protocol::{Dag, SpecFormat};
 
 use crate::services::{ServiceConfig, Services};
-use crate::verify::{LevelReport, Tracker, reference_expectations};
+use crate::status::serve::{ServeError, StatusServer};
+use crate::verify::{LevelReport, Tracker, reference_expectations, without_images};
 use crate::workload::{Message, Workload, WorkloadConfig, publish};
 
 /// The reference DAG shipped in `examples/`, built in so the demo runs from anywhere.
@@ -44,6 +47,14 @@ pub struct DemoOptions {
     /// Give up when nothing new has come out for this long.
     pub stall_timeout: Duration,
     pub progress: bool,
+    /// Serve the status API here from the start of the run (and after it, for as long as
+    /// the returned server lives; see [`run_serving`]).
+    pub serve: Option<SocketAddr>,
+    /// Channel images to leave out: their sites (and everything above) are reported
+    /// incomplete.
+    pub missing: usize,
+    /// Every grouping's incomplete timeout, instead of the DAG's.
+    pub incomplete_timeout: Option<Duration>,
 }
 
 impl Default for DemoOptions {
@@ -55,6 +66,9 @@ impl Default for DemoOptions {
             dag: None,
             stall_timeout: Duration::from_secs(60),
             progress: true,
+            serve: None,
+            missing: 0,
+            incomplete_timeout: None,
         }
     }
 }
@@ -76,6 +90,8 @@ pub enum DemoError {
     Workload(String),
     #[error("cannot start the actor system: {0}")]
     System(std::io::Error),
+    #[error("{0}")]
+    Serve(#[from] ServeError),
 }
 
 /// What the demo saw.
@@ -98,6 +114,8 @@ pub struct DemoReport {
     pub rate: Option<f64>,
     pub failed_components: Vec<(String, String)>,
     pub panics: u64,
+    /// Images left out on purpose (`--missing`).
+    pub left_out: Vec<String>,
 }
 
 impl DemoReport {
@@ -173,6 +191,12 @@ impl DemoReport {
         }
         for (key, reason) in self.dead_letters.iter().take(5) {
             let _ = writeln!(out, "  dead letter {key}: {reason}");
+        }
+        for key in self.left_out.iter().take(5) {
+            let _ = writeln!(out, "  left out on purpose: image {key}");
+        }
+        for report in self.incomplete.iter().take(8) {
+            let _ = writeln!(out, "  incomplete: {report}");
         }
         for (component, reason) in &self.failed_components {
             let _ = writeln!(out, "  FAILED component {component}: {reason}");
@@ -288,6 +312,14 @@ async fn wait_until_every_stage_owns_partitions(
 }
 
 pub fn run(options: DemoOptions, log: Option<Arc<dyn Log>>) -> Result<DemoReport, DemoError> {
+    run_serving(options, log).map(|(report, _)| report)
+}
+
+/// [`run`], and with `options.serve` the status server, still serving the run's view.
+pub fn run_serving(
+    options: DemoOptions,
+    log: Option<Arc<dyn Log>>,
+) -> Result<(DemoReport, Option<StatusServer>), DemoError> {
     let system = actix_rt::System::new();
     let log = log.unwrap_or_else(|| Arc::new(EmbeddedLog::new()));
     let result = system.block_on(run_in_system(options, log));
@@ -333,11 +365,22 @@ impl Bars {
     }
 }
 
-async fn run_in_system(options: DemoOptions, log: Arc<dyn Log>) -> Result<DemoReport, DemoError> {
+async fn run_in_system(
+    options: DemoOptions,
+    log: Arc<dyn Log>,
+) -> Result<(DemoReport, Option<StatusServer>), DemoError> {
     let registry = Arc::new(FunctionRegistry::with_builtins());
     let services = Services::start(options.services.clone()).map_err(DemoError::Services)?;
-    let dag = load_dag(options.dag.as_ref(), &registry, &services)?;
-    let workload = Workload::build(&options.workload).map_err(DemoError::Workload)?;
+    let mut dag = load_dag(options.dag.as_ref(), &registry, &services)?;
+    if let Some(timeout) = options.incomplete_timeout {
+        for node in &mut dag.nodes {
+            if let NodeKind::StreamOperation(op) = &mut node.kind {
+                op.incomplete_timeout = Some(timeout);
+            }
+        }
+    }
+    let mut workload = Workload::build(&options.workload).map_err(DemoError::Workload)?;
+    let left_out = workload.leave_out(options.missing);
 
     let metrics = Metrics::default();
     let health = Health::default();
@@ -356,9 +399,27 @@ async fn run_in_system(options: DemoOptions, log: Arc<dyn Log>) -> Result<DemoRe
         },
     };
     let dag_name = dag.name.clone();
+    let server = match options.serve {
+        Some(addr) => {
+            let server = StatusServer::start(
+                addr,
+                vec![dag.clone()],
+                "demo-0",
+                metrics.clone(),
+                log.clone(),
+                None,
+            )?;
+            eprintln!(
+                "serving the status API at {url} (try {url}/api/experiments)",
+                url = server.url()
+            );
+            Some(server)
+        }
+        None => None,
+    };
     let tracker = Rc::new(RefCell::new(
         Tracker::new(
-            reference_expectations(&workload.layout),
+            without_images(reference_expectations(&workload.layout), &left_out),
             &dag.settings.dead_letter_topic,
             &dag.settings.incomplete_topic,
         )
@@ -455,6 +516,12 @@ async fn run_in_system(options: DemoOptions, log: Arc<dyn Log>) -> Result<DemoRe
     }
 
     let images = workload.image_count();
+    // Each site left incomplete is reported once its timeout passes.
+    let missing_sites = left_out
+        .iter()
+        .filter_map(|k| k.rsplit_once('/').map(|(site, _)| site))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     let bars = Bars::new(&tracker.borrow(), images, options.progress);
     let mut last_change = Instant::now();
     let mut last_seen = 0usize;
@@ -486,7 +553,12 @@ async fn run_in_system(options: DemoOptions, log: Arc<dyn Log>) -> Result<DemoRe
                 summary.join(", ")
             );
         }
-        if published.get() >= images && tracker.complete() {
+        let sites_reported = tracker
+            .incomplete
+            .iter()
+            .filter(|r| r.starts_with("site "))
+            .count();
+        if published.get() >= images && tracker.complete() && sites_reported >= missing_sites {
             break false;
         }
         if last_change.elapsed() > options.stall_timeout {
@@ -515,21 +587,25 @@ async fn run_in_system(options: DemoOptions, log: Arc<dyn Log>) -> Result<DemoRe
     }
     let quantile =
         |q| (!histogram.is_empty()).then(|| Duration::from_micros(histogram.value_at_quantile(q)));
-    Ok(DemoReport {
-        experiment: workload.layout.experiment.to_string(),
-        log: log.describe(),
-        levels: tracker.report(),
-        images_published: published.get(),
-        distinct_images: workload.layout.image_count(),
-        elapsed,
-        retries: metrics.total(&dag_name, names::RETRIES),
-        dead_letters: tracker.dead_letters.clone(),
-        incomplete: tracker.incomplete.clone(),
-        site_latency_p50: quantile(0.5),
-        site_latency_p99: quantile(0.99),
-        stalled,
-        rate: options.rate,
-        failed_components: health.failed(),
-        panics: metrics.total(&dag_name, names::PANICS),
-    })
+    Ok((
+        DemoReport {
+            experiment: workload.layout.experiment.to_string(),
+            log: log.describe(),
+            levels: tracker.report(),
+            images_published: published.get(),
+            distinct_images: workload.layout.image_count(),
+            elapsed,
+            retries: metrics.total(&dag_name, names::RETRIES),
+            dead_letters: tracker.dead_letters.clone(),
+            incomplete: tracker.incomplete.clone(),
+            site_latency_p50: quantile(0.5),
+            site_latency_p99: quantile(0.99),
+            stalled,
+            rate: options.rate,
+            failed_components: health.failed(),
+            panics: metrics.total(&dag_name, names::PANICS),
+            left_out,
+        },
+        server,
+    ))
 }

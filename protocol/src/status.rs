@@ -21,14 +21,16 @@ pub mod route {
     pub const EVENTS: &str = "/api/events";
 }
 
-/// The path of one experiment.
+/// The path of one experiment (ids are `[A-Za-z0-9._:-]`: nothing to encode).
 pub fn experiment_path(id: &str) -> String {
-    format!("/api/experiments/{id}")
+    route::EXPERIMENT.replace("{id}", id)
 }
 
 /// The path of one plate.
 pub fn plate_path(id: &str, plate: u32) -> String {
-    format!("/api/experiments/{id}/plates/{plate}")
+    route::PLATE
+        .replace("{id}", id)
+        .replace("{plate}", &plate.to_string())
 }
 
 /// Where an aggregate (site, well, plate, experiment) stands.
@@ -58,7 +60,7 @@ impl LevelState {
             LevelState::Complete => '#',
             LevelState::Incomplete => '!',
             LevelState::DeadLettered => 'X',
-            LevelState::NotInUse => ' ',
+            LevelState::NotInUse => '-',
         }
     }
 

@@ -12,6 +12,7 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
+use wellspring_protocol::status;
 use wellspring_protocol::taskstore::api::{
     self, AutoscalingAnswer, ClusterShards, DrainAnswer, ErrorBody, FORWARDED, ForwardedAnswer,
     ForwardedSubmit, ListQuery, Liveness, NodeShards, Readiness, route,
@@ -306,5 +307,27 @@ impl ApiClient {
     /// The partitions of every stage this node owns.
     pub async fn local_shards(&self) -> Result<NodeShards, ClientError> {
         self.get_json(&api::local_shards()).await
+    }
+
+    /// Every experiment the node's status view knows, with its progress per level.
+    pub async fn status_experiments(&self) -> Result<status::ExperimentList, ClientError> {
+        self.get_json(status::route::EXPERIMENTS).await
+    }
+
+    /// One experiment: its levels, plates and incomplete reports.
+    pub async fn status_experiment(
+        &self,
+        id: &str,
+    ) -> Result<status::ExperimentDetail, ClientError> {
+        self.get_json(&status::experiment_path(id)).await
+    }
+
+    /// One plate: its geometry and every well's state.
+    pub async fn status_plate(
+        &self,
+        id: &str,
+        plate: u32,
+    ) -> Result<status::PlateDetail, ClientError> {
+        self.get_json(&status::plate_path(id, plate)).await
     }
 }

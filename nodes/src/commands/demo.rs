@@ -2,6 +2,7 @@
 //! log (or `--kafka`), simulated microservices on loopback (the demo itself is
 //! `crate::demo`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -49,6 +50,42 @@ pub struct DemoArgs {
     experiment: Option<String>,
     #[command(flatten)]
     kafka: KafkaArgs,
+    /// Serve the status API from the start of the run, and after it until Ctrl-C.
+    #[arg(long)]
+    serve: bool,
+    /// Where --serve listens. Loopback unless you say otherwise.
+    #[arg(long, default_value = "127.0.0.1:8080", requires = "serve")]
+    http_addr: SocketAddr,
+    /// Leave this many channel images out: their sites, wells, plates and the experiment
+    /// are reported incomplete, naming what is missing.
+    #[arg(long, default_value_t = 0)]
+    missing: usize,
+    /// Every grouping's incomplete timeout (default: the DAG's; 5s with --missing).
+    #[arg(long, value_parser = flags::duration)]
+    incomplete_timeout: Option<Duration>,
+}
+
+/// Blocks until SIGINT or SIGTERM.
+fn wait_for_ctrl_c() -> CommandResult {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::could_not_run(e.to_string()))?;
+    runtime.block_on(async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+                return;
+            }
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    });
+    Ok(())
 }
 
 pub fn demo(args: DemoArgs) -> CommandResult {
@@ -76,9 +113,23 @@ pub fn demo(args: DemoArgs) -> CommandResult {
         dag: args.dag,
         stall_timeout: args.stall_timeout,
         progress: wants_progress(args.no_progress),
+        serve: args.serve.then_some(args.http_addr),
+        missing: args.missing,
+        incomplete_timeout: args
+            .incomplete_timeout
+            .or((args.missing > 0).then_some(Duration::from_secs(5))),
     };
-    let report = demo::run(options, log).map_err(|e| CliError::could_not_run(e.to_string()))?;
+    let (report, server) =
+        demo::run_serving(options, log).map_err(|e| CliError::could_not_run(e.to_string()))?;
     println!("{}", report.render());
+    if let Some(server) = server {
+        eprintln!(
+            "the run is over; still serving its status at {} until Ctrl-C",
+            server.url()
+        );
+        wait_for_ctrl_c()?;
+        server.stop();
+    }
     if report.ok() {
         Ok(())
     } else {

@@ -12,6 +12,7 @@ pub mod flags;
 pub mod generate;
 pub mod graph;
 pub mod run;
+pub mod status;
 pub mod tasks;
 pub mod validate;
 pub mod verify;

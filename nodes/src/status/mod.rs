@@ -11,12 +11,14 @@
 //! - `model.rs`: the state, as bits per well, bounded;
 //! - `queries.rs`: the API's answers from the model;
 //! - `reader.rs`: the topics read into the model;
-//! - `dags.rs`: each DAG's graph with its counters.
+//! - `dags.rs`: each DAG's graph with its counters;
+//! - `serve.rs`: the view and its API on a thread of their own (`demo --serve`).
 
 mod dags;
 pub mod model;
 mod queries;
 mod reader;
+pub mod serve;
 pub mod shape;
 
 use std::collections::HashMap;

@@ -98,6 +98,8 @@ impl DagShape {
                 _ => {}
             }
         }
+        // Images first, then up the hierarchy; at each level the aggregate, then its tasks.
+        outputs.sort_by_key(|o| (std::cmp::Reverse(o.level), o.task, o.name.clone()));
         DagShape {
             dag: dag.clone(),
             images_topic,

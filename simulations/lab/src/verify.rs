@@ -74,6 +74,25 @@ pub fn reference_expectations(layout: &ExperimentLayout) -> Vec<Expected> {
     ]
 }
 
+/// `expected` without what `missing` channel images (`EXP/1/B02/3/5`) take with them:
+/// the image's task output, and the aggregates above it (its site, well, plate,
+/// experiment) and their task outputs, which never come out.
+pub fn without_images(mut expected: Vec<Expected>, missing: &[String]) -> Vec<Expected> {
+    let mut gone = BTreeSet::new();
+    for key in missing {
+        let mut prefix = key.as_str();
+        gone.insert(prefix.to_owned());
+        while let Some((up, _)) = prefix.rsplit_once('/') {
+            gone.insert(up.to_owned());
+            prefix = up;
+        }
+    }
+    for e in &mut expected {
+        e.keys.retain(|k| !gone.contains(k));
+    }
+    expected
+}
+
 #[derive(Debug, Default)]
 struct Tally {
     ids: HashMap<String, u32>,

@@ -125,6 +125,36 @@ impl Workload {
         Workload { layout, messages }
     }
 
+    /// Leaves `n` distinct images out (every copy of each), spread over the experiment;
+    /// returns their keys. Their sites, wells, plates and the experiment never complete:
+    /// the groupings report them incomplete after their timeouts.
+    pub fn leave_out(&mut self, n: usize) -> Vec<String> {
+        let mut distinct: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for message in &self.messages {
+            if let Message::Image(image) = message
+                && seen.insert(image.key.to_string())
+            {
+                distinct.push(image.key.to_string());
+            }
+        }
+        distinct.sort();
+        let n = n.min(distinct.len());
+        if n == 0 {
+            return Vec::new();
+        }
+        let step = distinct.len() / n;
+        let left_out: std::collections::HashSet<String> =
+            (0..n).map(|i| distinct[i * step].clone()).collect();
+        self.messages.retain(|m| match m {
+            Message::Image(image) => !left_out.contains(&image.key.to_string()),
+            _ => true,
+        });
+        let mut keys: Vec<String> = left_out.into_iter().collect();
+        keys.sort();
+        keys
+    }
+
     pub fn image_count(&self) -> usize {
         self.messages
             .iter()

@@ -158,7 +158,7 @@ pub fn router(
         .route(route::LIVE, get(health::live))
         .route(route::READY, get(health::ready))
         .merge(protected)
-        .merge(ui::routes())
+        .merge(ui::routes(ui::Served { task_store: true }))
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,

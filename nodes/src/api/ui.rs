@@ -60,11 +60,22 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
     style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; \
     base-uri 'none'; frame-ancestors 'none'; form-action 'none'";
 
+/// What the node serving the UI serves besides the status API, so that the page shows
+/// only views that have data (`demo --serve` runs no task store) without probing for them.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Served {
+    pub task_store: bool,
+}
+
+/// Where the page reads [`Served`] (open, like the page: it holds no data).
+pub const SERVED: &str = "/ui/served.json";
+
 /// The UI's routes, for any router (the node's API, `demo --serve`): outside the token
 /// check, since the page itself carries no data.
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+pub fn routes<S: Clone + Send + Sync + 'static>(served: Served) -> Router<S> {
     Router::new()
         .route(INDEX, get(index))
+        .route(SERVED, get(move || async move { axum::Json(served) }))
         .route(ASSETS, get(file))
 }
 

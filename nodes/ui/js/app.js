@@ -80,9 +80,18 @@ function route() {
   location.hash = "#/experiments";
 }
 
+/** What the node serves besides the status API (demo --serve runs no task store). */
+const served = fetch("/ui/served.json", { cache: "no-store" })
+  .then((r) => (r.ok ? r.json() : { task_store: true }))
+  .catch(() => ({ task_store: true }));
+served.then((s) => {
+  document.querySelector('[data-nav="tasks"]').hidden = !s.task_store;
+});
+
 /** What every view is given. */
 const context = {
   get,
+  served,
   notice,
   /** Runs an API call; the node's refusals become a notice, anything else is a page error. */
   async load(promise) {

@@ -209,7 +209,7 @@ class PlateView {
     const width = Math.max(480, (this.grid.parentElement?.clientWidth || 900) - 40);
     const height = Math.max(360, window.innerHeight - 250);
     const gap = columns > 24 ? 2 : 3;
-    const cell = Math.max(11, Math.min(36, Math.floor(width / (columns + 1)) - gap, Math.floor(height / (rows + 1)) - gap));
+    const cell = Math.max(11, Math.min(44, Math.floor(width / (columns + 1)) - gap, Math.floor(height / (rows + 1)) - gap));
     const s = this.grid.style;
     s.setProperty("--cell", `${cell}px`);
     s.setProperty("--gap", `${gap}px`);

@@ -2,7 +2,6 @@
 // holding leases now (the task API's /groups, /groups/{name}/stats and its leased tasks).
 // The task API speaks kebab-case (`dead-lettered`, `client-id`), unlike the status API.
 
-import { ApiError } from "./api.js";
 import { count, duration, h, replace } from "./dom.js";
 
 export function mount(container, args, ctx) {
@@ -34,18 +33,17 @@ class TaskView {
   }
 
   async read() {
-    let groups;
-    try {
-      groups = await this.ctx.get("/groups");
-    } catch (e) {
-      if (e instanceof ApiError && e.status === 404) {
-        clearInterval(this.timer);
-        replace(this.container, h("div", { class: "head" }, h("h1", {}, "Task store")), h("p", { class: "empty" }, "This node does not run the task store (a demo serves the status API only; `wellspring run` serves it)."));
-        return;
-      }
-      await this.ctx.load(Promise.reject(e));
+    if (!(await this.ctx.served).task_store) {
+      clearInterval(this.timer);
+      replace(
+        this.container,
+        h("div", { class: "head" }, h("h1", {}, "Task store")),
+        h("p", { class: "empty" }, "This node does not run the task store (wellspring demo --serve serves the status API only; a node started with wellspring run serves both)."),
+      );
       return;
     }
+    const groups = await this.ctx.load(this.ctx.get("/groups"));
+    if (!groups) return;
     const rows = await Promise.all(
       groups.map(async (g) => {
         const path = encodeURIComponent(g.name);

@@ -2,8 +2,8 @@
 //! through validation, the four groupings and their changelogs, to the experiment
 //! record, on the embedded log (no HTTP tasks: those are bound by the services).
 //!
-//! Run: `cargo bench -p wellspring-nodes --bench pipeline` (with tracing off, the default,
-//! and on with every trace sampled).
+//! Run: `cargo bench -p wellspring-nodes --bench pipeline` (with tracing off, the default;
+//! with the status view reading beside it; and with every trace sampled).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +35,9 @@ graph:
 "#;
 
 /// One run: a fresh node, the whole workload, until the experiment record is out.
-fn run_once(workload: &Workload) -> Duration {
+/// With `view`, the status view reads every topic beside the pipeline, on its thread,
+/// as on a node (`wellspring run`).
+fn run_once(workload: &Workload, view: bool) -> Duration {
     let system = actix_rt::System::new();
     system.block_on(async {
         let registry = FunctionRegistry::with_builtins();
@@ -57,7 +59,18 @@ fn run_once(workload: &Workload) -> Duration {
                 ..RuntimeConfig::default()
             },
         };
-        let node = Node::start(env, vec![dag]).await.expect("node starts");
+        let metrics = env.metrics.clone();
+        let node = Node::start(env, vec![dag.clone()])
+            .await
+            .expect("node starts");
+        let status = view.then(|| {
+            wellspring_nodes::status::StatusView::start(
+                &[dag],
+                "bench",
+                metrics,
+                Arc::new(log.clone()),
+            )
+        });
         let records: Vec<_> = workload
             .messages
             .iter()
@@ -79,6 +92,9 @@ fn run_once(workload: &Workload) -> Duration {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         let elapsed = started.elapsed();
+        if let Some(status) = status {
+            status.stop();
+        }
         node.shutdown().await;
         elapsed
     })
@@ -98,7 +114,11 @@ fn pipeline(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(20));
     // Tracing off (the default): the engine reads one flag per record.
     group.bench_function("four-groupings/2-plates", |b| {
-        b.iter_custom(|iterations| (0..iterations).map(|_| run_once(&workload)).sum())
+        b.iter_custom(|iterations| (0..iterations).map(|_| run_once(&workload, false)).sum())
+    });
+    // The status view reading every topic on the node's thread: its cost to the pipeline.
+    group.bench_function("four-groupings/2-plates/status-view", |b| {
+        b.iter_custom(|iterations| (0..iterations).map(|_| run_once(&workload, true)).sum())
     });
     // Tracing on, every trace sampled, spans built and then dropped (no exporter): the
     // cost of the spans themselves.
@@ -106,7 +126,7 @@ fn pipeline(c: &mut Criterion) {
     opentelemetry::global::set_tracer_provider(provider);
     wellspring_actors::telemetry::enable(true);
     group.bench_function("four-groupings/2-plates/traced", |b| {
-        b.iter_custom(|iterations| (0..iterations).map(|_| run_once(&workload)).sum())
+        b.iter_custom(|iterations| (0..iterations).map(|_| run_once(&workload, false)).sum())
     });
     wellspring_actors::telemetry::enable(false);
     group.finish();

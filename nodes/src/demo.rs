@@ -516,12 +516,20 @@ async fn run_in_system(
     }
 
     let images = workload.image_count();
-    // Each site left incomplete is reported once its timeout passes.
-    let missing_sites = left_out
-        .iter()
-        .filter_map(|k| k.rsplit_once('/').map(|(site, _)| site))
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
+    // Each site, well and plate left incomplete is reported once its timeout passes
+    // (the experiment's record never opens without its plates).
+    let reports_due = |depth: usize| {
+        left_out
+            .iter()
+            .map(|k| k.split('/').take(depth).collect::<Vec<_>>().join("/"))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    let due = [
+        ("site ", reports_due(4)),
+        ("well ", reports_due(3)),
+        ("plate ", reports_due(2)),
+    ];
     let bars = Bars::new(&tracker.borrow(), images, options.progress);
     let mut last_change = Instant::now();
     let mut last_seen = 0usize;
@@ -553,12 +561,15 @@ async fn run_in_system(
                 summary.join(", ")
             );
         }
-        let sites_reported = tracker
-            .incomplete
-            .iter()
-            .filter(|r| r.starts_with("site "))
-            .count();
-        if published.get() >= images && tracker.complete() && sites_reported >= missing_sites {
+        let reported = due.iter().all(|(level, n)| {
+            tracker
+                .incomplete
+                .iter()
+                .filter(|r| r.starts_with(level))
+                .count()
+                >= *n
+        });
+        if published.get() >= images && tracker.complete() && reported {
             break false;
         }
         if last_change.elapsed() > options.stall_timeout {

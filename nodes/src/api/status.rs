@@ -109,23 +109,18 @@ async fn events(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let receiver = api.view.subscribe();
     let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-        loop {
-            match receiver.recv().await {
-                Ok(change) => {
-                    let event = Event::default()
-                        .event(change.kind.clone())
-                        .json_data(&change)
-                        .unwrap_or_else(|_| Event::default().comment("unencodable"));
-                    return Some((Ok(event), receiver));
-                }
-                // A slow client missed events: tell it to re-read everything.
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let event = Event::default().event("resync").data("{}");
-                    return Some((Ok(event), receiver));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+        let event = match receiver.recv().await {
+            Ok(change) => Event::default()
+                .event(change.kind.clone())
+                .json_data(&change)
+                .unwrap_or_else(|_| Event::default().comment("unencodable")),
+            // A slow client missed events: tell it to re-read everything.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                Event::default().event("resync").data("{}")
             }
-        }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(event), receiver))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

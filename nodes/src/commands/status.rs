@@ -395,7 +395,10 @@ mod tests {
         assert!(rows.iter().all(|r| r.len() == 4 + 48), "{text}");
         assert_eq!(&rows[1][4..7], "#!#", "{text}");
         assert!(rows[31].starts_with(" AF "), "{text}");
-        assert!(text.contains("legend: # complete"), "{text}");
+        assert!(
+            text.contains("legend: . waiting 0   o partial 0   # complete 0"),
+            "{text}"
+        );
         assert!(text.contains("B02 incomplete"), "{text}");
     }
 }

@@ -35,6 +35,10 @@ impl Bits {
         self.0.iter().map(|w| w.count_ones()).sum()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
     /// The 64 bits of word `i` (a site's channels).
     pub fn word(&self, i: usize) -> u64 {
         self.0.get(i).copied().unwrap_or(0)
@@ -58,7 +62,7 @@ pub struct QcSum {
 /// one: bit 0), what was dead-lettered, and the QC sums of its task outputs.
 ///
 /// About 40 bytes plus 8 per 64 members of each output: for the reference DAG (4 sites,
-/// 6 channels, 5 in-well outputs, 5 QC metrics) some 420 bytes a well
+/// 6 channels, 9 outputs, 5 QC metrics) some 680 bytes a well
 /// (`the_bytes_per_well_are_bounded`).
 #[derive(Debug, Clone, Default)]
 pub struct Well {
@@ -507,4 +511,114 @@ struct Qc {
 fn stamp(first: &mut Option<i64>, last: &mut Option<i64>, at: i64) {
     *first = Some(first.map_or(at, |f| f.min(at)));
     *last = Some(last.map_or(at, |l| l.max(at)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wellspring_actors::FunctionRegistry;
+    use wellspring_protocol::status::LevelState;
+    use wellspring_protocol::{Dag, SpecFormat, synthetic};
+
+    fn reference() -> Model {
+        let dag = Dag::load(
+            crate::demo::REFERENCE_DAG,
+            SpecFormat::Yaml,
+            &FunctionRegistry::with_builtins(),
+        )
+        .unwrap();
+        Model::new(vec![DagShape::of(&dag)], Limits::default())
+    }
+
+    fn output(model: &Model, name: &str) -> usize {
+        model.dags[0]
+            .outputs
+            .iter()
+            .position(|o| o.name == name)
+            .unwrap()
+    }
+
+    /// A whole well of the reference DAG (4 sites, 6 channels), every output in, with
+    /// its QC values: the bytes it holds.
+    #[test]
+    fn the_bytes_per_well_are_bounded() {
+        let mut model = reference();
+        let layout = synthetic::layout("E", 1, 1, 4, 6).unwrap();
+        let well = layout.plates[0].wells[0];
+        model.observe_layout(0, layout);
+        let metrics = output(&model, "image-metrics");
+        let features = output(&model, "site-features");
+        let thumbnails = output(&model, "well-thumbnails");
+        let sites = output(&model, "images-site");
+        let wells = output(&model, "images-well");
+        let qc = serde_json::json!({"mean_intensity": 1.5, "std_intensity": 0.5,
+            "saturated_fraction": 0.01, "experiment_id": "E"});
+        for site in 1..=4 {
+            for channel in 1..=6 {
+                let key = format!("E/1/{well}/{site}/{channel}");
+                model.observe_image(0, &key, 1000);
+                model.observe_output(0, metrics, &key, Some(&qc));
+            }
+            let key = format!("E/1/{well}/{site}");
+            model.observe_output(0, sites, &key, None);
+            let cells = serde_json::json!({"cell_count": 120});
+            model.observe_output(0, features, &key, Some(&cells));
+        }
+        let key = format!("E/1/{well}");
+        model.observe_output(0, wells, &key, None);
+        model.observe_output(0, thumbnails, &key, Some(&serde_json::json!({"sites": 4})));
+        let plate = model.plate_detail("E", 1).unwrap();
+        let state = plate
+            .wells
+            .iter()
+            .find(|w| w.well == well.to_string())
+            .unwrap();
+        assert_eq!(state.state, LevelState::Complete, "{state:?}");
+        assert_eq!(state.qc["mean_intensity"], 1.5);
+        assert_eq!(state.qc["cell_count"], 120.0);
+        let held = &model.experiments["E"].plates[&1].wells[&well];
+        let bytes = size_of::<Well>() + size_of::<WellId>() + held.heap_bytes();
+        // The figure ARCHITECTURE.md states.
+        assert!(bytes <= 768, "{bytes} bytes a well");
+    }
+
+    #[test]
+    fn the_oldest_experiment_and_dead_letter_go_first_past_the_limits() {
+        let mut model = reference();
+        model.limits.experiments = 2;
+        model.limits.dead_letters = 1;
+        for id in ["A", "B", "C"] {
+            model.observe_image(0, &format!("{id}/1/B02/1/1"), 1);
+        }
+        let list = model.experiment_list();
+        let ids: Vec<&str> = list.experiments.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["B", "C"]);
+        assert_eq!(list.evicted, 1);
+        for key in ["C/1/B02/1/1", "C/1/B03/1/1"] {
+            model.observe_dead_letter(
+                0,
+                DeadLetterEntry {
+                    dag: "microscopy-reference".into(),
+                    node: "image-metrics".into(),
+                    reason: "HTTP 500".into(),
+                    key: Some(key.into()),
+                    experiment: None,
+                    plate: None,
+                    well: None,
+                    attempts: 6,
+                    source_topic: None,
+                    source_partition: None,
+                    source_offset: None,
+                    trace_id: None,
+                    timestamp_ms: 5,
+                },
+            );
+        }
+        let page = model.dead_letter_page(&Default::default());
+        assert_eq!((page.total, page.evicted), (1, 1));
+        assert_eq!(page.dead_letters[0].well.as_deref(), Some("B03"));
+        let plate = model.plate_detail("C", 1).unwrap();
+        let b03 = plate.wells.iter().find(|w| w.well == "B03").unwrap();
+        assert_eq!(b03.state, LevelState::DeadLettered);
+    }
 }

@@ -66,7 +66,7 @@ fn plate_wells_expected(layout: &PlateLayout, level: Level, shape: Shape) -> u64
 
 /// The state of a well, and its task states.
 fn well_state(dag: &DagShape, shape: Option<Shape>, well: &Well) -> LevelState {
-    let images_in = well.images.len() > 0;
+    let images_in = !well.images.is_empty();
     let complete = match shape {
         Some(shape) => {
             let images = (0..usize::from(shape.sites))
@@ -83,14 +83,14 @@ fn well_state(dag: &DagShape, shape: Option<Shape>, well: &Well) -> LevelState {
             !o.task && o.level == Level::Well && well.outputs.get(i).is_some_and(|b| b.contains(0))
         }),
     };
-    let incomplete = well.incomplete || well.incomplete_sites.len() > 0;
+    let incomplete = well.incomplete || !well.incomplete_sites.is_empty();
     if incomplete && !complete {
         LevelState::Incomplete
     } else if !well.dead.is_empty() || well.dead_letters > 0 {
         LevelState::DeadLettered
     } else if complete {
         LevelState::Complete
-    } else if images_in || well.outputs.iter().any(|b| b.len() > 0) {
+    } else if images_in || well.outputs.iter().any(|b| !b.is_empty()) {
         LevelState::Partial
     } else {
         LevelState::Waiting
@@ -121,7 +121,7 @@ fn well_tasks(dag: &DagShape, shape: Shape, well: &Well) -> Vec<WellTask> {
                 TaskState::Done
             } else if present + dead_lettered >= expected {
                 TaskState::DeadLettered
-            } else if well.images.len() > 0 || present > 0 {
+            } else if !well.images.is_empty() || present > 0 {
                 TaskState::InFlight
             } else {
                 TaskState::Waiting
@@ -434,13 +434,13 @@ impl Model {
             }
         }
         let mut summary = summary;
-        summary.wells_by_state.insert(LevelState::NotInUse, {
-            let not_in_use = wells
-                .iter()
-                .filter(|w| w.state == LevelState::NotInUse)
-                .count() as u32;
-            not_in_use
-        });
+        let not_in_use = wells
+            .iter()
+            .filter(|w| w.state == LevelState::NotInUse)
+            .count() as u32;
+        summary
+            .wells_by_state
+            .insert(LevelState::NotInUse, not_in_use);
         summary.wells_by_state.retain(|_, n| *n > 0);
         Some(PlateDetail {
             experiment: id.to_owned(),

@@ -31,17 +31,29 @@ struct Demo {
 
 impl Demo {
     fn start(args: &[&str]) -> Demo {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wellspring"))
-            .args([
-                "demo",
-                "--serve",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--no-progress",
-            ])
+        let mut all = vec![
+            "demo",
+            "--serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--no-progress",
+        ];
+        all.extend(args);
+        Demo::spawn(&all, None)
+    }
+
+    /// `wellspring ARGS` (with `WELLSPRING_API_TOKEN` when given), once it says where it
+    /// serves.
+    fn spawn(args: &[&str], token: Option<&str>) -> Demo {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wellspring"));
+        if let Some(token) = token {
+            command.env("WELLSPRING_API_TOKEN", token);
+        }
+        let mut child = command
             .args(args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("RUST_LOG", "error")
+            .env_remove("WELLSPRING_KAFKA")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -76,6 +88,14 @@ impl Demo {
         self.over
             .recv_timeout(LIMIT)
             .expect("the demo's run never ended");
+    }
+
+    async fn fetch(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self.http.get(format!("{}{path}", self.url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
     }
 
     async fn get(&self, path: &str) -> Value {
@@ -381,5 +401,115 @@ async fn a_1536_well_plate_filling_live() {
         frames[3].as_f64().unwrap_or_default()
     );
     browser.screenshot(&artifact("plate-1536-light.png")).await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_loads_without_the_token_and_its_calls_send_the_one_given() {
+    // A node with a token on the embedded log: no data, but every API the UI calls.
+    let node = Demo::spawn(
+        &[
+            "run",
+            "--dag",
+            "examples/reference-dag.yaml",
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
+        Some("s3cret"),
+    );
+
+    // The files: their types, revalidation by ETag, no token needed; the API needs it.
+    let page = node.fetch("/", &[]).await;
+    assert_eq!(page.status(), 200);
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(header(&page, "content-type"), "text/html; charset=utf-8");
+    assert_eq!(header(&page, "cache-control"), "no-cache");
+    assert!(header(&page, "content-security-policy").contains("default-src 'self'"));
+    let etag = header(&page, "etag");
+    assert!(etag.starts_with('"'), "{etag:?}");
+    let again = node.fetch("/", &[("if-none-match", &etag)]).await;
+    assert_eq!(again.status(), 304);
+    for (path, content_type) in [
+        ("/ui/js/app.js", "text/javascript; charset=utf-8"),
+        ("/ui/app.css", "text/css; charset=utf-8"),
+        ("/ui/favicon.svg", "image/svg+xml"),
+        ("/ui/served.json", "application/json"),
+    ] {
+        let answer = node.fetch(path, &[]).await;
+        assert_eq!(answer.status(), 200, "{path}");
+        assert_eq!(header(&answer, "content-type"), content_type, "{path}");
+    }
+    assert_eq!(node.fetch("/ui/nothing.js", &[]).await.status(), 404);
+    assert_eq!(node.fetch("/api/experiments", &[]).await.status(), 401);
+
+    // In the browser: refused until the operator gives the token, then every view loads.
+    let browser = Browser::start(1280, 800, true).await;
+    browser.open(&format!("{}/#/experiments", node.url)).await;
+    browser
+        .wait_for(
+            "the token asked for",
+            LIMIT,
+            "return [document.getElementById('notice').textContent, \
+             document.getElementById('live').dataset.live]",
+            |v| v[0].as_str().is_some_and(|t| t.contains("token")) && v[1] == "refused",
+        )
+        .await;
+    browser
+        .run(
+            "document.getElementById('token').value = 's3cret'; \
+             document.getElementById('login').requestSubmit(); return 1",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the experiments with the token",
+            LIMIT,
+            "return [document.getElementById('view').textContent, \
+             document.getElementById('live').dataset.live, \
+             document.getElementById('notice').hidden]",
+            |v| {
+                v[0].as_str()
+                    .is_some_and(|t| t.contains("No experiment has sent an image yet"))
+                    && v[1] == "open"
+                    && v[2] == true
+            },
+        )
+        .await;
+    for (page, shows) in [
+        ("tasks", "No task groups yet"),
+        ("dags", "microscopy-reference"),
+    ] {
+        browser.open(&format!("{}/#/{page}", node.url)).await;
+        browser
+            .wait_for(
+                page,
+                LIMIT,
+                "return document.getElementById('view').textContent",
+                |t| t.as_str().is_some_and(|t| t.contains(shows)),
+            )
+            .await;
+    }
+    let stored = browser
+        .run("return sessionStorage.getItem('wellspring.token')")
+        .await;
+    assert_eq!(stored, "s3cret");
+    // The refusals before the token are the console's only errors.
+    let listed = browser
+        .run("return document.getElementById('page-errors').dataset.count")
+        .await;
+    assert_eq!(listed, "0");
+    let unexpected: Vec<_> = browser
+        .console()
+        .await
+        .into_iter()
+        .filter(|(level, message)| level == "SEVERE" && !message.contains("401"))
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
     browser.close().await;
 }

@@ -218,8 +218,9 @@ fn count(states: &BTreeMap<String, String>, state: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_384_well_plate_map_its_well_detail_heatmap_and_the_other_pages() {
-    // 308 wells in the interior of a 384-well plate, two images left out.
-    let demo = Demo::start(&["--plates", "1", "--missing", "2"]);
+    // 308 wells in the interior of a 384-well plate, two images left out, three
+    // malformed records (dead letters).
+    let demo = Demo::start(&["--plates", "1", "--missing", "2", "--bad-records", "3"]);
     demo.wait_until_the_run_is_over();
     let browser = Browser::start(1600, 1000, true).await;
     browser
@@ -326,14 +327,25 @@ async fn a_384_well_plate_map_its_well_detail_heatmap_and_the_other_pages() {
         .await;
     no_errors(&browser, "the DAG").await;
     browser.screenshot(&artifact("dag.png")).await;
-    for (page, shows) in [
-        ("experiments", EXPERIMENT),
+    let dead_letters = demo.get("/api/dead-letters").await["total"]
+        .as_u64()
+        .unwrap();
+    assert!(dead_letters >= 3, "{dead_letters} dead letters");
+    let experiment_page = format!("experiments/{EXPERIMENT}");
+    let dead_letters_shown = format!("{dead_letters} matching");
+    for (page, shows, picture) in [
+        ("experiments", EXPERIMENT, "experiments.png"),
         (
-            &format!("experiments/{EXPERIMENT}") as &str,
+            &experiment_page as &str,
             "Incomplete reports",
+            "experiment.png",
         ),
-        ("dead-letters", "Dead letters"),
-        ("tasks", "does not run the task store"),
+        (
+            "dead-letters",
+            &dead_letters_shown as &str,
+            "dead-letters.png",
+        ),
+        ("tasks", "does not run the task store", "tasks.png"),
     ] {
         browser.open(&format!("{}/#/{page}", demo.url)).await;
         browser
@@ -345,8 +357,8 @@ async fn a_384_well_plate_map_its_well_detail_heatmap_and_the_other_pages() {
             )
             .await;
         no_errors(&browser, page).await;
+        browser.screenshot(&artifact(picture)).await;
     }
-    browser.screenshot(&artifact("experiment.png")).await;
     browser.close().await;
 }
 

@@ -187,10 +187,18 @@ class ExperimentView {
           alerts(e) ?? h("p", { class: "muted" }, "None."),
           h("h2", {}, `Incomplete reports (${count(e.incomplete.length)})`),
           e.incomplete.length
-            ? h("ul", { class: "alerts" }, e.incomplete.map((r) => h("li", { class: "bad" }, h("div", {}, r.description), h("div", { class: "muted mono" }, r.key))))
+            ? h("ul", { class: "alerts" }, e.incomplete.map((r) => h("li", { class: "bad" }, h("div", {}, r.description), h("div", { class: "mono" }, reportLink(enc, r.key)))))
             : h("p", { class: "muted" }, "None."),
         ),
       ),
     );
   }
+}
+
+/** A report's key ("E/1/B02/3") as a link to its plate, or its well on the plate. */
+function reportLink(enc, key) {
+  const [, plate, well] = key.split("/");
+  if (!plate || !/^\d+$/.test(plate)) return h("span", { class: "muted" }, key);
+  const href = `#/experiments/${enc}/plates/${plate}${well ? `/wells/${well}` : ""}`;
+  return h("a", { href }, key);
 }

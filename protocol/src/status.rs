@@ -147,6 +147,9 @@ pub struct ExperimentList {
     pub experiments: Vec<ExperimentSummary>,
     /// Experiments the view forgot to keep its memory bounded (oldest first).
     pub evicted: u64,
+    /// Why the view cannot read the log now (its answers are stale meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_error: Option<String>,
 }
 
 /// A plate as a line of its experiment.
@@ -338,6 +341,9 @@ pub struct DagList {
     /// The node that answered.
     pub node: String,
     pub dags: Vec<DagStatus>,
+    /// Why the view cannot read the log now (its answers are stale meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_error: Option<String>,
 }
 
 /// `GET /api/dead-letters` query; every filter optional.

@@ -64,7 +64,9 @@ async fn dags(State(api): State<StatusApi>) -> Json<wellspring_protocol::status:
 async fn experiments(
     State(api): State<StatusApi>,
 ) -> Json<wellspring_protocol::status::ExperimentList> {
-    Json(api.view.with(|m| m.experiment_list()))
+    let mut list = api.view.with(|m| m.experiment_list());
+    list.view_error = api.view.error();
+    Json(list)
 }
 
 async fn experiment(State(api): State<StatusApi>, Path(id): Path<String>) -> Response {

@@ -154,6 +154,9 @@ fn render_levels(out: &mut String, summary: &ExperimentSummary) {
 
 fn render_list(list: &ExperimentList) -> String {
     let mut out = String::new();
+    if let Some(error) = &list.view_error {
+        let _ = writeln!(out, "STALE: the node's view cannot read the log: {error}\n");
+    }
     if list.experiments.is_empty() {
         out.push_str("no experiments yet (images on the DAG's input topic start one)\n");
     }

@@ -92,6 +92,7 @@ impl StatusView {
         DagList {
             node: shared.node_id.clone(),
             dags,
+            view_error: self.error(),
         }
     }
 }

@@ -198,9 +198,15 @@ impl Model {
     fn plate_state(&self, experiment: &Experiment, plate: &Plate) -> LevelState {
         let dag = self.dag_of(experiment);
         let done = aggregate_present(dag, Level::Plate, |i| plate.outputs.contains(i));
+        // A plate with a well reported incomplete needs attention before its own,
+        // longer, timeout passes.
+        let holes = plate
+            .wells
+            .values()
+            .any(|w| w.incomplete || !w.incomplete_sites.is_empty());
         if done == Some(true) {
             LevelState::Complete
-        } else if plate.incomplete {
+        } else if plate.incomplete || holes {
             LevelState::Incomplete
         } else if plate.images > 0 {
             LevelState::Partial
@@ -214,9 +220,13 @@ impl Model {
         let done = aggregate_present(dag, Level::Experiment, |i| {
             experiment.outputs[i].present > 0
         });
+        let holes = experiment
+            .plates
+            .values()
+            .any(|p| self.plate_state(experiment, p) == LevelState::Incomplete);
         if done == Some(true) {
             LevelState::Complete
-        } else if experiment.incomplete {
+        } else if experiment.incomplete || holes {
             LevelState::Incomplete
         } else if experiment.images > 0 {
             LevelState::Partial
@@ -277,6 +287,7 @@ impl Model {
         ExperimentList {
             experiments,
             evicted: self.experiments_evicted,
+            view_error: None,
         }
     }
 

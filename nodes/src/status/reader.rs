@@ -92,10 +92,31 @@ async fn read(view: &StatusView, log: &dyn Log, client_id: &str) -> Result<(), L
     let mut last_events = Instant::now();
     let mut last_rates = Instant::now();
     let mut sampled: HashMap<String, u64> = HashMap::new();
+    let mut failing = false;
     while !view.stopped() {
-        let records = consumer
+        let records = match consumer
             .poll(&mut NoListener, 5_000, Duration::from_millis(100))
-            .await?;
+            .await
+        {
+            Ok(records) => {
+                if failing {
+                    failing = false;
+                    *view.shared.error.lock() = None;
+                }
+                records
+            }
+            // A broker that does not answer for a while: the view waits and goes on
+            // where it was (it is stale meanwhile, and says so).
+            Err(e) => {
+                if !failing {
+                    tracing::warn!("the status view cannot read the log: {e}; retrying");
+                }
+                failing = true;
+                view.set_error(e.to_string());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
         if !records.is_empty() {
             let mut model = view.shared.model.lock();
             for record in &records {

@@ -36,6 +36,7 @@ class DagView {
     this.reading = true;
     try {
       const body = await this.ctx.load(this.ctx.get("/api/dags"));
+      if (body?.view_error) this.ctx.notice(`The status view cannot read the log (${body.view_error}): what you see may be stale.`);
       if (body) this.show(body);
     } finally {
       this.reading = false;

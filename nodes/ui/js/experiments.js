@@ -82,6 +82,7 @@ class ListView {
   async read() {
     const body = await this.ctx.load(this.ctx.get("/api/experiments"));
     if (!body) return;
+    if (body.view_error) this.ctx.notice(`The status view cannot read the log (${body.view_error}): what you see may be stale.`);
     const list = body.experiments ?? [];
     replace(
       this.container,

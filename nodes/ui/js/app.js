@@ -122,6 +122,8 @@ function connect() {
   stopEvents = events(
     (kind, data) => current?.onEvent?.(kind, data),
     (state) => {
+      // Back after a gap: what changed meanwhile sent no event here, so read it again.
+      if (state === "open" && liveState !== "open" && liveState !== "connecting") current?.refresh?.();
       liveState = state;
       liveEl.dataset.live = state;
       liveEl.querySelector("span").textContent =

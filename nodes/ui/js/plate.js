@@ -97,7 +97,7 @@ class PlateView {
     this.metricSelect = h("select", { "aria-label": "QC metric", onchange: () => this.setMode("qc", this.metricSelect.value) });
     this.stateButton = h("button", { type: "button", "aria-pressed": "true", onclick: () => this.setMode("state") }, "State");
     this.qcButton = h("button", { type: "button", "aria-pressed": "false", onclick: () => this.setMode("qc", this.metricSelect.value) }, "QC heatmap");
-    this.grid = h("div", { class: "plate", role: "grid", tabindex: "0", "aria-label": `Plate ${plate} wells`, "data-mode": this.mode });
+    this.grid = h("div", { class: "plate", role: "group", tabindex: "0", "aria-label": `Plate ${plate} wells (arrow keys pick a well)`, "data-mode": this.mode });
     this.detail = h("aside", { class: "panel detail", "aria-live": "polite" }, h("p", { class: "muted" }, "Pick a well for its sites, channels, tasks and dead letters."));
     this.tooltip = document.getElementById("tooltip");
     this.grid.addEventListener("mouseover", (ev) => this.hover(ev));
@@ -225,14 +225,12 @@ class PlateView {
       fragment.append(h("span", { class: "lbl", "aria-hidden": "true" }, rowName(r)));
       for (let c = 0; c < columns; c++) {
         const name = names[r * columns + c] ?? `${rowName(r)}${String(c + 1).padStart(2, "0")}`;
-        const el = h("div", { class: "well", role: "gridcell", "data-well": name, "data-state": "waiting" });
+        const el = h("div", { class: "well", role: "img", "data-well": name, "data-state": "waiting" });
         fragment.append(el);
         this.cells.set(name, { el, state: null, qc: undefined, label: null });
       }
     }
     this.grid.replaceChildren(fragment);
-    this.grid.setAttribute("aria-rowcount", String(rows));
-    this.grid.setAttribute("aria-colcount", String(columns));
   }
 
   /** Queues the cells whose state or colour changed; they are written in one frame. */

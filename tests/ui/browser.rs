@@ -109,6 +109,8 @@ impl Browser {
             "--disable-background-networking".into(),
             "--disable-component-update".into(),
             "--disable-sync".into(),
+            // Containers often have a small /dev/shm; Chromium then crashes without this.
+            "--disable-dev-shm-usage".into(),
             format!("--user-data-dir={}", profile.0.display()),
             format!("--window-size={width},{height}"),
         ];

@@ -1,7 +1,8 @@
 //! The status view as an operator meets it, through real `wellspring` processes: the
 //! status API and `wellspring status` during and after `wellspring demo --serve` (a
 //! left-out image, a malformed record, a failing service), the token rules on a node,
-//! and two nodes on a broker that both answer for the whole cluster.
+//! and the same on a broker with two nodes, either of which answers for the whole
+//! cluster.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -14,7 +15,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use wellspring_nodes::services::{ServiceConfig, Services};
 use wellspring_test_support::broker::Broker;
-use wellspring_test_support::node_process::{NodeProcess, reference_dag_args};
+use wellspring_test_support::node_process::NodeProcess;
 
 /// A `wellspring` process whose output lines are collected as they come.
 struct Process {
@@ -455,11 +456,46 @@ fn the_status_api_needs_the_nodes_token_and_the_event_stream_takes_it_in_the_que
     assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
 }
 
+/// The reference DAG with every grouping's incomplete timeout at `timeout`, as a file.
+fn reference_dag_timing_out_after(timeout: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/reference-dag.yaml"),
+    )
+    .unwrap();
+    let mut changed = String::new();
+    for line in text.lines() {
+        match line.split_once("incomplete-timeout:") {
+            Some((indent, _)) => {
+                changed.push_str(&format!("{indent}incomplete-timeout: {timeout}"))
+            }
+            None => changed.push_str(line),
+        }
+        changed.push('\n');
+    }
+    let path = std::env::temp_dir().join(format!("status-dag-{}.yaml", std::process::id()));
+    std::fs::write(&path, changed).unwrap();
+    path
+}
+
 #[test]
 fn on_a_broker_either_of_two_nodes_answers_for_the_whole_cluster() {
     let broker = Broker::start();
-    let services = Services::start(ServiceConfig::quick()).unwrap();
-    let args = reference_dag_args(services.variables(), "6s");
+    // A failing service: most calls fail, some of them five retries in a row.
+    let services = Services::start(ServiceConfig {
+        error_rate: 0.7,
+        ..ServiceConfig::quick()
+    })
+    .unwrap();
+    let dag = reference_dag_timing_out_after("5s");
+    let mut args: Vec<String> = vec![
+        "--dag".into(),
+        dag.display().to_string(),
+        "--session-timeout".into(),
+        "6s".into(),
+    ];
+    for (name, url) in services.variables() {
+        args.extend(["--set".into(), format!("{name}={url}")]);
+    }
     let a = NodeProcess::start(
         env!("CARGO_BIN_EXE_wellspring"),
         &broker.address,
@@ -481,6 +517,8 @@ fn on_a_broker_either_of_two_nodes_answers_for_the_whole_cluster() {
             "EXP-STATUS",
             "--wells",
             "24",
+            "--missing",
+            "1",
             "--bad-records",
             "1",
             "--no-progress",
@@ -488,41 +526,64 @@ fn on_a_broker_either_of_two_nodes_answers_for_the_whole_cluster() {
         &[],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    let left_out = said
+        .lines()
+        .find_map(|l| l.strip_prefix("left out on purpose: image "))
+        .unwrap_or_else(|| panic!("{said}"))
+        .to_owned();
+    let parts: Vec<&str> = left_out.split('/').collect();
+    let (well, site, channel) = (parts[2], parts[3], parts[4]);
+    let named = format!("channel {channel} of site {site} of well {well} of plate 1");
+    let expected = 24 * 4 * 6 - 1;
     // Each node's view reads every partition, whichever node processed it.
     for node in [&a, &b] {
-        let detail = wait_for(&format!("the experiment complete on {}", node.id), || {
+        let detail = wait_for(&format!("every image and report on {}", node.id), || {
             let (status, body) = get(&format!("{}/api/experiments/EXP-STATUS", node.url), None);
             let detail: Value = serde_json::from_str(&body).ok()?;
-            let done = detail["state"] == "complete"
-                && level(&detail, "image-metrics")["present"] == 24 * 4 * 6;
-            (status == 200 && done).then_some(detail)
+            let metrics = level(&detail, "image-metrics");
+            let tasks_done = metrics["present"].as_u64()? + metrics["dead_lettered"].as_u64()?;
+            let reports = detail["incomplete"].as_array()?;
+            let reported = ["site", "well", "plate"]
+                .iter()
+                .all(|level| reports.iter().any(|r| r["level"] == *level));
+            (status == 200 && tasks_done >= expected && reported).then_some(detail)
         });
-        assert_eq!(level(&detail, "images")["present"], 24 * 4 * 6, "{detail}");
-        assert_eq!(level(&detail, "images-well")["present"], 24, "{detail}");
-        assert_eq!(
-            level(&detail, "image-metrics")["present"],
-            24 * 4 * 6,
-            "{detail}"
-        );
+        assert_eq!(level(&detail, "images")["present"], expected, "{detail}");
+        assert_eq!(level(&detail, "images-well")["present"], 23, "{detail}");
+        assert_eq!(detail["state"], "incomplete", "{detail}");
+        let report = detail["incomplete"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["level"] == "site")
+            .unwrap();
+        assert_eq!(report["missing"][0], named.as_str(), "{detail}");
         let plate = json(&format!("{}/api/experiments/EXP-STATUS/plates/1", node.url));
-        assert_eq!(
-            plate["wells_by_state"],
-            serde_json::json!({"complete": 24, "not_in_use": 384 - 24}),
-            "{}",
-            node.id
-        );
-        let letters = wait_for("the malformed record's dead letter", || {
-            let page = json(&format!(
-                "{}/api/dead-letters?node=images-channel",
-                node.url
-            ));
-            (page["total"] == 1).then_some(page)
-        });
-        assert!(
-            !letters["dead_letters"][0]["reason"]
-                .as_str()
-                .unwrap()
-                .is_empty()
-        );
+        let by_state = &plate["wells_by_state"];
+        assert_eq!(by_state["incomplete"], 1, "{} {by_state}", node.id);
+        assert_eq!(by_state["not_in_use"], 384 - 24, "{} {by_state}", node.id);
+        let hole = plate["wells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["well"] == well)
+            .unwrap();
+        assert_eq!(hole["state"], "incomplete", "{hole}");
+        let malformed = json(&format!(
+            "{}/api/dead-letters?node=images-channel",
+            node.url
+        ));
+        assert_eq!(malformed["total"], 1, "{malformed}");
+        let failed = json(&format!(
+            "{}/api/dead-letters?experiment=EXP-STATUS",
+            node.url
+        ));
+        assert!(failed["total"].as_u64() > Some(0), "{failed}");
     }
+    // Both nodes answer the same, whoever processed what.
+    let plate_a = json(&format!("{}/api/experiments/EXP-STATUS/plates/1", a.url));
+    let plate_b = json(&format!("{}/api/experiments/EXP-STATUS/plates/1", b.url));
+    assert_eq!(plate_a["wells_by_state"], plate_b["wells_by_state"]);
+    let _ = std::fs::remove_file(dag);
 }

@@ -36,6 +36,10 @@ pub struct GenerateArgs {
     /// Print progress lines instead of a progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Leave this many channel images out (named on the output): the DAG reports their
+    /// sites, wells and plates incomplete after its timeouts.
+    #[arg(long, default_value_t = 0)]
+    missing: usize,
 }
 
 /// The Kafka settings of an operator tool, which needs a cluster (`--kafka`).
@@ -59,7 +63,9 @@ pub fn generate(args: GenerateArgs) -> CommandResult {
         .clone()
         .unwrap_or_else(|| format!("EXP-{}", unix_seconds()));
     let config = args.shape.config(experiment.clone(), args.plates);
-    let workload = Workload::build(&config).map_err(|e| CliError::could_not_run(e.to_string()))?;
+    let mut workload =
+        Workload::build(&config).map_err(|e| CliError::could_not_run(e.to_string()))?;
+    let left_out = workload.leave_out(args.missing);
     let brokers = settings.brokers.clone();
     let progress = wants_progress(args.no_progress);
     let published = on_runtime(async {
@@ -125,6 +131,9 @@ pub fn generate(args: GenerateArgs) -> CommandResult {
         elapsed.as_secs_f64(),
         workload.messages.len() as f64 / elapsed.as_secs_f64().max(1e-9)
     );
+    for key in &left_out {
+        println!("left out on purpose: image {key}");
+    }
     println!(
         "check its outputs with: wellspring verify --kafka {brokers} --experiment {experiment} --wait 5m"
     );

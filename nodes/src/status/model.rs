@@ -467,9 +467,9 @@ impl Model {
             let outputs = self.dags[dag].outputs.len();
             let experiment = self.experiment(&id, dag);
             experiment.dead_letters += 1;
-            if let Some(output) = output {
-                experiment.outputs[output].dead += 1;
-            }
+            // A member counts as dead-lettered once, however often it was (an image
+            // sent twice fails twice).
+            let mut new_member = true;
             if let Some(p) = path.plate {
                 let plate = experiment.plates.entry(p).or_default();
                 plate.dead_letters += 1;
@@ -485,9 +485,18 @@ impl Model {
                         path.bit_in_well()
                     };
                     if let (Some(output), Some(bit)) = (output, bit) {
-                        well.dead.push((output as u16, bit as u32));
+                        let member = (output as u16, bit as u32);
+                        new_member = !well.dead.contains(&member);
+                        if new_member {
+                            well.dead.push(member);
+                        }
                     }
                 }
+            }
+            if let Some(output) = output
+                && new_member
+            {
+                experiment.outputs[output].dead += 1;
             }
             self.changed(&id, path.plate, path.well);
         } else {
@@ -580,6 +589,23 @@ mod tests {
         let bytes = size_of::<Well>() + size_of::<WellId>() + held.heap_bytes();
         // The figure ARCHITECTURE.md states.
         assert!(bytes <= 768, "{bytes} bytes a well");
+    }
+
+    #[test]
+    fn a_plate_has_the_geometry_of_the_smallest_standard_plate_holding_its_layout() {
+        for (wells, geometry, in_use) in [(10, 96, 10), (308, 384, 308), (1536, 1536, 1536)] {
+            let mut model = reference();
+            model.observe_layout(0, synthetic::layout("E", 1, wells, 1, 1).unwrap());
+            let plate = model.plate_detail("E", 1).unwrap();
+            assert_eq!(usize::from(plate.summary.geometry.wells), geometry);
+            assert_eq!(plate.wells.len(), geometry);
+            let waiting = plate
+                .wells
+                .iter()
+                .filter(|w| w.state == LevelState::Waiting)
+                .count();
+            assert_eq!(waiting, in_use, "{wells} wells");
+        }
     }
 
     #[test]

@@ -88,6 +88,10 @@ async fn read(view: &StatusView, log: &dyn Log, client_id: &str) -> Result<(), L
             }
         }
     }
+    if assignment.is_empty() {
+        // A node without DAGs: nothing to show.
+        return Ok(());
+    }
     let mut consumer = log.consumer(ConsumerConfig::assign(client_id, assignment))?;
     let mut last_events = Instant::now();
     let mut last_rates = Instant::now();

@@ -525,3 +525,101 @@ async fn the_page_loads_without_the_token_and_its_calls_send_the_one_given() {
     assert!(unexpected.is_empty(), "{unexpected:?}");
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_well_lists_its_dead_letters_with_their_reasons() {
+    // A failing service: calls that run out of retries dead-letter their wells' outputs.
+    let demo = Demo::start(&[
+        "--plates",
+        "1",
+        "--wells",
+        "48",
+        "--sites",
+        "2",
+        "--channels",
+        "3",
+        "--error-rate",
+        "0.7",
+    ]);
+    demo.wait_until_the_run_is_over();
+    let browser = Browser::start(1600, 1000, true).await;
+    browser
+        .open(&format!("{}/#/experiments/{EXPERIMENT}/plates/1", demo.url))
+        .await;
+    let plate = plate_matches_the_api(&browser, &demo, 384).await;
+    let dead: Vec<String> = states(&plate)
+        .into_iter()
+        .filter(|(_, s)| s == "dead_lettered")
+        .map(|(w, _)| w)
+        .collect();
+    assert!(
+        !dead.is_empty(),
+        "no dead-lettered well: {:?}",
+        states(&plate)
+    );
+
+    // With no well picked, the panel lists every well that needs attention.
+    let listed = browser
+        .wait_for(
+            "the wells that need attention",
+            LIMIT,
+            "return document.querySelector('aside.detail')?.textContent ?? ''",
+            |t| {
+                t.as_str()
+                    .is_some_and(|t| t.contains("Wells that need attention"))
+            },
+        )
+        .await;
+    for well in &dead {
+        assert!(
+            listed.as_str().unwrap().contains(well.as_str()),
+            "{well} not in {listed}"
+        );
+    }
+
+    // A dead-lettered well's detail: its dead letters, each with its DAG node and reason.
+    let well = &dead[0];
+    let letters = demo
+        .get(&format!(
+            "/api/dead-letters?experiment={EXPERIMENT}&plate=1&limit=1000"
+        ))
+        .await;
+    let mine: Vec<&Value> = letters["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["well"] == well.as_str())
+        .collect();
+    assert!(!mine.is_empty(), "the API lists no dead letter of {well}");
+    browser
+        .open(&format!(
+            "{}/#/experiments/{EXPERIMENT}/plates/1/wells/{well}",
+            demo.url
+        ))
+        .await;
+    let heading = format!("Dead letters ({})", mine.len());
+    let detail = browser
+        .wait_for(
+            "the well's dead letters",
+            LIMIT,
+            "return document.querySelector('aside.detail')?.textContent ?? ''",
+            |t| t.as_str().is_some_and(|t| t.contains(&heading)),
+        )
+        .await;
+    let detail = detail.as_str().unwrap();
+    for letter in mine {
+        let (node, reason) = (
+            letter["node"].as_str().unwrap(),
+            letter["reason"].as_str().unwrap(),
+        );
+        assert!(
+            detail.contains(&format!("{node} — {reason}")),
+            "{node}: {reason} not in {detail}"
+        );
+    }
+    no_errors(&browser, "a dead-lettered well").await;
+    browser
+        .screenshot(&artifact("well-dead-lettered.png"))
+        .await;
+    browser.close().await;
+}

@@ -55,16 +55,21 @@ export function renderWell(panel, { well, plate, experiment, deadLetters, close 
           h(
             "tbody",
             {},
-            well.tasks.map((t) =>
-              h(
-                "tr",
-                {},
-                h("td", {}, t.task, t.error ? h("div", { class: "muted mono" }, t.error) : null),
-                h("td", {}, badge(t.state)),
-                h("td", { class: "num" }, `${count(t.present)}/${count(t.expected)}`),
-                h("td", { class: "num" }, count(t.dead_lettered)),
-              ),
-            ),
+            well.tasks.flatMap((t) => {
+              const error = taskError(t, deadLetters);
+              return [
+                h(
+                  "tr",
+                  {},
+                  h("td", { class: "nowrap" }, t.task),
+                  h("td", {}, badge(t.state)),
+                  h("td", { class: "num" }, `${count(t.present)}/${count(t.expected)}`),
+                  h("td", { class: "num" }, count(t.dead_lettered)),
+                ),
+                // The error on a line of its own, under its task, across the table.
+                error ? h("tr", { class: "task-error" }, h("td", { colspan: "4", class: "bad-text" }, error)) : null,
+              ];
+            }),
           ),
         )
       : h("p", { class: "muted" }, "No task outputs yet."),
@@ -121,4 +126,9 @@ function matrix(sites, channels, bySite) {
     body.append(row);
   }
   return h("table", { class: "matrix" }, h("thead", {}, head), body);
+}
+
+/** A task's error at this well: its own, else the reason of its latest dead letter here. */
+function taskError(task, deadLetters) {
+  return task.error ?? deadLetters.filter((d) => d.node === task.task).sort((a, b) => b.timestamp_ms - a.timestamp_ms)[0]?.reason ?? null;
 }

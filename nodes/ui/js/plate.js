@@ -400,6 +400,32 @@ class PlateView {
     this.renderDetail();
   }
 
+  /** With no well picked: the wells that need attention, each a link to its detail. */
+  renderProblems() {
+    const problems = this.plate.wells.filter((w) => w.state === "dead_lettered" || w.state === "incomplete" || w.dead_letters > 0);
+    replace(
+      this.detail,
+      h("h2", {}, `Wells that need attention (${count(problems.length)})`),
+      problems.length
+        ? h(
+            "ul",
+            { class: "alerts" },
+            problems.slice(0, 200).map((w) =>
+              h(
+                "li",
+                { class: w.state === "dead_lettered" || w.dead_letters ? "bad" : "" },
+                h("a", { href: this.wellHash(w.well) }, w.well),
+                " ",
+                badge(w.state),
+                h("span", { class: "muted" }, ` ${count(w.images.present)} of ${count(w.images.expected)} images${w.dead_letters ? ` · ${w.dead_letters} dead letters` : ""}`),
+              ),
+            ),
+          )
+        : h("p", { class: "muted" }, "None: no well is incomplete or dead-lettered."),
+      h("p", { class: "muted" }, "Pick a well on the map for its sites, channels, tasks and dead letters (arrow keys move, Escape closes)."),
+    );
+  }
+
   renderDetail() {
     const name = this.args.well;
     for (const el of this.grid.querySelectorAll('[aria-selected="true"]')) if (el.dataset.well !== name) el.removeAttribute("aria-selected");
@@ -423,32 +449,6 @@ class PlateView {
     });
   }
 }
-
-/** With no well picked: the wells that need attention, each a link to its detail. */
-PlateView.prototype.renderProblems = function renderProblems() {
-  const problems = this.plate.wells.filter((w) => w.state === "dead_lettered" || w.state === "incomplete" || w.dead_letters > 0);
-  replace(
-    this.detail,
-    h("h2", {}, `Wells that need attention (${count(problems.length)})`),
-    problems.length
-      ? h(
-          "ul",
-          { class: "alerts" },
-          problems.slice(0, 200).map((w) =>
-            h(
-              "li",
-              { class: w.state === "dead_lettered" || w.dead_letters ? "bad" : "" },
-              h("a", { href: this.wellHash(w.well) }, w.well),
-              " ",
-              badge(w.state),
-              h("span", { class: "muted" }, ` ${count(w.images.present)} of ${count(w.images.expected)} images${w.dead_letters ? ` · ${w.dead_letters} dead letters` : ""}`),
-            ),
-          ),
-        )
-      : h("p", { class: "muted" }, "None: no well is incomplete or dead-lettered."),
-    h("p", { class: "muted" }, "Pick a well on the map for its sites, channels, tasks and dead letters (arrow keys move, Escape closes)."),
-  );
-};
 
 function stat(value, label, bad = false) {
   return h("div", { class: `stat${bad ? " bad" : ""}` }, h("b", {}, value), h("span", {}, label));

@@ -21,6 +21,7 @@
 //! | `POST /internal/tasks` | a submission forwarded by another node |
 //! | `POST /api/topics/{topic}/records` | records for a topic the node's DAGs read, checked against its schema, answered once durable ([`ingest`]) |
 //! | `GET /api/dags`, `/api/experiments[/{id}[/plates/{n}]]`, `/api/dead-letters`, `/api/events` | the status view ([`status`]) |
+//! | `GET /`, `GET /ui/...` | the web UI (open without the token; its API calls send it) |
 //! | `POST /admin/drain` | stop as on SIGTERM: the API, then every stage flushes, commits and leaves its groups (`wellspring drain`) |
 //!
 //! Here: the router, the token check, error answers and the body limit; the handlers by
@@ -36,6 +37,7 @@ pub mod ingest;
 mod metrics;
 pub mod status;
 mod tasks;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -163,6 +165,7 @@ pub fn router(
         .route(route::LIVE, get(health::live))
         .route(route::READY, get(health::ready))
         .merge(protected)
+        .merge(ui::routes(ui::Served { task_store: true }))
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,

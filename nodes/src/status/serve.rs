@@ -58,7 +58,9 @@ impl StatusServer {
         let view = StatusView::new(&dags, node_id, metrics, super::Limits::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let router =
-            crate::api::status::router(view.clone(), token, crate::api::DEFAULT_BODY_LIMIT);
+            crate::api::status::router(view.clone(), token, crate::api::DEFAULT_BODY_LIMIT).merge(
+                crate::api::ui::routes(crate::api::ui::Served { task_store: false }),
+            );
         let reader = view.clone();
         let client_id = format!("wellspring-status-{node_id}");
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -106,7 +106,7 @@ fn generate_then_verify_against_a_running_node_and_verify_names_what_is_duplicat
             partition: None,
             key: site.key.clone(),
             value: site.value.clone(),
-            headers: site.headers.clone(),
+            headers: site.headers.to_vec(),
         };
         log.producer().unwrap().send(vec![copy]).await.unwrap();
         String::from_utf8(site.key.unwrap().to_vec()).unwrap()

@@ -284,7 +284,7 @@ mod tests {
             offset: 0,
             key: None,
             value: None,
-            headers: headers.clone(),
+            headers: std::sync::Arc::new(headers.clone()),
             timestamp_ms: 0,
         };
         assert_eq!(record_trace(&record), Some(sent));
@@ -301,7 +301,10 @@ mod tests {
         inject(&trace("00-nonsense", None), &mut HttpHeaders(&mut none));
         assert!(none.is_empty());
         let malformed = LogRecord {
-            headers: vec![("traceparent".to_owned(), Bytes::from("00-nonsense"))],
+            headers: std::sync::Arc::new(vec![(
+                "traceparent".to_owned(),
+                Bytes::from("00-nonsense"),
+            )]),
             ..record
         };
         assert_eq!(record_trace(&malformed), None);

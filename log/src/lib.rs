@@ -139,7 +139,9 @@ pub struct LogRecord {
     pub offset: Offset,
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
-    pub headers: Headers,
+    /// Shared with the log's copy: reading a record allocates nothing for its headers
+    /// (the embedded log hands records out under its one lock).
+    pub headers: Arc<Headers>,
     /// When the log appended it (milliseconds since the Unix epoch, by the log's clock).
     pub timestamp_ms: i64,
 }

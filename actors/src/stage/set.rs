@@ -420,7 +420,7 @@ mod tests {
             offset,
             key: None,
             value: None,
-            headers: Vec::new(),
+            headers: Default::default(),
             timestamp_ms: 0,
         }
     }

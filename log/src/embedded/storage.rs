@@ -5,6 +5,7 @@
 //! durable log takes a snapshot (never one a consumer group has yet to read).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -63,7 +64,7 @@ pub(super) struct Stored {
     pub offset: Offset,
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
-    pub headers: Headers,
+    pub headers: Arc<Headers>,
     pub timestamp_ms: i64,
 }
 
@@ -164,7 +165,7 @@ impl Topics {
                 offset,
                 key: record.key,
                 value: record.value,
-                headers: record.headers,
+                headers: Arc::new(record.headers),
                 timestamp_ms: now_ms,
             };
             let tp = TopicPartition::new(record.topic, partition);

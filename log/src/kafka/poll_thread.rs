@@ -98,7 +98,7 @@ fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> LogRecord {
         offset: message.offset().max(0) as Offset,
         key: message.key().map(Bytes::copy_from_slice),
         value: message.payload().map(Bytes::copy_from_slice),
-        headers,
+        headers: Arc::new(headers),
         timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
     }
 }

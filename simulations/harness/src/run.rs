@@ -305,7 +305,7 @@ fn digest_record(digest: &mut Digest, record: &LogRecord) {
     digest.add(&record.offset);
     digest.add(&record.key);
     digest.add(&record.value);
-    for (name, value) in &record.headers {
+    for (name, value) in record.headers.iter() {
         digest.add(name);
         digest.add(value);
     }

@@ -4,6 +4,7 @@
 //! loses whole operations only: never half a commit.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -73,7 +74,7 @@ impl Entry {
                     offset: r.offset,
                     key: r.key.clone(),
                     value: r.value.clone(),
-                    headers: r.headers.clone(),
+                    headers: r.headers.to_vec(),
                     timestamp_ms: r.timestamp_ms,
                 })
                 .collect(),
@@ -124,7 +125,7 @@ impl Entry {
                         offset: r.offset,
                         key: r.key,
                         value: r.value,
-                        headers: r.headers,
+                        headers: Arc::new(r.headers),
                         timestamp_ms: r.timestamp_ms,
                     };
                     topics.restore(&tp, stored)?;

@@ -188,18 +188,28 @@ async fn authorize(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(api::presented_token);
-        if !presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.as_bytes()))) {
-            let mut response = ApiError(
-                StatusCode::UNAUTHORIZED,
-                "this API needs Authorization: Bearer TOKEN".into(),
-            )
-            .into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return response;
+        if !token_matches(presented, token) {
+            return unauthorized();
         }
     }
     next.run(request).await
+}
+
+/// Whether the token a call presented is the node's (compared in constant time).
+pub(crate) fn token_matches(presented: Option<&str>, token: &str) -> bool {
+    presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.as_bytes())))
+}
+
+/// The answer to a call without the node's token: `401`, saying what to send.
+pub(crate) fn unauthorized() -> Response {
+    let mut response = ApiError(
+        StatusCode::UNAUTHORIZED,
+        "this API needs Authorization: Bearer TOKEN".into(),
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
 }

@@ -21,7 +21,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::Stream;
-use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
 use wellspring_protocol::status::{DeadLetterQuery, route};
 use wellspring_protocol::taskstore::api;
@@ -154,17 +153,8 @@ async fn authorize(
                     })
             });
         let presented = from_header.or(from_query);
-        if !presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.as_bytes()))) {
-            let mut response = ApiError(
-                StatusCode::UNAUTHORIZED,
-                "this API needs Authorization: Bearer TOKEN".into(),
-            )
-            .into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return response;
+        if !super::token_matches(presented.as_deref(), token) {
+            return super::unauthorized();
         }
     }
     next.run(request).await

@@ -275,6 +275,25 @@ pub struct WellStatus {
     pub last_image_ms: Option<i64>,
 }
 
+impl WellStatus {
+    /// A well in `state` of which nothing has been seen (no image, task or QC value).
+    pub fn unseen(well: String, row: u8, column: u8, state: LevelState) -> Self {
+        WellStatus {
+            well,
+            row,
+            column,
+            state,
+            images: Progress::default(),
+            sites: Vec::new(),
+            tasks: Vec::new(),
+            qc: BTreeMap::new(),
+            dead_letters: 0,
+            first_image_ms: None,
+            last_image_ms: None,
+        }
+    }
+}
+
 /// `GET /api/experiments/{id}/plates/{n}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlateDetail {

@@ -343,19 +343,7 @@ mod tests {
     use wellspring_protocol::status::{Geometry, PlateSummary, Progress, WellStatus};
 
     fn well(row: u8, column: u8, state: LevelState) -> WellStatus {
-        WellStatus {
-            well: format!("{}{column:02}", row_name(row)),
-            row,
-            column,
-            state,
-            images: Progress::default(),
-            sites: Vec::new(),
-            tasks: Vec::new(),
-            qc: BTreeMap::new(),
-            dead_letters: 0,
-            first_image_ms: None,
-            last_image_ms: None,
-        }
+        WellStatus::unseen(format!("{}{column:02}", row_name(row)), row, column, state)
     }
 
     #[test]

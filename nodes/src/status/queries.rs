@@ -393,19 +393,12 @@ impl Model {
                 let seen = plate.wells.get(&id);
                 let in_use = plate_layout.map_or(seen.is_some(), |p| p.has_well(id));
                 if !in_use && seen.is_none() {
-                    wells.push(WellStatus {
-                        well: id.to_string(),
+                    wells.push(WellStatus::unseen(
+                        id.to_string(),
                         row,
                         column,
-                        state: LevelState::NotInUse,
-                        images: Progress::default(),
-                        sites: Vec::new(),
-                        tasks: Vec::new(),
-                        qc: BTreeMap::new(),
-                        dead_letters: 0,
-                        first_image_ms: None,
-                        last_image_ms: None,
-                    });
+                        LevelState::NotInUse,
+                    ));
                     continue;
                 }
                 let well = seen.unwrap_or(&no_well);

@@ -186,6 +186,7 @@ pub fn log_error_is_transient(error: &LogError) -> bool {
         LogError::NotAssigned(_)
         | LogError::Fenced(_)
         | LogError::Unreachable(_)
+        | LogError::CommitAborted(_)
         | LogError::Other(_) => true,
         LogError::UnknownTopic(_)
         | LogError::UnknownPartition { .. }

@@ -293,6 +293,14 @@ pub enum LogError {
         "a newer incarnation of this member (same node identity) took over and fenced this one; nothing was committed ({0}). Two nodes must not share an identity"
     )]
     Fenced(String),
+    /// The group moved to a new generation while a commit was in flight (Kafka's
+    /// ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, REBALANCE_IN_PROGRESS): nothing of the batch's
+    /// offsets is committed. The member may keep its partitions; the work since the last
+    /// commit must be redone from there, not carried on past it.
+    #[error(
+        "the group rebalanced during the commit, which was aborted ({0}); the work since the last commit is redone"
+    )]
+    CommitAborted(String),
     #[error("consumer group {0} is required to subscribe to topics")]
     NoGroup(String),
     #[error("the log is unreachable: {0}")]

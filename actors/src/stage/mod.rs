@@ -39,7 +39,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use wellspring_log::{
-    CommitBatch, Consumer, ConsumerConfig, LogError, LogRecord, Offset, ProducerRecord,
+    CommitBatch, Consumer, ConsumerConfig, LogError, LogRecord, NoListener, Offset, ProducerRecord,
     TopicPartition,
 };
 
@@ -177,7 +177,10 @@ impl StageLoop {
         let mut batch = CommitBatch::default();
         let mut acks = Vec::new();
         // Restart shards whose back-off is over: restore, then rewind to the last commit.
-        for tp in self.shards.due_restarts() {
+        // This cycle's records of a restarted partition were read before the rewind: the
+        // new shard reads them again from the commit, in order.
+        let restarted = self.shards.due_restarts();
+        for tp in restarted.iter().cloned() {
             if let Some(ShardState {
                 slot: Slot::Down { reason, .. },
                 ..
@@ -214,8 +217,9 @@ impl StageLoop {
         let partitions: Vec<TopicPartition> = self.shards.shards.keys().cloned().collect();
         for tp in partitions {
             let mut records = by_partition.remove(&tp).unwrap_or_default();
-            if !self.shards.is_running(&tp) {
-                // Dropped: the partition is rewound when its shard restarts.
+            if !self.shards.is_running(&tp) || restarted.contains(&tp) {
+                // Dropped: the partition is rewound when its shard restarts (or was
+                // rewound just now).
                 continue;
             }
             if let Some(assignment) = &assignment {
@@ -274,6 +278,17 @@ impl StageLoop {
                 tracing::info!(stage = %self.shards.name, partition = %tp, "commit refused after a rebalance; the new owner takes over");
                 Ok(())
             }
+            // The group moved on mid-commit: redo from the last commit, in place. (A stage
+            // restart would rejoin as a replacement static member, which the coordinator
+            // hands the old assignment without a rebalance: partitions this member was
+            // giving up in a cooperative rebalance would then be nobody's.)
+            Err(LogError::CommitAborted(why)) => {
+                tracing::info!(stage = %self.shards.name, reason = %why, "commit aborted by a rebalance; every shard redoes its work from the last commit");
+                self.shards
+                    .rewind_all("the last commit was aborted by a rebalance")
+                    .await;
+                Ok(())
+            }
             Err(e) => Err(StageError::Commit(e)),
         }
     }
@@ -323,10 +338,31 @@ impl StageActor {
             tracing::error!(stage = %self.spec.name, reason = %error, "stage failed, and no restart can mend it");
         }
         self.exit = error.exit();
-        // The consumer is dropped without leaving: like a crash, its partitions are
-        // picked up again by this node's restarted stage (same static member id).
-        self.state = None;
-        ctx.stop();
+        let Some(state) = self.state.take() else {
+            ctx.stop();
+            return;
+        };
+        // The stage leaves its group, committing nothing, before the supervisor starts it
+        // again: the restarted stage then joins as a new member and the group rebalances.
+        // (Dropped without leaving, its successor would take its place as the same static
+        // member, and keep the assignment of the moment: partitions it was giving up in a
+        // cooperative rebalance would be left to nobody.)
+        let StageLoop {
+            mut consumer,
+            shards,
+            ..
+        } = state;
+        drop(shards);
+        let name = self.spec.name.clone();
+        ctx.wait(
+            async move {
+                if let Err(e) = consumer.close(&mut NoListener).await {
+                    tracing::warn!(stage = %name, "leaving the group after a failure: {e}");
+                }
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| ctx.stop()),
+        );
     }
 
     fn shutdown(&mut self, ctx: &mut Context<Self>) {

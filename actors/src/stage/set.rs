@@ -151,6 +151,24 @@ impl ShardSet {
         }
     }
 
+    /// A commit of this stage was aborted by a rebalance: every shard's memory is past
+    /// the last commit, so each stops and starts again from its changelog and the last
+    /// committed offset (the next cycle restarts them) while the stage keeps its consumer
+    /// and its place in the group. Not a failure: no restart budget is spent.
+    pub(super) async fn rewind_all(&mut self, reason: &str) {
+        let now = Instant::now();
+        for (tp, state) in &mut self.shards {
+            if let Slot::Running(addr) = &state.slot {
+                let _ = addr.send(ShardRequest::Stop).await;
+            }
+            state.slot = Slot::Down {
+                until: now,
+                reason: reason.to_owned(),
+            };
+            tracing::info!(stage = %self.name, partition = %tp, "shard rewinds to the last commit");
+        }
+    }
+
     /// Partitions whose shard is down and due for a restart.
     pub(super) fn due_restarts(&self) -> Vec<TopicPartition> {
         let now = Instant::now();

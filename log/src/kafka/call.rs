@@ -30,9 +30,7 @@ pub(super) fn explain(e: &KafkaError, brokers: &str) -> LogError {
             RDKafkaErrorCode::IllegalGeneration
             | RDKafkaErrorCode::UnknownMemberId
             | RDKafkaErrorCode::RebalanceInProgress,
-        ) => LogError::Other(format!(
-            "the group rebalanced during the commit, which was aborted ({e}); resume from the last commit"
-        )),
+        ) => LogError::CommitAborted(e.to_string()),
         _ => LogError::Other(format!("Kafka: {e}")),
     }
 }

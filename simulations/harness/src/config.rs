@@ -19,7 +19,8 @@ pub struct FaultRates {
     pub join: f64,
     /// Polls whose records arrive late (up to [`FaultRates::MAX_LOG_DELAY`]).
     pub log_delay: f64,
-    /// Commits the log refuses: the stage restarts and reads its uncommitted input again.
+    /// Commits the log refuses or a rebalance aborts: the stage restarts, or rewinds its
+    /// shards in place, and reads its uncommitted input again.
     pub redelivery: f64,
     /// Microservice calls answered `503`, or `200` with `X-Function-Error: Unhandled`.
     pub service_error: f64,

@@ -235,9 +235,13 @@ impl Consumer for NodeConsumer {
                     batch.outputs.len()
                 ),
             );
-            return Err(LogError::Other(
-                "simulated: the log refused the commit".into(),
-            ));
+            // Half of them as a rebalance that aborts the commit (the stage rewinds its
+            // shards in place), half as a refusal (the stage fails and restarts).
+            return Err(if faults.draw() < 0.5 {
+                LogError::CommitAborted("simulated: the group moved on mid-commit".into())
+            } else {
+                LogError::Other("simulated: the log refused the commit".into())
+            });
         }
         match faults.bug {
             Some(InjectedBug::CommitInputBeforeState) if !batch.outputs.is_empty() => {

@@ -206,6 +206,18 @@ impl KafkaConsumer {
                     self.seeking.remove(&tp);
                 }
             }
+            Event::SeekFailed(tp, epoch, reason) => {
+                if self.seeking.get(&tp) == Some(&epoch) {
+                    self.seeking.remove(&tp);
+                    // Reading on would skip what lies between the commit and the fetch
+                    // position: the consumer's user must start again from the commit.
+                    if self.assignment.contains(&tp) {
+                        return Err(LogError::Other(format!(
+                            "could not rewind {tp} to its last commit ({reason}); the reader starts again from the commit"
+                        )));
+                    }
+                }
+            }
             Event::End(partition) => {
                 if self.assignment.contains(&partition) && !self.seeking.contains_key(&partition) {
                     self.at_end.insert(partition);

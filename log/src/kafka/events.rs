@@ -18,6 +18,9 @@ pub(super) enum Event {
     Lost(Vec<TopicPartition>, std_mpsc::SyncSender<()>),
     /// Records after this, of this partition, come from the seek numbered so.
     Seeked(TopicPartition, u64),
+    /// The seek numbered so could not be carried out (librdkafka kept refusing it): the
+    /// partition's records are not where its reader was told they would be.
+    SeekFailed(TopicPartition, u64, String),
     /// The consumer reached the end of a partition (it read everything committed).
     End(TopicPartition),
     Failed(String),

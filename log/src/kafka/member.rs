@@ -79,9 +79,11 @@ pub(super) fn join(
                 .to_owned(),
         ),
         ("session.timeout.ms".to_owned(), session.to_string()),
+        // Members learn of a rebalance (a peer that drained and left, a new one) at their
+        // next heartbeat: at most half a second, so a hand-over takes well under a second.
         (
             "heartbeat.interval.ms".to_owned(),
-            (session / 4).clamp(100, 1000).to_string(),
+            (session / 12).clamp(100, 500).to_string(),
         ),
     ];
     config.set("group.id", group);

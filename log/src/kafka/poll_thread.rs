@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc as std_mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::Offset as KafkaOffset;
@@ -113,6 +113,7 @@ fn poll_thread(
     topic: Option<Arc<str>>,
 ) {
     let mut batch = Vec::new();
+    let mut seeks: Vec<PendingSeek> = Vec::new();
     loop {
         while let Ok(command) = commands.try_recv() {
             match command {
@@ -124,18 +125,13 @@ fn poll_thread(
                     {
                         return;
                     }
-                    let result = consumer.seek(
-                        &tp.topic,
-                        tp.partition as i32,
-                        KafkaOffset::Offset(offset as i64),
-                        Duration::from_secs(10),
-                    );
-                    if let Err(e) = result {
-                        tracing::warn!(partition = %tp, "seek failed: {e}");
-                    }
-                    if events.blocking_send(Event::Seeked(tp, epoch)).is_err() {
-                        return;
-                    }
+                    seeks.retain(|s| s.partition != tp);
+                    seeks.push(PendingSeek {
+                        partition: tp,
+                        offset,
+                        epoch,
+                        until: Instant::now() + SEEK_PATIENCE,
+                    });
                 }
                 Command::Close(done) => {
                     if topic.is_none() {
@@ -145,6 +141,9 @@ fn poll_thread(
                     return;
                 }
             }
+        }
+        if !seeks.is_empty() && !try_seeks(&consumer, &mut seeks, &events) {
+            return;
         }
         // Wait for records only when there is nothing to hand over: records already
         // taken go to the stage as soon as no more are ready.
@@ -197,4 +196,50 @@ fn poll_thread(
             return;
         }
     }
+}
+
+/// How long a seek librdkafka refuses is tried again: a partition whose fetching has not
+/// started yet, or is being set up after a rebalance, answers "Erroneous state" for a
+/// moment.
+const SEEK_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A seek asked for and not carried out yet.
+struct PendingSeek {
+    partition: TopicPartition,
+    offset: Offset,
+    epoch: u64,
+    until: Instant,
+}
+
+/// Tries the pending seeks: each done is announced (`Seeked`), each refused past its
+/// patience reported (`SeekFailed`), the rest kept for the next round. False once the
+/// consumer side is gone.
+fn try_seeks(
+    consumer: &BaseConsumer<GroupContext>,
+    seeks: &mut Vec<PendingSeek>,
+    events: &mpsc::Sender<Event>,
+) -> bool {
+    let mut kept = Vec::new();
+    for seek in seeks.drain(..) {
+        let tp = &seek.partition;
+        let event = match consumer.seek(
+            &tp.topic,
+            tp.partition as i32,
+            KafkaOffset::Offset(seek.offset as i64),
+            Duration::from_secs(1),
+        ) {
+            Ok(()) => Event::Seeked(seek.partition, seek.epoch),
+            Err(e) if Instant::now() < seek.until => {
+                tracing::debug!(partition = %tp, "seek refused for now, trying again: {e}");
+                kept.push(seek);
+                continue;
+            }
+            Err(e) => Event::SeekFailed(seek.partition, seek.epoch, e.to_string()),
+        };
+        if events.blocking_send(event).is_err() {
+            return false;
+        }
+    }
+    *seeks = kept;
+    true
 }

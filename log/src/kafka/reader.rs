@@ -36,7 +36,10 @@ pub(super) fn assign(
             "group.id",
             format!("wellspring-reader-{}", consumer.client_id),
         )
-        .set("enable.partition.eof", "true");
+        .set("enable.partition.eof", "true")
+        // A restore reads a backlog to its end and then waits on nothing: the broker should
+        // answer the last fetch at once rather than after librdkafka's 500 ms.
+        .set("fetch.wait.max.ms", "25");
     let mut assignment = BTreeSet::new();
     let mut by_topic: BTreeMap<Arc<str>, TopicPartitionList> = BTreeMap::new();
     for (tp, offset) in partitions {

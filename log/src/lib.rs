@@ -186,6 +186,10 @@ pub struct ConsumerConfig {
     /// A member not heard from for this long is presumed dead and its partitions move.
     pub session_timeout: Duration,
     pub start_from: StartFrom,
+    /// Topics whose records this consumer needs by key only (a view that counts keys):
+    /// the log may hand them over without their values and headers, and the embedded log
+    /// does, so that reading them copies and touches less under its lock.
+    pub keys_only: Vec<String>,
 }
 
 impl ConsumerConfig {
@@ -201,6 +205,7 @@ impl ConsumerConfig {
             subscription: Subscription::Topics(topics),
             session_timeout: Duration::from_secs(10),
             start_from: StartFrom::Earliest,
+            keys_only: Vec::new(),
         }
     }
 
@@ -215,6 +220,7 @@ impl ConsumerConfig {
             subscription: Subscription::Assign(partitions),
             session_timeout: Duration::from_secs(10),
             start_from: StartFrom::Earliest,
+            keys_only: Vec::new(),
         }
     }
 }

@@ -473,3 +473,27 @@ async fn poll_waits_for_data_and_can_be_woken() {
     assert!(records.is_empty());
     assert_eq!(started.elapsed(), Duration::from_secs(1), "woken at once");
 }
+
+#[tokio::test]
+async fn a_keys_only_topic_is_read_without_values_and_the_others_with_them() {
+    let log = log_with_topic(1).await;
+    let producer = log.producer().unwrap();
+    producer
+        .send(vec![record("in", "a", "1"), record("out", "b", "2")])
+        .await
+        .unwrap();
+    let mut config = ConsumerConfig::assign("r", vec![(tp("in", 0), None), (tp("out", 0), None)]);
+    config.keys_only = vec!["in".into()];
+    let mut reader = log.consumer(config).unwrap();
+    let records = reader
+        .poll(&mut NoListener, 10, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let by_topic: BTreeMap<&str, &LogRecord> = records.iter().map(|r| (&*r.topic, r)).collect();
+    assert_eq!(by_topic["in"].key.as_deref(), Some(&b"a"[..]));
+    assert_eq!(
+        by_topic["in"].value, None,
+        "the key-only topic comes without values"
+    );
+    assert_eq!(by_topic["out"].value.as_deref(), Some(&b"2"[..]));
+}

@@ -246,7 +246,11 @@ impl EmbeddedConsumer {
                 } else {
                     max_records - out.len()
                 };
-                let records = state.topics.partition(tp)?.read(tp, *position, room);
+                let keys_only = self.config.keys_only.iter().any(|t| **t == *tp.topic);
+                let records = state
+                    .topics
+                    .partition(tp)?
+                    .read(tp, *position, room, keys_only);
                 if let Some(last) = records.last() {
                     *position = last.offset + 1;
                 }

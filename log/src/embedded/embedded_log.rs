@@ -98,7 +98,7 @@ impl EmbeddedLog {
     ) -> Result<Vec<LogRecord>, LogError> {
         let state = self.shared.state.lock();
         let log = state.topics.partition(partition)?;
-        Ok(log.read(partition, from, max))
+        Ok(log.read(partition, from, max, false))
     }
 }
 

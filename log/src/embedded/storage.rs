@@ -307,8 +307,16 @@ impl PartitionLog {
     }
 
     /// Up to `max` records of partition `tp` (this one) from offset `from`.
-    pub fn read(&self, tp: &TopicPartition, from: Offset, max: usize) -> Vec<LogRecord> {
+    /// Up to `max` records from `from`; with `keys_only`, without values and headers.
+    pub fn read(
+        &self,
+        tp: &TopicPartition,
+        from: Offset,
+        max: usize,
+        keys_only: bool,
+    ) -> Vec<LogRecord> {
         let start = self.records.partition_point(|r| r.offset < from);
+        let no_headers = Arc::new(Headers::default());
         self.records
             .range(start..)
             .take(max)
@@ -317,8 +325,12 @@ impl PartitionLog {
                 partition: tp.partition,
                 offset: r.offset,
                 key: r.key.clone(),
-                value: r.value.clone(),
-                headers: r.headers.clone(),
+                value: if keys_only { None } else { r.value.clone() },
+                headers: if keys_only {
+                    no_headers.clone()
+                } else {
+                    r.headers.clone()
+                },
                 timestamp_ms: r.timestamp_ms,
             })
             .collect()

@@ -52,11 +52,30 @@ fn roles(model: &Model) -> HashMap<String, Vec<Role>> {
     roles
 }
 
+/// Topics the view reads by key alone: the images (present or not) and the aggregates.
+/// Values are read only where the view shows what is in them (QC values of tasks'
+/// outputs, layouts, dead letters, incomplete reports).
+fn keys_only(roles: &HashMap<String, Vec<Role>>) -> Vec<String> {
+    let mut topics: Vec<String> = roles
+        .iter()
+        .filter(|(_, roles)| {
+            roles
+                .iter()
+                .all(|role| matches!(role, Role::Images(_) | Role::Output(_, _, false)))
+        })
+        .map(|(topic, _)| topic.clone())
+        .collect();
+    topics.sort();
+    topics
+}
+
 /// How often changes go out as events, and counters are sampled for rates.
 const EVENT_INTERVAL: Duration = Duration::from_millis(250);
 const RATE_INTERVAL: Duration = Duration::from_secs(1);
-/// Records read at most per poll, and how long to wait once caught up.
-const BATCH: usize = 20_000;
+/// Records read at most per poll (the embedded log hands them over under its one lock:
+/// a few thousand at a time keep the pipeline's own reads and writes waiting briefly),
+/// and how long to wait once caught up.
+const BATCH: usize = 5_000;
 const GATHER: Duration = Duration::from_millis(50);
 
 /// Reads until the view is stopped; waits for topics that do not exist yet.
@@ -95,7 +114,9 @@ async fn read(view: &StatusView, log: &dyn Log, client_id: &str) -> Result<(), L
         // A node without DAGs: nothing to show.
         return Ok(());
     }
-    let mut consumer = log.consumer(ConsumerConfig::assign(client_id, assignment))?;
+    let mut config = ConsumerConfig::assign(client_id, assignment);
+    config.keys_only = keys_only(&roles);
+    let mut consumer = log.consumer(config)?;
     let mut last_events = Instant::now();
     let mut last_rates = Instant::now();
     let mut sampled: HashMap<String, u64> = HashMap::new();

@@ -65,6 +65,9 @@ pub enum StageError {
         window: Duration,
         last: String,
     },
+    /// A shard met a record a newer node wrote; this node cannot read it.
+    #[error("{0}")]
+    NewerRecord(crate::routing::NewerRecord),
     /// A shard cannot start, and starting it again cannot help.
     #[error("shard {partition} cannot start: {source}")]
     ShardStart {
@@ -84,6 +87,7 @@ impl StageError {
             | StageError::Committed { source: e, .. }
             | StageError::Commit(e) => log_error_is_transient(e),
             StageError::ShardBudget { .. } => true,
+            StageError::NewerRecord(_) => false,
             StageError::ShardStart { source, .. } => source.retryable(),
         }
     }

@@ -296,3 +296,40 @@ fn run_refuses_a_spec_that_upgrade_check_refuses_against_the_recorded_one() {
     let mut node = start_on(&data, &same_version, &["--force-upgrade"]);
     assert!(node.terminate().success());
 }
+
+/// The same record on a broker: a node on Kafka records its DAG, and the next node's
+/// refused spec stops it at start.
+#[test]
+fn run_on_kafka_refuses_a_spec_refused_against_the_recorded_one() {
+    let broker = wellspring_test_support::broker::Broker::start();
+    let specs = dir("kafka-specs");
+    let mut node = NodeProcess::start(
+        env!("CARGO_BIN_EXE_wellspring"),
+        &broker.address,
+        "upgrade-0",
+        &["--dag".to_owned(), "examples/reference-dag.yaml".to_owned()],
+    );
+    assert!(node.terminate().success());
+    let refused = write(&specs, "refused.yaml", &spec(&[V2, MORE_PLATE_SHARDS]));
+    let out = Command::new(env!("CARGO_BIN_EXE_wellspring"))
+        .args([
+            "run",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--node-id",
+            "upgrade-1",
+        ])
+        .args(["--kafka", &broker.address, "--dag", &refused])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "error")
+        .env_remove("WELLSPRING_KAFKA")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("DAG microscopy-reference version 2 is refused against version 1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("partitions: 8 -> 16"), "{stderr}");
+}

@@ -104,7 +104,7 @@ impl RecordedDag {
 pub enum RecordError {
     #[error("reading the running DAGs: {0}")]
     Read(#[source] StartError),
-    #[error("recording the running DAGs on {topic}: {source}")]
+    #[error("the record of the running DAGs on {topic}: {source}")]
     Write {
         topic: String,
         #[source]
@@ -157,20 +157,11 @@ pub struct RecordedDags {
 }
 
 impl RecordedDags {
-    /// Reads the record to its end (nothing is recorded when the topic does not exist).
+    /// Reads the record to its end, creating its topic when missing (compacted, as the
+    /// record needs: a topic a broker made by itself would not be).
     pub async fn read(log: &dyn Log, prefix: &str, client: &str) -> Result<Self, RecordError> {
         let topic = topic(prefix);
-        match log.partitions(&topic).await {
-            Ok(_) => {}
-            Err(LogError::UnknownTopic(_)) => return Ok(Self::default()),
-            Err(source) => {
-                return Err(RecordError::Read(StartError::Log {
-                    action: "finding the partitions of",
-                    partition: TopicPartition::new(topic, 0),
-                    source,
-                }));
-            }
-        }
+        ensure_topic(log, &topic).await?;
         let mut recorded = Self::default();
         let mut failure = None;
         restore(
@@ -283,13 +274,21 @@ impl RecordedDags {
         if records.is_empty() {
             return Ok(());
         }
-        log.ensure_topic(&TopicSpec::new(topic.clone(), 1, Cleanup::Compact))
-            .await
-            .map_err(failed)?;
+        ensure_topic(log, &topic).await?;
         let producer = log.producer().map_err(failed)?;
         producer.send(records).await.map_err(failed)?;
         Ok(())
     }
+}
+
+/// One partition, compacted: the latest record of each DAG version is kept for ever.
+async fn ensure_topic(log: &dyn Log, topic: &str) -> Result<(), RecordError> {
+    log.ensure_topic(&TopicSpec::new(topic, 1, Cleanup::Compact))
+        .await
+        .map_err(|source| RecordError::Write {
+            topic: topic.to_owned(),
+            source,
+        })
 }
 
 #[cfg(test)]

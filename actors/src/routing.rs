@@ -70,6 +70,19 @@ pub struct NewerRecord {
     pub supported: u8,
 }
 
+impl NewerRecord {
+    /// When `error` says `record` was written in a newer format.
+    pub fn of(record: &LogRecord, error: &wire::WireError) -> Option<Self> {
+        error.newer_version().map(|found| NewerRecord {
+            topic: record.topic.to_string(),
+            partition: record.partition,
+            offset: record.offset,
+            found,
+            supported: wire::FORMAT_VERSION,
+        })
+    }
+}
+
 /// Why an internal record carries no envelope this node can use.
 #[derive(Debug)]
 pub enum Undecodable {
@@ -86,14 +99,8 @@ pub fn decode_envelope(
 ) -> Result<Envelope, Undecodable> {
     match record.value.as_deref().map(wire::decode) {
         Some(Ok(envelope)) => Ok(envelope),
-        Some(Err(e)) => match e.newer_version() {
-            Some(found) => Err(Undecodable::Newer(NewerRecord {
-                topic: record.topic.to_string(),
-                partition: record.partition,
-                offset: record.offset,
-                found,
-                supported: wire::FORMAT_VERSION,
-            })),
+        Some(Err(e)) => match NewerRecord::of(record, &e) {
+            Some(newer) => Err(Undecodable::Newer(newer)),
             None => Err(Undecodable::DeadLetter(dead.unreadable(
                 format!("unreadable internal record: {e}"),
                 record,

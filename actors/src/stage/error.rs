@@ -24,6 +24,9 @@ pub enum StartError {
         #[source]
         source: LogError,
     },
+    /// The state holds an entry a newer node wrote: restoring without it would lose it.
+    #[error("{0}")]
+    Newer(crate::routing::NewerRecord),
     /// The restore made no progress before the partition's end for too long.
     #[error("restoring {partition} stalled before offset {end}")]
     Stalled {
@@ -38,6 +41,7 @@ impl StartError {
         match self {
             StartError::Log { source, .. } => log_error_is_transient(source),
             StartError::Stalled { .. } => true,
+            StartError::Newer(_) => false,
         }
     }
 }

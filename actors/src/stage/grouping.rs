@@ -25,7 +25,9 @@ use crate::functions::{
 };
 use crate::metadata::{LayoutArrived, MetadataTable, Snapshot};
 use crate::metrics::{Counter, Gauge};
-use crate::routing::{Downstream, IncompleteWriter, Undecodable, decode_envelope, origin_of};
+use crate::routing::{
+    Downstream, IncompleteWriter, NewerRecord, Undecodable, decode_envelope, origin_of,
+};
 use crate::telemetry;
 
 /// Starts grouping shards of one stream-operation node.
@@ -57,6 +59,7 @@ impl ShardFactory for GroupingFactory {
         let started = Instant::now();
         let mut function = (self.function.create)(&self.params);
         let changelog = TopicPartition::new(self.changelog_topic.clone(), partition.partition);
+        let mut newer = None;
         let restored = restore(
             self.log.as_ref(),
             &changelog,
@@ -65,11 +68,23 @@ impl ShardFactory for GroupingFactory {
                 let key =
                     String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
                 if let Err(e) = function.restore(&key, record.value.as_deref()) {
-                    tracing::warn!(changelog = %changelog, offset = record.offset, "skipping an unreadable changelog entry: {e}");
+                    // A newer node's state is not this node's to skip: skipped, the
+                    // aggregate would be lost or emitted twice.
+                    match e.wire().and_then(|w| NewerRecord::of(record, w)) {
+                        Some(found) => {
+                            newer.get_or_insert(found);
+                        }
+                        None => {
+                            tracing::warn!(changelog = %changelog, offset = record.offset, "skipping an unreadable changelog entry: {e}")
+                        }
+                    }
                 }
             },
         )
         .await?;
+        if let Some(newer) = newer {
+            return Err(StartError::Newer(newer));
+        }
         let mut processor = GroupingProcessor {
             dag: self.dag.clone(),
             node: self.node.clone(),

@@ -137,7 +137,8 @@ impl TaskShard {
     /// Admits queued records while fewer than the bound are pending; wakes the stage once
     /// everything it handed over is admitted.
     fn admit_queued(&mut self, ctx: &mut Context<Self>) {
-        while self.outstanding.len() < self.max_pending {
+        // Nothing past a newer node's record is admitted: the shard stops before it.
+        while self.outstanding.len() < self.max_pending && self.newer.is_none() {
             let Some(record) = self.queued.pop_front() else {
                 break;
             };

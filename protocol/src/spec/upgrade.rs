@@ -627,7 +627,7 @@ impl Comparison<'_> {
             change,
             ChangeClass::Backfilled,
             format!(
-                "it reads {upstream}, which ran before it existed: what {upstream} emitted before the first node of this version started is not routed to it, so without a backfill the experiments still open would miss its outputs for their earlier records"
+                "it reads {upstream}, which ran before it existed: what {upstream} emitted before, and emits on nodes of the older version during the roll, is not routed to it, so without a backfill the experiments still open would miss its outputs for those records"
             ),
             Some(format!(
                 "replay to it what {upstream} emitted for the experiments still open, from the retained topics (its output ids are deterministic, so a replay racing the live records yields each output once); this version of Wellspring does not replay by itself: `run` names the node in a warning"

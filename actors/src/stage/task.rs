@@ -144,7 +144,8 @@ impl TaskShard {
             };
             self.admit(record, ctx);
         }
-        if self.queued.is_empty() {
+        // A waiting request is answered (with the failure) once nothing more is admitted.
+        if self.queued.is_empty() || self.newer.is_some() {
             for waiter in self.admission.drain(..) {
                 let _ = waiter.send(());
             }

@@ -103,7 +103,7 @@ impl RecordedDag {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RecordError {
     #[error("reading the running DAGs: {0}")]
-    Read(#[source] StartError),
+    Read(#[source] Box<StartError>),
     #[error("the record of the running DAGs on {topic}: {source}")]
     Write {
         topic: String,
@@ -181,7 +181,7 @@ impl RecordedDags {
             },
         )
         .await
-        .map_err(RecordError::Read)?;
+        .map_err(|e| RecordError::Read(Box::new(e)))?;
         match failure {
             Some(e) => Err(e),
             None => Ok(recorded),
@@ -312,7 +312,7 @@ mod tests {
         let nothing = RecordedDags::read(&log, "t.", "test").await.unwrap();
         assert_eq!(nothing.admit(&v1, &registry).unwrap(), Admission::First);
         nothing
-            .record(&log, "t.", &[v1.clone()], "node-a", 7)
+            .record(&log, "t.", std::slice::from_ref(&v1), "node-a", 7)
             .await
             .unwrap();
 
@@ -348,7 +348,7 @@ mod tests {
 
         // A node that rolled to version 2 records it; a node of version 1 may still run.
         recorded
-            .record(&log, "t.", &[v2.clone()], "node-b", 9)
+            .record(&log, "t.", std::slice::from_ref(&v2), "node-b", 9)
             .await
             .unwrap();
         let recorded = RecordedDags::read(&log, "t.", "test").await.unwrap();

@@ -476,7 +476,11 @@ impl Comparison<'_> {
                     if a.partitions != b.partitions {
                         self.safe(
                             location,
-                            format!("partitions: {}", arrow(a.partitions, b.partitions)),
+                            format!(
+                                "partitions: {} -> {}",
+                                partitions_text(a.partitions),
+                                partitions_text(b.partitions)
+                            ),
                             "only used when the topic is created; a topic that exists keeps the partitions it has",
                         );
                     }
@@ -951,6 +955,11 @@ fn emitted_schema(dag: &Dag, name: &str) -> Option<String> {
         ),
         _ => dag.output_schema(name),
     }
+}
+
+/// A topic's declared partitions, or what it takes when it declares none.
+fn partitions_text(partitions: Option<u32>) -> String {
+    partitions.map_or_else(|| "settings.partitions".to_owned(), |p| p.to_string())
 }
 
 fn task_type(task: &TaskDecl) -> &'static str {

@@ -466,3 +466,95 @@ async fn a_node_killed_mid_plate_is_replaced_from_the_changelog_with_nothing_los
         assert!(level.ok(), "{level:?}");
     }
 }
+
+/// During a roll an older node may meet a record a newer node wrote in a newer format:
+/// it must stop before it (nothing dead-lettered, nothing misread, the DAG given up with
+/// the versions named) rather than guess, at a grouping's shard and at a task's alike.
+#[actix_rt::test]
+async fn a_record_in_a_newer_format_stops_the_dag_with_both_versions_named() {
+    use wellspring_protocol::{Envelope, MessageId, wire};
+    for node in ["site", "features"] {
+        let h = Harness::start(common::SITE_FEATURES_DAG, &[]).await;
+        let mut bytes = wire::encode(&Envelope::new(
+            MessageId::derive("lab", node, "EXP-1/1/B02/1"),
+            "EXP-1/1/B02/1",
+            Value::Null,
+        ));
+        bytes[0] = wire::FORMAT_VERSION + 1;
+        h.publish(vec![
+            wellspring_log::ProducerRecord::new(
+                format!("wellspring.lab.{node}.input"),
+                Some(bytes::Bytes::from_static(b"EXP-1/1/B02/1")),
+                Some(bytes::Bytes::from(bytes)),
+            )
+            .to_partition(0),
+        ])
+        .await;
+        h.wait_until("the DAG given up", |h| !h.health.gave_up().is_empty())
+            .await;
+        let (component, reason) = h.health.gave_up().remove(0);
+        assert!(
+            reason.contains(&format!(
+                "is in format version {}, written by a newer Wellspring, and this node reads format version {}",
+                wire::FORMAT_VERSION + 1,
+                wire::FORMAT_VERSION
+            )) && reason.contains(&format!("wellspring.lab.{node}.input[0]")),
+            "{node}: {component}: {reason}"
+        );
+        assert_eq!(
+            h.count("lab.dead-letters"),
+            0,
+            "{node}: nothing dead-lettered"
+        );
+        assert_eq!(
+            h.count("features"),
+            0,
+            "{node}: nothing misread into an output"
+        );
+        h.stop().await;
+    }
+}
+
+/// State a newer node wrote (a grouping's changelog entry in a newer format) is not
+/// skipped on restore, which would lose or repeat its aggregate: the shard does not
+/// start, and the DAG is given up with both versions named.
+#[actix_rt::test]
+async fn a_changelog_entry_in_a_newer_format_is_not_skipped_on_restore() {
+    use wellspring_log::{Cleanup, Log, ProducerRecord, TopicSpec};
+    use wellspring_protocol::wire;
+    let log = EmbeddedLog::new();
+    let changelog = "wellspring.lab.site.changelog";
+    log.ensure_topic(&TopicSpec::new(changelog, 2, Cleanup::Compact))
+        .await
+        .unwrap();
+    let entry = vec![wire::FORMAT_VERSION + 1, 0, 0];
+    log.producer()
+        .unwrap()
+        .send(vec![
+            ProducerRecord::new(
+                changelog,
+                Some(bytes::Bytes::from_static(b"EXP-1/1/B02/1")),
+                Some(bytes::Bytes::from(entry)),
+            )
+            .to_partition(1),
+        ])
+        .await
+        .unwrap();
+    let h = Harness::start_on(
+        log,
+        common::SITE_FEATURES_DAG,
+        &[],
+        FunctionRegistry::with_builtins(),
+        test_config(),
+    )
+    .await;
+    h.wait_until("the DAG given up", |h| !h.health.gave_up().is_empty())
+        .await;
+    let (_, reason) = h.health.gave_up().remove(0);
+    assert!(
+        reason.contains("record 0 of wellspring.lab.site.changelog[1] is in format version 2")
+            && reason.contains("this node reads format version 1"),
+        "{reason}"
+    );
+    h.stop().await;
+}

@@ -126,12 +126,10 @@ pub enum DagError {
     },
 }
 
-/// Shards of a sharded node: its own setting, else the DAG's.
+/// Shards of a sharded node: its own setting, else the DAG's (`Dag::shards`, which
+/// `upgrade-check` compares too).
 fn shard_count(dag: &Dag, node: &str) -> u32 {
-    match dag.node(node).map(|n| &n.kind) {
-        Some(NodeKind::StreamOperation(op)) => op.partitions.unwrap_or(dag.settings.partitions),
-        _ => dag.settings.partitions,
-    }
+    dag.shards(node).unwrap_or(dag.settings.partitions)
 }
 
 /// The topics a DAG needs: `(spec, strict)`. External topics are created when missing and

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod node;
 pub mod reader;
 pub mod routing;
+pub mod running_dags;
 pub mod stage;
 pub mod supervision;
 pub mod table;

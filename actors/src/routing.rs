@@ -55,17 +55,63 @@ pub fn origin_of(record: &LogRecord) -> Origin {
     }
 }
 
-/// The envelope an internal record carries, or the dead letter saying why it has none.
+/// An internal record in a format newer than this build reads: written by a node of a
+/// newer version during a roll. It is not dead-lettered (it is not broken) and not
+/// guessed at: the shard stops before it, uncommitted, for a newer node to process.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "record {offset} of {topic}[{partition}] is in format version {found}, written by a newer Wellspring, and this node reads format version {supported}: it stops here rather than misread it (upgrade this node's binary; the record stays uncommitted for a node that reads it)"
+)]
+pub struct NewerRecord {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub found: u8,
+    pub supported: u8,
+}
+
+impl NewerRecord {
+    /// When `error` says `record` was written in a newer format.
+    pub fn of(record: &LogRecord, error: &wire::WireError) -> Option<Self> {
+        error.newer_version().map(|found| NewerRecord {
+            topic: record.topic.to_string(),
+            partition: record.partition,
+            offset: record.offset,
+            found,
+            supported: wire::FORMAT_VERSION,
+        })
+    }
+}
+
+/// Why an internal record carries no envelope this node can use.
+#[derive(Debug)]
+pub enum Undecodable {
+    /// Broken: the dead letter saying why.
+    DeadLetter(ProducerRecord),
+    /// Written by a newer node: this node must stop before it.
+    Newer(NewerRecord),
+}
+
+/// The envelope an internal record carries, or why it has none.
 pub fn decode_envelope(
     record: &LogRecord,
     dead: &DeadLetterWriter,
-) -> Result<Envelope, ProducerRecord> {
+) -> Result<Envelope, Undecodable> {
     match record.value.as_deref().map(wire::decode) {
         Some(Ok(envelope)) => Ok(envelope),
-        Some(Err(e)) => {
-            Err(dead.unreadable(format!("unreadable internal record: {e}"), record, None))
-        }
-        None => Err(dead.unreadable("the record has no value".into(), record, None)),
+        Some(Err(e)) => match NewerRecord::of(record, &e) {
+            Some(newer) => Err(Undecodable::Newer(newer)),
+            None => Err(Undecodable::DeadLetter(dead.unreadable(
+                format!("unreadable internal record: {e}"),
+                record,
+                None,
+            ))),
+        },
+        None => Err(Undecodable::DeadLetter(dead.unreadable(
+            "the record has no value".into(),
+            record,
+            None,
+        ))),
     }
 }
 

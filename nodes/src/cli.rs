@@ -27,6 +27,10 @@ enum Command {
     Validate(commands::validate::ValidateArgs),
     /// Print a DAG as a Mermaid flowchart (renders on GitHub) or Graphviz DOT.
     Graph(commands::graph::GraphArgs),
+    /// Compare the spec a cluster runs (OLD) with the one it would roll to (NEW): each
+    /// change safe, backfilled or refused, with the reason and what to do instead (exit
+    /// code 1 when any is refused).
+    UpgradeCheck(commands::upgrade_check::UpgradeCheckArgs),
     /// Run a node: DAGs (optional) and the task-store API, until SIGINT or SIGTERM.
     Run(Box<commands::run::RunArgs>),
     /// Talk to a node's task-store API.
@@ -76,6 +80,7 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => commands::demo::demo(args),
         Command::Validate(args) => commands::validate::validate(args),
         Command::Graph(args) => commands::graph::graph(args),
+        Command::UpgradeCheck(args) => commands::upgrade_check::upgrade_check(args),
         Command::Run(args) => commands::run::run(*args),
         Command::Tasks(args) => commands::tasks::tasks(args),
         Command::Status(args) => commands::status::status(args),

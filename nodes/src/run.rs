@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use wellspring_actors::http::{ReqwestTransport, SharedRng, TlsSettings};
 use wellspring_actors::metrics::Metrics;
+use wellspring_actors::running_dags::{Admission, RecordedDags};
 use wellspring_actors::supervision::Health;
 use wellspring_actors::taskstore::{HttpPeerLink, TaskStore, TaskStoreConfig};
 use wellspring_actors::{FunctionRegistry, Node, NodeEnv, RuntimeConfig};
-use wellspring_log::{EmbeddedLog, Log, SystemClock};
+use wellspring_log::{Clock, EmbeddedLog, Log, SystemClock};
 use wellspring_protocol::Dag;
+use wellspring_protocol::spec::upgrade::ChangeClass;
 
 use crate::api;
 
@@ -40,6 +42,8 @@ pub struct RunOptions {
     pub kube: Option<wellspring_kube::KubeSettings>,
     /// TLS for HTTP tasks calling `https://` services.
     pub tls: TlsSettings,
+    /// Start DAGs that `upgrade-check` refuses against the ones the cluster runs.
+    pub force_upgrade: bool,
 }
 
 impl RunOptions {
@@ -56,6 +60,7 @@ impl RunOptions {
             prefix: RuntimeConfig::default().prefix,
             tls: TlsSettings::default(),
             kube: None,
+            force_upgrade: false,
         }
     }
 }
@@ -71,6 +76,8 @@ pub enum RunError {
     },
     #[error("cannot start the node: {0}")]
     Start(String),
+    #[error("{0}")]
+    UpgradeRefused(String),
     #[error("cannot start the HTTP server: {0}")]
     Server(std::io::Error),
     #[error("cannot start the Kubernetes integration: {0} (or run with --kube off)")]
@@ -228,6 +235,22 @@ async fn serve(
             Arc::new(peers),
         )
         .map_err(|e| RunError::Start(e.to_string()))?;
+        let registry = Arc::new(FunctionRegistry::with_builtins());
+        // Before anything runs: every DAG against what the cluster runs (the record every
+        // node reads), so that a refused upgrade starts nothing.
+        let recorded = RecordedDags::read(
+            log.as_ref(),
+            &options.prefix,
+            &format!("{}-running-dags", options.node_id),
+        )
+        .await
+        .map_err(|e| RunError::Start(e.to_string()))?;
+        admit(
+            &recorded,
+            &options.dags,
+            registry.as_ref(),
+            options.force_upgrade,
+        )?;
         let env = NodeEnv {
             log: log.clone(),
             clock: clock.clone(),
@@ -235,7 +258,7 @@ async fn serve(
                 ReqwestTransport::with_tls(&options.tls)
                     .map_err(|e| RunError::Start(e.to_string()))?,
             ),
-            registry: Arc::new(FunctionRegistry::with_builtins()),
+            registry,
             metrics: metrics.clone(),
             health: health.clone(),
             rng: rng.clone(),
@@ -248,6 +271,18 @@ async fn serve(
             },
         };
         let node = Node::start(env, options.dags.clone())
+            .await
+            .map_err(|e| RunError::Start(e.to_string()))?;
+        // Recorded once they run: the record says what the cluster runs, not what a node
+        // tried to.
+        recorded
+            .record(
+                log.as_ref(),
+                &options.prefix,
+                &options.dags,
+                &options.node_id,
+                clock.now_ms(),
+            )
             .await
             .map_err(|e| RunError::Start(e.to_string()))?;
         Ok::<_, RunError>((node, store))
@@ -354,6 +389,59 @@ async fn serve(
         Ok(Ok(Err(e))) => Err(RunError::Server(e)),
         _ => Err(RunError::Start("the HTTP server thread panicked".into())),
     }
+}
+
+/// Checks each DAG against what the cluster runs: a refused one stops the node (unless
+/// `force`, which warns instead); a backfilled node is named in a warning.
+fn admit(
+    recorded: &RecordedDags,
+    dags: &[Dag],
+    catalog: &dyn wellspring_protocol::spec::FunctionCatalog,
+    force: bool,
+) -> Result<(), RunError> {
+    for dag in dags {
+        let admission = recorded.admit(dag, catalog).map_err(|e| {
+            RunError::Start(format!(
+                "checking DAG {} against the running one: {e}",
+                dag.name
+            ))
+        })?;
+        let Admission::Upgrade(report) = &admission else {
+            continue;
+        };
+        let details = crate::commands::upgrade_check::render(report);
+        if let Some(refused) = admission.refused() {
+            let running = format!(
+                "DAG {} version {} is refused against version {}, which the cluster runs ({} change{} refused)",
+                dag.name,
+                dag.version,
+                refused.old_version,
+                refused.refused().count(),
+                if refused.refused().count() == 1 {
+                    ""
+                } else {
+                    "s"
+                }
+            );
+            if !force {
+                return Err(RunError::UpgradeRefused(format!(
+                    "{running}:\n\n{details}\nNothing was started. Change the spec as each \"instead\" says (wellspring upgrade-check OLD NEW checks it), or start with --force-upgrade to run it anyway: what the refused changes break is then lost"
+                )));
+            }
+            tracing::warn!("--force-upgrade: {running}; starting it anyway");
+            eprintln!("warning: --force-upgrade: {running}; starting it anyway:\n{details}");
+        }
+        for change in report.of_class(ChangeClass::Backfilled) {
+            tracing::warn!(
+                dag = %dag.name,
+                node = %change.location,
+                "a new node that needs history: {} ({})",
+                change.reason,
+                change.advice.as_deref().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Where a StatefulSet's pod answers: its stable DNS name under the headless service.

@@ -428,6 +428,12 @@ impl SchemaSet {
         }
     }
 
+    /// Whether every value of type `have` is a valid `want` (schemas named in either are
+    /// looked up in this set).
+    pub fn type_fits_in(&self, have: &FieldType, want: &FieldType) -> bool {
+        self.type_fits(have, want, 0)
+    }
+
     fn type_fits(&self, have: &FieldType, want: &FieldType, depth: usize) -> bool {
         if depth > MAX_DEPTH {
             return false;

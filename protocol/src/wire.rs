@@ -14,12 +14,27 @@ pub const FORMAT_VERSION: u8 = 1;
 pub enum WireError {
     #[error("empty message")]
     Empty,
-    #[error("format version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "format version {found} is not supported (this build reads version {supported}{})",
+        if found > supported { "; it was written by a newer Wellspring" } else { "" }
+    )]
     Version { found: u8, supported: u8 },
     #[error("malformed binary message: {0}")]
     Binary(#[from] postcard::Error),
     #[error("malformed JSON: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+impl WireError {
+    /// The format version of a blob written by a newer build (one this build must not
+    /// guess at: during a rolling upgrade, a newer node's record is the newer node's to
+    /// process).
+    pub fn newer_version(&self) -> Option<u8> {
+        match self {
+            WireError::Version { found, supported } if found > supported => Some(*found),
+            _ => None,
+        }
+    }
 }
 
 /// Encodes a value in the internal binary format, version byte first.
@@ -67,10 +82,12 @@ mod tests {
 
         let mut future = bytes.clone();
         future[0] = FORMAT_VERSION + 1;
-        assert!(matches!(
-            decode::<Envelope>(&future),
-            Err(WireError::Version { .. })
-        ));
+        let error = decode::<Envelope>(&future).unwrap_err();
+        assert_eq!(error.newer_version(), Some(FORMAT_VERSION + 1));
+        assert_eq!(
+            error.to_string(),
+            "format version 2 is not supported (this build reads version 1; it was written by a newer Wellspring)"
+        );
         assert!(matches!(decode::<Envelope>(&[]), Err(WireError::Empty)));
         assert!(decode::<Envelope>(&bytes[..bytes.len() / 2]).is_err());
     }

@@ -89,9 +89,19 @@ impl Harness {
         registry: FunctionRegistry,
         config: RuntimeConfig,
     ) -> Harness {
+        Self::start_on(EmbeddedLog::new(), yaml, variables, registry, config).await
+    }
+
+    /// On a log that already holds records (state a node left, say).
+    pub async fn start_on(
+        log: EmbeddedLog,
+        yaml: &str,
+        variables: &[(&str, String)],
+        registry: FunctionRegistry,
+        config: RuntimeConfig,
+    ) -> Harness {
         let transport: Arc<dyn HttpTransport> = Arc::new(ReqwestTransport::new().unwrap());
         let dag = load(yaml, &registry, variables);
-        let log = EmbeddedLog::new();
         let metrics = Metrics::default();
         let health = Health::default();
         let env = NodeEnv {

@@ -104,6 +104,16 @@ pub enum RestoreError {
     },
 }
 
+impl RestoreError {
+    /// The wire error of an entry that could not be read, if that was the trouble.
+    pub fn wire(&self) -> Option<&wire::WireError> {
+        match self {
+            RestoreError::Entry { source, .. } => Some(source),
+            RestoreError::Key { .. } => None,
+        }
+    }
+}
+
 /// Something the aggregator wants written.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Emitted<K, O> {

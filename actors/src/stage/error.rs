@@ -24,6 +24,9 @@ pub enum StartError {
         #[source]
         source: LogError,
     },
+    /// The state holds an entry a newer node wrote: restoring without it would lose it.
+    #[error("{0}")]
+    Newer(crate::routing::NewerRecord),
     /// The restore made no progress before the partition's end for too long.
     #[error("restoring {partition} stalled before offset {end}")]
     Stalled {
@@ -38,6 +41,7 @@ impl StartError {
         match self {
             StartError::Log { source, .. } => log_error_is_transient(source),
             StartError::Stalled { .. } => true,
+            StartError::Newer(_) => false,
         }
     }
 }
@@ -65,6 +69,9 @@ pub enum StageError {
         window: Duration,
         last: String,
     },
+    /// A shard met a record a newer node wrote; this node cannot read it.
+    #[error("{0}")]
+    NewerRecord(crate::routing::NewerRecord),
     /// A shard cannot start, and starting it again cannot help.
     #[error("shard {partition} cannot start: {source}")]
     ShardStart {
@@ -84,6 +91,7 @@ impl StageError {
             | StageError::Committed { source: e, .. }
             | StageError::Commit(e) => log_error_is_transient(e),
             StageError::ShardBudget { .. } => true,
+            StageError::NewerRecord(_) => false,
             StageError::ShardStart { source, .. } => source.retryable(),
         }
     }

@@ -18,14 +18,16 @@ use wellspring_log::{Clock, Log, LogRecord, ProducerRecord, TopicPartition};
 use wellspring_protocol::{Envelope, ExperimentId, MessageId, Origin, TraceContext, Value};
 
 use super::restore::restore;
-use super::shard::{RecordProcessor, RetryLater, SyncShard};
+use super::shard::{Halt, RecordProcessor, RetryLater, SyncShard};
 use super::{ShardFactory, ShardRequest, StartError};
 use crate::functions::{
     FunctionContext, FunctionDef, FunctionError, FunctionOutput, FunctionParams, StreamFunction,
 };
 use crate::metadata::{LayoutArrived, MetadataTable, Snapshot};
 use crate::metrics::{Counter, Gauge};
-use crate::routing::{Downstream, IncompleteWriter, decode_envelope, origin_of};
+use crate::routing::{
+    Downstream, IncompleteWriter, NewerRecord, Undecodable, decode_envelope, origin_of,
+};
 use crate::telemetry;
 
 /// Starts grouping shards of one stream-operation node.
@@ -57,6 +59,7 @@ impl ShardFactory for GroupingFactory {
         let started = Instant::now();
         let mut function = (self.function.create)(&self.params);
         let changelog = TopicPartition::new(self.changelog_topic.clone(), partition.partition);
+        let mut newer = None;
         let restored = restore(
             self.log.as_ref(),
             &changelog,
@@ -65,11 +68,23 @@ impl ShardFactory for GroupingFactory {
                 let key =
                     String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
                 if let Err(e) = function.restore(&key, record.value.as_deref()) {
-                    tracing::warn!(changelog = %changelog, offset = record.offset, "skipping an unreadable changelog entry: {e}");
+                    // A newer node's state is not this node's to skip: skipped, the
+                    // aggregate would be lost or emitted twice.
+                    match e.wire().and_then(|w| NewerRecord::of(record, w)) {
+                        Some(found) => {
+                            newer.get_or_insert(found);
+                        }
+                        None => {
+                            tracing::warn!(changelog = %changelog, offset = record.offset, "skipping an unreadable changelog entry: {e}")
+                        }
+                    }
                 }
             },
         )
         .await?;
+        if let Some(newer) = newer {
+            return Err(StartError::Newer(newer));
+        }
         let mut processor = GroupingProcessor {
             dag: self.dag.clone(),
             node: self.node.clone(),
@@ -221,18 +236,15 @@ impl GroupingProcessor {
 }
 
 impl RecordProcessor for GroupingProcessor {
-    fn process(
-        &mut self,
-        record: &LogRecord,
-        out: &mut Vec<ProducerRecord>,
-    ) -> Result<(), RetryLater> {
+    fn process(&mut self, record: &LogRecord, out: &mut Vec<ProducerRecord>) -> Result<(), Halt> {
         self.records_in.inc();
         let envelope = match decode_envelope(record, &self.downstream.dead) {
             Ok(envelope) => envelope,
-            Err(letter) => {
+            Err(Undecodable::DeadLetter(letter)) => {
                 out.push(letter);
                 return Ok(());
             }
+            Err(Undecodable::Newer(newer)) => return Err(newer.into()),
         };
         // Dead letters name where the record first entered the engine.
         let origin = envelope.origin.clone().unwrap_or_else(|| origin_of(record));
@@ -262,11 +274,11 @@ impl RecordProcessor for GroupingProcessor {
         });
         self.current = None;
         if let Some(retry) = self.retry.take() {
-            return Err(retry);
+            return Err(retry.into());
         }
         match refused {
             None => Ok(()),
-            Some(FunctionError::Unavailable(why)) => Err(RetryLater(why)),
+            Some(FunctionError::Unavailable(why)) => Err(RetryLater(why).into()),
             Some(rejected @ FunctionError::Rejected(_)) => {
                 out.push(self.downstream.dead.record(
                     rejected.to_string(),

@@ -50,7 +50,7 @@ use set::{ShardSet, ShardState, Slot};
 pub use error::{CommitError, StageError, StartError};
 pub use grouping::GroupingFactory;
 pub use relay::RelayFactory;
-pub use shard::{RecordProcessor, RetryLater, SyncShard};
+pub use shard::{Halt, RecordProcessor, RetryLater, SyncShard};
 pub use source::SourceFactory;
 pub use task::TaskFactory;
 
@@ -92,6 +92,8 @@ pub struct ShardFailure {
     /// died, or a record asked to be read again).
     pub offset: Option<Offset>,
     pub reason: String,
+    /// It stopped before a record a newer node wrote: no restart helps.
+    pub newer: Option<crate::routing::NewerRecord>,
 }
 
 /// What a stage asks of a shard.

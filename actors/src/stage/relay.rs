@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use wellspring_log::{LogRecord, ProducerRecord, TopicPartition};
 
-use super::shard::{RecordProcessor, RetryLater, SyncShard};
+use super::shard::{Halt, RecordProcessor, RetryLater, SyncShard};
 use super::{ShardFactory, ShardRequest, StartError};
 use crate::metrics::Counter;
-use crate::routing::{Downstream, decode_envelope};
+use crate::routing::{Downstream, Undecodable, decode_envelope};
 
 pub struct RelayFactory {
     pub name: String,
@@ -45,21 +45,18 @@ impl ShardFactory for RelayFactory {
 pub struct RelayProcessor(Downstream);
 
 impl RecordProcessor for RelayProcessor {
-    fn process(
-        &mut self,
-        record: &LogRecord,
-        out: &mut Vec<ProducerRecord>,
-    ) -> Result<(), RetryLater> {
+    fn process(&mut self, record: &LogRecord, out: &mut Vec<ProducerRecord>) -> Result<(), Halt> {
         let envelope = match decode_envelope(record, &self.0.dead) {
             Ok(envelope) => envelope,
-            Err(letter) => {
+            Err(Undecodable::DeadLetter(letter)) => {
                 out.push(letter);
                 return Ok(());
             }
+            Err(Undecodable::Newer(newer)) => return Err(newer.into()),
         };
         let origin = envelope.origin.clone();
         self.0
             .send(envelope, origin, 0, out)
-            .map_err(|e| RetryLater(e.to_string()))
+            .map_err(|e| RetryLater(e.to_string()).into())
     }
 }

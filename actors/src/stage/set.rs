@@ -83,6 +83,15 @@ impl ShardSet {
         if let Some(offset) = failure.offset {
             state.poison.insert(offset, failure.reason.clone());
         }
+        // A newer node's record: restarting this node's shard only meets it again.
+        if let Some(newer) = failure.newer {
+            state.slot = Slot::Down {
+                until: Instant::now() + self.settings.shard_restart.max_backoff,
+                reason: failure.reason,
+            };
+            self.escalation = Some(StageError::NewerRecord(newer));
+            return;
+        }
         self.restarts.inc();
         match state.tracker.on_failure(Instant::now()) {
             RestartDecision::RestartAfter(delay) => {
@@ -130,6 +139,7 @@ impl ShardSet {
                     ShardFailure {
                         offset: None,
                         reason: format!("could not start: {e}"),
+                        newer: None,
                     },
                 );
                 false
@@ -228,6 +238,7 @@ impl ShardSet {
                     ShardFailure {
                         offset: None,
                         reason: format!("shard actor is gone: {mailbox}"),
+                        newer: None,
                     },
                 );
                 None

@@ -18,6 +18,7 @@ use wellspring_protocol::ExperimentId;
 use super::{ShardFailure, ShardOutput, ShardRequest};
 use crate::metadata::LayoutArrived;
 use crate::metrics::Counter;
+use crate::routing::NewerRecord;
 use crate::supervision::panic_message;
 
 /// A record could not be processed now; a retry can help. Its shard restarts from the
@@ -27,15 +28,24 @@ use crate::supervision::panic_message;
 #[error("{0}")]
 pub struct RetryLater(pub String);
 
+/// Why a processor stops at a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Halt {
+    /// It can succeed later: the shard restarts from its last commit.
+    #[error(transparent)]
+    RetryLater(#[from] RetryLater),
+    /// A newer node wrote it: no restart of this node helps, so the stage fails for
+    /// good and its partitions go to the nodes that read it.
+    #[error(transparent)]
+    Newer(#[from] NewerRecord),
+}
+
 /// Processes the records of one partition, synchronously.
 pub trait RecordProcessor: Unpin + 'static {
     /// Processes one record; everything it produces goes to `out`. Bad records become
-    /// dead letters in `out`; a record that can succeed later is an `Err`.
-    fn process(
-        &mut self,
-        record: &LogRecord,
-        out: &mut Vec<ProducerRecord>,
-    ) -> Result<(), RetryLater>;
+    /// dead letters in `out`; a record that can succeed later, or that this node cannot
+    /// read, is an `Err`.
+    fn process(&mut self, record: &LogRecord, out: &mut Vec<ProducerRecord>) -> Result<(), Halt>;
     /// Timers and state changes (changelog entries) since the last call; an `Err` fails
     /// the shard as [`RecordProcessor::process`] does.
     fn drain(&mut self, _out: &mut Vec<ProducerRecord>) -> Result<(), RetryLater> {
@@ -89,7 +99,11 @@ impl<P: RecordProcessor> SyncShard<P> {
         let reason = format!("panic: {}", panic_message(&*payload));
         tracing::error!(shard = %self.name, ?offset, %reason, "contained a panic; the shard restarts");
         ctx.stop();
-        ShardFailure { offset, reason }
+        ShardFailure {
+            offset,
+            reason,
+            newer: None,
+        }
     }
 
     /// The processor can go on later: the shard stops, and is restarted from the last
@@ -105,6 +119,18 @@ impl<P: RecordProcessor> SyncShard<P> {
         ShardFailure {
             offset: None,
             reason: format!("to be retried: {why}"),
+            newer: None,
+        }
+    }
+
+    /// A newer node's record: the shard stops before it, nothing committed past it.
+    fn newer(&mut self, newer: NewerRecord, ctx: &mut Context<Self>) -> ShardFailure {
+        tracing::error!(shard = %self.name, "{newer}");
+        ctx.stop();
+        ShardFailure {
+            offset: None,
+            reason: newer.to_string(),
+            newer: Some(newer),
         }
     }
 
@@ -149,9 +175,10 @@ impl<P: RecordProcessor> Handler<ShardRequest> for SyncShard<P> {
                     let processor = &mut self.processor;
                     match catch_unwind(AssertUnwindSafe(|| processor.process(record, outbox))) {
                         Ok(Ok(())) => {}
-                        Ok(Err(why)) => {
+                        Ok(Err(Halt::RetryLater(why))) => {
                             return Err(self.retry_later(why, Some(record.offset), ctx));
                         }
+                        Ok(Err(Halt::Newer(newer))) => return Err(self.newer(newer, ctx)),
                         Err(payload) => {
                             return Err(self.panicked(payload, Some(record.offset), ctx));
                         }

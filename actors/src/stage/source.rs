@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use wellspring_log::{LogRecord, ProducerRecord, TopicPartition};
 use wellspring_protocol::{Envelope, MessageId, SchemaSet, Value};
 
-use super::shard::{RecordProcessor, RetryLater, SyncShard};
+use super::shard::{Halt, RecordProcessor, RetryLater, SyncShard};
 use super::{ShardFactory, ShardRequest, StartError};
 use crate::metrics::Counter;
 use crate::routing::{Downstream, origin_of};
@@ -70,11 +70,7 @@ pub struct SourceProcessor {
 }
 
 impl RecordProcessor for SourceProcessor {
-    fn process(
-        &mut self,
-        record: &LogRecord,
-        out: &mut Vec<ProducerRecord>,
-    ) -> Result<(), RetryLater> {
+    fn process(&mut self, record: &LogRecord, out: &mut Vec<ProducerRecord>) -> Result<(), Halt> {
         self.records_in.inc();
         let dead = &self.downstream.dead;
         let Some(bytes) = record.value.as_deref() else {
@@ -128,6 +124,6 @@ impl RecordProcessor for SourceProcessor {
         envelope.origin = Some(origin.clone());
         self.downstream
             .send(envelope, Some(origin), 0, out)
-            .map_err(|e| RetryLater(e.to_string()))
+            .map_err(|e| RetryLater(e.to_string()).into())
     }
 }

@@ -25,7 +25,7 @@ use wellspring_protocol::{Envelope, MessageId, TaskOutcome, TaskRequest, TaskRes
 use super::{ShardFactory, ShardFailure, ShardOutput, ShardRequest, StartError};
 use crate::http::TaskRunner;
 use crate::metrics::{Counter, Gauge};
-use crate::routing::{Downstream, decode_envelope};
+use crate::routing::{Downstream, NewerRecord, Undecodable, decode_envelope};
 use crate::supervision::panic_message;
 
 /// Starts the shards of one external-task node.
@@ -66,6 +66,7 @@ impl ShardFactory for TaskFactory {
             queued: VecDeque::new(),
             admission: Vec::new(),
             failure: None,
+            newer: None,
             mailbox: self.mailbox,
         }
         .start()
@@ -100,6 +101,8 @@ struct TaskShard {
     /// A finished call whose output must be routed again later: the shard fails with
     /// this at the stage's next request.
     failure: Option<String>,
+    /// The failure is a record a newer node wrote (the stage then fails for good).
+    newer: Option<NewerRecord>,
     mailbox: usize,
 }
 
@@ -134,13 +137,15 @@ impl TaskShard {
     /// Admits queued records while fewer than the bound are pending; wakes the stage once
     /// everything it handed over is admitted.
     fn admit_queued(&mut self, ctx: &mut Context<Self>) {
-        while self.outstanding.len() < self.max_pending {
+        // Nothing past a newer node's record is admitted: the shard stops before it.
+        while self.outstanding.len() < self.max_pending && self.newer.is_none() {
             let Some(record) = self.queued.pop_front() else {
                 break;
             };
             self.admit(record, ctx);
         }
-        if self.queued.is_empty() {
+        // A waiting request is answered (with the failure) once nothing more is admitted.
+        if self.queued.is_empty() || self.newer.is_some() {
             for waiter in self.admission.drain(..) {
                 let _ = waiter.send(());
             }
@@ -160,13 +165,22 @@ impl TaskShard {
         );
         self.records_in.inc();
         let offset = record.offset;
+        let decoded = decode_envelope(&record, &self.downstream.dead);
+        if let Err(Undecodable::Newer(newer)) = decoded {
+            // Stop before it: nothing at or past it is committed, and the shard fails.
+            tracing::error!(dag = %self.dag, node = %self.node, "{newer}");
+            self.failure = Some(newer.to_string());
+            self.newer = Some(newer);
+            return;
+        }
         self.next_offset = Some(offset + 1);
-        let envelope = match decode_envelope(&record, &self.downstream.dead) {
+        let envelope = match decoded {
             Ok(envelope) => envelope,
-            Err(letter) => {
+            Err(Undecodable::DeadLetter(letter)) => {
                 self.finished.insert(offset, vec![letter]);
                 return;
             }
+            Err(Undecodable::Newer(_)) => return,
         };
         self.outstanding.insert(offset);
         self.pending.add(1);
@@ -268,6 +282,7 @@ impl TaskShard {
                 Err(ShardFailure {
                     offset: None,
                     reason,
+                    newer: self.newer.clone(),
                 })
             }
             None => Ok(self.take_ready()),

@@ -26,6 +26,7 @@ use wellspring_protocol::{DeadLetter, Envelope, MessageId, Value, wire};
 use super::groups::GroupTable;
 use super::table::{Change, TaskError, TaskTable};
 use crate::metrics::Counter;
+use crate::routing::NewerRecord;
 use crate::stage::restore::restore;
 use crate::stage::{
     Ack, CommitError, ShardFactory, ShardFailure, ShardOutput, ShardRequest, StartError,
@@ -150,13 +151,21 @@ impl ShardFactory for QueueShardFactory {
     ) -> Result<Recipient<ShardRequest>, StartError> {
         let started = Instant::now();
         let mut table = TaskTable::default();
+        let mut newer = None;
         let restored = restore(
             self.log.as_ref(),
             partition,
             format!("restore-{partition}"),
-            |record| apply(&mut table, record),
+            |record| {
+                if let Some(found) = apply(&mut table, record) {
+                    newer.get_or_insert(found);
+                }
+            },
         )
         .await?;
+        if let Some(newer) = newer {
+            return Err(StartError::Newer(newer));
+        }
         let end = restored.end;
         if end > 0 {
             tracing::info!(shard = %partition, tasks = table.len(), took = ?started.elapsed(), "task shard restored");
@@ -181,16 +190,22 @@ impl ShardFactory for QueueShardFactory {
     }
 }
 
-/// Applies one record of the task topic: a task's state, or a tombstone.
-fn apply(table: &mut TaskTable, record: &LogRecord) {
+/// Applies one record of the task topic: a task's state, or a tombstone. A state a
+/// newer node wrote is not applied but answered: skipping it would lose the task.
+fn apply(table: &mut TaskTable, record: &LogRecord) -> Option<NewerRecord> {
     match (&record.key, &record.value) {
         (_, Some(value)) => match wire::decode::<TaskState>(value) {
             Ok(state) => table.apply(state),
-            Err(e) => tracing::warn!(
-                partition = record.partition,
-                offset = record.offset,
-                "skipping an unreadable task record: {e}"
-            ),
+            Err(e) => {
+                if let Some(newer) = NewerRecord::of(record, &e) {
+                    return Some(newer);
+                }
+                tracing::warn!(
+                    partition = record.partition,
+                    offset = record.offset,
+                    "skipping an unreadable task record: {e}"
+                )
+            }
         },
         (Some(key), None) => {
             if let Ok(id) = Uuid::try_parse_ascii(key) {
@@ -199,6 +214,7 @@ fn apply(table: &mut TaskTable, record: &LogRecord) {
         }
         (None, None) => {}
     }
+    None
 }
 
 pub struct QueueShard {
@@ -555,7 +571,14 @@ impl Handler<ShardRequest> for QueueShard {
                         record.topic,
                         record.partition
                     );
-                    apply(&mut self.table, record);
+                    if let Some(newer) = apply(&mut self.table, record) {
+                        tracing::error!(shard = %self.partition, "{newer}");
+                        return Err(ShardFailure {
+                            offset: None,
+                            reason: newer.to_string(),
+                            newer: Some(newer),
+                        });
+                    }
                     self.seen_to = self.seen_to.max(record.offset + 1);
                 }
                 let mut output = self.drain();

@@ -17,6 +17,7 @@ pub mod run;
 pub mod services;
 pub mod status;
 pub mod tasks;
+pub mod upgrade_check;
 pub mod validate;
 pub mod verify;
 

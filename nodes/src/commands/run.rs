@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// settings.partitions; fixed once the topics exist).
     #[arg(long, value_parser = flags::count())]
     partitions: Option<u32>,
+    /// Start DAGs that `wellspring upgrade-check` refuses against the ones the cluster
+    /// runs (with a warning): what the refused changes break is lost.
+    #[arg(long)]
+    force_upgrade: bool,
 }
 
 pub fn run(args: RunArgs) -> CommandResult {
@@ -132,6 +136,7 @@ pub fn run(args: RunArgs) -> CommandResult {
         session_timeout: args.session_timeout,
         kube,
         tls,
+        force_upgrade: args.force_upgrade,
         ..RunOptions::new(args.http_addr)
     };
     crate::run::run(options, log).map_err(|e| CliError::could_not_run(e.to_string()))

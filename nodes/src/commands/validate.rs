@@ -17,12 +17,13 @@ pub struct ValidateArgs {
 pub fn validate(args: ValidateArgs) -> CommandResult {
     let dag = read_dag(&args.file, &args.set)?;
     println!(
-        "{}: DAG {} is valid: {} nodes, {} topics, {} tasks",
+        "{}: DAG {} is valid: {} nodes, {} topics, {} tasks (version {})",
         args.file.display(),
         dag.name,
         dag.nodes.len(),
         dag.topics.len(),
-        dag.tasks.len()
+        dag.tasks.len(),
+        dag.version
     );
     Ok(())
 }

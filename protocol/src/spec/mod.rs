@@ -31,6 +31,7 @@ mod render;
 pub mod template;
 #[cfg(test)]
 mod tests;
+pub mod upgrade;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -435,10 +436,24 @@ pub struct QueueTask {
     pub output_schema: Option<String>,
 }
 
+/// The version a spec has when it says none.
+pub const DEFAULT_DAG_VERSION: u32 = 1;
+
+/// The text a DAG was loaded from, as its author wrote it: what a node records as the
+/// DAG it runs, so that every node (and `upgrade-check`) can load it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecSource {
+    pub text: String,
+    pub format: SpecFormat,
+}
+
 /// A validated DAG, nodes in topological order.
 #[derive(Debug, Clone)]
 pub struct Dag {
     pub name: String,
+    /// The spec's `version` (a whole number, [`DEFAULT_DAG_VERSION`] when it has none):
+    /// raised with every change, so nodes of two versions tell each other apart.
+    pub version: u32,
     pub description: Option<String>,
     pub settings: DagSettings,
     /// Defaults of `${name}` variables; runtime overrides replace them.
@@ -447,6 +462,7 @@ pub struct Dag {
     pub topics: BTreeMap<String, TopicDecl>,
     pub tasks: BTreeMap<String, TaskDecl>,
     pub nodes: Vec<NodeSpec>,
+    pub source: SpecSource,
 }
 
 impl Dag {
@@ -457,10 +473,29 @@ impl Dag {
         catalog: &dyn FunctionCatalog,
     ) -> Result<Dag, SpecErrors> {
         let (raw, mut errors) = parse::parse(text, format);
-        let dag = raw.map(|raw| validate::validate(raw, catalog, &mut errors));
+        let source = SpecSource {
+            text: text.to_owned(),
+            format,
+        };
+        let dag = raw.map(|raw| validate::validate(raw, source, catalog, &mut errors));
         match dag {
             Some(dag) if errors.is_empty() => Ok(dag),
             _ => Err(SpecErrors(errors)),
+        }
+    }
+
+    /// Shards of a sharded node (a stream-operation or a task: the partitions of its
+    /// input topic, and of its changelog): its own `partitions`, else the DAG's.
+    /// `None` for the nodes that have no shards of their own.
+    pub fn shards(&self, name: &str) -> Option<u32> {
+        match &self.node(name)?.kind {
+            NodeKind::StreamOperation(op) => {
+                Some(op.partitions.unwrap_or(self.settings.partitions))
+            }
+            NodeKind::ExternalTask { .. } => Some(self.settings.partitions),
+            NodeKind::TopicStream { .. }
+            | NodeKind::TopicTable { .. }
+            | NodeKind::Publish { .. } => None,
         }
     }
 

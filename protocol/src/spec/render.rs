@@ -47,8 +47,9 @@ pub fn to_mermaid(dag: &Dag) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "---\ntitle: {}\n---\nflowchart LR",
-        mermaid_text(&dag.name)
+        "---\ntitle: {} version {}\n---\nflowchart LR",
+        mermaid_text(&dag.name),
+        dag.version
     );
     for node in &dag.nodes {
         let (name, detail) = label(dag, &node.name, &node.kind);
@@ -86,6 +87,12 @@ fn dot_text(text: &str) -> String {
 pub fn to_dot(dag: &Dag) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph \"{}\" {{", dot_text(&dag.name));
+    let _ = writeln!(
+        out,
+        "    label=\"{} version {}\";\n    labelloc=t;",
+        dot_text(&dag.name),
+        dag.version
+    );
     let _ = writeln!(out, "    rankdir=LR;\n    node [fontname=\"Helvetica\"];");
     for node in &dag.nodes {
         let (name, detail) = label(dag, &node.name, &node.kind);

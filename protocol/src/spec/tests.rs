@@ -1,7 +1,7 @@
 use super::*;
 
 /// The built-in groupings plus one custom function, as a runtime would offer them.
-struct Catalog;
+pub(crate) struct Catalog;
 
 impl FunctionCatalog for Catalog {
     fn signature(&self, name: &str) -> Option<FunctionSignature> {
@@ -28,7 +28,7 @@ impl FunctionCatalog for Catalog {
     }
 }
 
-const REFERENCE: &str = include_str!("../../../examples/reference-dag.yaml");
+pub(crate) const REFERENCE: &str = include_str!("../../../examples/reference-dag.yaml");
 
 fn load_yaml(text: &str) -> Result<Dag, SpecErrors> {
     Dag::load(text, SpecFormat::Yaml, &Catalog)
@@ -396,4 +396,28 @@ fn the_json_and_yaml_examples_are_the_same_dag() {
     assert_eq!(to_dot(&yaml), to_dot(&json));
     assert_eq!(yaml.tasks, json.tasks);
     assert_eq!(yaml.topics, json.topics);
+}
+
+#[test]
+fn the_version_is_a_whole_number_from_one_and_defaults_to_one() {
+    assert_eq!(load_yaml(BASE).unwrap().version, DEFAULT_DAG_VERSION);
+    let versioned = BASE.replacen("name: t\n", "name: t\nversion: 7\n", 1);
+    let dag = load_yaml(&versioned).unwrap();
+    assert_eq!(dag.version, 7);
+    assert!(to_mermaid(&dag).contains("title: t version 7"));
+    assert!(to_dot(&dag).contains("label=\"t version 7\""));
+    assert_eq!(
+        dag.source.text, versioned,
+        "the spec keeps the text it came from"
+    );
+    for bad in ["0", "\"2\"", "1.5", "-1"] {
+        let errors =
+            errors_of(&BASE.replacen("name: t\n", &format!("name: t\nversion: {bad}\n"), 1));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.location.is_empty() && e.field == "version"),
+            "version {bad}: {errors:?}"
+        );
+    }
 }

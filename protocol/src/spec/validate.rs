@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::parse::{RawSpec, suggest};
-use super::{Dag, FunctionCatalog, HttpTask, NodeKind, NodeSpec, SpecError, TaskDecl};
+use super::{Dag, FunctionCatalog, HttpTask, NodeKind, NodeSpec, SpecError, SpecSource, TaskDecl};
 use crate::schema::PRIMITIVE_SCHEMAS;
 
 /// Roots a body template may reference.
@@ -14,6 +14,7 @@ const OUTPUT_CONTEXT: &[&str] = &["input", "key", "id", "attempt", "response", "
 
 pub(crate) fn validate(
     raw: RawSpec,
+    source: SpecSource,
     catalog: &dyn FunctionCatalog,
     errors: &mut Vec<SpecError>,
 ) -> Dag {
@@ -30,6 +31,7 @@ pub(crate) fn validate(
     nodes.sort_by_key(|n| order.get(&n.name).copied().unwrap_or(usize::MAX));
     Dag {
         name: raw.name,
+        version: raw.version,
         description: raw.description,
         settings: raw.settings,
         variables: raw.variables,
@@ -37,6 +39,7 @@ pub(crate) fn validate(
         topics: raw.topics,
         tasks: raw.tasks,
         nodes,
+        source,
     }
 }
 

@@ -20,6 +20,7 @@ use crate::schema::{AdditionalFields, Field, FieldType, Schema, SchemaSet};
 /// A spec whose parts parsed; not yet cross-checked.
 pub(crate) struct RawSpec {
     pub name: String,
+    pub version: u32,
     pub description: Option<String>,
     pub settings: DagSettings,
     pub variables: BTreeMap<String, String>,
@@ -278,8 +279,14 @@ impl Parser<'_> {
                 format!("{name:?} may only use letters, digits, '-', '_' and '.'"),
             );
         }
+        // A whole number, so that "newer" is never in doubt (a string would leave 1.10
+        // against 1.9 to the reader).
+        let version = obj
+            .integer(self.errors, "version", 1, u64::from(u32::MAX))
+            .map_or(super::DEFAULT_DAG_VERSION, |v| v as u32);
         let description = obj.string(self.errors, "description", false);
         let mut raw = RawSpec {
+            version,
             settings: DagSettings {
                 partitions: 8,
                 dead_letter_topic: format!("{name}.dead-letters"),

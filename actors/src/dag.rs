@@ -127,7 +127,7 @@ pub enum DagError {
 }
 
 /// Shards of a sharded node: its own setting, else the DAG's.
-fn shard_count(dag: &Dag, node: &str) -> u32 {
+pub fn shard_count(dag: &Dag, node: &str) -> u32 {
     match dag.node(node).map(|n| &n.kind) {
         Some(NodeKind::StreamOperation(op)) => op.partitions.unwrap_or(dag.settings.partitions),
         _ => dag.settings.partitions,

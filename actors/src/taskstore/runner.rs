@@ -34,6 +34,16 @@ pub struct QueueTaskRunner {
     pub group_ready: Cell<bool>,
 }
 
+/// The submission's idempotency key: the record's id, so that a replay finds its task;
+/// for a redrive, the id and the dead letter's, so that it is not answered by the task
+/// that failed (its output keeps the record's id: `MessageId::derive(dag, node, key)`).
+fn idempotency_key(task: &TaskRequest) -> String {
+    match &task.redrive_of {
+        Some(dead_letter) => format!("{}/redrive/{dead_letter}", task.id),
+        None => task.id.to_string(),
+    }
+}
+
 /// How long a submission keeps retrying while the task store cannot take it (starting,
 /// shards moving) before the record is dead-lettered.
 const SUBMIT_PATIENCE: Duration = Duration::from_secs(120);
@@ -58,7 +68,7 @@ impl QueueTaskRunner {
             cmd,
             group: self.spec.group.clone(),
             labels,
-            idempotency_key: Some(task.id.to_string()),
+            idempotency_key: Some(idempotency_key(task)),
         })
     }
 

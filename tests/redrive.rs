@@ -444,3 +444,128 @@ fn dead_letters_of_a_service_that_was_down_are_listed_redriven_once_and_yield_ea
     let _ = std::fs::remove_file(token_file);
     node.stop().unwrap();
 }
+
+/// A queue task's dead letter (a worker reported it failed for good) goes back as a new
+/// task: the task store drops repeated submissions by the record's id, so the redrive
+/// must not be answered by the task that failed, and its output keeps the record's id.
+#[test]
+fn a_queue_tasks_dead_letter_goes_back_to_the_workers_as_a_new_task_with_the_same_output_id() {
+    use wellspring_actors::taskstore::ApiClient;
+    use wellspring_protocol::redrive::{DeadLetterFilter, RedriveRequest};
+    use wellspring_protocol::taskstore::{Claim, Millis, Report, TaskView};
+
+    let yaml = r#"
+name: segmentation
+settings: {partitions: 2}
+topics:
+  images: {value-schema: channel_level, partitions: 2}
+  segments: {value-schema: json}
+tasks:
+  segment:
+    type: queue
+    group: segmentation
+    cmd: ["segment.py", "{location}"]
+    group-settings: {retry: {max-attempts: 1}}
+    input-schema: channel_level
+graph:
+  images: {type: topic-stream, topic-name: images}
+  segment: {type: external-task, stream: images, task-name: segment}
+  out: {type: publish, stream: segment, topic-name: segments}
+"#;
+    let registry = FunctionRegistry::with_builtins();
+    let dag = load(yaml, &registry, &[]);
+    let log = EmbeddedLog::new();
+    let mut options = RunOptions::new("127.0.0.1:0".parse().unwrap());
+    options.dags = vec![dag];
+    options.task_partitions = 2;
+    let node = start(options, Some(Arc::new(log.clone()) as Arc<dyn Log>)).unwrap();
+    let api = ApiClient::new(&node.url(), None).unwrap();
+
+    let layout = synthetic::layout("EXP-Q", 1, 1, 1, 3).unwrap();
+    let images = synthetic::images(&layout, "HUVEC");
+    block_on(async {
+        log.producer()
+            .unwrap()
+            .send(
+                images
+                    .iter()
+                    .map(|i| {
+                        ProducerRecord::new(
+                            "images",
+                            Some(i.key.to_string().into()),
+                            Some(i.to_value().to_json_string().into()),
+                        )
+                    })
+                    .collect(),
+            )
+            .await
+            .unwrap();
+    });
+    // A worker: channel 3's segmentation fails while `failing`, the rest succeed.
+    let work = |failing: bool, tasks: usize| -> Vec<TaskView> {
+        let mut taken = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while taken.len() < tasks {
+            assert!(
+                Instant::now() < deadline,
+                "the workers got {} of {tasks} tasks",
+                taken.len()
+            );
+            let claim = Claim {
+                groups: vec!["segmentation".into()],
+                client_id: "gpu-worker".into(),
+                duration: Millis(30_000),
+            };
+            let Some(task) = block_on(api.claim(&claim)).unwrap_or(None) else {
+                std::thread::sleep(Duration::from_millis(25));
+                continue;
+            };
+            let fail = failing && task.cmd[1].ends_with("ch3.tiff");
+            let report = Report {
+                client_id: "gpu-worker".into(),
+                id: task.id,
+                version: task.version,
+                elapsed_time: None,
+                output: (!fail).then(|| serde_json::json!({"cells": 17, "image": task.cmd[1]})),
+                error: fail.then(|| "segmentation diverged".to_owned()),
+            };
+            block_on(api.report(&report, !fail)).unwrap();
+            taken.push(task);
+        }
+        taken
+    };
+    let first = work(true, 3);
+    wait_for("two outputs and a dead letter", || {
+        ids(&log, "segments").len() == 2 && read(&log, "segmentation.dead-letters").len() == 1
+    });
+
+    let answer = block_on(api.redrive(&RedriveRequest {
+        filter: DeadLetterFilter {
+            node: Some("segment".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }))
+    .unwrap();
+    assert_eq!(answer.redriven.len(), 1, "{answer:?}");
+    assert_eq!(
+        answer.redriven[0].topic.as_deref(),
+        Some("wellspring.segmentation.segment.input")
+    );
+    // A new task (not the one that failed), and once it succeeds, the third output.
+    let again = work(false, 1);
+    assert!(again[0].cmd[1].ends_with("ch3.tiff"), "{again:?}");
+    assert!(
+        first.iter().all(|t| t.id != again[0].id),
+        "the redrive is a task of its own"
+    );
+    wait_for("the third output", || ids(&log, "segments").len() == 3);
+    let expected: BTreeSet<String> = images
+        .iter()
+        .map(|i| MessageId::derive("segmentation", "segment", &i.key.to_string()).to_string())
+        .collect();
+    let out = ids(&log, "segments");
+    assert_eq!(out.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    assert!(out.values().all(|n| *n == 1), "{out:?}");
+    node.stop().unwrap();
+}

@@ -172,3 +172,29 @@ impl TaskRunner for QueueTaskRunner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wellspring_protocol::redrive::headers::REDRIVE_OF;
+    use wellspring_protocol::{Envelope, MessageId, Value};
+
+    #[test]
+    fn a_redrive_is_submitted_under_its_own_key_and_a_replay_under_the_records() {
+        let id = MessageId::derive("lab", "site", "E/1/B02/1");
+        let mut envelope = Envelope::new(id, "E/1/B02/1", Value::Null);
+        let replay = TaskRequest::from_envelope("features", envelope.clone());
+        assert_eq!(idempotency_key(&replay), id.to_string());
+        envelope
+            .headers
+            .push((REDRIVE_OF.to_owned(), "dead-letter-1".to_owned()));
+        let redrive = TaskRequest::from_envelope("features", envelope);
+        assert_eq!(redrive.redrive_of.as_deref(), Some("dead-letter-1"));
+        // Not the key of the task that failed, and the same for the same redrive.
+        assert_eq!(
+            idempotency_key(&redrive),
+            format!("{id}/redrive/dead-letter-1")
+        );
+        assert_eq!(redrive.id, id, "the record keeps its id");
+    }
+}

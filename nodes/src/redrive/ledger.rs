@@ -47,11 +47,6 @@ impl Ledger {
     pub fn get(&self, dead_letter: &str) -> Option<&LedgerEntry> {
         self.entries.get(dead_letter)
     }
-
-    /// Keeps `entry` as the dead letter's latest (once it is written).
-    pub fn put(&mut self, entry: LedgerEntry) {
-        self.entries.insert(entry.dead_letter.clone(), entry);
-    }
 }
 
 /// What to do with one selected dead letter, once known.

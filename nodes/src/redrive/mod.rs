@@ -42,8 +42,9 @@ pub enum RedriveError {
     Log {
         action: &'static str,
         topic: String,
+        // Boxed: the error travels through every `?` of the worker.
         #[source]
-        source: LogError,
+        source: Box<LogError>,
     },
     #[error("reading {partition} made no progress for {}s (is the log reachable?)", READ_STALL.as_secs())]
     Stalled { partition: TopicPartition },
@@ -60,7 +61,7 @@ fn log_error<'a>(
     move |source| RedriveError::Log {
         action,
         topic: topic.to_owned(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -323,7 +324,7 @@ impl Worker {
             .ensure_topic(&ledger_spec)
             .await
             .map_err(log_error("creating", &ledger_topic))?;
-        let mut ledger = self.read_ledger(&ledger_topic).await?;
+        let ledger = self.read_ledger(&ledger_topic).await?;
         let letters = self.dead_letters().await?;
 
         let wanted: BTreeSet<&str> = request.ids.iter().map(String::as_str).collect();
@@ -341,14 +342,6 @@ impl Worker {
             }
             seen.insert(letter.entry.id.as_str());
             if !request.filter.matches(&letter.entry) {
-                continue;
-            }
-            // One dead letter listed twice (a shared topic read once per DAG cannot be:
-            // topics are read once) is still sent once per request.
-            if to_send
-                .iter()
-                .any(|(s, _, _)| s.entry.id == letter.entry.id)
-            {
                 continue;
             }
             let Some(dag) = self.dags.iter().find(|d| d.name == letter.entry.dag) else {
@@ -377,7 +370,6 @@ impl Worker {
                         let record = ledger::record(&ledger_topic, &sent);
                         self.send(vec![record], "recording a redrive in", &ledger_topic)
                             .await?;
-                        ledger.put(sent);
                     }
                     outcome
                 }
@@ -399,55 +391,61 @@ impl Worker {
             .filter(|id| !seen.contains(*id))
             .map(|id| (*id).to_owned())
             .collect();
-        if request.dry_run || to_send.is_empty() {
-            answer.redriven = to_send
-                .iter()
-                .map(|(s, t, count)| s.item(Some(t), count - 1, None))
-                .collect();
-            return Ok(answer);
+        if !request.dry_run {
+            self.send_back(&ledger_topic, &to_send).await?;
         }
+        answer.redriven = to_send
+            .iter()
+            .map(|(s, t, count)| s.item(Some(t), count - 1, None))
+            .collect();
+        Ok(answer)
+    }
 
-        // Where each target partition ends now: its redriven record lands at or after.
-        let mut ends: HashMap<(String, u32), Offset> = HashMap::new();
-        for (_, target, _) in &to_send {
-            let key = (target.topic.clone(), target.partition);
-            if !ends.contains_key(&key) {
+    /// Sends each dead letter into its target, in three durable steps: the ledger's
+    /// `sending` entries (with where each target partition ends now: the record lands at
+    /// or after it), the records, the `sent` entries.
+    async fn send_back(
+        &self,
+        ledger_topic: &str,
+        to_send: &[(&Stored, Target, u32)],
+    ) -> Result<(), RedriveError> {
+        if to_send.is_empty() {
+            return Ok(());
+        }
+        let mut ends: HashMap<(&str, u32), Offset> = HashMap::new();
+        for (_, target, _) in to_send {
+            let key = (target.topic.as_str(), target.partition);
+            if let std::collections::hash_map::Entry::Vacant(vacant) = ends.entry(key) {
                 let tp = TopicPartition::new(target.topic.as_str(), target.partition);
                 let end = self
                     .log
                     .end_offset(&tp)
                     .await
                     .map_err(log_error("reading the end of", &target.topic))?;
-                ends.insert(key, end);
+                vacant.insert(end);
             }
         }
         let now = wellspring_log::Clock::now_ms(&wellspring_log::SystemClock);
-        let entries: Vec<LedgerEntry> = to_send
+        let sending: Vec<LedgerEntry> = to_send
             .iter()
             .map(|(letter, target, count)| LedgerEntry {
                 dead_letter: letter.entry.id.clone(),
                 state: LedgerState::Sending,
                 topic: target.topic.clone(),
                 partition: target.partition,
-                from_offset: ends[&(target.topic.clone(), target.partition)],
+                from_offset: ends[&(target.topic.as_str(), target.partition)],
                 offset: None,
                 count: *count,
                 at_ms: now,
             })
             .collect();
-        // First the intent, durable; then the records; then that they were sent.
-        self.send(
-            entries
-                .iter()
-                .map(|e| ledger::record(&ledger_topic, e))
-                .collect(),
-            "recording redrives in",
-            &ledger_topic,
-        )
-        .await?;
-        for entry in &entries {
-            ledger.put(entry.clone());
-        }
+        let entries = |list: &[LedgerEntry]| -> Vec<ProducerRecord> {
+            list.iter()
+                .map(|e| ledger::record(ledger_topic, e))
+                .collect()
+        };
+        self.send(entries(&sending), "recording redrives in", ledger_topic)
+            .await?;
         let records = to_send
             .iter()
             .map(|(letter, target, _)| target::record(target, &letter.kept(), &letter.entry.id))
@@ -455,7 +453,7 @@ impl Worker {
         let offsets = self
             .send(records, "redriving into", "the stages' inputs")
             .await?;
-        let sent: Vec<LedgerEntry> = entries
+        let sent: Vec<LedgerEntry> = sending
             .into_iter()
             .zip(&offsets)
             .map(|(entry, (_, offset))| LedgerEntry {
@@ -464,18 +462,8 @@ impl Worker {
                 ..entry
             })
             .collect();
-        self.send(
-            sent.iter()
-                .map(|e| ledger::record(&ledger_topic, e))
-                .collect(),
-            "recording redrives in",
-            &ledger_topic,
-        )
-        .await?;
-        answer.redriven = to_send
-            .iter()
-            .map(|(s, t, count)| s.item(Some(t), count - 1, None))
-            .collect();
-        Ok(answer)
+        self.send(entries(&sent), "recording redrives in", ledger_topic)
+            .await?;
+        Ok(())
     }
 }

@@ -569,3 +569,133 @@ graph:
     assert!(out.values().all(|n| *n == 1), "{out:?}");
     node.stop().unwrap();
 }
+
+/// The same on a broker (tansu, transactions on): a node process on Kafka, its dead
+/// letters redriven once through the CLI, every site's features present afterwards and
+/// a second redrive sending nothing.
+#[test]
+fn on_kafka_a_redrive_reads_the_dead_letters_and_the_ledger_from_the_broker() {
+    use wellspring_test_support::broker::Broker;
+    use wellspring_test_support::node_process::NodeProcess;
+
+    let broker = Broker::start();
+    let down = Arc::new(AtomicBool::new(true));
+    let service = {
+        let down = down.clone();
+        ScriptedServer::start(move |_| {
+            if down.load(Ordering::SeqCst) {
+                Answer::status(503)
+            } else {
+                Answer::ok(r#"{"cell_count": 5}"#)
+            }
+        })
+    };
+    let dir = std::env::temp_dir().join(format!("wellspring-redrive-kafka-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dag_file = dir.join("lab.yaml");
+    std::fs::write(&dag_file, common::SITE_FEATURES_DAG).unwrap();
+    let args: Vec<String> = vec![
+        "--dag".into(),
+        dag_file.display().to_string(),
+        "--set".into(),
+        format!("svc={}", service.url),
+        "--session-timeout".into(),
+        "6s".into(),
+    ];
+    let node = NodeProcess::start(
+        env!("CARGO_BIN_EXE_wellspring"),
+        &broker.address,
+        "redrive-k",
+        &args,
+    );
+
+    // One plate through the node's record API: its layout, then its images.
+    let layout = synthetic::layout("EXP-K", 1, 2, 2, 2).unwrap();
+    let post = |topic: &str, records: Vec<Value>| {
+        let body = serde_json::json!({ "records": records });
+        let (status, answer) = block_on(async {
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let response = client
+                .post(format!("{}/api/topics/{topic}/records", node.url))
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        });
+        assert_eq!(status, 200, "{answer}");
+    };
+    let value = |v: wellspring_protocol::Value| -> Value {
+        serde_json::from_str(&v.to_json_string()).unwrap()
+    };
+    post(
+        "metadata",
+        vec![serde_json::json!({"key": "EXP-K", "value": value(layout.to_value())})],
+    );
+    post(
+        "images",
+        synthetic::images(&layout, "HUVEC")
+            .iter()
+            .map(|i| serde_json::json!({"key": i.key.to_string(), "value": value(i.to_value())}))
+            .collect(),
+    );
+    let list = [
+        "dead-letters",
+        "list",
+        "--url",
+        node.url.as_str(),
+        "--experiment",
+        "EXP-K",
+    ];
+    let mut listed = Value::Null;
+    wait_for("four dead letters on the broker", || {
+        listed = json_of_untokened(&list);
+        listed["total"] == 4
+    });
+    assert!(
+        items(&listed, "dead_letters")
+            .iter()
+            .all(|d| d["node"] == "features" && d["site"].is_u64()),
+        "{listed}"
+    );
+
+    down.store(false, Ordering::SeqCst);
+    let redrive = [
+        "dead-letters",
+        "redrive",
+        "--url",
+        node.url.as_str(),
+        "--experiment",
+        "EXP-K",
+    ];
+    let answer = json_of_untokened(&redrive);
+    assert_eq!(items(&answer, "redriven").len(), 4, "{answer}");
+    let features = |detail: &Value| {
+        detail["levels"]
+            .as_array()
+            .and_then(|levels| levels.iter().find(|l| l["name"] == "features"))
+            .and_then(|l| l["present"].as_u64())
+    };
+    wait_for("every site's features on the broker", || {
+        let detail = json_of_untokened(&["status", "EXP-K", "--url", node.url.as_str()]);
+        features(&detail) == Some(4)
+    });
+    let second = json_of_untokened(&redrive);
+    assert!(items(&second, "redriven").is_empty(), "{second}");
+    assert_eq!(items(&second, "skipped").len(), 4, "{second}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `wellspring ARGS --json` against a node without a token.
+fn json_of_untokened(args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let output = wellspring_with(&args, &[]);
+    assert!(
+        output.status.success(),
+        "wellspring {args:?}: {}",
+        stderr(&output)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}

@@ -223,14 +223,19 @@ impl Worker {
             ))
             .map_err(log_error("a reader of", &partition.topic))?;
         let mut progress = Instant::now();
-        // Until everything committed is read (Kafka's transaction markers take offsets no
-        // record is delivered for, so offsets alone cannot tell).
-        while !reader.caught_up(partition) {
+        // Until the consumer says it is at the end and holds nothing more (an empty poll):
+        // not to the end offset asked first, which a broker may answer from metadata a
+        // moment old, and whose last offsets can be Kafka's transaction markers, which no
+        // record is delivered for.
+        loop {
             let records = reader
                 .poll(&mut NoListener, 10_000, Duration::from_millis(200))
                 .await
                 .map_err(log_error("reading", &partition.topic))?;
             if records.is_empty() {
+                if reader.caught_up(partition) {
+                    break;
+                }
                 if progress.elapsed() > READ_STALL {
                     return Err(RedriveError::Stalled {
                         partition: partition.clone(),
@@ -238,13 +243,7 @@ impl Worker {
                 }
                 continue;
             }
-            records
-                .iter()
-                .filter(|r| r.offset < end)
-                .for_each(&mut each);
-            if records.last().is_some_and(|r| r.offset + 1 >= end) {
-                break;
-            }
+            records.iter().for_each(&mut each);
             progress = Instant::now();
         }
         Ok(())

@@ -207,14 +207,6 @@ impl Worker {
         from: Offset,
         mut each: impl FnMut(&LogRecord),
     ) -> Result<(), RedriveError> {
-        let end = self
-            .log
-            .end_offset(partition)
-            .await
-            .map_err(log_error("reading the end of", &partition.topic))?;
-        if end <= from {
-            return Ok(());
-        }
         let mut reader = self
             .log
             .consumer(ConsumerConfig::assign(

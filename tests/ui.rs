@@ -2,11 +2,13 @@
 //! real `wellspring demo --serve` processes: a 384-well and a 1536-well plate, every well
 //! cell and its state read from the rendered page and compared with the API, the well
 //! detail, the QC heatmap, the other pages, no error in the page or its console, and
-//! screenshots kept under `target/ui-artifacts/`.
+//! screenshots kept under `target/ui-artifacts/`; and the dead letters' redrive buttons on
+//! a node whose service was down.
 #![allow(clippy::unwrap_used)]
 
 #[path = "ui/browser.rs"]
 mod browser;
+mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -622,4 +624,179 @@ async fn a_dead_lettered_well_lists_its_dead_letters_with_their_reasons() {
         .screenshot(&artifact("well-dead-lettered.png"))
         .await;
     browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letters_page_redrives_one_then_the_matching_ones_after_confirmation() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use wellspring_log::{EmbeddedLog, Log, ProducerRecord, TopicPartition};
+
+    // A node whose features service answers 503 past the task's retries.
+    let down = Arc::new(AtomicBool::new(true));
+    let service = {
+        let down = down.clone();
+        common::ScriptedServer::start(move |_| {
+            if down.load(Ordering::SeqCst) {
+                common::Answer::status(503)
+            } else {
+                common::Answer::ok(r#"{"cell_count": 3}"#)
+            }
+        })
+    };
+    let registry = wellspring_actors::FunctionRegistry::with_builtins();
+    let dag = common::load(
+        common::SITE_FEATURES_DAG,
+        &registry,
+        &[("svc", service.url.clone())],
+    );
+    let log = EmbeddedLog::new();
+    let mut options = wellspring_nodes::run::RunOptions::new("127.0.0.1:0".parse().unwrap());
+    options.dags = vec![dag];
+    options.node_id = "ui-redrive".into();
+    let node =
+        wellspring_nodes::run::start(options, Some(Arc::new(log.clone()) as Arc<dyn Log>)).unwrap();
+    let layout = wellspring_protocol::synthetic::layout("EXP-UI", 1, 2, 2, 2).unwrap();
+    let mut records = vec![ProducerRecord::new(
+        "metadata",
+        Some(layout.experiment.as_str().to_owned().into()),
+        Some(layout.to_value().to_json_string().into()),
+    )];
+    for image in wellspring_protocol::synthetic::images(&layout, "HUVEC") {
+        records.push(ProducerRecord::new(
+            "images",
+            Some(image.key.to_string().into()),
+            Some(image.to_value().to_json_string().into()),
+        ));
+    }
+    log.producer().unwrap().send(records).await.unwrap();
+    let outputs = || {
+        (0..)
+            .map_while(|p| {
+                log.read(&TopicPartition::new("features", p), 0, usize::MAX)
+                    .ok()
+            })
+            .map(|r| r.len())
+            .sum::<usize>()
+    };
+
+    let browser = Browser::start(1400, 900, false).await;
+    browser
+        .open(&format!("{}/#/dead-letters?node=features", node.url()))
+        .await;
+    browser
+        .wait_for(
+            "a redrive button per dead letter",
+            LIMIT,
+            "return document.querySelectorAll('button.redrive-one').length",
+            |n| n.as_u64() == Some(4),
+        )
+        .await;
+    down.store(false, Ordering::SeqCst);
+
+    // One dead letter: its button asks first (a dry run), then redrives on confirmation.
+    browser
+        .run("document.querySelector('button.redrive-one').click()")
+        .await;
+    let asked = browser
+        .wait_for(
+            "the confirmation",
+            LIMIT,
+            "const d = document.querySelector('.redrive-dialog'); return d.hidden ? '' : d.textContent",
+            |t| t.as_str().is_some_and(|t| t.contains("1 would go back")),
+        )
+        .await;
+    assert!(asked.as_str().unwrap().contains("Redrive 1"), "{asked}");
+    assert_eq!(outputs(), 0, "asking sends nothing");
+    browser
+        .run("document.querySelector('button.confirm-redrive').click()")
+        .await;
+    let shown = browser
+        .wait_for(
+            "the redrive's result",
+            LIMIT,
+            "const r = document.querySelector('.redrive-result'); return r.hidden ? null : [r.dataset.redriven, r.dataset.skipped, r.textContent]",
+            |v| v.is_array(),
+        )
+        .await;
+    assert_eq!(
+        (shown[0].as_str(), shown[1].as_str()),
+        (Some("1"), Some("0")),
+        "{shown}"
+    );
+    assert!(
+        shown[2]
+            .as_str()
+            .unwrap()
+            .contains("wellspring.lab.features.input"),
+        "{shown}"
+    );
+    let deadline = std::time::Instant::now() + LIMIT;
+    while outputs() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the redriven output never came"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser
+        .screenshot(&artifact("dead-letters-redriven-one.png"))
+        .await;
+
+    // The filtered list: the other three go, the one redriven before is skipped.
+    browser
+        .run("document.querySelector('button.redrive-all').click()")
+        .await;
+    browser
+        .wait_for(
+            "the confirmation of the matching ones",
+            LIMIT,
+            "const d = document.querySelector('.redrive-dialog'); return d.hidden ? '' : d.textContent",
+            |t| {
+                t.as_str()
+                    .is_some_and(|t| t.contains("3 would go back") && t.contains("redriven before"))
+            },
+        )
+        .await;
+    browser
+        .run("document.querySelector('button.confirm-redrive').click()")
+        .await;
+    let shown = browser
+        .wait_for(
+            "the second result",
+            LIMIT,
+            "const r = document.querySelector('.redrive-result'); return r.hidden ? null : [r.dataset.redriven, r.dataset.skipped]",
+            |v| v.is_array(),
+        )
+        .await;
+    assert_eq!(
+        (shown[0].as_str(), shown[1].as_str()),
+        (Some("3"), Some("1")),
+        "{shown}"
+    );
+    let deadline = std::time::Instant::now() + LIMIT;
+    while outputs() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the redriven outputs never came"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Asked again, nothing is left to redrive: the button says so and is disabled.
+    browser
+        .run("document.querySelector('button.redrive-all').click()")
+        .await;
+    browser
+        .wait_for(
+            "nothing left to redrive",
+            LIMIT,
+            "const b = document.querySelector('button.confirm-redrive'); return b && !b.closest('[hidden]') ? [b.disabled, b.textContent] : null",
+            |v| v[0] == true && v[1] == "Nothing to redrive",
+        )
+        .await;
+    assert_eq!(outputs(), 4, "each site's output once");
+    no_errors(&browser, "the dead letters' redrive").await;
+    browser.close().await;
+    node.stop().unwrap();
 }

@@ -128,7 +128,7 @@ pub enum DagError {
 
 /// Shards of a sharded node: its own setting, else the DAG's (`Dag::shards`, which
 /// `upgrade-check` compares too).
-fn shard_count(dag: &Dag, node: &str) -> u32 {
+pub fn shard_count(dag: &Dag, node: &str) -> u32 {
     dag.shards(node).unwrap_or(dag.settings.partitions)
 }
 

@@ -38,6 +38,9 @@ enum Command {
     /// Where experiments, plates and wells stand (a plate map with --plate), from a
     /// node's status API.
     Status(commands::status::StatusArgs),
+    /// List dead letters with their metadata, or send them back into the stage where
+    /// each failed, once (from a node's API).
+    DeadLetters(commands::dead_letters::DeadLettersArgs),
     /// Publish a synthetic experiment (its layout, then its images) to Kafka.
     Generate(commands::generate::GenerateArgs),
     /// Publish the images a microscope writes into a folder (one channel_level record
@@ -84,6 +87,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(*args),
         Command::Tasks(args) => commands::tasks::tasks(args),
         Command::Status(args) => commands::status::status(args),
+        Command::DeadLetters(args) => commands::dead_letters::dead_letters(args),
         Command::Generate(args) => commands::generate::generate(args),
         Command::Ingest(args) => commands::ingest::ingest(*args),
         Command::Verify(args) => commands::verify::verify(args),

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod demo;
 pub mod kube;
+pub mod redrive;
 pub mod run;
 pub mod services;
 pub mod sim;

@@ -324,6 +324,13 @@ async fn serve(
         metrics.clone(),
         log.clone(),
     );
+    let redriver = crate::redrive::Redriver::start(
+        log.clone(),
+        options.dags.clone(),
+        &options.prefix,
+        &options.node_id,
+    )
+    .map_err(|e| RunError::Start(e.to_string()))?;
     // The API runs on its own threads; it reaches the actors through their addresses.
     let ingest = api::ingest::IngestTopics::new(log.clone(), &options.dags);
     let router = api::router(
@@ -337,6 +344,7 @@ async fn serve(
     )
     .merge(api::status::router(
         status.clone(),
+        Some(redriver),
         options.token.clone(),
         options.body_limit,
     ));

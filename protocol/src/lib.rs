@@ -11,6 +11,7 @@ pub mod duration;
 pub mod envelope;
 pub mod keys;
 pub mod records;
+pub mod redrive;
 pub mod schema;
 pub mod spec;
 pub mod status;

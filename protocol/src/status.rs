@@ -17,6 +17,8 @@ pub mod route {
     pub const PLATE: &str = "/api/experiments/{id}/plates/{plate}";
     /// `?experiment=&plate=&node=&reason=&since=&offset=&limit=` (see [`super::DeadLetterQuery`]).
     pub const DEAD_LETTERS: &str = "/api/dead-letters";
+    /// `POST`: send dead letters back into their stages (see [`crate::redrive`]).
+    pub const REDRIVE: &str = "/api/dead-letters/redrive";
     /// Server-Sent Events: one [`super::StatusEvent`] per event, as JSON in `data:`.
     pub const EVENTS: &str = "/api/events";
 }
@@ -31,6 +33,38 @@ pub fn plate_path(id: &str, plate: u32) -> String {
     route::PLATE
         .replace("{id}", id)
         .replace("{plate}", &plate.to_string())
+}
+
+/// The path of `GET /api/dead-letters` with `query` (values percent-encoded).
+pub fn dead_letters_path(query: &DeadLetterQuery) -> String {
+    use crate::taskstore::api::encoded;
+    let mut pairs = Vec::new();
+    if let Some(e) = &query.experiment {
+        pairs.push(format!("experiment={}", encoded(e)));
+    }
+    if let Some(p) = query.plate {
+        pairs.push(format!("plate={p}"));
+    }
+    if let Some(n) = &query.node {
+        pairs.push(format!("node={}", encoded(n)));
+    }
+    if let Some(r) = &query.reason {
+        pairs.push(format!("reason={}", encoded(r)));
+    }
+    if let Some(s) = query.since {
+        pairs.push(format!("since={s}"));
+    }
+    if let Some(o) = query.offset {
+        pairs.push(format!("offset={o}"));
+    }
+    if let Some(l) = query.limit {
+        pairs.push(format!("limit={l}"));
+    }
+    if pairs.is_empty() {
+        route::DEAD_LETTERS.to_owned()
+    } else {
+        format!("{}?{}", route::DEAD_LETTERS, pairs.join("&"))
+    }
 }
 
 /// Where an aggregate (site, well, plate, experiment) stands.
@@ -383,12 +417,27 @@ pub struct DeadLetterQuery {
     pub limit: Option<usize>,
 }
 
+impl DeadLetterQuery {
+    /// What the query selects, without its paging.
+    pub fn filter(&self) -> crate::redrive::DeadLetterFilter {
+        crate::redrive::DeadLetterFilter {
+            experiment: self.experiment.clone(),
+            plate: self.plate,
+            node: self.node.clone(),
+            reason: self.reason.clone(),
+            since: self.since,
+        }
+    }
+}
+
 pub const DEFAULT_DEAD_LETTER_LIMIT: usize = 100;
 pub const MAX_DEAD_LETTER_LIMIT: usize = 1000;
 
 /// One dead letter as the status view keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetterEntry {
+    /// Stable: where it sits on its dead-letter topic ([`crate::redrive::dead_letter_id`]).
+    pub id: String,
     pub dag: String,
     pub node: String,
     pub reason: String,
@@ -396,6 +445,7 @@ pub struct DeadLetterEntry {
     pub experiment: Option<String>,
     pub plate: Option<u32>,
     pub well: Option<String>,
+    pub site: Option<u16>,
     pub attempts: u32,
     pub source_topic: Option<String>,
     pub source_partition: Option<u32>,
@@ -431,4 +481,29 @@ pub struct StatusEvent {
     pub wells: Vec<String>,
     /// A monotonic counter of the view's changes: a client that sees it jump re-reads.
     pub version: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_query_becomes_its_path_encoded() {
+        assert_eq!(
+            dead_letters_path(&DeadLetterQuery::default()),
+            "/api/dead-letters"
+        );
+        let query = DeadLetterQuery {
+            experiment: Some("EXP-1".into()),
+            plate: Some(2),
+            reason: Some("503 Service Unavailable".into()),
+            since: Some(17),
+            limit: Some(1000),
+            ..Default::default()
+        };
+        assert_eq!(
+            dead_letters_path(&query),
+            "/api/dead-letters?experiment=EXP-1&plate=2&reason=503%20Service%20Unavailable&since=17&limit=1000"
+        );
+    }
 }

@@ -17,11 +17,19 @@ pub struct TaskRequest {
     pub input: Value,
     pub trace: Option<TraceContext>,
     pub origin: Option<Origin>,
+    /// The dead letter this call was redriven from, when it was: a stage that drops
+    /// repeated inputs by id (the task store's idempotent submission) must not drop it.
+    #[serde(default)]
+    pub redrive_of: Option<String>,
 }
 
 impl TaskRequest {
     pub fn from_envelope(task: &str, envelope: Envelope) -> Self {
+        let redrive_of = envelope
+            .header(crate::redrive::headers::REDRIVE_OF)
+            .map(str::to_owned);
         Self {
+            redrive_of,
             id: envelope.id,
             task: task.to_owned(),
             key: envelope.key,

@@ -12,6 +12,7 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
+use wellspring_protocol::redrive::{RedriveAnswer, RedriveRequest};
 use wellspring_protocol::status;
 use wellspring_protocol::taskstore::api::{
     self, AutoscalingAnswer, ClusterShards, DrainAnswer, ErrorBody, FORWARDED, ForwardedAnswer,
@@ -329,5 +330,18 @@ impl ApiClient {
         plate: u32,
     ) -> Result<status::PlateDetail, ClientError> {
         self.get_json(&status::plate_path(id, plate)).await
+    }
+
+    /// Dead letters the node's status view keeps that match `query`, oldest first.
+    pub async fn dead_letters(
+        &self,
+        query: &status::DeadLetterQuery,
+    ) -> Result<status::DeadLetterPage, ClientError> {
+        self.get_json(&status::dead_letters_path(query)).await
+    }
+
+    /// Sends dead letters back into their stages (or, with `dry_run`, says what it would).
+    pub async fn redrive(&self, request: &RedriveRequest) -> Result<RedriveAnswer, ClientError> {
+        self.post_json(status::route::REDRIVE, request).await
     }
 }

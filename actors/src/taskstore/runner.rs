@@ -34,6 +34,16 @@ pub struct QueueTaskRunner {
     pub group_ready: Cell<bool>,
 }
 
+/// The submission's idempotency key: the record's id, so that a replay finds its task;
+/// for a redrive, the id and the dead letter's, so that it is not answered by the task
+/// that failed (its output keeps the record's id: `MessageId::derive(dag, node, key)`).
+fn idempotency_key(task: &TaskRequest) -> String {
+    match &task.redrive_of {
+        Some(dead_letter) => format!("{}/redrive/{dead_letter}", task.id),
+        None => task.id.to_string(),
+    }
+}
+
 /// How long a submission keeps retrying while the task store cannot take it (starting,
 /// shards moving) before the record is dead-lettered.
 const SUBMIT_PATIENCE: Duration = Duration::from_secs(120);
@@ -58,7 +68,7 @@ impl QueueTaskRunner {
             cmd,
             group: self.spec.group.clone(),
             labels,
-            idempotency_key: Some(task.id.to_string()),
+            idempotency_key: Some(idempotency_key(task)),
         })
     }
 
@@ -160,5 +170,31 @@ impl TaskRunner for QueueTaskRunner {
             attempts: 1,
             outcome,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wellspring_protocol::redrive::headers::REDRIVE_OF;
+    use wellspring_protocol::{Envelope, MessageId, Value};
+
+    #[test]
+    fn a_redrive_is_submitted_under_its_own_key_and_a_replay_under_the_records() {
+        let id = MessageId::derive("lab", "site", "E/1/B02/1");
+        let mut envelope = Envelope::new(id, "E/1/B02/1", Value::Null);
+        let replay = TaskRequest::from_envelope("features", envelope.clone());
+        assert_eq!(idempotency_key(&replay), id.to_string());
+        envelope
+            .headers
+            .push((REDRIVE_OF.to_owned(), "dead-letter-1".to_owned()));
+        let redrive = TaskRequest::from_envelope("features", envelope);
+        assert_eq!(redrive.redrive_of.as_deref(), Some("dead-letter-1"));
+        // Not the key of the task that failed, and the same for the same redrive.
+        assert_eq!(
+            idempotency_key(&redrive),
+            format!("{id}/redrive/dead-letter-1")
+        );
+        assert_eq!(redrive.id, id, "the record keeps its id");
     }
 }

@@ -165,7 +165,10 @@ pub fn router(
         .route(route::LIVE, get(health::live))
         .route(route::READY, get(health::ready))
         .merge(protected)
-        .merge(ui::routes(ui::Served { task_store: true }))
+        .merge(ui::routes(ui::Served {
+            task_store: true,
+            redrive: true,
+        }))
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,

@@ -1,6 +1,8 @@
 //! The status API: `GET /api/dags`, `/api/experiments`, `/api/experiments/{id}`,
 //! `/api/experiments/{id}/plates/{n}`, `/api/dead-letters` and `/api/events` (SSE),
-//! answered from the node's status view (`crate::status`), so for the whole cluster.
+//! answered from the node's status view (`crate::status`), so for the whole cluster;
+//! and `POST /api/dead-letters/redrive`, which sends dead letters back into their stages
+//! (`crate::redrive`).
 //!
 //! Its own router, so that `wellspring demo --serve` serves it without a task store; the
 //! node merges it into its API. Same rules as the rest: with a token configured every call
@@ -12,33 +14,43 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
 use tokio::sync::broadcast;
+use wellspring_protocol::redrive::RedriveRequest;
 use wellspring_protocol::status::{DeadLetterQuery, route};
 use wellspring_protocol::taskstore::api;
 
 use super::ApiError;
+use crate::redrive::{RedriveError, Redriver};
 use crate::status::StatusView;
 
 #[derive(Clone)]
 struct StatusApi {
     view: StatusView,
     token: Option<Arc<str>>,
+    /// `None` where nothing can be redriven (no log to write to).
+    redriver: Option<Redriver>,
 }
 
 /// The status routes, with their own token check and body limit.
-pub fn router(view: StatusView, token: Option<String>, body_limit: usize) -> Router {
+pub fn router(
+    view: StatusView,
+    redriver: Option<Redriver>,
+    token: Option<String>,
+    body_limit: usize,
+) -> Router {
     let state = StatusApi {
         view,
         token: token.map(Arc::from),
+        redriver,
     };
     Router::new()
         .route(route::DAGS, get(dags))
@@ -46,6 +58,7 @@ pub fn router(view: StatusView, token: Option<String>, body_limit: usize) -> Rou
         .route(route::EXPERIMENT, get(experiment))
         .route(route::PLATE, get(plate))
         .route(route::DEAD_LETTERS, get(dead_letters))
+        .route(route::REDRIVE, post(redrive))
         .route(route::EVENTS, get(events))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -102,6 +115,39 @@ async fn dead_letters(
     match query {
         Ok(Query(query)) => Json(api.view.with(|m| m.dead_letter_page(&query))).into_response(),
         Err(rejection) => ApiError::from(rejection).into_response(),
+    }
+}
+
+/// Sends the dead letters the body selects back into their stages, once each (or says
+/// what it would, with `dry_run`): `200` with what was redriven and skipped, and why.
+async fn redrive(
+    State(api): State<StatusApi>,
+    body: Result<Json<RedriveRequest>, JsonRejection>,
+) -> Response {
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(rejection) => return ApiError::from(rejection).into_response(),
+    };
+    if let Some(problem) = request.problem() {
+        return ApiError::bad_request(problem).into_response();
+    }
+    let Some(redriver) = &api.redriver else {
+        return ApiError(
+            StatusCode::NOT_IMPLEMENTED,
+            "this server shows the status only; redrive through a node (`wellspring run`)".into(),
+        )
+        .into_response();
+    };
+    match redriver.redrive(request).await {
+        Ok(answer) => Json(answer).into_response(),
+        // The log did not answer, or the node is stopping: nothing more was sent than
+        // the ledger records, so the same call can be made again.
+        Err(
+            e @ (RedriveError::Log { .. } | RedriveError::Stalled { .. } | RedriveError::Stopped),
+        ) => ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; try again")).into_response(),
+        Err(e @ RedriveError::Start(_)) => {
+            ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+        }
     }
 }
 

@@ -65,6 +65,8 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Served {
     pub task_store: bool,
+    /// Whether `POST /api/dead-letters/redrive` is served (a node; not `demo --serve`).
+    pub redrive: bool,
 }
 
 /// Where the page reads [`Served`] (open, like the page: it holds no data).

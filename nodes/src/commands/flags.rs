@@ -36,6 +36,28 @@ fn written(d: Duration) -> String {
     }
 }
 
+/// A point in time as milliseconds since the Unix epoch: a duration ago (`2h`: two
+/// hours before now) or a UTC time (`2026-12-02T03:00:00Z`, or without the `Z`).
+pub fn since(text: &str) -> Result<i64, String> {
+    since_at(text, std::time::SystemTime::now())
+}
+
+fn since_at(text: &str, now: std::time::SystemTime) -> Result<i64, String> {
+    let text = text.trim();
+    let time = match duration::parse_text(text) {
+        Ok(ago) => now.checked_sub(ago).ok_or("that is before 1970")?,
+        Err(_) => humantime::parse_rfc3339_weak(text).map_err(|_| {
+            format!(
+                "{text:?} is neither a duration ago (`2h`) nor a UTC time (`2026-12-02T03:00:00Z`)"
+            )
+        })?,
+    };
+    let since_epoch = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "that is before 1970".to_owned())?;
+    i64::try_from(since_epoch.as_millis()).map_err(|_| "that is too far in the future".into())
+}
+
 /// A fraction from 0 to 1.
 pub fn fraction(text: &str) -> Result<f64, String> {
     let value: f64 = text
@@ -117,6 +139,22 @@ mod tests {
         assert_eq!(at_least("1s"), Ok(Duration::from_secs(1)));
         assert_eq!(at_least("999ms"), Err("must be at least 1s".into()));
         assert!(at_least("10").unwrap_err().contains("has no unit"));
+    }
+
+    #[test]
+    fn since_is_a_duration_ago_or_a_utc_time() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(10_000);
+        assert_eq!(since_at("2h", now), Ok(10_000_000 - 7_200_000));
+        assert_eq!(since_at("90s", now), Ok(10_000_000 - 90_000));
+        assert_eq!(
+            since_at("1970-01-01T00:01:40Z", now),
+            Ok(100_000),
+            "a UTC time"
+        );
+        assert_eq!(since_at("1970-01-01T00:01:40", now), Ok(100_000));
+        assert!(since_at("4h", now).unwrap_err().contains("before 1970"));
+        let vague = since_at("yesterday", now).unwrap_err();
+        assert!(vague.contains("neither a duration ago"), "{vague}");
     }
 
     #[test]

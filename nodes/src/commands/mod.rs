@@ -7,6 +7,7 @@
 //! `cli::main` prints it once. `sim` (the simulation harness) stays in `crate::sim`.
 
 pub mod data_dir;
+pub mod dead_letters;
 pub mod demo;
 pub mod drain;
 pub mod flags;
@@ -101,7 +102,17 @@ pub fn on_runtime<T>(future: impl std::future::Future<Output = T>) -> Result<T, 
 
 /// A client of the node's API at `url`, with the token from `WELLSPRING_API_TOKEN` if set.
 pub fn node_client(url: &str) -> Result<ApiClient, CliError> {
-    let token = crate::run::token(None).map_err(|e| CliError::could_not_run(e.to_string()))?;
+    node_client_with_token(url, None)
+}
+
+/// A client of the node's API at `url`, with the token from `token_file` (else from
+/// `WELLSPRING_API_TOKEN`, if set).
+pub fn node_client_with_token(
+    url: &str,
+    token_file: Option<&std::path::PathBuf>,
+) -> Result<ApiClient, CliError> {
+    let token =
+        crate::run::token(token_file).map_err(|e| CliError::could_not_run(e.to_string()))?;
     Ok(ApiClient::new(url, token)?)
 }
 

@@ -17,7 +17,7 @@
 mod dags;
 pub mod model;
 mod queries;
-mod reader;
+pub(crate) mod reader;
 pub mod serve;
 pub mod shape;
 

@@ -463,6 +463,7 @@ impl Model {
             entry.experiment = Some(id.clone());
             entry.plate = path.plate;
             entry.well = path.well.map(|w| w.to_string());
+            entry.site = path.site;
             let output = self.dags[dag]
                 .outputs
                 .iter()
@@ -627,6 +628,7 @@ mod tests {
             model.observe_dead_letter(
                 0,
                 DeadLetterEntry {
+                    id: key.into(),
                     dag: "microscopy-reference".into(),
                     node: "image-metrics".into(),
                     reason: "HTTP 500".into(),
@@ -634,6 +636,7 @@ mod tests {
                     experiment: None,
                     plate: None,
                     well: None,
+                    site: None,
                     attempts: 6,
                     source_topic: None,
                     source_partition: None,
@@ -646,6 +649,7 @@ mod tests {
         let page = model.dead_letter_page(&Default::default());
         assert_eq!((page.total, page.evicted), (1, 1));
         assert_eq!(page.dead_letters[0].well.as_deref(), Some("B03"));
+        assert_eq!(page.dead_letters[0].site, Some(1));
         let plate = model.plate_detail("C", 1).unwrap();
         let b03 = plate.wells.iter().find(|w| w.well == "B03").unwrap();
         assert_eq!(b03.state, LevelState::DeadLettered);

@@ -457,22 +457,11 @@ impl Model {
 
     /// `GET /api/dead-letters`: the matches, oldest first, one page of them.
     pub fn dead_letter_page(&self, query: &DeadLetterQuery) -> DeadLetterPage {
-        let reason = query.reason.as_deref().map(str::to_lowercase);
+        let filter = query.filter();
         let matches: Vec<_> = self
             .dead_letters
             .iter()
-            .filter(|d| {
-                query
-                    .experiment
-                    .as_ref()
-                    .is_none_or(|e| d.experiment.as_ref() == Some(e))
-                    && query.plate.is_none_or(|p| d.plate == Some(p))
-                    && query.node.as_ref().is_none_or(|n| d.node == *n)
-                    && reason
-                        .as_ref()
-                        .is_none_or(|r| d.reason.to_lowercase().contains(r))
-                    && query.since.is_none_or(|s| d.timestamp_ms >= s)
-            })
+            .filter(|d| filter.matches(d))
             .collect();
         let offset = query.offset.unwrap_or(0);
         let limit = query

@@ -296,8 +296,16 @@ fn number(json: &serde_json::Value, field: &str) -> Option<u64> {
     json.get(field).and_then(serde_json::Value::as_u64)
 }
 
-fn dead_letter(json: &serde_json::Value, record: &LogRecord) -> DeadLetterEntry {
+/// A dead letter as the view and the redrive list it, from its record on the dead-letter
+/// topic (its experiment, plate, well and site are filled from its key by whoever knows
+/// the hierarchy: [`super::shape::KeyPath`]).
+pub(crate) fn dead_letter(json: &serde_json::Value, record: &LogRecord) -> DeadLetterEntry {
     DeadLetterEntry {
+        id: wellspring_protocol::redrive::dead_letter_id(
+            &record.topic,
+            record.partition,
+            record.offset,
+        ),
         dag: text(json, "dag").unwrap_or_default(),
         node: text(json, "node").unwrap_or_default(),
         reason: text(json, "reason").unwrap_or_default(),
@@ -305,6 +313,7 @@ fn dead_letter(json: &serde_json::Value, record: &LogRecord) -> DeadLetterEntry 
         experiment: None,
         plate: None,
         well: None,
+        site: None,
         attempts: number(json, "attempts").unwrap_or(0) as u32,
         source_topic: text(json, "source_topic"),
         source_partition: number(json, "source_partition").map(|p| p as u32),

@@ -58,8 +58,13 @@ impl StatusServer {
         let view = StatusView::new(&dags, node_id, metrics, super::Limits::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let router =
-            crate::api::status::router(view.clone(), token, crate::api::DEFAULT_BODY_LIMIT).merge(
-                crate::api::ui::routes(crate::api::ui::Served { task_store: false }),
+            // No redrive here: the demo's stages stop when its run ends, so nothing would
+            // read what a redrive sent.
+            crate::api::status::router(view.clone(), None, token, crate::api::DEFAULT_BODY_LIMIT).merge(
+                crate::api::ui::routes(crate::api::ui::Served {
+                    task_store: false,
+                    redrive: false,
+                }),
             );
         let reader = view.clone();
         let client_id = format!("wellspring-status-{node_id}");

@@ -29,9 +29,23 @@ function headers() {
 
 /** GET a JSON body; an ApiError with the node's message when the answer is not 2xx. */
 export async function get(path, { signal } = {}) {
+  return call(path, { headers: headers(), signal, cache: "no-store" });
+}
+
+/** POST a JSON body, answered as get() is. */
+export async function post(path, body) {
+  return call(path, {
+    method: "POST",
+    headers: { ...headers(), "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+    cache: "no-store",
+  });
+}
+
+async function call(path, init) {
   let response;
   try {
-    response = await fetch(path, { headers: headers(), signal, cache: "no-store" });
+    response = await fetch(path, init);
   } catch (e) {
     if (e.name === "AbortError") throw e;
     throw new ApiError(0, "the node does not answer (is it running?)", path);

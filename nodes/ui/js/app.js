@@ -2,7 +2,7 @@
 // the page's own error list (#page-errors: every uncaught error is shown there, so an
 // operator sees it and a test can read it).
 
-import { ApiError, events, get, setToken, token } from "./api.js";
+import { ApiError, events, get, post, setToken, token } from "./api.js";
 import { h, replace } from "./dom.js";
 import * as dag from "./dag.js";
 import * as experiments from "./experiments.js";
@@ -82,8 +82,8 @@ function route() {
 
 /** What the node serves besides the status API (demo --serve runs no task store). */
 const served = fetch("/ui/served.json", { cache: "no-store" })
-  .then((r) => (r.ok ? r.json() : { task_store: true }))
-  .catch(() => ({ task_store: true }));
+  .then((r) => (r.ok ? r.json() : { task_store: true, redrive: true }))
+  .catch(() => ({ task_store: true, redrive: true }));
 served.then((s) => {
   document.querySelector('[data-nav="tasks"]').hidden = !s.task_store;
 });
@@ -91,6 +91,7 @@ served.then((s) => {
 /** What every view is given. */
 const context = {
   get,
+  post,
   served,
   notice,
   /** Runs an API call; the node's refusals become a notice, anything else is a page error. */

@@ -192,9 +192,9 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-/// The durable log's throughput over the in-memory log's, from runs of each taken in
-/// turn (so that both see the same machine), medians of `runs`.
-fn durable_ratio(runs: usize) {
+/// Medians of `runs` runs of two set-ups taken in turn (so that both see the same
+/// machine, whatever else it is doing), as throughputs in channel images/s.
+fn in_turn(runs: usize, first: (OnLog, bool), second: (OnLog, bool)) -> (f64, f64) {
     let workload = Workload::build(&WorkloadConfig {
         plates: 2,
         duplicates: 0.0,
@@ -202,23 +202,35 @@ fn durable_ratio(runs: usize) {
         ..WorkloadConfig::default()
     })
     .expect("workload");
-    let mut memory = Vec::new();
-    let mut durable = Vec::new();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        memory.push(run_once(&workload, OnLog::Memory, false));
-        durable.push(run_once(&workload, OnLog::Durable, false));
+        a.push(run_once(&workload, first.0, first.1));
+        b.push(run_once(&workload, second.0, second.1));
     }
+    let images = workload.image_count() as f64;
     let median = |runs: &mut Vec<Duration>| {
         runs.sort();
-        runs[runs.len() / 2]
+        images / runs[runs.len() / 2].as_secs_f64()
     };
-    let (memory, durable) = (median(&mut memory), median(&mut durable));
-    let images = workload.image_count() as f64;
+    (median(&mut a), median(&mut b))
+}
+
+/// The durable log's throughput over the in-memory log's.
+fn durable_ratio(runs: usize) {
+    let (memory, durable) = in_turn(runs, (OnLog::Memory, false), (OnLog::Durable, false));
     println!(
-        "durable embedded log (fsync always) vs in memory: {:.0} vs {:.0} channel images/s, ratio {:.2} (median of {runs} runs each, taken in turn)",
-        images / durable.as_secs_f64(),
-        images / memory.as_secs_f64(),
-        memory.as_secs_f64() / durable.as_secs_f64()
+        "durable embedded log (fsync always) vs in memory: {durable:.0} vs {memory:.0} channel images/s, ratio {:.2} (median of {runs} runs each, taken in turn)",
+        durable / memory
+    );
+}
+
+/// The status view's cost: the pipeline's throughput with the view reading beside it
+/// over its throughput without.
+fn view_cost(runs: usize) {
+    let (without, with) = in_turn(runs, (OnLog::Memory, false), (OnLog::Memory, true));
+    println!(
+        "status view: {with:.0} vs {without:.0} channel images/s with and without it, cost {:.1} % (median of {runs} runs each, taken in turn)",
+        (1.0 - with / without) * 100.0
     );
 }
 
@@ -233,4 +245,5 @@ fn main() {
         5
     };
     durable_ratio(runs);
+    view_cost(runs * 4);
 }

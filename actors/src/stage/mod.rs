@@ -182,26 +182,26 @@ impl StageLoop {
         // This cycle's records of a restarted partition were read before the rewind: the
         // new shard reads them again from the commit, in order.
         let restarted = self.shards.due_restarts();
-        for tp in restarted.iter().cloned() {
+        for tp in &restarted {
             if let Some(ShardState {
                 slot: Slot::Down { reason, .. },
                 ..
-            }) = self.shards.shards.get(&tp)
+            }) = self.shards.shards.get(tp)
             {
                 tracing::info!(stage = %self.shards.name, partition = %tp, after = %reason, "starting shard");
             }
-            if self.shards.start_shard(&tp).await {
+            if self.shards.start_shard(tp).await {
                 let committed =
                     self.consumer
-                        .committed(&tp)
+                        .committed(tp)
                         .await
                         .map_err(|source| StageError::Committed {
                             partition: tp.clone(),
                             source,
                         })?;
                 let from = committed
-                    .unwrap_or_else(|| self.shards.shards.get(&tp).map_or(0, |s| s.assigned_at));
-                if let Err(e) = self.consumer.seek(&tp, from) {
+                    .unwrap_or_else(|| self.shards.shards.get(tp).map_or(0, |s| s.assigned_at));
+                if let Err(e) = self.consumer.seek(tp, from) {
                     tracing::warn!(partition = %tp, "could not rewind a restarted shard: {e}");
                 }
             }

@@ -72,9 +72,12 @@ function route() {
     }
     current?.unmount?.();
     notice(null);
-    replace(viewEl, h("p", { class: "muted" }, "Loading…"));
+    // Each view renders into an element of its own: an answer that reaches a view after
+    // it was left is drawn into its detached element, not over the view shown now.
+    const root = h("div", { class: "view-root" }, h("p", { class: "muted" }, "Loading…"));
+    replace(viewEl, root);
     currentPath = module;
-    current = module.mount(viewEl, args, context);
+    current = module.mount(root, args, context);
     return;
   }
   location.hash = "#/experiments";

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Answer, ScriptedServer, load};
+use common::{Answer, ScriptedServer, image_records, layout_record, load};
 use serde_json::Value;
 use wellspring_actors::FunctionRegistry;
-use wellspring_log::{EmbeddedLog, Log, LogRecord, ProducerRecord, TopicPartition};
+use wellspring_log::{EmbeddedLog, Log, LogRecord, TopicPartition};
 use wellspring_nodes::run::{RunOptions, start};
 use wellspring_protocol::{MessageId, synthetic};
 
@@ -150,26 +150,11 @@ fn dead_letters_of_a_service_that_was_down_are_listed_redriven_once_and_yield_ea
     block_on(async {
         let producer = log.producer().unwrap();
         producer
-            .send(vec![ProducerRecord::new(
-                "metadata",
-                Some(layout.experiment.as_str().to_owned().into()),
-                Some(layout.to_value().to_json_string().into()),
-            )])
+            .send(vec![layout_record("metadata", &layout)])
             .await
             .unwrap();
         producer
-            .send(
-                images
-                    .iter()
-                    .map(|i| {
-                        ProducerRecord::new(
-                            "images",
-                            Some(i.key.to_string().into()),
-                            Some(i.to_value().to_json_string().into()),
-                        )
-                    })
-                    .collect(),
-            )
+            .send(image_records("images", &images))
             .await
             .unwrap();
     });
@@ -486,18 +471,7 @@ graph:
     block_on(async {
         log.producer()
             .unwrap()
-            .send(
-                images
-                    .iter()
-                    .map(|i| {
-                        ProducerRecord::new(
-                            "images",
-                            Some(i.key.to_string().into()),
-                            Some(i.to_value().to_json_string().into()),
-                        )
-                    })
-                    .collect(),
-            )
+            .send(image_records("images", &images))
             .await
             .unwrap();
     });

@@ -40,6 +40,29 @@ graph:
   out: {type: publish, stream: features, topic-name: features}
 "#;
 
+/// One record per channel image, keyed by the image's key, for `topic`.
+pub fn image_records(topic: &str, images: &[ChannelImage]) -> Vec<ProducerRecord> {
+    images
+        .iter()
+        .map(|i| {
+            ProducerRecord::new(
+                topic,
+                Some(Bytes::from(i.key.to_string())),
+                Some(Bytes::from(i.to_value().to_json_string())),
+            )
+        })
+        .collect()
+}
+
+/// The experiment's layout as the metadata table reads it, for `topic`.
+pub fn layout_record(topic: &str, layout: &ExperimentLayout) -> ProducerRecord {
+    ProducerRecord::new(
+        topic,
+        Some(Bytes::from(layout.experiment.as_str().to_owned())),
+        Some(Bytes::from(layout.to_value().to_json_string())),
+    )
+}
+
 pub struct Harness {
     pub log: EmbeddedLog,
     pub metrics: Metrics,
@@ -139,26 +162,11 @@ impl Harness {
     }
 
     pub async fn publish_images(&self, topic: &str, images: &[ChannelImage]) {
-        let records = images
-            .iter()
-            .map(|i| {
-                ProducerRecord::new(
-                    topic,
-                    Some(Bytes::from(i.key.to_string())),
-                    Some(Bytes::from(i.to_value().to_json_string())),
-                )
-            })
-            .collect();
-        self.publish(records).await;
+        self.publish(image_records(topic, images)).await;
     }
 
     pub async fn publish_layout(&self, topic: &str, layout: &ExperimentLayout) {
-        self.publish_json(
-            topic,
-            layout.experiment.as_str(),
-            &layout.to_value().to_json_string(),
-        )
-        .await;
+        self.publish(vec![layout_record(topic, layout)]).await;
     }
 
     /// Every record of a topic, all partitions.

@@ -9,39 +9,23 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Answer, ScriptedServer, image_records, layout_record, load};
+use common::{
+    Answer, ScriptedServer, block_on, image_records, layout_record, load, read_all as read, stderr,
+    stdout, wait_for, wellspring_with,
+};
 use serde_json::Value;
 use wellspring_actors::FunctionRegistry;
-use wellspring_log::{EmbeddedLog, Log, LogRecord, TopicPartition};
+use wellspring_log::{EmbeddedLog, Log, LogRecord};
 use wellspring_nodes::run::{RunOptions, start};
 use wellspring_protocol::{MessageId, synthetic};
 
 const TOKEN: &str = "redrive-test-token";
 const DEAD_LETTERS: &str = "lab.dead-letters";
-
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(future)
-}
-
-fn read(log: &EmbeddedLog, topic: &str) -> Vec<LogRecord> {
-    let mut out = Vec::new();
-    for p in 0.. {
-        match log.read(&TopicPartition::new(topic, p), 0, usize::MAX) {
-            Ok(records) => out.extend(records),
-            Err(_) => break,
-        }
-    }
-    out
-}
 
 /// The `wellspring-id` of every record of `topic`, with how often each is there.
 fn ids(log: &EmbeddedLog, topic: &str) -> BTreeMap<String, usize> {
@@ -56,38 +40,9 @@ fn ids(log: &EmbeddedLog, topic: &str) -> BTreeMap<String, usize> {
     out
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !done() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `wellspring ARGS` to its end, with the node's token in the environment.
 fn wellspring(args: &[&str]) -> Output {
     wellspring_with(args, &[("WELLSPRING_API_TOKEN", TOKEN)])
-}
-
-fn wellspring_with(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wellspring"));
-    command
-        .args(args)
-        .env("RUST_LOG", "error")
-        .env_remove("WELLSPRING_API_TOKEN")
-        .env_remove("WELLSPRING_URL");
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    command.output().unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Runs `wellspring ARGS --json` and reads its answer; it must succeed.

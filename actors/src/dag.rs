@@ -18,7 +18,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::Semaphore;
 use wellspring_log::{Cleanup, Clock, ConsumerConfig, Log, LogError, TopicSpec};
-use wellspring_protocol::spec::{NodeKind, TaskDecl};
+use wellspring_protocol::spec::{NodeKind, NodeSpec, TaskDecl};
 use wellspring_protocol::{Dag, ExperimentLayout, SchemaSet};
 
 use crate::functions::{FunctionParams, FunctionRegistry};
@@ -219,43 +219,55 @@ pub async fn prepare(dag: &Dag, env: &NodeEnv) -> Result<(), DagError> {
     Ok(())
 }
 
+/// The route into `consumer`, as every node upstream of it writes: a sharded node's input
+/// (keyed by its group key, for an operation), a publish node's topic. `None` for the
+/// nodes nothing writes to.
+pub fn route_into(
+    dag: &Dag,
+    registry: &FunctionRegistry,
+    prefix: &str,
+    consumer: &NodeSpec,
+) -> Result<Option<Route>, DagError> {
+    let names = Names {
+        prefix,
+        dag: &dag.name,
+    };
+    Ok(match &consumer.kind {
+        NodeKind::StreamOperation(op) => {
+            let def = registry.get(&op.function).ok_or_else(|| DagError::Node {
+                dag: dag.name.clone(),
+                node: consumer.name.clone(),
+                message: format!("function {} is not registered", op.function),
+            })?;
+            Some(Route::Shard {
+                topic: Arc::from(names.input(&consumer.name)),
+                partitions: shard_count(dag, &consumer.name),
+                group_key: Some(def.group_key.clone()),
+            })
+        }
+        NodeKind::ExternalTask { .. } => Some(Route::Shard {
+            topic: Arc::from(names.input(&consumer.name)),
+            partitions: shard_count(dag, &consumer.name),
+            group_key: None,
+        }),
+        NodeKind::Publish { topic, .. } => Some(Route::Publish {
+            topic: Arc::from(topic.as_str()),
+        }),
+        NodeKind::TopicStream { .. } | NodeKind::TopicTable { .. } => None,
+    })
+}
+
 /// The routes of every node that has consumers.
 fn routers(
     dag: &Dag,
     registry: &FunctionRegistry,
     prefix: &str,
 ) -> Result<BTreeMap<String, Arc<Router>>, DagError> {
-    let names = Names {
-        prefix,
-        dag: &dag.name,
-    };
     let mut out = BTreeMap::new();
     for node in &dag.nodes {
         let mut routes = Vec::new();
         for consumer in dag.consumers(&node.name) {
-            match &consumer.kind {
-                NodeKind::StreamOperation(op) => {
-                    let def = registry.get(&op.function).ok_or_else(|| DagError::Node {
-                        dag: dag.name.clone(),
-                        node: consumer.name.clone(),
-                        message: format!("function {} is not registered", op.function),
-                    })?;
-                    routes.push(Route::Shard {
-                        topic: Arc::from(names.input(&consumer.name)),
-                        partitions: shard_count(dag, &consumer.name),
-                        group_key: Some(def.group_key.clone()),
-                    });
-                }
-                NodeKind::ExternalTask { .. } => routes.push(Route::Shard {
-                    topic: Arc::from(names.input(&consumer.name)),
-                    partitions: shard_count(dag, &consumer.name),
-                    group_key: None,
-                }),
-                NodeKind::Publish { topic, .. } => routes.push(Route::Publish {
-                    topic: Arc::from(topic.as_str()),
-                }),
-                NodeKind::TopicStream { .. } | NodeKind::TopicTable { .. } => {}
-            }
+            routes.extend(route_into(dag, registry, prefix, consumer)?);
         }
         out.insert(node.name.clone(), Arc::new(Router::new(&node.name, routes)));
     }

@@ -6,7 +6,11 @@
 //!   operation's group key, so that inputs of one aggregate meet in one shard;
 //! - to an external task: its input topic, keyed by the record's key;
 //! - to a publish node: its external topic, as JSON, with the record's deterministic id
-//!   in the `wellspring-id` header.
+//!   in the `wellspring-id` header (and a re-run's generation in `wellspring-generation`).
+//!
+//! A re-run's output ([`RerunScope`]) is published, and goes to the sharded nodes
+//! downstream only when the re-run asked for that and the aggregate it feeds lies whole
+//! inside the re-run's subset.
 //!
 //! Internal topics carry [`Envelope`]s in the binary wire format ([`decode_envelope`]
 //! reads one back). What cannot be routed or read becomes a dead letter, naming where
@@ -17,6 +21,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use wellspring_log::{LogRecord, ProducerRecord, partition_for_key};
 use wellspring_protocol::envelope::headers;
+use wellspring_protocol::rerun::{RerunScope, headers as rerun_headers};
 use wellspring_protocol::{DeadLetter, Envelope, IncompleteRecord, MessageId, Origin, Value, wire};
 
 use crate::functions::{FunctionError, GroupKeyFn};
@@ -153,6 +158,13 @@ impl Router {
         envelope: &Envelope,
         out: &mut Vec<ProducerRecord>,
     ) -> Result<(), RouteError> {
+        // A re-run's output goes on downstream only when the re-run says so, and only to
+        // aggregates its subset holds whole; it is always published.
+        let rerun = if envelope.headers.is_empty() {
+            None
+        } else {
+            RerunScope::of(envelope)
+        };
         let mut keys = Vec::with_capacity(self.routes.len());
         for route in &self.routes {
             keys.push(match route {
@@ -178,6 +190,11 @@ impl Router {
                     topic, partitions, ..
                 } => {
                     let key = key.as_deref().unwrap_or(&envelope.key);
+                    if let Some(rerun) = &rerun
+                        && !(rerun.downstream && rerun.subset.holds_key(key))
+                    {
+                        continue;
+                    }
                     let partition = partition_for_key(key.as_bytes(), *partitions);
                     let value = wire::encode(&envelope.rekeyed(key));
                     out.push(ProducerRecord {
@@ -196,6 +213,12 @@ impl Router {
                             Bytes::copy_from_slice(self.node.as_bytes()),
                         ),
                     ];
+                    if let Some(rerun) = &rerun {
+                        record_headers.push((
+                            rerun_headers::GENERATION.to_owned(),
+                            Bytes::from(rerun.generation.to_string()),
+                        ));
+                    }
                     if let Some(trace) = &envelope.trace {
                         telemetry::inject(
                             trace,
@@ -348,20 +371,29 @@ pub struct IncompleteWriter {
 }
 
 impl IncompleteWriter {
-    pub fn record(&self, incomplete: &IncompleteRecord) -> ProducerRecord {
+    /// The record of `incomplete`, found in re-run `generation` (0: the first run).
+    pub fn record(&self, incomplete: &IncompleteRecord, generation: u32) -> ProducerRecord {
         self.counter.inc();
-        tracing::warn!(dag = %self.dag, node = %self.node, "{}", incomplete.description());
+        tracing::warn!(dag = %self.dag, node = %self.node, generation, "{}", incomplete.description());
         let id = MessageId::derive(
             &self.dag,
             &self.node,
             &format!("incomplete/{}", incomplete.key),
-        );
+        )
+        .in_generation(generation);
+        let mut record_headers = vec![(headers::ID.to_owned(), Bytes::from(id.to_string()))];
+        if generation > 0 {
+            record_headers.push((
+                rerun_headers::GENERATION.to_owned(),
+                Bytes::from(generation.to_string()),
+            ));
+        }
         ProducerRecord {
             topic: self.topic.clone(),
             partition: None,
             key: Some(Bytes::from(incomplete.key.clone())),
             value: Some(Bytes::from(incomplete.to_value().to_json_string())),
-            headers: vec![(headers::ID.to_owned(), Bytes::from(id.to_string()))],
+            headers: record_headers,
         }
     }
 }

@@ -41,6 +41,13 @@ enum Command {
     /// List dead letters with their metadata, or send them back into the stage where
     /// each failed, once (from a node's API).
     DeadLetters(commands::dead_letters::DeadLettersArgs),
+    /// Re-run one DAG node for an experiment, a plate or some wells, from its retained
+    /// inputs, in a new generation (its outputs get new ids and a generation header);
+    /// --downstream re-runs the nodes after it too.
+    Rerun(commands::rerun::RerunArgs),
+    /// Run a DAG node over retained history it never saw (a node added after an
+    /// experiment finished): an experiment, or everything since a time.
+    Backfill(commands::rerun::BackfillArgs),
     /// Publish a synthetic experiment (its layout, then its images) to Kafka.
     Generate(commands::generate::GenerateArgs),
     /// Publish the images a microscope writes into a folder (one channel_level record
@@ -88,6 +95,8 @@ pub fn main() -> ExitCode {
         Command::Tasks(args) => commands::tasks::tasks(args),
         Command::Status(args) => commands::status::status(args),
         Command::DeadLetters(args) => commands::dead_letters::dead_letters(args),
+        Command::Rerun(args) => commands::rerun::rerun(args),
+        Command::Backfill(args) => commands::rerun::backfill(args),
         Command::Generate(args) => commands::generate::generate(args),
         Command::Ingest(args) => commands::ingest::ingest(*args),
         Command::Verify(args) => commands::verify::verify(args),

@@ -331,6 +331,13 @@ async fn serve(
         &options.node_id,
     )
     .map_err(|e| RunError::Start(e.to_string()))?;
+    let replayer = crate::replay::Replayer::start(
+        log.clone(),
+        options.dags.clone(),
+        &options.prefix,
+        &options.node_id,
+    )
+    .map_err(|e| RunError::Start(e.to_string()))?;
     // The API runs on its own threads; it reaches the actors through their addresses.
     let ingest = api::ingest::IngestTopics::new(log.clone(), &options.dags);
     let router = api::router(
@@ -344,7 +351,7 @@ async fn serve(
     )
     .merge(api::status::router(
         status.clone(),
-        Some(redriver),
+        Some(api::status::Steering { redriver, replayer }),
         options.token.clone(),
         options.body_limit,
     ));
@@ -479,6 +486,14 @@ pub fn run(options: RunOptions, log: Option<Arc<dyn Log>>) -> Result<(), RunErro
     let backend = log
         .as_ref()
         .map_or("the embedded log".to_owned(), |l| l.describe());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Server)?;
+    let mut signals = {
+        let _context = runtime.enter();
+        StopSignals::install().map_err(RunError::Server)?
+    };
     let node = start(options, log)?;
     let ordinal = ordinal(&node_id).map_or(String::new(), |n| format!(" (ordinal {n})"));
     eprintln!(
@@ -496,14 +511,10 @@ pub fn run(options: RunOptions, log: Option<Arc<dyn Log>>) -> Result<(), RunErro
         },
         kube.unwrap_or_default()
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(RunError::Server)?;
     let drain = node.drain.clone();
     let signal = runtime.block_on(async {
         tokio::select! {
-            signal = wait_for_signal() => signal,
+            signal = signals.wait() => signal,
             _ = drain.notified() => "drain requested",
         }
     });
@@ -513,26 +524,46 @@ pub fn run(options: RunOptions, log: Option<Arc<dyn Log>>) -> Result<(), RunErro
     node.stop()
 }
 
-/// SIGINT (Ctrl-C) or SIGTERM (Kubernetes stopping the pod).
-pub async fn wait_for_signal() -> &'static str {
+/// SIGINT (Ctrl-C) and SIGTERM (Kubernetes stopping the pod), caught from the moment
+/// this is made. A command installs it before it says that it serves: a stop sent right
+/// after that line must reach the clean shutdown, not the default action that kills the
+/// process (which a test sending SIGTERM at once under load saw).
+pub struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-                _ = terminate.recv() => "SIGTERM",
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers; call it inside a Tokio runtime (`Runtime::enter`).
+    pub fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    /// Waits for the first of them; names it.
+    pub async fn wait(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "SIGINT"
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
     }
 }
 

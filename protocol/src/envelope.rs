@@ -33,6 +33,18 @@ impl MessageId {
         Self(Uuid::new_v5(&ID_NAMESPACE, &name))
     }
 
+    /// This id in re-run `generation` (itself in generation 0, the first run): what a
+    /// re-run's output is called, so that it is neither the first run's output nor a
+    /// repeat of it, and a replay of the re-run repeats it.
+    pub fn in_generation(self, generation: u32) -> Self {
+        if generation == 0 {
+            return self;
+        }
+        let mut name = self.0.as_bytes().to_vec();
+        name.extend_from_slice(format!("/generation/{generation}").as_bytes());
+        Self(Uuid::new_v5(&ID_NAMESPACE, &name))
+    }
+
     /// The id of a record read from an external topic: derived from where it was read.
     pub fn of_origin(origin: &Origin) -> Self {
         Self::derive(
@@ -178,5 +190,10 @@ mod tests {
             MessageId::derive("a", "bc", "k")
         );
         assert_eq!(MessageId::parse(&a.to_string()), Some(a));
+        // A re-run's output is another record; the same re-run's, the same one.
+        assert_eq!(a.in_generation(0), a);
+        assert_ne!(a.in_generation(1), a);
+        assert_eq!(a.in_generation(1), a.in_generation(1));
+        assert_ne!(a.in_generation(1), a.in_generation(2));
     }
 }

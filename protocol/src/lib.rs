@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod keys;
 pub mod records;
 pub mod redrive;
+pub mod rerun;
 pub mod schema;
 pub mod spec;
 pub mod status;

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Envelope, MessageId, TraceContext};
 use crate::records::Origin;
+use crate::rerun::RerunScope;
 use crate::value::Value;
 
 /// One record to run a task on.
@@ -21,6 +22,10 @@ pub struct TaskRequest {
     /// repeated inputs by id (the task store's idempotent submission) must not drop it.
     #[serde(default)]
     pub redrive_of: Option<String>,
+    /// The re-run this call belongs to, when it does: its output is named in that
+    /// generation and carries its scope on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun: Option<RerunScope>,
 }
 
 impl TaskRequest {
@@ -28,8 +33,10 @@ impl TaskRequest {
         let redrive_of = envelope
             .header(crate::redrive::headers::REDRIVE_OF)
             .map(str::to_owned);
+        let rerun = RerunScope::of(&envelope);
         Self {
             redrive_of,
+            rerun,
             id: envelope.id,
             task: task.to_owned(),
             key: envelope.key,

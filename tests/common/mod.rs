@@ -40,6 +40,62 @@ graph:
   out: {type: publish, stream: features, topic-name: features}
 "#;
 
+/// Runs `future` to its end on a runtime of its own.
+pub fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// Every record of every partition of `topic`.
+pub fn read_all(log: &EmbeddedLog, topic: &str) -> Vec<LogRecord> {
+    let mut out = Vec::new();
+    for p in 0.. {
+        match log.read(&TopicPartition::new(topic, p), 0, usize::MAX) {
+            Ok(records) => out.extend(records),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Waits until `done`, for 90 s at most.
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The real `wellspring ARGS`, to its end, with `env` (and no token or URL from the
+/// test's own environment).
+pub fn wellspring_with(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wellspring"));
+    command
+        .args(args)
+        .env("RUST_LOG", "error")
+        .env_remove("WELLSPRING_API_TOKEN")
+        .env_remove("WELLSPRING_URL");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().unwrap()
+}
+
+pub fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// One record per channel image, keyed by the image's key, for `topic`.
 pub fn image_records(topic: &str, images: &[ChannelImage]) -> Vec<ProducerRecord> {
     images

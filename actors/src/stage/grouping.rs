@@ -4,6 +4,8 @@
 //! changelog topic (only that partition). With every batch it writes the state that
 //! changed back to the changelog, in the same commit as the outputs and the input
 //! offsets, so after a crash the restored state matches the committed input exactly.
+//! A re-run's records are grouped apart, by a function of their generation's
+//! ([`Generations`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,8 +17,10 @@ use opentelemetry::trace::{SpanContext, SpanKind};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use wellspring_log::{Clock, Log, LogRecord, ProducerRecord, TopicPartition};
+use wellspring_protocol::rerun::RerunScope;
 use wellspring_protocol::{Envelope, ExperimentId, MessageId, Origin, TraceContext, Value};
 
+use super::generations::Generations;
 use super::restore::restore;
 use super::shard::{Halt, RecordProcessor, RetryLater, SyncShard};
 use super::{ShardFactory, ShardRequest, StartError};
@@ -57,7 +61,7 @@ impl ShardFactory for GroupingFactory {
         waker: Arc<Notify>,
     ) -> Result<Recipient<ShardRequest>, StartError> {
         let started = Instant::now();
-        let mut function = (self.function.create)(&self.params);
+        let mut functions = Generations::new(self.function.create.clone(), self.params);
         let changelog = TopicPartition::new(self.changelog_topic.clone(), partition.partition);
         let mut newer = None;
         let restored = restore(
@@ -67,7 +71,7 @@ impl ShardFactory for GroupingFactory {
             |record| {
                 let key =
                     String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
-                if let Err(e) = function.restore(&key, record.value.as_deref()) {
+                if let Err(e) = functions.restore(&key, record.value.as_deref()) {
                     // A newer node's state is not this node's to skip: skipped, the
                     // aggregate would be lost or emitted twice.
                     match e.wire().and_then(|w| NewerRecord::of(record, w)) {
@@ -89,7 +93,7 @@ impl ShardFactory for GroupingFactory {
             dag: self.dag.clone(),
             node: self.node.clone(),
             changelog,
-            function,
+            functions,
             retry: None,
             table: self.table.clone(),
             clock: self.clock.clone(),
@@ -104,12 +108,14 @@ impl ShardFactory for GroupingFactory {
             current: None,
         };
         let mut initial = Vec::new();
-        processor.with_function(None, &mut initial, |f, ctx| f.restored(ctx));
+        for generation in processor.functions.all() {
+            processor.with_function(generation, None, &mut initial, |f, ctx| f.restored(ctx));
+        }
         if restored.records > 0 {
             tracing::info!(
                 shard = %format!("{}/{}/{partition}", self.dag, self.node),
                 entries = restored.records,
-                open = processor.function.open_count(),
+                open = processor.functions.open_count(),
                 took = ?started.elapsed(),
                 "restored from the changelog"
             );
@@ -135,7 +141,8 @@ pub struct GroupingProcessor {
     dag: Arc<str>,
     node: Arc<str>,
     changelog: TopicPartition,
-    function: Box<dyn StreamFunction>,
+    /// The first run's function and the re-runs'.
+    functions: Generations,
     /// Set when an output of the record being processed could not be routed now, but
     /// could later: the record is read again.
     retry: Option<RetryLater>,
@@ -157,6 +164,15 @@ pub struct GroupingProcessor {
     current: Option<TraceContext>,
 }
 
+/// Where the links of an aggregate are kept: by its key, and a re-run's apart.
+fn links_key(generation: u32, key: &str) -> String {
+    if generation == 0 {
+        key.to_owned()
+    } else {
+        format!("#{generation}/{key}")
+    }
+}
+
 /// What a grouping's spans name as their actor.
 const ACTOR: &str = "grouping shard";
 
@@ -168,13 +184,18 @@ const MAX_LINKS: usize = 1024;
 const MAX_LINKED_KEYS: usize = 200_000;
 
 impl GroupingProcessor {
-    /// Runs `f` on the function with a fresh context, then writes what it produced.
+    /// Runs `f` on the function of `generation` with a fresh context, then writes what
+    /// it produced.
     fn with_function(
         &mut self,
+        generation: u32,
         origin: Option<&Origin>,
         out: &mut Vec<ProducerRecord>,
         f: impl FnOnce(&mut dyn StreamFunction, &mut FunctionContext<'_>),
     ) {
+        let Some(function) = self.functions.function(generation) else {
+            return;
+        };
         let layouts = Snapshot(self.table.snapshot());
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut ctx = FunctionContext {
@@ -183,27 +204,47 @@ impl GroupingProcessor {
             out: &mut scratch,
             duplicates: 0,
         };
-        f(self.function.as_mut(), &mut ctx);
+        f(function, &mut ctx);
         self.duplicates.add(ctx.duplicates);
+        let scope = self.functions.scope(generation).cloned();
         for output in scratch.drain(..) {
-            self.write(output, origin, out);
+            self.write(output, scope.as_ref(), origin, out);
         }
         self.scratch = scratch;
+    }
+
+    /// Runs `f` on every generation's function.
+    fn with_every_function(
+        &mut self,
+        out: &mut Vec<ProducerRecord>,
+        f: impl Fn(&mut dyn StreamFunction, &mut FunctionContext<'_>),
+    ) {
+        for generation in self.functions.all() {
+            self.with_function(generation, None, out, &f);
+        }
     }
 
     fn write(
         &mut self,
         output: FunctionOutput,
+        scope: Option<&RerunScope>,
         origin: Option<&Origin>,
         out: &mut Vec<ProducerRecord>,
     ) {
         match output {
             FunctionOutput::Emit { key, value } => {
-                let mut envelope =
-                    Envelope::new(MessageId::derive(&self.dag, &self.node, &key), key, value);
+                let generation = scope.map_or(0, |s| s.generation);
+                let id = MessageId::derive(&self.dag, &self.node, &key).in_generation(generation);
+                let mut envelope = Envelope::new(id, key, value);
+                if let Some(scope) = scope {
+                    scope.mark(&mut envelope);
+                }
                 // The aggregate's span, linked to everything that made it; it travels on.
                 let _span = telemetry::enabled().then(|| {
-                    let links = self.links.remove(&envelope.key).unwrap_or_default();
+                    let links = self
+                        .links
+                        .remove(&links_key(generation, &envelope.key))
+                        .unwrap_or_default();
                     let span = telemetry::start(
                         "wellspring.aggregate",
                         SpanKind::Internal,
@@ -219,8 +260,9 @@ impl GroupingProcessor {
                 }
             }
             FunctionOutput::Incomplete(record) => {
-                self.links.remove(&record.key);
-                out.push(self.incomplete.record(&record))
+                let generation = scope.map_or(0, |s| s.generation);
+                self.links.remove(&links_key(generation, &record.key));
+                out.push(self.incomplete.record(&record, generation))
             }
             FunctionOutput::Reject { key, reason } => {
                 out.push(self.downstream.dead.record(
@@ -248,6 +290,14 @@ impl RecordProcessor for GroupingProcessor {
         };
         // Dead letters name where the record first entered the engine.
         let origin = envelope.origin.clone().unwrap_or_else(|| origin_of(record));
+        // A re-run's record goes to its generation's function (made on its first).
+        let generation = match RerunScope::of(&envelope) {
+            Some(scope) => {
+                self.functions.rerun(&scope);
+                scope.generation
+            }
+            None => 0,
+        };
         let _span = telemetry::enabled().then(|| {
             let span = telemetry::start(
                 "wellspring.group",
@@ -256,10 +306,11 @@ impl RecordProcessor for GroupingProcessor {
                 envelope.trace.as_ref(),
                 Vec::new(),
             );
-            if self.links.len() >= MAX_LINKED_KEYS && !self.links.contains_key(&envelope.key) {
+            let key = links_key(generation, &envelope.key);
+            if self.links.len() >= MAX_LINKED_KEYS && !self.links.contains_key(&key) {
                 self.links.clear();
             }
-            let links = self.links.entry(envelope.key.clone()).or_default();
+            let links = self.links.entry(key).or_default();
             if links.len() < MAX_LINKS {
                 links.push(span.context());
             }
@@ -267,7 +318,7 @@ impl RecordProcessor for GroupingProcessor {
             span
         });
         let mut refused = None;
-        self.with_function(Some(&origin), out, |f, ctx| {
+        self.with_function(generation, Some(&origin), out, |f, ctx| {
             if let Err(e) = f.process(&envelope.key, &envelope.payload, ctx) {
                 refused = Some(e);
             }
@@ -293,12 +344,12 @@ impl RecordProcessor for GroupingProcessor {
     }
 
     fn drain(&mut self, out: &mut Vec<ProducerRecord>) -> Result<(), RetryLater> {
-        self.with_function(None, out, |f, ctx| f.tick(ctx));
+        self.with_every_function(out, |f, ctx| f.tick(ctx));
         // Also what a layout's arrival or the restore emitted since the last drain.
         if let Some(retry) = self.retry.take() {
             return Err(retry);
         }
-        for (key, state) in self.function.take_changes() {
+        for (key, state) in self.functions.take_changes() {
             out.push(ProducerRecord {
                 topic: self.changelog.topic.clone(),
                 partition: Some(self.changelog.partition),
@@ -307,13 +358,13 @@ impl RecordProcessor for GroupingProcessor {
                 headers: Vec::new(),
             });
         }
-        let open = self.function.open_count() as i64;
+        let open = self.functions.open_count() as i64;
         self.open.add(open - self.open_reported);
         self.open_reported = open;
         Ok(())
     }
 
     fn layout_arrived(&mut self, experiment: &ExperimentId, out: &mut Vec<ProducerRecord>) {
-        self.with_function(None, out, |f, ctx| f.layout_arrived(experiment, ctx));
+        self.with_every_function(out, |f, ctx| f.layout_arrived(experiment, ctx));
     }
 }

@@ -22,6 +22,7 @@
 //! not exist) is not retried: the stage fails at once as unrecoverable ([`error`]).
 
 pub mod error;
+mod generations;
 mod grouping;
 mod relay;
 pub(crate) mod restore;

@@ -219,11 +219,16 @@ impl TaskShard {
         let mut retry = None;
         match outcome {
             TaskOutcome::Succeeded { output } => {
+                let generation = request.rerun.as_ref().map_or(0, |r| r.generation);
                 let mut envelope = Envelope::new(
-                    MessageId::derive(&self.dag, &self.node, &request.key),
+                    MessageId::derive(&self.dag, &self.node, &request.key)
+                        .in_generation(generation),
                     request.key.clone(),
                     output,
                 );
+                if let Some(rerun) = &request.rerun {
+                    rerun.mark(&mut envelope);
+                }
                 envelope.trace = request.trace;
                 envelope.origin = request.origin.clone();
                 if let Err(e) =

@@ -13,6 +13,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 use wellspring_protocol::redrive::{RedriveAnswer, RedriveRequest};
+use wellspring_protocol::rerun::{
+    self, BackfillRequest, ReplayAnswer, ReplayProgress, RerunRequest,
+};
 use wellspring_protocol::status;
 use wellspring_protocol::taskstore::api::{
     self, AutoscalingAnswer, ClusterShards, DrainAnswer, ErrorBody, FORWARDED, ForwardedAnswer,
@@ -343,5 +346,99 @@ impl ApiClient {
     /// Sends dead letters back into their stages (or, with `dry_run`, says what it would).
     pub async fn redrive(&self, request: &RedriveRequest) -> Result<RedriveAnswer, ClientError> {
         self.post_json(status::route::REDRIVE, request).await
+    }
+
+    /// Re-runs one DAG node for a subset; `progress` sees each report as it comes.
+    pub async fn rerun(
+        &self,
+        request: &RerunRequest,
+        progress: impl FnMut(&ReplayProgress),
+    ) -> Result<ReplayAnswer, ClientError> {
+        self.replay(rerun::route::RERUNS, request, progress).await
+    }
+
+    /// Backfills one DAG node over retained history; `progress` as for [`Self::rerun`].
+    pub async fn backfill(
+        &self,
+        request: &BackfillRequest,
+        progress: impl FnMut(&ReplayProgress),
+    ) -> Result<ReplayAnswer, ClientError> {
+        self.replay(rerun::route::BACKFILLS, request, progress)
+            .await
+    }
+
+    /// A call answered with progress lines, the last one the answer or the failure (a
+    /// failure the node says may pass is `503`, one it will not is `410`).
+    async fn replay(
+        &self,
+        path: &str,
+        body: &(impl Serialize + ?Sized),
+        mut progress: impl FnMut(&ReplayProgress),
+    ) -> Result<ReplayAnswer, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let json = serde_json::to_vec(body).map_err(|e| ClientError::Unwritable {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut request = self
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(json);
+        if let Some(token) = &self.token {
+            request = request.header(api::AUTHORIZATION, api::bearer(token));
+        }
+        let unreachable = |reason: String| ClientError::Unreachable {
+            url: url.clone(),
+            reason,
+        };
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(ClientError::Refused {
+                url,
+                status: status.as_u16(),
+                message,
+            });
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let chunk = response
+                .chunk()
+                .await
+                .map_err(|e| unreachable(format!("the answer broke off: {e}")))?;
+            let Some(chunk) = chunk else {
+                return Err(unreachable(
+                    "the answer ended before the result (did the node stop?)".into(),
+                ));
+            };
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let event: ReplayProgress =
+                    serde_json::from_slice(&line).map_err(|e| ClientError::Unreadable {
+                        url: url.clone(),
+                        reason: e.to_string(),
+                    })?;
+                match event {
+                    ReplayProgress::Done { answer } => return Ok(answer),
+                    ReplayProgress::Failed { error, retry } => {
+                        return Err(ClientError::Refused {
+                            url,
+                            status: if retry { 503 } else { 410 },
+                            message: error,
+                        });
+                    }
+                    other => progress(&other),
+                }
+            }
+        }
     }
 }

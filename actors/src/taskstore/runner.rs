@@ -37,11 +37,16 @@ pub struct QueueTaskRunner {
 /// The submission's idempotency key: the record's id, so that a replay finds its task;
 /// for a redrive, the id and the dead letter's, so that it is not answered by the task
 /// that failed (its output keeps the record's id: `MessageId::derive(dag, node, key)`).
+/// A re-run's task is another task too: its key names the generation.
 fn idempotency_key(task: &TaskRequest) -> String {
-    match &task.redrive_of {
-        Some(dead_letter) => format!("{}/redrive/{dead_letter}", task.id),
-        None => task.id.to_string(),
+    let mut key = task.id.to_string();
+    if let Some(rerun) = &task.rerun {
+        key.push_str(&format!("/generation/{}", rerun.generation));
     }
+    if let Some(dead_letter) = &task.redrive_of {
+        key.push_str(&format!("/redrive/{dead_letter}"));
+    }
+    key
 }
 
 /// How long a submission keeps retrying while the task store cannot take it (starting,
@@ -124,6 +129,7 @@ impl QueueTaskRunner {
             output_topic: self.output_topic.clone(),
             dead_letter_topic: self.dead_letter_topic.clone(),
             input: task.input.clone(),
+            rerun: task.rerun.clone(),
         };
         let started = tokio::time::Instant::now();
         let mut wait = Duration::from_millis(50);

@@ -285,11 +285,15 @@ impl QueueShard {
     fn dag_output(&mut self, state: &TaskState, dag: &DagTaskOrigin) {
         match state.status {
             TaskStatus::Succeeded => {
+                let generation = dag.rerun.as_ref().map_or(0, |r| r.generation);
                 let mut envelope = Envelope::new(
-                    MessageId::derive(&dag.dag, &dag.node, &dag.key),
+                    MessageId::derive(&dag.dag, &dag.node, &dag.key).in_generation(generation),
                     dag.key.clone(),
                     state.output.clone().unwrap_or(Value::Null),
                 );
+                if let Some(rerun) = &dag.rerun {
+                    rerun.mark(&mut envelope);
+                }
                 envelope.trace = dag.trace.clone();
                 // The worker's run, as the task store saw it end: the output follows it.
                 if telemetry::enabled() {

@@ -2,7 +2,8 @@
 //! `/api/experiments/{id}/plates/{n}`, `/api/dead-letters` and `/api/events` (SSE),
 //! answered from the node's status view (`crate::status`), so for the whole cluster;
 //! and `POST /api/dead-letters/redrive`, which sends dead letters back into their stages
-//! (`crate::redrive`).
+//! (`crate::redrive`); `POST /api/reruns` and `POST /api/backfills`, which send retained
+//! records into one DAG node again (`crate::replay`), streaming their progress.
 //!
 //! Its own router, so that `wellspring demo --serve` serves it without a task store; the
 //! node merges it into its API. Same rules as the rest: with a token configured every call
@@ -22,35 +23,46 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::broadcast;
 use wellspring_protocol::redrive::RedriveRequest;
+use wellspring_protocol::rerun::{
+    BackfillRequest, ReplayProgress, RerunRequest, route as rerun_route,
+};
 use wellspring_protocol::status::{DeadLetterQuery, route};
 use wellspring_protocol::taskstore::api;
 
 use super::ApiError;
 use crate::redrive::{RedriveError, Redriver};
+use crate::replay::{Job, ReplayError, Replayer};
 use crate::status::StatusView;
+
+/// What a node steers the work with: redrives, re-runs and backfills.
+#[derive(Clone)]
+pub struct Steering {
+    pub redriver: Redriver,
+    pub replayer: Replayer,
+}
 
 #[derive(Clone)]
 struct StatusApi {
     view: StatusView,
     token: Option<Arc<str>>,
-    /// `None` where nothing can be redriven (no log to write to).
-    redriver: Option<Redriver>,
+    /// `None` where nothing can be redriven or re-run (no stages to send records to).
+    steering: Option<Steering>,
 }
 
 /// The status routes, with their own token check and body limit.
 pub fn router(
     view: StatusView,
-    redriver: Option<Redriver>,
+    steering: Option<Steering>,
     token: Option<String>,
     body_limit: usize,
 ) -> Router {
     let state = StatusApi {
         view,
         token: token.map(Arc::from),
-        redriver,
+        steering,
     };
     Router::new()
         .route(route::DAGS, get(dags))
@@ -59,6 +71,8 @@ pub fn router(
         .route(route::PLATE, get(plate))
         .route(route::DEAD_LETTERS, get(dead_letters))
         .route(route::REDRIVE, post(redrive))
+        .route(rerun_route::RERUNS, post(rerun))
+        .route(rerun_route::BACKFILLS, post(backfill))
         .route(route::EVENTS, get(events))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -131,7 +145,7 @@ async fn redrive(
     if let Some(problem) = request.problem() {
         return ApiError::bad_request(problem).into_response();
     }
-    let Some(redriver) = &api.redriver else {
+    let Some(Steering { redriver, .. }) = &api.steering else {
         return ApiError(
             StatusCode::NOT_IMPLEMENTED,
             "this server shows the status only; redrive through a node (`wellspring run`)".into(),
@@ -142,13 +156,95 @@ async fn redrive(
         Ok(answer) => Json(answer).into_response(),
         // The log did not answer, or the node is stopping: nothing more was sent than
         // the ledger records, so the same call can be made again.
-        Err(
-            e @ (RedriveError::Log { .. } | RedriveError::Stalled { .. } | RedriveError::Stopped),
-        ) => ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; try again")).into_response(),
+        Err(e @ (RedriveError::Log(_) | RedriveError::Stopped)) => {
+            ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; try again")).into_response()
+        }
         Err(e @ RedriveError::Start(_)) => {
             ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
         }
     }
+}
+
+/// Re-runs one DAG node for a subset, in a new generation: `200` with one JSON line per
+/// progress report, the last one `done` with the answer or `failed` with why.
+async fn rerun(
+    State(api): State<StatusApi>,
+    body: Result<Json<RerunRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(request)) => replay(&api, Job::Rerun(request)),
+        Err(rejection) => ApiError::from(rejection).into_response(),
+    }
+}
+
+/// Backfills one DAG node over retained history, answered as a re-run is.
+async fn backfill(
+    State(api): State<StatusApi>,
+    body: Result<Json<BackfillRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(request)) => replay(&api, Job::Backfill(request)),
+        Err(rejection) => ApiError::from(rejection).into_response(),
+    }
+}
+
+fn replay_error(e: &ReplayError) -> (StatusCode, bool) {
+    match e {
+        ReplayError::Invalid(_) => (StatusCode::BAD_REQUEST, false),
+        ReplayError::InputsGone(_) => (StatusCode::GONE, false),
+        ReplayError::Log(_) | ReplayError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, true),
+        ReplayError::Start(_) => (StatusCode::INTERNAL_SERVER_ERROR, false),
+    }
+}
+
+/// Checks `job`, then runs it, streaming its progress as JSON lines.
+fn replay(api: &StatusApi, job: Job) -> Response {
+    let Some(Steering { replayer, .. }) = &api.steering else {
+        return ApiError(
+            StatusCode::NOT_IMPLEMENTED,
+            "this server shows the status only; re-run and backfill through a node (`wellspring run`)"
+                .into(),
+        )
+        .into_response();
+    };
+    if let Err(e) = replayer.check(&job) {
+        return ApiError(replay_error(&e).0, e.to_string()).into_response();
+    }
+    let (progress, events) = tokio::sync::mpsc::unbounded_channel();
+    let (finished, result) = tokio::sync::oneshot::channel();
+    let replayer = replayer.clone();
+    tokio::spawn(async move {
+        let _ = finished.send(replayer.run(job, progress).await);
+    });
+    // The worker drops its progress sender when the job ends: then the result follows.
+    let lines =
+        futures::stream::unfold((events, Some(result)), |(mut events, result)| async move {
+            if let Some(event) = events.recv().await {
+                return Some((event, (events, result)));
+            }
+            let event = match result?.await {
+                Ok(Ok(answer)) => ReplayProgress::Done { answer },
+                Ok(Err(e)) => ReplayProgress::Failed {
+                    retry: replay_error(&e).1,
+                    error: e.to_string(),
+                },
+                Err(_) => ReplayProgress::Failed {
+                    error: ReplayError::Stopped.to_string(),
+                    retry: true,
+                },
+            };
+            Some((event, (events, None)))
+        })
+        .map(|event| {
+            let mut line = serde_json::to_vec(&event).unwrap_or_default();
+            line.push(b'\n');
+            Ok::<_, Infallible>(bytes::Bytes::from(line))
+        });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
 }
 
 async fn events(

@@ -14,6 +14,7 @@ pub mod flags;
 pub mod generate;
 pub mod graph;
 pub mod ingest;
+pub mod rerun;
 pub mod run;
 pub mod services;
 pub mod status;

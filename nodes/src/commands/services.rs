@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{CliError, CommandResult, flags, on_runtime};
+use super::{CliError, CommandResult, flags};
+use crate::run::StopSignals;
 use crate::services::{ServiceConfig, Services};
 
 /// The reference DAG's variables, in the order of their ports.
@@ -43,6 +44,15 @@ pub fn services(args: ServicesArgs) -> CommandResult {
         error_rate: args.error_rate,
         ..ServiceConfig::default()
     };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::could_not_run(format!("cannot start a runtime: {e}")))?;
+    let mut signals = {
+        let _context = runtime.enter();
+        StopSignals::install()
+            .map_err(|e| CliError::could_not_run(format!("cannot catch SIGINT/SIGTERM: {e}")))?
+    };
     let mut running = Vec::new();
     for (i, variable) in SERVICES.iter().enumerate() {
         let port = match args.first_port {
@@ -75,7 +85,7 @@ pub fn services(args: ServicesArgs) -> CommandResult {
             sets.join(" ")
         );
     }
-    let signal = on_runtime(crate::run::wait_for_signal())?;
+    let signal = runtime.block_on(signals.wait());
     eprintln!("{signal}: stopping the simulated microservices");
     Ok(())
 }

@@ -14,13 +14,9 @@ pub mod target;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
-use wellspring_log::{
-    ConsumerConfig, Log, LogError, LogRecord, NoListener, Offset, ProducerRecord, TopicPartition,
-};
+use wellspring_log::{Log, LogRecord, Offset, ProducerRecord, TopicPartition};
 use wellspring_protocol::redrive::{
     LedgerEntry, LedgerState, RedriveAnswer, RedriveItem, RedriveRequest, headers,
 };
@@ -29,40 +25,19 @@ use wellspring_protocol::{Dag, Origin, Value};
 
 use self::ledger::{Decision, Ledger, Outcome};
 use self::target::{Kept, Target};
+use crate::log_io::{LogIo, LogIoError, log_error};
 use crate::status::shape::KeyPath;
-
-/// A read that makes no progress for this long fails (the log is not answering).
-const READ_STALL: Duration = Duration::from_secs(30);
 
 /// Why a redrive could not be done (nothing, or only what the answer of an earlier
 /// call said, was sent).
 #[derive(Debug, thiserror::Error)]
 pub enum RedriveError {
-    #[error("the log refused {action} {topic}: {source}")]
-    Log {
-        action: &'static str,
-        topic: String,
-        // Boxed: the error travels through every `?` of the worker.
-        #[source]
-        source: Box<LogError>,
-    },
-    #[error("reading {partition} made no progress for {}s (is the log reachable?)", READ_STALL.as_secs())]
-    Stalled { partition: TopicPartition },
+    #[error(transparent)]
+    Log(#[from] LogIoError),
     #[error("the node's redrive worker has stopped (is the node shutting down?)")]
     Stopped,
     #[error("cannot start the redrive worker: {0}")]
     Start(std::io::Error),
-}
-
-fn log_error<'a>(
-    action: &'static str,
-    topic: &'a str,
-) -> impl FnOnce(LogError) -> RedriveError + 'a {
-    move |source| RedriveError::Log {
-        action,
-        topic: topic.to_owned(),
-        source: Box::new(source),
-    }
 }
 
 type Reply = oneshot::Sender<Result<RedriveAnswer, RedriveError>>;
@@ -75,10 +50,9 @@ pub struct Redriver {
 
 /// What the worker redrives with.
 struct Worker {
-    log: Arc<dyn Log>,
+    io: LogIo,
     dags: Vec<Dag>,
     prefix: String,
-    client: String,
 }
 
 impl Redriver {
@@ -91,10 +65,12 @@ impl Redriver {
     ) -> Result<Redriver, RedriveError> {
         let (requests, mut incoming) = mpsc::channel::<(RedriveRequest, Reply)>(16);
         let worker = Worker {
-            log,
+            io: LogIo {
+                log,
+                client: format!("wellspring-redrive-{node_id}"),
+            },
             dags,
             prefix: prefix.to_owned(),
-            client: format!("wellspring-redrive-{node_id}"),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -200,53 +176,13 @@ fn stored(record: &LogRecord) -> Option<Stored> {
 }
 
 impl Worker {
-    /// Reads `partition` from `from` to its end, giving each record to `each`.
-    async fn read(
-        &self,
-        partition: &TopicPartition,
-        from: Offset,
-        mut each: impl FnMut(&LogRecord),
-    ) -> Result<(), RedriveError> {
-        let mut reader = self
-            .log
-            .consumer(ConsumerConfig::assign(
-                self.client.clone(),
-                vec![(partition.clone(), Some(from))],
-            ))
-            .map_err(log_error("a reader of", &partition.topic))?;
-        let mut progress = Instant::now();
-        // Until the consumer says it is at the end and holds nothing more (an empty poll):
-        // not to the end offset asked first, which a broker may answer from metadata a
-        // moment old, and whose last offsets can be Kafka's transaction markers, which no
-        // record is delivered for.
-        loop {
-            let records = reader
-                .poll(&mut NoListener, 10_000, Duration::from_millis(200))
-                .await
-                .map_err(log_error("reading", &partition.topic))?;
-            if records.is_empty() {
-                if reader.caught_up(partition) {
-                    break;
-                }
-                if progress.elapsed() > READ_STALL {
-                    return Err(RedriveError::Stalled {
-                        partition: partition.clone(),
-                    });
-                }
-                continue;
-            }
-            records.iter().for_each(&mut each);
-            progress = Instant::now();
-        }
-        Ok(())
-    }
-
     async fn read_ledger(&self, topic: &str) -> Result<Ledger, RedriveError> {
         let mut ledger = Ledger::default();
-        self.read(&TopicPartition::new(topic, 0), 0, |r| {
-            ledger.apply(r.key.as_deref(), r.value.as_deref())
-        })
-        .await?;
+        self.io
+            .read(&TopicPartition::new(topic, 0), 0, |r| {
+                ledger.apply(r.key.as_deref(), r.value.as_deref())
+            })
+            .await?;
         Ok(ledger)
     }
 
@@ -259,17 +195,16 @@ impl Worker {
             .collect();
         let mut out = Vec::new();
         for topic in topics {
-            let partitions = match self.log.partitions(topic).await {
-                Ok(n) => n,
-                // Nothing was ever dead-lettered there.
-                Err(LogError::UnknownTopic(_)) => continue,
-                Err(e) => return Err(log_error("listing the partitions of", topic)(e)),
+            // None: nothing was ever dead-lettered there.
+            let Some(partitions) = self.io.partitions(topic).await? else {
+                continue;
             };
             for p in 0..partitions {
-                self.read(&TopicPartition::new(topic, p), 0, |r| {
-                    out.extend(stored(r));
-                })
-                .await?;
+                self.io
+                    .read(&TopicPartition::new(topic, p), 0, |r| {
+                        out.extend(stored(r));
+                    })
+                    .await?;
             }
         }
         out.sort_by_key(|s| s.entry.timestamp_ms);
@@ -280,15 +215,16 @@ impl Worker {
     async fn find_sent(&self, entry: &LedgerEntry) -> Result<Option<Offset>, RedriveError> {
         let mut found = None;
         let partition = TopicPartition::new(entry.topic.as_str(), entry.partition);
-        self.read(&partition, entry.from_offset, |r| {
-            let marked = r
-                .header(headers::REDRIVE_OF)
-                .is_some_and(|v| v.as_ref() == entry.dead_letter.as_bytes());
-            if marked && found.is_none() {
-                found = Some(r.offset);
-            }
-        })
-        .await?;
+        self.io
+            .read(&partition, entry.from_offset, |r| {
+                let marked = r
+                    .header(headers::REDRIVE_OF)
+                    .is_some_and(|v| v.as_ref() == entry.dead_letter.as_bytes());
+                if marked && found.is_none() {
+                    found = Some(r.offset);
+                }
+            })
+            .await?;
         Ok(found)
     }
 
@@ -298,20 +234,14 @@ impl Worker {
         what: &'static str,
         topic: &str,
     ) -> Result<Vec<(TopicPartition, Offset)>, RedriveError> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        let producer = self
-            .log
-            .producer()
-            .map_err(log_error("a producer for", topic))?;
-        producer.send(records).await.map_err(log_error(what, topic))
+        Ok(self.io.send(records, what, topic).await?)
     }
 
     async fn redrive(&self, request: &RedriveRequest) -> Result<RedriveAnswer, RedriveError> {
         let ledger_spec = ledger::topic(&self.prefix);
         let ledger_topic = ledger_spec.name.clone();
-        self.log
+        self.io
+            .log
             .ensure_topic(&ledger_spec)
             .await
             .map_err(log_error("creating", &ledger_topic))?;
@@ -409,6 +339,7 @@ impl Worker {
             if let std::collections::hash_map::Entry::Vacant(vacant) = ends.entry(key) {
                 let tp = TopicPartition::new(target.topic.as_str(), target.partition);
                 let end = self
+                    .io
                     .log
                     .end_offset(&tp)
                     .await

@@ -188,6 +188,159 @@ async fn five_nodes_lose_nothing_when_two_are_killed_at_once() {
     }
 }
 
+/// Version 2 of the reference DAG: the image-metrics task called with another URL, and
+/// a QC task on wells added (published to `well_qc`).
+fn reference_v2() -> String {
+    let mut text = include_str!("../examples/reference-dag.yaml").to_owned();
+    for (from, to) in [
+        ("version: 1 ", "version: 2 "),
+        (
+            "\"${image-metrics-url}/v1/image-metrics\"",
+            "\"${image-metrics-url}/v1/image-metrics?model=2\"",
+        ),
+        (
+            "  experiments:         {value-schema: experiment_level}\n",
+            "  experiments:         {value-schema: experiment_level}\n  well_qc:             {value-schema: well_thumbnail}\n",
+        ),
+        (
+            "tasks:\n",
+            "tasks:\n  well-qc:\n    type: http\n    url: \"${well-thumbnails-url}/v1/well-thumbnails\"\n    input-schema: well_level\n    output-schema: well_thumbnail\n    retries: 5\n    backoff: {initial: 50ms, max: 2s}\n",
+        ),
+    ] {
+        assert!(text.contains(from), "{from:?} is not in the reference spec");
+        text = text.replacen(from, to, 1);
+    }
+    text.push_str(
+        "  well-qc:                {type: external-task, stream: images-well, task-name: well-qc}\n  well-qc-output:         {type: publish, stream: well-qc, topic-name: well_qc}\n",
+    );
+    text
+}
+
+/// A cluster rolls from version 1 to 2 node by node in the middle of a plate: nothing
+/// is lost or doubled, and the node version 2 adds has its output for every well of the
+/// experiment, those aggregated before it existed included: each node of version 2
+/// backfills it over the experiments still open as it starts, so the last one to start
+/// covers what the last node of version 1 emitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_in_the_middle_of_a_plate_loses_nothing_and_backfills_the_new_node() {
+    const EXPERIMENT: &str = "EXP-ROLL";
+    let cluster = Cluster::new().await;
+    let log = &cluster.log;
+    let v2 = std::env::temp_dir().join(format!("wellspring-roll-{}.yaml", std::process::id()));
+    std::fs::write(&v2, reference_v2()).unwrap();
+    let v2_args: Vec<String> = cluster
+        .args
+        .iter()
+        .map(|a| {
+            if a == "examples/reference-dag.yaml" {
+                v2.display().to_string()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    let start_v2 = |id: &str| {
+        NodeProcess::start(
+            env!("CARGO_BIN_EXE_wellspring"),
+            &cluster.broker.address,
+            id,
+            &v2_args,
+        )
+    };
+    let mut nodes = vec![cluster.start("wellspring-0"), cluster.start("wellspring-1")];
+    wait_until_every_node_has_a_share(log, &nodes.iter().collect::<Vec<_>>(), "two nodes").await;
+    let generator = cluster.generate(EXPERIMENT, 2, 200);
+
+    // Mid-plate: node 0, then node 1, drained and started again with version 2.
+    wait_for_records(log, "images_well", 10, "wells before the roll").await;
+    assert!(nodes[0].terminate().success());
+    nodes[0] = start_v2("wellspring-0");
+    wait_until_every_node_has_a_share(log, &nodes.iter().collect::<Vec<_>>(), "one node rolled")
+        .await;
+    let rolled_at = records_on(log, "images_well").await;
+    wait_for_records(log, "images_well", rolled_at + 5, "wells during the roll").await;
+    assert!(nodes[1].terminate().success());
+    nodes[1] = start_v2("wellspring-1");
+    wait_until_every_node_has_a_share(log, &nodes.iter().collect::<Vec<_>>(), "both rolled").await;
+
+    finished(generator).await;
+    cluster.verify(EXPERIMENT).await;
+    // The new node's output for every well of the experiment, by the ids it gives them.
+    // The wells `generate` images (the synthetic layout's).
+    let layout = wellspring_protocol::synthetic::layout(EXPERIMENT, 2, 40, 1, 1).unwrap();
+    let wells: std::collections::BTreeSet<String> = layout
+        .plates
+        .iter()
+        .flat_map(|p| {
+            p.wells
+                .iter()
+                .map(|w| format!("{EXPERIMENT}/{}/{w}", p.plate))
+        })
+        .collect();
+    assert_eq!(wells.len(), 80);
+    let expected: std::collections::BTreeSet<String> = wells
+        .iter()
+        .map(|key| {
+            wellspring_protocol::MessageId::derive("microscopy-reference", "well-qc", key)
+                .to_string()
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let ids = ids_on(log, "well_qc").await;
+        let missing: Vec<&String> = expected.difference(&ids).collect();
+        if missing.is_empty() {
+            assert!(ids.is_subset(&expected), "only the experiment's wells");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "well-qc outputs missing for {} of 80 wells",
+            missing.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for node in &mut nodes {
+        assert!(node.terminate().success(), "node {} stops cleanly", node.id);
+    }
+    let _ = std::fs::remove_file(&v2);
+}
+
+/// The `wellspring-id` of every record on `topic`.
+async fn ids_on(log: &KafkaLog, topic: &str) -> std::collections::BTreeSet<String> {
+    use wellspring_log::{ConsumerConfig, Log, NoListener, TopicPartition};
+    let mut out = std::collections::BTreeSet::new();
+    let Ok(partitions) = log.partitions(topic).await else {
+        return out;
+    };
+    for p in 0..partitions {
+        let partition = TopicPartition::new(topic, p);
+        let mut reader = log
+            .consumer(ConsumerConfig::assign(
+                format!("ids-{topic}-{p}"),
+                vec![(partition.clone(), Some(0))],
+            ))
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let records = reader
+                .poll(&mut NoListener, 10_000, Duration::from_millis(200))
+                .await
+                .unwrap();
+            if records.is_empty() && reader.caught_up(&partition) {
+                break;
+            }
+            for record in &records {
+                if let Some(id) = record.header("wellspring-id") {
+                    out.insert(String::from_utf8_lossy(id).into_owned());
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "reading {topic}");
+        }
+    }
+    out
+}
+
 #[test]
 fn a_node_on_a_broker_without_transactions_names_the_flag() {
     let broker = Broker::start_for_groups();

@@ -95,7 +95,7 @@ fn safe_and_backfilled_changes_pass_with_their_reasons() {
         .unwrap_or_else(|| panic!("{stdout}"));
     assert!(line.trim_start().starts_with("backfilled"), "{line}");
     assert!(
-        stdout.contains("what it needs: replay to it what images-site emitted"),
+        stdout.contains("what it needs: done as the roll goes: each node of the new version, as it starts, sends it what images-site emitted"),
         "{stdout}"
     );
 }

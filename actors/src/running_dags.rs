@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use wellspring_log::{Cleanup, Log, LogError, ProducerRecord, TopicPartition, TopicSpec};
-use wellspring_protocol::spec::upgrade::{self, UpgradeError, UpgradeReport};
-use wellspring_protocol::spec::{FunctionCatalog, SpecFormat};
+use wellspring_protocol::spec::upgrade::{self, ChangeClass, UpgradeError, UpgradeReport};
+use wellspring_protocol::spec::{FunctionCatalog, NodeKind, SpecFormat};
 use wellspring_protocol::{Dag, SpecErrors};
 
 use crate::stage::error::StartError;
@@ -241,6 +241,57 @@ impl RecordedDags {
             &newest.load(catalog)?,
             dag,
         )?))
+    }
+
+    /// The nodes `dag` adds on streams that ran before it (backfilled against the
+    /// version before it), while a roll to it may be going on: until `window` after a
+    /// node first recorded this version (at once, when none has yet). A node that starts
+    /// later finds the roll long done and the nodes fed live.
+    pub fn rolling_backfills(
+        &self,
+        dag: &Dag,
+        catalog: &dyn FunctionCatalog,
+        now_ms: i64,
+        window_ms: i64,
+    ) -> Result<Vec<String>, RecordError> {
+        if self
+            .version(&dag.name, dag.version)
+            .is_some_and(|this| now_ms - this.recorded_ms > window_ms)
+        {
+            return Ok(Vec::new());
+        }
+        let Some(previous) = self
+            .by_dag
+            .get(&dag.name)
+            .and_then(|versions| versions.range(..dag.version).next_back())
+            .map(|(_, recorded)| recorded)
+        else {
+            return Ok(Vec::new());
+        };
+        let written =
+            Dag::load(&dag.source.text, dag.source.format, catalog).map_err(|errors| {
+                RecordError::RecordedSpec {
+                    dag: dag.name.clone(),
+                    version: dag.version,
+                    errors,
+                }
+            })?;
+        let report = upgrade::compare(&previous.load(catalog)?, &written)?;
+        Ok(report
+            .of_class(ChangeClass::Backfilled)
+            .filter_map(|change| change.location.strip_prefix("graph."))
+            .filter(|node| {
+                matches!(
+                    written.node(node).map(|n| &n.kind),
+                    Some(
+                        NodeKind::ExternalTask { .. }
+                            | NodeKind::StreamOperation(_)
+                            | NodeKind::Publish { .. }
+                    )
+                )
+            })
+            .map(str::to_owned)
+            .collect())
     }
 
     /// Records `dags` as run by `node` (a version already recorded is left as it is).

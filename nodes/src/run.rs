@@ -44,6 +44,9 @@ pub struct RunOptions {
     pub tls: TlsSettings,
     /// Start DAGs that `upgrade-check` refuses against the ones the cluster runs.
     pub force_upgrade: bool,
+    /// How long after a DAG version was first recorded a node starting with it still
+    /// backfills the nodes that version added (the roll may be going on); zero: never.
+    pub rolling_backfill_window: Duration,
 }
 
 impl RunOptions {
@@ -61,6 +64,7 @@ impl RunOptions {
             tls: TlsSettings::default(),
             kube: None,
             force_upgrade: false,
+            rolling_backfill_window: Duration::from_secs(3600),
         }
     }
 }
@@ -251,6 +255,13 @@ async fn serve(
             registry.as_ref(),
             options.force_upgrade,
         )?;
+        let backfills = rolling_backfills(
+            &recorded,
+            &options.dags,
+            registry.as_ref(),
+            clock.now_ms(),
+            options.rolling_backfill_window,
+        );
         let env = NodeEnv {
             log: log.clone(),
             clock: clock.clone(),
@@ -285,9 +296,9 @@ async fn serve(
             )
             .await
             .map_err(|e| RunError::Start(e.to_string()))?;
-        Ok::<_, RunError>((node, store))
+        Ok::<_, RunError>((node, store, backfills))
     };
-    let (node, store) = match starting.await {
+    let (node, store, backfills) = match starting.await {
         Ok(started_node) => started_node,
         Err(e) => {
             let _ = started.send(Err(e));
@@ -338,6 +349,7 @@ async fn serve(
         &options.node_id,
     )
     .map_err(|e| RunError::Start(e.to_string()))?;
+    backfill_in_background(&replayer, backfills);
     // The API runs on its own threads; it reaches the actors through their addresses.
     let ingest = api::ingest::IngestTopics::new(log.clone(), &options.dags);
     let router = api::router(
@@ -403,6 +415,77 @@ async fn serve(
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(e))) => Err(RunError::Server(e)),
         _ => Err(RunError::Start("the HTTP server thread panicked".into())),
+    }
+}
+
+/// `(DAG, node)` for every node an upgrade to this node's DAGs added on a stream that ran
+/// before, while the roll may be going on (within `window` of the version's first record).
+fn rolling_backfills(
+    recorded: &RecordedDags,
+    dags: &[Dag],
+    catalog: &dyn wellspring_protocol::spec::FunctionCatalog,
+    now_ms: i64,
+    window: Duration,
+) -> Vec<(String, String)> {
+    if window.is_zero() {
+        return Vec::new();
+    }
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let mut out = Vec::new();
+    for dag in dags {
+        match recorded.rolling_backfills(dag, catalog, now_ms, window_ms) {
+            Ok(nodes) => out.extend(nodes.into_iter().map(|n| (dag.name.clone(), n))),
+            Err(e) => tracing::warn!(dag = %dag.name, "cannot tell which nodes to backfill: {e}"),
+        }
+    }
+    out
+}
+
+/// Backfills each `(DAG, node)` over the experiments still open, one after another, on
+/// a thread of its own: a node of a new version catches its new nodes up with what
+/// their streams emitted before (and, on nodes of the old version, during the roll).
+/// Every node of the new version does it as it starts, so the last one to start covers
+/// what the last old node emitted; repeats are repeats by id.
+fn backfill_in_background(replayer: &crate::replay::Replayer, backfills: Vec<(String, String)>) {
+    if backfills.is_empty() {
+        return;
+    }
+    let replayer = replayer.clone();
+    let spawned = std::thread::Builder::new()
+        .name("rolling-backfill".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                tracing::warn!("cannot start the rolling backfill: no runtime");
+                return;
+            };
+            for (dag, node) in backfills {
+                let request = wellspring_protocol::rerun::BackfillRequest {
+                    dag: dag.clone(),
+                    node: node.clone(),
+                    experiment: None,
+                    since: None,
+                    open: true,
+                    dry_run: false,
+                };
+                let (progress, _ignored) = tokio::sync::mpsc::unbounded_channel();
+                let job = crate::replay::Job::Backfill(request);
+                match runtime.block_on(replayer.run(job, progress)) {
+                    Ok(answer) => tracing::info!(
+                        %dag, %node, sent = answer.sent, experiments = answer.experiments.len(),
+                        "backfilled a node the upgrade added, over the experiments still open"
+                    ),
+                    Err(e) => tracing::warn!(
+                        %dag, %node,
+                        "the node the upgrade added could not be backfilled: {e} (run `wellspring backfill --dag {dag} --node {node} --open`)"
+                    ),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the rolling backfill: {e}");
     }
 }
 

@@ -171,15 +171,21 @@ pub struct BackfillRequest {
     /// Milliseconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<i64>,
+    /// Only the experiments still open: those with no experiment record yet (what a
+    /// node does by itself when an upgrade adds a node).
+    #[serde(default)]
+    pub open: bool,
     #[serde(default)]
     pub dry_run: bool,
 }
 
 impl BackfillRequest {
     pub fn problem(&self) -> Option<&'static str> {
-        match (&self.experiment, self.since) {
-            (None, None) => Some("say what to backfill: an experiment, or a time since"),
-            (Some(_), Some(_)) => Some("backfill an experiment or since a time, not both"),
+        match (&self.experiment, self.since, self.open) {
+            (None, None, false) => Some(
+                "say what to backfill: an experiment, the experiments still open, or a time since",
+            ),
+            (Some(_), Some(_), _) => Some("backfill an experiment or since a time, not both"),
             _ => None,
         }
     }

@@ -72,8 +72,12 @@ pub struct BackfillArgs {
     #[arg(long)]
     node: String,
     /// Over this experiment's records.
-    #[arg(long, conflicts_with = "since", required_unless_present = "since")]
+    #[arg(long, conflicts_with = "since", required_unless_present_any = ["since", "open"])]
     experiment: Option<String>,
+    /// Over the experiments still open (no experiment record yet): what a node of a new
+    /// version does by itself for a node the upgrade added.
+    #[arg(long)]
+    open: bool,
     /// Over the records appended since: a duration ago (`2d`) or a UTC time.
     #[arg(long, value_parser = flags::since)]
     since: Option<i64>,
@@ -194,6 +198,7 @@ pub fn backfill(args: BackfillArgs) -> CommandResult {
         node: args.node,
         experiment: args.experiment,
         since: args.since,
+        open: args.open,
         dry_run: args.dry_run,
     };
     let client = client(&args.node_args)?;

@@ -81,6 +81,11 @@ pub struct RunArgs {
     /// runs (with a warning): what the refused changes break is lost.
     #[arg(long)]
     force_upgrade: bool,
+    /// A node starting with a DAG version within this long of its first start by any
+    /// node backfills the nodes that version added, over the experiments still open (a
+    /// roll is going on); 0s: never (then `wellspring backfill` does it by hand).
+    #[arg(long, default_value = "1h", value_parser = flags::duration)]
+    rolling_backfill_window: Duration,
 }
 
 pub fn run(args: RunArgs) -> CommandResult {
@@ -137,6 +142,7 @@ pub fn run(args: RunArgs) -> CommandResult {
         kube,
         tls,
         force_upgrade: args.force_upgrade,
+        rolling_backfill_window: args.rolling_backfill_window,
         ..RunOptions::new(args.http_addr)
     };
     crate::run::run(options, log).map_err(|e| CliError::could_not_run(e.to_string()))

@@ -13,7 +13,7 @@
 
 pub mod source;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -170,14 +170,15 @@ fn check<'a>(dags: &'a [Dag], prefix: &str, job: &Job) -> Result<&'a Dag, Replay
             }
         ))
     })?;
-    let node = source::computing_node(dag, job.node()).map_err(ReplayError::Invalid)?;
     match job {
         Job::Rerun(request) => {
+            source::computing_node(dag, job.node()).map_err(ReplayError::Invalid)?;
             if let Some(problem) = request.subset.problem() {
                 return Err(ReplayError::Invalid(problem));
             }
         }
         Job::Backfill(request) => {
+            let node = source::backfilled_node(dag, job.node()).map_err(ReplayError::Invalid)?;
             if let Some(problem) = request.problem() {
                 return Err(ReplayError::Invalid(problem.into()));
             }
@@ -416,7 +417,7 @@ impl Worker {
         ledger: &str,
         progress: &Progress,
     ) -> Result<ReplayAnswer, ReplayError> {
-        let node = source::computing_node(dag, &request.node).map_err(ReplayError::Invalid)?;
+        let node = source::backfilled_node(dag, &request.node).map_err(ReplayError::Invalid)?;
         let sources =
             source::backfill_sources(dag, &self.prefix, node).map_err(ReplayError::InputsGone)?;
         let router = source::router_into(dag, &self.prefix, node).map_err(ReplayError::Invalid)?;
@@ -424,7 +425,10 @@ impl Worker {
             prefix: &self.prefix,
             dag: &dag.name,
         };
-        let target = names.input(&node.name);
+        let target = match &node.kind {
+            wellspring_protocol::spec::NodeKind::Publish { topic, .. } => topic.clone(),
+            _ => names.input(&node.name),
+        };
         let at_ms = wellspring_log::Clock::now_ms(&wellspring_log::SystemClock);
         let key = format!("backfill/{}/{}/{at_ms}", dag.name, node.name);
         let subset = request.experiment.as_ref().map(|experiment| Subset {
@@ -439,6 +443,11 @@ impl Worker {
             sent: 0,
             selected: 0,
             experiments: BTreeMap::new(),
+        };
+        let finished = if request.open {
+            self.finished_experiments(dag).await?
+        } else {
+            BTreeSet::new()
         };
         let mut read_from = Vec::new();
         let mut seen: HashSet<MessageId> = HashSet::new();
@@ -466,9 +475,15 @@ impl Worker {
                             else {
                                 return;
                             };
+                            let experiment = envelope
+                                .payload
+                                .get("experiment_id")
+                                .and_then(|v| v.as_str())
+                                .map(str::to_owned);
                             if subset
                                 .as_ref()
                                 .is_some_and(|s| !s.holds_record(&envelope.payload))
+                                || experiment.as_ref().is_some_and(|e| finished.contains(e))
                                 || !seen.insert(envelope.id)
                             {
                                 return;
@@ -482,11 +497,6 @@ impl Worker {
                             if router.route(&envelope, &mut selected).is_ok()
                                 && selected.len() > before
                             {
-                                let experiment = envelope
-                                    .payload
-                                    .get("experiment_id")
-                                    .and_then(|v| v.as_str())
-                                    .map(str::to_owned);
                                 tally.selected(experiment.as_deref());
                             }
                         },
@@ -496,6 +506,18 @@ impl Worker {
                     self.send(selected, &mut tally).await?;
                 }
             }
+        }
+        if tally.selected == 0 && request.open {
+            // Nothing open to catch up on: not a failure.
+            return Ok(answer(
+                dag,
+                &node.name,
+                0,
+                request.dry_run,
+                read_from.join(", "),
+                target,
+                tally,
+            ));
         }
         if tally.selected == 0 {
             let what = match (&request.experiment, request.since) {
@@ -541,6 +563,32 @@ impl Worker {
             target,
             tally,
         ))
+    }
+}
+
+impl Worker {
+    /// The experiments the DAG has an experiment record of (finished).
+    async fn finished_experiments(&self, dag: &Dag) -> Result<BTreeSet<String>, ReplayError> {
+        let mut finished = BTreeSet::new();
+        for Source { topic, encoding } in source::finished_experiment_sources(dag, &self.prefix) {
+            let Some(partitions) = self.io.partitions(&topic).await? else {
+                continue;
+            };
+            for partition in 0..partitions {
+                self.io
+                    .read(
+                        &TopicPartition::new(topic.as_str(), partition),
+                        0,
+                        |record| {
+                            if let Some(envelope) = source::envelope_of(dag, &encoding, record) {
+                                finished.insert(envelope.key);
+                            }
+                        },
+                    )
+                    .await?;
+            }
+        }
+        Ok(finished)
     }
 }
 

@@ -14,11 +14,11 @@
 
 use wellspring_actors::FunctionRegistry;
 use wellspring_actors::dag::{Names, route_into};
-use wellspring_actors::routing::{Route, Router, origin_of};
+use wellspring_actors::routing::{Router, origin_of};
 use wellspring_log::{LogRecord, ProducerRecord};
 use wellspring_protocol::envelope::headers as envelope_headers;
 use wellspring_protocol::rerun::{RerunScope, headers};
-use wellspring_protocol::spec::{NodeKind, NodeSpec};
+use wellspring_protocol::spec::{NodeKind, NodeSpec, builtins};
 use wellspring_protocol::{Dag, Envelope, MessageId, Value, wire};
 
 /// How the records of a topic read are turned into the envelopes a stream emitted.
@@ -72,7 +72,9 @@ pub fn computing_node<'a>(dag: &'a Dag, node: &str) -> Result<&'a NodeSpec, Stri
 /// The streams `node` reads (an operation's tables are not streams).
 fn streams<'a>(dag: &'a Dag, node: &'a NodeSpec) -> Vec<&'a str> {
     match &node.kind {
-        NodeKind::ExternalTask { stream, .. } => vec![stream.as_str()],
+        NodeKind::ExternalTask { stream, .. } | NodeKind::Publish { stream, .. } => {
+            vec![stream.as_str()]
+        }
         NodeKind::StreamOperation(op) => op
             .inputs
             .iter()
@@ -88,58 +90,72 @@ fn streams<'a>(dag: &'a Dag, node: &'a NodeSpec) -> Vec<&'a str> {
     }
 }
 
-/// Where the history of every stream `node` reads is kept, or why it is not.
-pub fn backfill_sources(dag: &Dag, prefix: &str, node: &NodeSpec) -> Result<Vec<Source>, String> {
+/// Where the history of `stream` is kept (besides in `except`'s input), if anywhere.
+fn stream_source(dag: &Dag, prefix: &str, stream: &str, except: &str) -> Option<Source> {
     let names = Names {
         prefix,
         dag: &dag.name,
     };
-    let mut sources = Vec::new();
-    for stream in streams(dag, node) {
-        let consumers = dag.consumers(stream);
-        let task = consumers
-            .iter()
-            .find(|c| c.name != node.name && matches!(c.kind, NodeKind::ExternalTask { .. }));
-        let published = consumers.iter().find_map(|c| match &c.kind {
-            NodeKind::Publish { topic, .. } => Some(topic.clone()),
-            _ => None,
+    let consumers = dag.consumers(stream);
+    let task = consumers
+        .iter()
+        .find(|c| c.name != except && matches!(c.kind, NodeKind::ExternalTask { .. }));
+    if let Some(task) = task {
+        return Some(Source {
+            topic: names.input(&task.name),
+            encoding: Encoding::Envelope,
         });
-        let own_topic = match dag.node(stream).map(|n| &n.kind) {
-            Some(NodeKind::TopicStream { topic }) => dag
-                .topics
-                .get(topic)
-                .map(|decl| (topic.clone(), decl.value_schema.clone())),
-            _ => None,
-        };
-        let source = if let Some(task) = task {
-            Source {
-                topic: names.input(&task.name),
-                encoding: Encoding::Envelope,
-            }
-        } else if let Some(topic) = published {
-            Source {
-                topic,
-                encoding: Encoding::Published {
-                    stream: stream.to_owned(),
-                },
-            }
-        } else if let Some((topic, schema)) = own_topic {
-            Source {
-                topic,
-                encoding: Encoding::External {
-                    stream: stream.to_owned(),
-                    schema,
-                },
-            }
-        } else {
-            return Err(format!(
-                "the records of stream {stream} are kept nowhere node {} could be backfilled from: no other task reads it and no publish node writes it to a topic (add a publish node for {stream}: from then on its history is kept)",
-                node.name
-            ));
-        };
-        sources.push(source);
     }
-    Ok(sources)
+    let published = consumers.iter().find_map(|c| match &c.kind {
+        NodeKind::Publish { topic, .. } if c.name != except => Some(topic.clone()),
+        _ => None,
+    });
+    if let Some(topic) = published {
+        return Some(Source {
+            topic,
+            encoding: Encoding::Published {
+                stream: stream.to_owned(),
+            },
+        });
+    }
+    match dag.node(stream).map(|n| &n.kind) {
+        Some(NodeKind::TopicStream { topic }) => dag.topics.get(topic).map(|decl| Source {
+            topic: topic.clone(),
+            encoding: Encoding::External {
+                stream: stream.to_owned(),
+                schema: decl.value_schema.clone(),
+            },
+        }),
+        _ => None,
+    }
+}
+
+/// Where the history of every stream `node` reads is kept, or why it is not.
+pub fn backfill_sources(dag: &Dag, prefix: &str, node: &NodeSpec) -> Result<Vec<Source>, String> {
+    streams(dag, node)
+        .into_iter()
+        .map(|stream| {
+            stream_source(dag, prefix, stream, &node.name).ok_or_else(|| {
+                format!(
+                    "the records of stream {stream} are kept nowhere node {} could be backfilled from: no other task reads it and no publish node writes it to a topic (add a publish node for {stream}: from then on its history is kept)",
+                    node.name
+                )
+            })
+        })
+        .collect()
+}
+
+/// Where the DAG's experiment records are kept: the outputs of its experiment-level
+/// groupings (an experiment there is finished). Empty when it has none, or keeps them
+/// nowhere: then no experiment can be told finished.
+pub fn finished_experiment_sources(dag: &Dag, prefix: &str) -> Vec<Source> {
+    dag.nodes
+        .iter()
+        .filter(|n| {
+            matches!(&n.kind, NodeKind::StreamOperation(op) if op.function == builtins::PLATES_EXPERIMENT_GROUPING)
+        })
+        .filter_map(|n| stream_source(dag, prefix, &n.name, ""))
+        .collect()
 }
 
 /// The envelope a stream emitted, rebuilt from `record` of a source read with
@@ -184,13 +200,21 @@ pub fn envelope_of(dag: &Dag, encoding: &Encoding, record: &LogRecord) -> Option
     }
 }
 
+/// A node that can be backfilled: one that computes, or a publish node (its topic gets
+/// the stream's history).
+pub fn backfilled_node<'a>(dag: &'a Dag, node: &str) -> Result<&'a NodeSpec, String> {
+    match dag.node(node) {
+        Some(spec) if matches!(spec.kind, NodeKind::Publish { .. }) => Ok(spec),
+        _ => computing_node(dag, node),
+    }
+}
+
 /// The route the live path takes into `node`.
 pub fn router_into(dag: &Dag, prefix: &str, node: &NodeSpec) -> Result<Router, String> {
     let registry = FunctionRegistry::with_builtins();
     let route = route_into(dag, &registry, prefix, node)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("node {} has no input to send records to", node.name))?;
-    debug_assert!(matches!(route, Route::Shard { .. }));
     Ok(Router::new(&node.name, vec![route]))
 }
 

@@ -634,7 +634,8 @@ impl Comparison<'_> {
                 "it reads {upstream}, which ran before it existed: what {upstream} emitted before, and emits on nodes of the older version during the roll, is not routed to it, so without a backfill the experiments still open would miss its outputs for those records"
             ),
             Some(format!(
-                "replay to it what {upstream} emitted for the experiments still open, from the retained topics (its output ids are deterministic, so a replay racing the live records yields each output once); this version of Wellspring does not replay by itself: `run` names the node in a warning"
+                "done as the roll goes: each node of the new version, as it starts, sends it what {upstream} emitted for the experiments still open, from the retained topics, so the last to start covers what the last old node emitted (its output ids are deterministic: records it also gets live are repeats by id); for experiments already finished, `wellspring backfill --dag {} --node {} --experiment E`",
+                self.new.name, node.name
             )),
         );
     }

@@ -21,6 +21,7 @@
 //! | `POST /internal/tasks` | a submission forwarded by another node |
 //! | `POST /api/topics/{topic}/records` | records for a topic the node's DAGs read, checked against its schema, answered once durable ([`ingest`]) |
 //! | `GET /api/dags`, `/api/experiments[/{id}[/plates/{n}]]`, `/api/dead-letters`, `/api/events` | the status view ([`status`]) |
+//! | `POST /api/dead-letters/redrive`, `/api/reruns`, `/api/backfills` | steering: dead letters back into their stages, a node's work redone or done over history ([`status`], `crate::redrive`, `crate::replay`) |
 //! | `GET /`, `GET /ui/...` | the web UI (open without the token; its API calls send it) |
 //! | `POST /admin/drain` | stop as on SIGTERM: the API, then every stage flushes, commits and leaves its groups (`wellspring drain`) |
 //!

@@ -411,6 +411,49 @@ mod tests {
     }
 
     #[test]
+    fn the_nodes_an_upgrade_adds_are_backfilled_while_the_roll_may_go_on() {
+        let registry = FunctionRegistry::with_builtins();
+        let v1 = dag(SPEC);
+        let v2 = dag(&SPEC.replacen("version: 1 ", "version: 2 ", 1).replace(
+            "  images-site-output:",
+            "  site-qc: {type: external-task, stream: images-site, task-name: extract-site-features}\n  site-qc-output: {type: publish, stream: site-qc, topic-name: site_features}\n  images-site-output:",
+        ));
+        let mut recorded = RecordedDags::default();
+        recorded.insert(RecordedDag::of(&v1, "a", 0));
+        let hour = 3_600_000;
+        // The first node of version 2: the task is added on a stream that ran; its
+        // publish node is fed by it alone.
+        assert_eq!(
+            recorded
+                .rolling_backfills(&v2, &registry, 10, hour)
+                .unwrap(),
+            vec!["site-qc".to_owned()]
+        );
+        recorded.insert(RecordedDag::of(&v2, "a", 1_000));
+        assert_eq!(
+            recorded
+                .rolling_backfills(&v2, &registry, 1_000 + hour, hour)
+                .unwrap(),
+            vec!["site-qc".to_owned()],
+            "within the window of version 2's first record"
+        );
+        assert!(
+            recorded
+                .rolling_backfills(&v2, &registry, 1_001 + hour, hour)
+                .unwrap()
+                .is_empty(),
+            "the roll is long done"
+        );
+        assert!(
+            recorded
+                .rolling_backfills(&v1, &registry, 10, hour)
+                .unwrap()
+                .is_empty(),
+            "version 1 added nothing"
+        );
+    }
+
+    #[test]
     fn a_record_of_a_newer_format_is_refused_with_both_versions() {
         let mut record = serde_json::to_value(RecordedDag::of(&dag(SPEC), "n", 0)).unwrap();
         record["record-format"] = serde_json::json!(RECORD_FORMAT + 1);

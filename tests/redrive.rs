@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    Answer, ScriptedServer, block_on, image_records, layout_record, load, read_all as read, stderr,
-    stdout, wait_for, wellspring_with,
+    Answer, ScriptedServer, block_on, image_records, load, publish_plates, read_all as read,
+    stderr, stdout, wait_for, wellspring_with,
 };
 use serde_json::Value;
 use wellspring_actors::FunctionRegistry;
@@ -102,17 +102,7 @@ fn dead_letters_of_a_service_that_was_down_are_listed_redriven_once_and_yield_ea
         })
         .collect();
     assert_eq!(site_keys.len(), 6);
-    block_on(async {
-        let producer = log.producer().unwrap();
-        producer
-            .send(vec![layout_record("metadata", &layout)])
-            .await
-            .unwrap();
-        producer
-            .send(image_records("images", &images))
-            .await
-            .unwrap();
-    });
+    publish_plates(&log, "metadata", &layout, "images", &images);
     wait_for("a dead letter per site", || {
         read(&log, DEAD_LETTERS).len() == 6
     });

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    Answer, ScriptedServer, block_on, image_records, layout_record, load, read_all, stderr, stdout,
-    wait_for, wellspring_with,
+    Answer, ScriptedServer, load, publish_plates, read_all, stderr, stdout, wait_for,
+    wellspring_with,
 };
 use serde_json::Value;
 use wellspring_actors::FunctionRegistry;
@@ -94,17 +94,7 @@ fn start_node(dag_yaml: &str, service: &ScriptedServer, log: &EmbeddedLog) -> Ru
 fn publish_experiment(log: &EmbeddedLog, experiment: &str) {
     let layout = synthetic::layout(experiment, 2, 3, 2, 2).unwrap();
     let images = synthetic::images(&layout, "HUVEC");
-    block_on(async {
-        let producer = log.producer().unwrap();
-        producer
-            .send(vec![layout_record("metadata", &layout)])
-            .await
-            .unwrap();
-        producer
-            .send(image_records("images", &images))
-            .await
-            .unwrap();
-    });
+    publish_plates(log, "metadata", &layout, "images", &images);
 }
 
 fn header(record: &LogRecord, name: &str) -> Option<String> {
@@ -160,6 +150,22 @@ fn wellspring_json(args: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// `wellspring COMMAND --url URL --dag lab ARGS --json`: its answer; it must succeed.
+fn call(command: &str, url: &str, args: &[&str]) -> Value {
+    let mut all = vec![command, "--url", url, "--dag", "lab"];
+    all.extend_from_slice(args);
+    wellspring_json(&all)
+}
+
+/// `wellspring COMMAND --url URL --dag lab ARGS`, expected to fail: its exit code and
+/// what it said.
+fn refused(command: &str, url: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec![command, "--url", url, "--dag", "lab"];
+    all.extend_from_slice(args);
+    let output = wellspring_with(&all, &[]);
+    (output.status.code(), stderr(&output))
+}
+
 const OUTPUTS: [&str; 5] = ["sites", "features", "wells", "plates", "experiments"];
 
 #[test]
@@ -179,20 +185,19 @@ fn a_rerun_redoes_one_plate_in_a_new_generation_and_downstream_only_when_asked()
     let first_features = read_all(&log, "features");
 
     // A dry run says what it would send, and sends nothing.
-    let dry = wellspring_json(&[
+    let dry = call(
         "rerun",
-        "--url",
         &url,
-        "--dag",
-        "lab",
-        "--node",
-        "features",
-        "--experiment",
-        "EXP-R",
-        "--plate",
-        "1",
-        "--dry-run",
-    ]);
+        &[
+            "--node",
+            "features",
+            "--experiment",
+            "EXP-R",
+            "--plate",
+            "1",
+            "--dry-run",
+        ],
+    );
     assert_eq!(dry["dry_run"], true, "{dry}");
     assert_eq!(dry["sent"], 6, "plate 1's six sites: {dry}");
     std::thread::sleep(Duration::from_millis(300));
@@ -200,19 +205,18 @@ fn a_rerun_redoes_one_plate_in_a_new_generation_and_downstream_only_when_asked()
 
     // Plate 1's site features again: a new generation, published; nothing downstream.
     let calls = service.requests();
-    let answer = wellspring_json(&[
+    let answer = call(
         "rerun",
-        "--url",
         &url,
-        "--dag",
-        "lab",
-        "--node",
-        "features",
-        "--experiment",
-        "EXP-R",
-        "--plate",
-        "1",
-    ]);
+        &[
+            "--node",
+            "features",
+            "--experiment",
+            "EXP-R",
+            "--plate",
+            "1",
+        ],
+    );
     assert_eq!(
         answer["generation"], 1,
         "the dry run claimed nothing: {answer}"
@@ -257,20 +261,19 @@ fn a_rerun_redoes_one_plate_in_a_new_generation_and_downstream_only_when_asked()
     // The site grouping for plate 1 again, with --downstream: its sites, their
     // features, its wells and the plate in generation 2; never the experiment (it
     // holds plate 2 too), nothing of plate 2.
-    let answer = wellspring_json(&[
+    let answer = call(
         "rerun",
-        "--url",
         &url,
-        "--dag",
-        "lab",
-        "--node",
-        "site",
-        "--experiment",
-        "EXP-R",
-        "--plate",
-        "1",
-        "--downstream",
-    ]);
+        &[
+            "--node",
+            "site",
+            "--experiment",
+            "EXP-R",
+            "--plate",
+            "1",
+            "--downstream",
+        ],
+    );
     assert_eq!(answer["generation"], 2, "{answer}");
     assert_eq!(answer["sent"], 12, "plate 1's 12 channel images: {answer}");
     wait_for("plate 1's plate record in generation 2", || {
@@ -307,22 +310,21 @@ fn a_rerun_redoes_one_plate_in_a_new_generation_and_downstream_only_when_asked()
     assert_eq!(plate["wells"].as_array().map(Vec::len), Some(3), "{plate}");
 
     // Some wells of the plate: their sites and wells, not the plate (it holds others).
-    let answer = wellspring_json(&[
+    let answer = call(
         "rerun",
-        "--url",
         &url,
-        "--dag",
-        "lab",
-        "--node",
-        "site",
-        "--experiment",
-        "EXP-R",
-        "--plate",
-        "1",
-        "--wells",
-        "b2",
-        "--downstream",
-    ]);
+        &[
+            "--node",
+            "site",
+            "--experiment",
+            "EXP-R",
+            "--plate",
+            "1",
+            "--wells",
+            "b2",
+            "--downstream",
+        ],
+    );
     assert_eq!(answer["generation"], 3, "{answer}");
     wait_for("well B02 in generation 3", || {
         of_generation(&log, "wells", 3).len() == 1
@@ -336,19 +338,11 @@ fn a_rerun_redoes_one_plate_in_a_new_generation_and_downstream_only_when_asked()
     assert!(of_generation(&log, "plates", 3).is_empty());
 
     // Without --downstream, a grouping's re-run is published and goes no further.
-    let answer = wellspring_json(&[
+    let answer = call(
         "rerun",
-        "--url",
         &url,
-        "--dag",
-        "lab",
-        "--node",
-        "site",
-        "--experiment",
-        "EXP-R",
-        "--plate",
-        "2",
-    ]);
+        &["--node", "site", "--experiment", "EXP-R", "--plate", "2"],
+    );
     assert_eq!(answer["generation"], 4, "{answer}");
     wait_for("plate 2's sites in generation 4", || {
         of_generation(&log, "sites", 4).len() == 6
@@ -364,66 +358,35 @@ fn a_rerun_redoes_one_plate_in_a_new_generation_and_downstream_only_when_asked()
     }
 
     // What cannot be done is said, and nothing is claimed.
-    let unknown = wellspring_with(
-        &[
-            "rerun",
-            "--url",
-            &url,
-            "--dag",
-            "lab",
-            "--node",
-            "feature",
-            "--experiment",
-            "EXP-R",
-        ],
-        &[],
+    let (unknown_code, unknown_says) = refused(
+        "rerun",
+        &url,
+        &["--node", "feature", "--experiment", "EXP-R"],
     );
-    assert_eq!(unknown.status.code(), Some(1), "{}", stderr(&unknown));
+    assert_eq!(unknown_code, Some(1), "{}", unknown_says);
     assert!(
-        stderr(&unknown).contains("no node \"feature\"") && stderr(&unknown).contains("features"),
+        unknown_says.contains("no node \"feature\"") && unknown_says.contains("features"),
         "{}",
-        stderr(&unknown)
+        unknown_says
     );
-    let nothing = wellspring_with(
-        &[
-            "rerun",
-            "--url",
-            &url,
-            "--dag",
-            "lab",
-            "--node",
-            "features",
-            "--experiment",
-            "EXP-NONE",
-        ],
-        &[],
+    let (nothing_code, nothing_says) = refused(
+        "rerun",
+        &url,
+        &["--node", "features", "--experiment", "EXP-NONE"],
     );
-    assert_eq!(nothing.status.code(), Some(1), "{}", stderr(&nothing));
+    assert_eq!(nothing_code, Some(1), "{}", nothing_says);
     assert!(
-        stderr(&nothing).contains("nothing of experiment EXP-NONE"),
+        nothing_says.contains("nothing of experiment EXP-NONE"),
         "{}",
-        stderr(&nothing)
+        nothing_says
     );
-    let source = wellspring_with(
-        &[
-            "rerun",
-            "--url",
-            &url,
-            "--dag",
-            "lab",
-            "--node",
-            "images",
-            "--experiment",
-            "EXP-R",
-        ],
-        &[],
+    let (source_code, source_says) = refused(
+        "rerun",
+        &url,
+        &["--node", "images", "--experiment", "EXP-R"],
     );
-    assert_eq!(source.status.code(), Some(1));
-    assert!(
-        stderr(&source).contains("topic-stream node"),
-        "{}",
-        stderr(&source)
-    );
+    assert_eq!(source_code, Some(1));
+    assert!(source_says.contains("topic-stream node"), "{}", source_says);
     let ledger = read_all(&log, "wellspring.reruns");
     assert_eq!(ledger.len(), 8, "four re-runs, each claimed then recorded");
     node.stop().unwrap();
@@ -441,20 +404,19 @@ fn a_rerun_survives_a_restart_in_its_generation() {
     wait_for("the experiment's record", || {
         read_all(&log, "experiments").len() == 1
     });
-    let answer = wellspring_json(&[
+    let answer = call(
         "rerun",
-        "--url",
         &url,
-        "--dag",
-        "lab",
-        "--node",
-        "site",
-        "--experiment",
-        "EXP-S",
-        "--plate",
-        "2",
-        "--downstream",
-    ]);
+        &[
+            "--node",
+            "site",
+            "--experiment",
+            "EXP-S",
+            "--plate",
+            "2",
+            "--downstream",
+        ],
+    );
     assert_eq!(answer["generation"], 1, "{answer}");
     wait_for("plate 2's record in generation 1", || {
         of_generation(&log, "plates", 1).len() == 1
@@ -504,34 +466,21 @@ fn a_backfill_runs_a_new_node_over_a_finished_experiment_and_repeats_nothing_els
     std::thread::sleep(Duration::from_millis(300));
     assert!(read_all(&log, "thumbnails").is_empty());
 
-    let dry = wellspring_json(&[
+    let dry = call(
         "backfill",
-        "--url",
         &url,
-        "--dag",
-        "lab",
-        "--node",
-        "thumbnails",
-        "--experiment",
-        "EXP-B",
-        "--dry-run",
-    ]);
+        &["--node", "thumbnails", "--experiment", "EXP-B", "--dry-run"],
+    );
     assert_eq!(dry["sent"], 6, "{dry}");
     assert_eq!(
         dry["source"], "wells",
         "read from the well stream's topic: {dry}"
     );
-    let answer = wellspring_json(&[
+    let answer = call(
         "backfill",
-        "--url",
         &url,
-        "--dag",
-        "lab",
-        "--node",
-        "thumbnails",
-        "--experiment",
-        "EXP-B",
-    ]);
+        &["--node", "thumbnails", "--experiment", "EXP-B"],
+    );
     assert_eq!(answer["generation"], 0, "{answer}");
     assert_eq!(answer["experiments"], serde_json::json!([["EXP-B", 6]]));
     wait_for("a thumbnail per well", || {
@@ -558,59 +507,23 @@ fn a_backfill_runs_a_new_node_over_a_finished_experiment_and_repeats_nothing_els
     assert_eq!(counts(&log, &OUTPUTS), before, "nothing else repeated");
 
     // Again: the same outputs by id (repeats consumers drop), nothing new.
-    wellspring_json(&[
-        "backfill",
-        "--url",
-        &url,
-        "--dag",
-        "lab",
-        "--node",
-        "thumbnails",
-        "--since",
-        "1h",
-    ]);
+    call("backfill", &url, &["--node", "thumbnails", "--since", "1h"]);
     wait_for("the repeats", || read_all(&log, "thumbnails").len() == 12);
     assert_eq!(ids(&read_all(&log, "thumbnails")), expected);
 
     // What is not retained is refused in words.
-    let gone = wellspring_with(
-        &[
-            "backfill",
-            "--url",
-            &url,
-            "--dag",
-            "lab",
-            "--node",
-            "thumbnails",
-            "--experiment",
-            "EXP-OLD",
-        ],
-        &[],
+    let (gone_code, gone_says) = refused(
+        "backfill",
+        &url,
+        &["--node", "thumbnails", "--experiment", "EXP-OLD"],
     );
-    assert_eq!(gone.status.code(), Some(1), "{}", stderr(&gone));
+    assert_eq!(gone_code, Some(1), "{}", gone_says);
     assert!(
-        stderr(&gone).contains("nothing of experiment EXP-OLD")
-            && stderr(&gone).contains("retention"),
+        gone_says.contains("nothing of experiment EXP-OLD") && gone_says.contains("retention"),
         "{}",
-        stderr(&gone)
+        gone_says
     );
-    let neither = wellspring_with(
-        &[
-            "backfill",
-            "--url",
-            &url,
-            "--dag",
-            "lab",
-            "--node",
-            "thumbnails",
-        ],
-        &[],
-    );
-    assert_eq!(
-        neither.status.code(),
-        Some(2),
-        "clap refuses it: {}",
-        stderr(&neither)
-    );
+    let (neither_code, neither_says) = refused("backfill", &url, &["--node", "thumbnails"]);
+    assert_eq!(neither_code, Some(2), "clap refuses it: {}", neither_says);
     v2.stop().unwrap();
 }

@@ -128,6 +128,18 @@ pub enum RecordError {
     Upgrade(#[from] UpgradeError),
 }
 
+/// `dag` as its spec is written (without a node's `--set` and `--partitions`): what is
+/// recorded and compared.
+fn as_written(dag: &Dag, catalog: &dyn FunctionCatalog) -> Result<Dag, RecordError> {
+    Dag::load(&dag.source.text, dag.source.format, catalog).map_err(|errors| {
+        RecordError::RecordedSpec {
+            dag: dag.name.clone(),
+            version: dag.version,
+            errors,
+        }
+    })
+}
+
 /// What a node may do with one of its DAGs, given what is recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Admission {
@@ -216,14 +228,7 @@ impl RecordedDags {
         let Some(newest) = self.newest(&dag.name) else {
             return Ok(Admission::First);
         };
-        let written =
-            Dag::load(&dag.source.text, dag.source.format, catalog).map_err(|errors| {
-                RecordError::RecordedSpec {
-                    dag: dag.name.clone(),
-                    version: dag.version,
-                    errors,
-                }
-            })?;
+        let written = as_written(dag, catalog)?;
         let dag = &written;
         // The same version: it must be the same spec, else nodes of two specs would run
         // under one version (the comparison reports that as refused).
@@ -268,14 +273,7 @@ impl RecordedDags {
         else {
             return Ok(Vec::new());
         };
-        let written =
-            Dag::load(&dag.source.text, dag.source.format, catalog).map_err(|errors| {
-                RecordError::RecordedSpec {
-                    dag: dag.name.clone(),
-                    version: dag.version,
-                    errors,
-                }
-            })?;
+        let written = as_written(dag, catalog)?;
         let report = upgrade::compare(&previous.load(catalog)?, &written)?;
         Ok(report
             .of_class(ChangeClass::Backfilled)

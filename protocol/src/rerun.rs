@@ -23,6 +23,9 @@ pub mod headers {
     pub const RERUN: &str = "wellspring-rerun";
     /// The backfill a record was sent by (its ledger key), for the record's history.
     pub const BACKFILL: &str = "wellspring-backfill";
+    /// The label a queue task of a re-run carries its scope in (JSON): the task store's
+    /// states keep their format, and the output is named in the generation.
+    pub const TASK_LABEL: &str = "wellspring-rerun";
 }
 
 /// Which part of the hierarchy: an experiment, one plate of it, or some wells of a plate.
@@ -30,10 +33,12 @@ pub mod headers {
 #[serde(deny_unknown_fields)]
 pub struct Subset {
     pub experiment: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // No `skip_serializing_if`: a scope also travels in the binary wire format, whose
+    // fields are positional.
+    #[serde(default)]
     pub plate: Option<u32>,
     /// Only with a plate; empty: every well of it.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub wells: Vec<WellId>,
 }
 
@@ -132,6 +137,12 @@ impl RerunScope {
                 serde_json::to_string(self).unwrap_or_default(),
             ),
         ]
+    }
+
+    /// The scope a queue task's labels carry, if any.
+    pub fn of_labels(labels: &std::collections::BTreeMap<String, String>) -> Option<RerunScope> {
+        let scope: RerunScope = serde_json::from_str(labels.get(headers::TASK_LABEL)?).ok()?;
+        (scope.generation > 0).then_some(scope)
     }
 
     /// Sets its headers on `envelope` (replacing a scope it carried).
@@ -320,6 +331,25 @@ mod tests {
         assert_eq!(envelope.headers.len(), 2, "{:?}", envelope.headers);
         assert_eq!(envelope.header(headers::GENERATION), Some("3"));
         assert_eq!(RerunScope::of(&envelope), Some(scope.clone()));
+        // A queue task carries it in a label (the task store's states keep their format).
+        let mut labels = std::collections::BTreeMap::new();
+        assert_eq!(RerunScope::of_labels(&labels), None);
+        labels.insert(
+            headers::TASK_LABEL.to_owned(),
+            serde_json::to_string(&scope).unwrap(),
+        );
+        assert_eq!(RerunScope::of_labels(&labels), Some(scope.clone()));
+        // In the binary wire format too (fields are positional there).
+        for scope in [
+            scope.clone(),
+            RerunScope {
+                subset: subset("E", None, &[]),
+                ..scope.clone()
+            },
+        ] {
+            let bytes = crate::wire::encode(&scope);
+            assert_eq!(crate::wire::decode::<RerunScope>(&bytes).unwrap(), scope);
+        }
         RerunScope {
             generation: 0,
             ..scope

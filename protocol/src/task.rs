@@ -24,7 +24,7 @@ pub struct TaskRequest {
     pub redrive_of: Option<String>,
     /// The re-run this call belongs to, when it does: its output is named in that
     /// generation and carries its scope on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub rerun: Option<RerunScope>,
 }
 

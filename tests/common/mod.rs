@@ -96,6 +96,27 @@ pub fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Publishes `layout` on `metadata`, then `images` on `images`.
+pub fn publish_plates(
+    log: &EmbeddedLog,
+    metadata: &str,
+    layout: &ExperimentLayout,
+    images_topic: &str,
+    images: &[ChannelImage],
+) {
+    block_on(async {
+        let producer = log.producer().unwrap();
+        producer
+            .send(vec![layout_record(metadata, layout)])
+            .await
+            .unwrap();
+        producer
+            .send(image_records(images_topic, images))
+            .await
+            .unwrap();
+    });
+}
+
 /// One record per channel image, keyed by the image's key, for `topic`.
 pub fn image_records(topic: &str, images: &[ChannelImage]) -> Vec<ProducerRecord> {
     images

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use wellspring_protocol::rerun::headers as rerun_headers;
 use wellspring_protocol::spec::QueueTask;
 use wellspring_protocol::taskstore::{DagTaskOrigin, GroupSettings, NewTask};
 use wellspring_protocol::{TaskOutcome, TaskRequest, TaskResult};
@@ -69,6 +70,13 @@ impl QueueTaskRunner {
             .map(|(name, t)| Ok((name.clone(), t.render(&self.variables, &task.input, false)?)))
             .collect::<Result<BTreeMap<_, _>, wellspring_protocol::spec::template::TemplateError>>()
             .map_err(|e| format!("building the labels: {e}"))?;
+        let mut labels = labels;
+        if let Some(rerun) = &task.rerun {
+            labels.insert(
+                rerun_headers::TASK_LABEL.to_owned(),
+                serde_json::to_string(rerun).map_err(|e| format!("the re-run's scope: {e}"))?,
+            );
+        }
         Ok(NewTask {
             cmd,
             group: self.spec.group.clone(),
@@ -129,7 +137,6 @@ impl QueueTaskRunner {
             output_topic: self.output_topic.clone(),
             dead_letter_topic: self.dead_letter_topic.clone(),
             input: task.input.clone(),
-            rerun: task.rerun.clone(),
         };
         let started = tokio::time::Instant::now();
         let mut wait = Duration::from_millis(50);

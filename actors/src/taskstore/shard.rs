@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 use wellspring_log::{Clock, Log, LogRecord, Offset, ProducerRecord, TopicPartition};
 use wellspring_protocol::envelope::headers;
+use wellspring_protocol::rerun::RerunScope;
 use wellspring_protocol::taskstore::{
     DagTaskOrigin, ExtendClaim, GroupStats, NewTask, Report, TaskState, TaskStatus, TaskView,
 };
@@ -285,13 +286,14 @@ impl QueueShard {
     fn dag_output(&mut self, state: &TaskState, dag: &DagTaskOrigin) {
         match state.status {
             TaskStatus::Succeeded => {
-                let generation = dag.rerun.as_ref().map_or(0, |r| r.generation);
+                let rerun = RerunScope::of_labels(&state.labels);
+                let generation = rerun.as_ref().map_or(0, |r| r.generation);
                 let mut envelope = Envelope::new(
                     MessageId::derive(&dag.dag, &dag.node, &dag.key).in_generation(generation),
                     dag.key.clone(),
                     state.output.clone().unwrap_or(Value::Null),
                 );
-                if let Some(rerun) = &dag.rerun {
+                if let Some(rerun) = &rerun {
                     rerun.mark(&mut envelope);
                 }
                 envelope.trace = dag.trace.clone();

@@ -3,7 +3,6 @@
 //! failed, once (`POST /api/dead-letters/redrive`).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use wellspring_actors::taskstore::{ApiClient, ClientError};
@@ -12,7 +11,7 @@ use wellspring_protocol::status::{
     DeadLetterEntry, DeadLetterPage, DeadLetterQuery, MAX_DEAD_LETTER_LIMIT,
 };
 
-use super::{CliError, CommandResult, flags, node_client_with_token, on_runtime};
+use super::{CliError, CommandResult, NodeArgs, flags, node_client_with_token, on_runtime};
 
 #[derive(Args)]
 pub struct DeadLettersArgs {
@@ -28,20 +27,6 @@ enum DeadLettersCommand {
     /// Send dead letters back into the stage where each failed (that DAG node's input),
     /// once: a dead letter redriven before is skipped unless --again.
     Redrive(RedriveArgs),
-}
-
-/// The node to ask, and how.
-#[derive(Args)]
-struct NodeArgs {
-    /// The node's API.
-    #[arg(long, default_value = "http://127.0.0.1:8080", env = "WELLSPRING_URL")]
-    url: String,
-    /// A file holding the node's bearer token (or set WELLSPRING_API_TOKEN).
-    #[arg(long)]
-    token_file: Option<PathBuf>,
-    /// Print the API's answer as JSON, for scripts.
-    #[arg(long)]
-    json: bool,
 }
 
 /// Which dead letters.

@@ -117,6 +117,20 @@ pub fn node_client_with_token(
     Ok(ApiClient::new(url, token)?)
 }
 
+/// The node a command asks, and how: its API, its token, the answer as JSON.
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// The node's API.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "WELLSPRING_URL")]
+    pub url: String,
+    /// A file holding the node's bearer token (or set WELLSPRING_API_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Print the API's answer as JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Reads and validates the DAG spec in `file`, with `overrides` for its variables.
 pub fn read_dag(file: &Path, overrides: &[(String, String)]) -> Result<Dag, CliError> {
     let text = std::fs::read_to_string(file).map_err(|e| {

@@ -2,7 +2,6 @@
 //! subset, in a new generation (`POST /api/reruns`), or done over history it never saw
 //! (`POST /api/backfills`), by a node, with a progress bar.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -13,23 +12,16 @@ use wellspring_protocol::rerun::{
     BackfillRequest, ReplayAnswer, ReplayProgress, RerunRequest, Subset,
 };
 
-use super::{CliError, CommandResult, flags, on_runtime, wants_progress};
+use super::{CliError, CommandResult, NodeArgs, flags, on_runtime, wants_progress};
 
 /// A re-run or a backfill reads a node's retained records whole: it may take long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
-/// The node to ask, and how.
+/// The node to ask, and how the answer is shown.
 #[derive(Args)]
-struct NodeArgs {
-    /// The node's API.
-    #[arg(long, default_value = "http://127.0.0.1:8080", env = "WELLSPRING_URL")]
-    url: String,
-    /// A file holding the node's bearer token (or set WELLSPRING_API_TOKEN).
-    #[arg(long)]
-    token_file: Option<PathBuf>,
-    /// Print the answer as JSON, for scripts.
-    #[arg(long)]
-    json: bool,
+struct CallArgs {
+    #[command(flatten)]
+    node: NodeArgs,
     /// No progress bar (there is none when stderr is not a terminal anyway).
     #[arg(long)]
     no_progress: bool,
@@ -60,7 +52,7 @@ pub struct RerunArgs {
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
-    node_args: NodeArgs,
+    call: CallArgs,
 }
 
 #[derive(Args)]
@@ -85,14 +77,15 @@ pub struct BackfillArgs {
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
-    node_args: NodeArgs,
+    call: CallArgs,
 }
 
 fn well(text: &str) -> Result<WellId, String> {
     WellId::parse(&text.trim().to_ascii_uppercase()).map_err(|e| e.to_string())
 }
 
-fn client(node: &NodeArgs) -> Result<ApiClient, CliError> {
+fn client(call: &CallArgs) -> Result<ApiClient, CliError> {
+    let node = &call.node;
     let token = crate::run::token(node.token_file.as_ref())
         .map_err(|e| CliError::could_not_run(e.to_string()))?;
     let http = ApiClient::http(CALL_TIMEOUT)
@@ -101,8 +94,8 @@ fn client(node: &NodeArgs) -> Result<ApiClient, CliError> {
 }
 
 /// A progress bar fed by the node's reports: reading, then sending.
-fn bar(node: &NodeArgs) -> ProgressBar {
-    if !wants_progress(node.no_progress) || node.json {
+fn bar(call: &CallArgs) -> ProgressBar {
+    if !wants_progress(call.no_progress) || call.node.json {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(0);
@@ -185,11 +178,11 @@ pub fn rerun(args: RerunArgs) -> CommandResult {
         downstream: args.downstream,
         dry_run: args.dry_run,
     };
-    let client = client(&args.node_args)?;
-    let bar = bar(&args.node_args);
+    let client = client(&args.call)?;
+    let bar = bar(&args.call);
     let answer = on_runtime(client.rerun(&request, |event| report(&bar, event)))?;
     bar.finish_and_clear();
-    print(&answer.map_err(refused)?, args.node_args.json, "re-run")
+    print(&answer.map_err(refused)?, args.call.node.json, "re-run")
 }
 
 pub fn backfill(args: BackfillArgs) -> CommandResult {
@@ -201,11 +194,11 @@ pub fn backfill(args: BackfillArgs) -> CommandResult {
         open: args.open,
         dry_run: args.dry_run,
     };
-    let client = client(&args.node_args)?;
-    let bar = bar(&args.node_args);
+    let client = client(&args.call)?;
+    let bar = bar(&args.call);
     let answer = on_runtime(client.backfill(&request, |event| report(&bar, event)))?;
     bar.finish_and_clear();
-    print(&answer.map_err(refused)?, args.node_args.json, "backfill")
+    print(&answer.map_err(refused)?, args.call.node.json, "backfill")
 }
 
 #[cfg(test)]

@@ -198,7 +198,18 @@ struct Tally<'a> {
     experiments: BTreeMap<String, u64>,
 }
 
-impl Tally<'_> {
+impl<'a> Tally<'a> {
+    fn new(progress: &'a Progress, total: u64) -> Self {
+        Tally {
+            progress,
+            read: 0,
+            total,
+            sent: 0,
+            selected: 0,
+            experiments: BTreeMap::new(),
+        }
+    }
+
     fn read_one(&mut self) {
         self.read += 1;
         if self.read.is_multiple_of(BATCH as u64) {
@@ -337,14 +348,7 @@ impl Worker {
             by: self.node_id.clone(),
             at_ms: wellspring_log::Clock::now_ms(&wellspring_log::SystemClock),
         };
-        let mut tally = Tally {
-            progress,
-            read: 0,
-            total: self.io.total(&topic, partitions).await?,
-            sent: 0,
-            selected: 0,
-            experiments: BTreeMap::new(),
-        };
+        let mut tally = Tally::new(progress, self.io.total(&topic, partitions).await?);
         let mut claimed = false;
         let mut seen = HashSet::new();
         for partition in 0..partitions {
@@ -436,14 +440,7 @@ impl Worker {
             plate: None,
             wells: Vec::new(),
         });
-        let mut tally = Tally {
-            progress,
-            read: 0,
-            total: 0,
-            sent: 0,
-            selected: 0,
-            experiments: BTreeMap::new(),
-        };
+        let mut tally = Tally::new(progress, 0);
         let finished = if request.open {
             self.finished_experiments(dag).await?
         } else {

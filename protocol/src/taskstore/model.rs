@@ -324,9 +324,6 @@ pub struct DagTaskOrigin {
     pub dead_letter_topic: String,
     /// The input record, for the dead letter.
     pub input: Value,
-    /// The re-run the task belongs to, if any (its output is named in that generation).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rerun: Option<crate::rerun::RerunScope>,
 }
 
 /// A task's whole state, as kept on the log (one record per change, keyed by id).

@@ -305,6 +305,17 @@ struct NodeThread {
 
 impl NodeThread {
     fn start(log: EmbeddedLog, yaml: String, node_id: &str) -> NodeThread {
+        Self::start_with(log, yaml, node_id, Metrics::default(), 0)
+    }
+
+    /// A node with the given metrics (to read them from the test) and standby replicas.
+    fn start_with(
+        log: EmbeddedLog,
+        yaml: String,
+        node_id: &str,
+        metrics: Metrics,
+        standby_replicas: u32,
+    ) -> NodeThread {
         let (stop, stopped) = std::sync::mpsc::channel::<bool>();
         let node_id = node_id.to_owned();
         let thread = std::thread::spawn(move || {
@@ -317,13 +328,14 @@ impl NodeThread {
                     clock: Arc::new(SystemClock),
                     transport: Arc::new(ReqwestTransport::new().unwrap()),
                     registry: Arc::new(registry),
-                    metrics: Metrics::default(),
+                    metrics,
                     health: Health::default(),
                     rng: SharedRng::seeded(1),
                     task_store: None,
                     config: wellspring_actors::RuntimeConfig {
                         node_id,
                         session_timeout: Duration::from_secs(2),
+                        standby_replicas,
                         ..test_config()
                     },
                 };
@@ -442,8 +454,13 @@ async fn a_node_killed_mid_plate_is_replaced_from_the_changelog_with_nothing_los
     .await;
     second.end(true);
 
+    every_aggregate_once(&log, &layout);
+}
+
+/// Every aggregate of `layout` is on its topic exactly once, nothing incomplete.
+fn every_aggregate_once(log: &EmbeddedLog, layout: &ExperimentLayout) {
     let mut tracker = Tracker::new(
-        expectations(&layout),
+        expectations(layout),
         "hierarchy.dead-letters",
         "hierarchy.incomplete",
     );
@@ -465,6 +482,95 @@ async fn a_node_killed_mid_plate_is_replaced_from_the_changelog_with_nothing_los
     for level in tracker.report() {
         assert!(level.ok(), "{level:?}");
     }
+}
+
+/// With standby replicas, the node that inherits a killed node's groupings starts their
+/// shards from its warm copies (not by replaying their changelogs), and the result is the
+/// same: every aggregate once.
+#[actix_rt::test]
+async fn a_node_with_standbys_takes_over_from_its_warm_copies_with_nothing_lost_or_repeated() {
+    let layout = synthetic::layout("EXP-STANDBY", 2, 24, 4, 6).unwrap();
+    let workload = Workload::build(&WorkloadConfig {
+        experiment: "EXP-STANDBY".into(),
+        plates: 2,
+        wells: 24,
+        duplicates: 0.0,
+        metadata_after: 0,
+        ..WorkloadConfig::default()
+    })
+    .unwrap();
+    let log = EmbeddedLog::new();
+    let dag = hierarchy_dag("1h");
+    let heir_metrics = Metrics::default();
+    let doomed = NodeThread::start(log.clone(), dag.clone(), "node-a");
+    wait_for("the first node creating its topics", || {
+        log.read(&wellspring_log::TopicPartition::new("metadata", 0), 0, 1)
+            .is_ok()
+    })
+    .await;
+    let heir = NodeThread::start_with(log.clone(), dag, "node-b", heir_metrics.clone(), 1);
+    // Each of the four groupings has 4 partitions; the heir follows those it does not own.
+    let warm = |m: &Metrics| {
+        ["site", "well", "plate", "experiment"]
+            .iter()
+            .map(|node| m.gauge_value("hierarchy", node, names::STANDBY_PARTITIONS))
+            .sum::<i64>()
+    };
+    let owned = |m: &Metrics| {
+        m.owned_partitions()
+            .iter()
+            .filter(|(_, node, _)| ["site", "well", "plate", "experiment"].contains(&node.as_str()))
+            .map(|(_, _, partitions)| partitions.len() as i64)
+            .sum::<i64>()
+    };
+    wait_for(
+        "the heir owning some shards and following the others",
+        || {
+            let owned = owned(&heir_metrics);
+            owned > 0 && owned < 16 && warm(&heir_metrics) == 16 - owned
+        },
+    )
+    .await;
+    let producer = wellspring_log::Log::producer(&log).unwrap();
+    let half = workload.messages.len() / 2;
+    for message in &workload.messages[..half] {
+        producer
+            .send(vec![wellspring_nodes::workload::record(
+                message, "images", "metadata",
+            )])
+            .await
+            .unwrap();
+    }
+    wait_for("50 sites", || count(&log, "sites") >= 50).await;
+    doomed.end(false);
+    for message in &workload.messages[half..] {
+        if !matches!(message, Message::Metadata(_)) {
+            producer
+                .send(vec![wellspring_nodes::workload::record(
+                    message, "images", "metadata",
+                )])
+                .await
+                .unwrap();
+        }
+    }
+    wait_for("the experiment record after the takeover", || {
+        count(&log, "experiments") >= 1
+    })
+    .await;
+    let from_standby: u64 = ["site", "well", "plate", "experiment"]
+        .iter()
+        .map(|node| heir_metrics.get("hierarchy", node, names::RESTORES_FROM_STANDBY))
+        .sum();
+    assert!(
+        owned(&heir_metrics) == 16 && warm(&heir_metrics) == 0,
+        "the heir owns every shard now, and follows none"
+    );
+    assert!(
+        from_standby > 0,
+        "the heir started the inherited shards from its warm copies"
+    );
+    heir.end(true);
+    every_aggregate_once(&log, &layout);
 }
 
 /// During a roll an older node may meet a record a newer node wrote in a newer format:

@@ -28,7 +28,7 @@ use crate::metrics::{Metrics, names};
 use crate::routing::{DeadLetterWriter, Downstream, IncompleteWriter, Route, Router};
 use crate::stage::{
     GroupingFactory, RelayFactory, ShardFactory, SourceFactory, StageActor, StageSettings,
-    StageSpec, TaskFactory,
+    StageSpec, StandbyMetrics, Standbys, TaskFactory,
 };
 use crate::supervision::{ChildSpec, Health, RestartPolicy, Supervisor};
 use crate::table::{TableActor, TableSpec};
@@ -52,6 +52,9 @@ pub struct RuntimeConfig {
     pub mailbox: usize,
     /// Prefix of internal topic and group names.
     pub prefix: String,
+    /// Standby replicas of grouping shards (0: none; otherwise this node keeps a warm
+    /// copy of every grouping partition it does not own, see `stage::standby`).
+    pub standby_replicas: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -70,6 +73,7 @@ impl Default for RuntimeConfig {
             },
             mailbox: 16,
             prefix: "wellspring.".into(),
+            standby_replicas: 0,
         }
     }
 }
@@ -378,14 +382,30 @@ pub fn dag_children(dag: &Arc<Dag>, env: &NodeEnv) -> Result<Vec<ChildSpec>, Str
                     .get(&op.function)
                     .cloned()
                     .ok_or_else(|| format!("function {} is not registered", op.function))?;
+                let changelog_topic: Arc<str> = Arc::from(names.changelog(&node.name));
+                let params = FunctionParams {
+                    incomplete_timeout: op.incomplete_timeout,
+                };
+                let standbys = (env.config.standby_replicas > 0).then(|| {
+                    Standbys::follow(
+                        env.log.clone(),
+                        changelog_topic.clone(),
+                        format!("standby-{}-{}-{}", env.config.node_id, dag.name, node.name),
+                        function.create.clone(),
+                        params,
+                        StandbyMetrics {
+                            warm: metrics.gauge(&dag.name, &node.name, names::STANDBY_PARTITIONS),
+                            from_standby: counter(names::RESTORES_FROM_STANDBY),
+                            from_changelog: counter(names::RESTORES_FROM_CHANGELOG),
+                        },
+                    )
+                });
                 Rc::new(GroupingFactory {
                     dag: dag_name.clone(),
                     node: node_name.clone(),
                     function,
-                    params: FunctionParams {
-                        incomplete_timeout: op.incomplete_timeout,
-                    },
-                    changelog_topic: Arc::from(names.changelog(&node.name)),
+                    params,
+                    changelog_topic,
                     log: env.log.clone(),
                     table: table.clone(),
                     clock: env.clock.clone(),
@@ -401,6 +421,7 @@ pub fn dag_children(dag: &Arc<Dag>, env: &NodeEnv) -> Result<Vec<ChildSpec>, Str
                     panics: counter(names::PANICS),
                     open: metrics.gauge(&dag.name, &node.name, names::OPEN),
                     mailbox: env.config.mailbox,
+                    standbys,
                 })
             }
             NodeKind::ExternalTask { task, .. } => {

@@ -139,6 +139,12 @@ pub mod names {
     pub const SHARDS_RESTORING: &str = "shards_restoring";
     /// Gauge per owned partition: records not yet committed.
     pub const CONSUMER_LAG: &str = "consumer_lag";
+    /// Gauge per grouping: partitions it does not own of which this node keeps a warm copy.
+    pub const STANDBY_PARTITIONS: &str = "standby_partitions";
+    /// Counter per grouping: shards started from a warm copy.
+    pub const RESTORES_FROM_STANDBY: &str = "restores_from_standby";
+    /// Counter per grouping: shards started by reading their whole changelog.
+    pub const RESTORES_FROM_CHANGELOG: &str = "restores_from_changelog";
 
     /// What each family means, for the `# HELP` lines (the registry ends it with a
     /// period).
@@ -170,6 +176,15 @@ pub mod names {
             }
             "consumer_lag" => {
                 "Records of an owned partition not yet committed (end offset minus committed offset)"
+            }
+            "standby_partitions" => {
+                "Partitions of a grouping this node does not own and keeps a warm copy of (--standby-replicas)"
+            }
+            "restores_from_standby" => {
+                "Shards of a grouping started from this node's warm copy and the changelog entries since"
+            }
+            "restores_from_changelog" => {
+                "Shards of a grouping started by reading their whole changelog (no warm copy here)"
             }
             "submitted" => "Tasks submitted to the task store's shards on this node",
             "claimed" => "Task leases the task store handed out",

@@ -47,6 +47,9 @@ pub struct RunOptions {
     /// How long after a DAG version was first recorded a node starting with it still
     /// backfills the nodes that version added (the roll may be going on); zero: never.
     pub rolling_backfill_window: Duration,
+    /// Standby replicas of grouping shards: above 0, this node keeps warm copies of the
+    /// grouping partitions it does not own, so a takeover restores in milliseconds.
+    pub standby_replicas: u32,
 }
 
 impl RunOptions {
@@ -65,6 +68,7 @@ impl RunOptions {
             kube: None,
             force_upgrade: false,
             rolling_backfill_window: Duration::from_secs(3600),
+            standby_replicas: 0,
         }
     }
 }
@@ -278,6 +282,7 @@ async fn serve(
                 node_id: options.node_id.clone(),
                 session_timeout: options.session_timeout,
                 prefix: options.prefix.clone(),
+                standby_replicas: options.standby_replicas,
                 ..RuntimeConfig::default()
             },
         };

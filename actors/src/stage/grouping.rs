@@ -21,8 +21,9 @@ use wellspring_protocol::rerun::RerunScope;
 use wellspring_protocol::{Envelope, ExperimentId, MessageId, Origin, TraceContext, Value};
 
 use super::generations::Generations;
-use super::restore::restore;
+use super::restore::restore_from;
 use super::shard::{Halt, RecordProcessor, RetryLater, SyncShard};
+use super::standby::Standbys;
 use super::{ShardFactory, ShardRequest, StartError};
 use crate::functions::{
     FunctionContext, FunctionDef, FunctionError, FunctionOutput, FunctionParams, StreamFunction,
@@ -51,6 +52,8 @@ pub struct GroupingFactory {
     pub panics: Counter,
     pub open: Gauge,
     pub mailbox: usize,
+    /// Warm copies of the shards this node does not own (`--standby-replicas`).
+    pub standbys: Option<Standbys>,
 }
 
 #[async_trait(?Send)]
@@ -61,12 +64,24 @@ impl ShardFactory for GroupingFactory {
         waker: Arc<Notify>,
     ) -> Result<Recipient<ShardRequest>, StartError> {
         let started = Instant::now();
-        let mut functions = Generations::new(self.function.create.clone(), self.params);
+        // From a warm copy and the entries written since, or from the whole changelog.
+        let warm = self
+            .standbys
+            .as_ref()
+            .and_then(|standbys| standbys.take(partition.partition));
+        let from_standby = warm.is_some();
+        let (mut functions, from) = warm.unwrap_or_else(|| {
+            (
+                Generations::new(self.function.create.clone(), self.params),
+                0,
+            )
+        });
         let changelog = TopicPartition::new(self.changelog_topic.clone(), partition.partition);
         let mut newer = None;
-        let restored = restore(
+        let restored = restore_from(
             self.log.as_ref(),
             &changelog,
+            from,
             format!("restore-{}-{}", self.node, partition.partition),
             |record| {
                 let key =
@@ -111,9 +126,11 @@ impl ShardFactory for GroupingFactory {
         for generation in processor.functions.all() {
             processor.with_function(generation, None, &mut initial, |f, ctx| f.restored(ctx));
         }
-        if restored.records > 0 {
+        if restored.records > 0 || from_standby {
             tracing::info!(
                 shard = %format!("{}/{}/{partition}", self.dag, self.node),
+                from_standby,
+                standby_at = from,
                 entries = restored.records,
                 open = processor.functions.open_count(),
                 took = ?started.elapsed(),
@@ -134,6 +151,12 @@ impl ShardFactory for GroupingFactory {
         self.table
             .subscribe(addr.clone().recipient::<LayoutArrived>());
         Ok(addr.recipient())
+    }
+
+    fn released(&self, partition: &TopicPartition) {
+        if let Some(standbys) = &self.standbys {
+            standbys.release(partition.partition);
+        }
     }
 }
 

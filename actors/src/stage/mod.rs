@@ -29,6 +29,7 @@ pub(crate) mod restore;
 mod set;
 mod shard;
 mod source;
+mod standby;
 mod task;
 
 use std::collections::BTreeMap;
@@ -53,6 +54,7 @@ pub use grouping::GroupingFactory;
 pub use relay::RelayFactory;
 pub use shard::{Halt, RecordProcessor, RetryLater, SyncShard};
 pub use source::SourceFactory;
+pub use standby::{StandbyMetrics, Standbys};
 pub use task::TaskFactory;
 
 /// What a shard produced.
@@ -119,6 +121,9 @@ pub trait ShardFactory {
         partition: &TopicPartition,
         waker: Arc<Notify>,
     ) -> Result<Recipient<ShardRequest>, StartError>;
+
+    /// This node no longer owns `partition` (revoked, lost, or its stage stopped).
+    fn released(&self, _partition: &TopicPartition) {}
 }
 
 /// How a stage reads and commits.

@@ -26,6 +26,18 @@ pub(crate) async fn restore(
     log: &dyn Log,
     partition: &TopicPartition,
     client: String,
+    apply: impl FnMut(&LogRecord),
+) -> Result<Restored, StartError> {
+    restore_from(log, partition, 0, client, apply).await
+}
+
+/// Reads `partition` from `from` (a warm copy's position, or 0) until everything
+/// committed is read, giving each record to `apply`.
+pub(crate) async fn restore_from(
+    log: &dyn Log,
+    partition: &TopicPartition,
+    from: Offset,
+    client: String,
     mut apply: impl FnMut(&LogRecord),
 ) -> Result<Restored, StartError> {
     let failed = |action: &'static str| {
@@ -40,16 +52,17 @@ pub(crate) async fn restore(
         .await
         .map_err(failed("reading the end of"))?;
     let mut restored = Restored { records: 0, end };
-    if end == 0 {
+    if end <= from {
         return Ok(restored);
     }
     let mut reader = log
         .consumer(ConsumerConfig::assign(
             client,
-            vec![(partition.clone(), Some(0))],
+            vec![(partition.clone(), Some(from))],
         ))
         .map_err(failed("creating a consumer of"))?;
     let mut last_progress = Instant::now();
+
     // Until everything committed is read (offsets alone cannot tell: Kafka's transaction
     // markers take offsets no record is delivered for).
     while !reader.caught_up(partition) {

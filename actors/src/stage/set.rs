@@ -71,6 +71,7 @@ impl Drop for ShardSet {
             if let Slot::Running(shard) = &state.slot {
                 shard.do_send(ShardRequest::Stop);
             }
+            self.factory.released(tp);
         }
     }
 }
@@ -343,6 +344,7 @@ impl RebalanceListener for ShardSet {
             }
             self.shards.remove(tp);
             self.owned.remove(tp);
+            self.factory.released(tp);
             tracing::info!(stage = %self.name, partition = %tp, "shard revoked");
         }
         batch
@@ -357,6 +359,7 @@ impl RebalanceListener for ShardSet {
             if let Some(Slot::Running(addr)) = self.shards.remove(tp).map(|s| s.slot) {
                 let _ = addr.send(ShardRequest::Stop).await;
             }
+            self.factory.released(tp);
             tracing::warn!(stage = %self.name, partition = %tp, "shard lost (this member was presumed dead)");
         }
     }

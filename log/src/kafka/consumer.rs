@@ -43,6 +43,9 @@ pub(super) struct KafkaConsumer {
     seeks: u64,
     /// Partitions read to their end (and nothing newer seen since).
     at_end: BTreeSet<TopicPartition>,
+    /// A partition reached its end during this poll: a reader waiting to be caught up
+    /// is answered now instead of at the poll's deadline.
+    reached_end: bool,
     /// Records received beyond what a poll could return.
     pending: VecDeque<LogRecord>,
 }
@@ -113,6 +116,7 @@ impl KafkaConsumer {
             seeking: HashMap::new(),
             seeks: 0,
             at_end: BTreeSet::new(),
+            reached_end: false,
             pending: VecDeque::new(),
         })
     }
@@ -220,7 +224,7 @@ impl KafkaConsumer {
             }
             Event::End(partition) => {
                 if self.assignment.contains(&partition) && !self.seeking.contains_key(&partition) {
-                    self.at_end.insert(partition);
+                    self.reached_end |= self.at_end.insert(partition);
                 }
             }
             Event::Failed(reason) => {
@@ -252,6 +256,7 @@ impl Consumer for KafkaConsumer {
             }
         }
         let deadline = tokio::time::Instant::now() + max_wait;
+        self.reached_end = false;
         loop {
             // Take whatever is already there without waiting.
             while out.len() < max_records {
@@ -260,7 +265,7 @@ impl Consumer for KafkaConsumer {
                     Err(_) => break,
                 }
             }
-            if !out.is_empty() || tokio::time::Instant::now() >= deadline {
+            if !out.is_empty() || self.reached_end || tokio::time::Instant::now() >= deadline {
                 break;
             }
             tokio::select! {

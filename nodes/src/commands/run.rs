@@ -73,6 +73,13 @@ pub struct RunArgs {
         value_parser = flags::duration_at_least(Duration::from_secs(1))
     )]
     session_timeout: Duration,
+    /// Keep warm copies of the grouping shards this node does not own, following their
+    /// changelogs, so that a shard it inherits from a lost or drained node restores in
+    /// milliseconds instead of replaying its changelog (0: none). Which node inherits a
+    /// partition is the broker's choice, so any value above 0 keeps a copy of every
+    /// grouping partition this node does not own: memory for every open aggregate.
+    #[arg(long, default_value_t = 0, env = "WELLSPRING_STANDBY_REPLICAS")]
+    standby_replicas: u32,
     /// Shards of each grouping and task that sets none (overrides the DAG's
     /// settings.partitions; fixed once the topics exist).
     #[arg(long, value_parser = flags::count())]
@@ -143,6 +150,7 @@ pub fn run(args: RunArgs) -> CommandResult {
         tls,
         force_upgrade: args.force_upgrade,
         rolling_backfill_window: args.rolling_backfill_window,
+        standby_replicas: args.standby_replicas,
         ..RunOptions::new(args.http_addr)
     };
     crate::run::run(options, log).map_err(|e| CliError::could_not_run(e.to_string()))

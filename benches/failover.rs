@@ -6,7 +6,8 @@
 //! from the signal until the last node owns every partition.
 //!
 //! Run: `cargo bench --bench failover` (`-- --rounds N`, default 3; `--session-timeout
-//! S`, default 6s). On nisshi (installed into .tools/ if needed), whose groups reassign a
+//! S`, default 6s; `--standby-replicas N` passed to the nodes). A shard counts as running
+//! once its state is restored (`wellspring_shards` less `wellspring_shards_restoring`). On nisshi (installed into .tools/ if needed), whose groups reassign a
 //! lost member's partitions, with `--no-transactions` (nisshi has none). `--tansu` runs
 //! on tansu with transactions instead (its coordinator does not reassign a killed
 //! member's partitions with three members: the round stops after 2 minutes saying which
@@ -57,6 +58,9 @@ async fn round(n: u32, session: &str, services: &Services, kafka: Option<&str>) 
     );
     let mut args = reference_dag_args(services.variables(), session);
     args.extend(["--partitions".into(), "6".into()]);
+    if let Some(standbys) = flag("--standby-replicas") {
+        args.extend(["--standby-replicas".into(), standbys]);
+    }
     if has("--no-transactions") || (kafka.is_none() && !tansu) {
         args.push("--no-transactions".into());
     }
@@ -151,7 +155,11 @@ fn main() {
         v[v.len() / 2]
     };
     println!(
-        "failover (session timeout {session}, no standby replicas): median {:.1} s until the lost shards run again, {:.1} s until the backlog is cleared; drain: median {:.2} s until the partitions run elsewhere",
+        "failover (session timeout {session}, {}): median {:.1} s until the lost shards run again, {:.1} s until the backlog is cleared; drain: median {:.2} s until the partitions run elsewhere",
+        flag("--standby-replicas").map_or_else(
+            || "no standby replicas".to_owned(),
+            |n| format!("--standby-replicas {n}")
+        ),
         median(
             results
                 .iter()

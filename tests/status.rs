@@ -585,5 +585,32 @@ fn on_a_broker_either_of_two_nodes_answers_for_the_whole_cluster() {
     let plate_a = json(&format!("{}/api/experiments/EXP-STATUS/plates/1", a.url));
     let plate_b = json(&format!("{}/api/experiments/EXP-STATUS/plates/1", b.url));
     assert_eq!(plate_a["wells_by_state"], plate_b["wells_by_state"]);
+    // Either node sums both nodes' stage metrics, and names both owners of its shards.
+    let task = |list: &Value| {
+        list["dags"][0]["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["name"] == "image-metrics"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no image-metrics node in {list}"))
+    };
+    let records_in = |list: &Value| task(list)["records_in"].as_u64().unwrap_or(0);
+    let local_a = json(&format!("{}/api/dags?scope=local", a.url));
+    let local_b = json(&format!("{}/api/dags?scope=local", b.url));
+    assert_eq!(local_a["nodes_answered"].as_array().map(Vec::len), Some(1));
+    for node in [&a, &b] {
+        let all = json(&format!("{}/api/dags", node.url));
+        assert_eq!(
+            all["nodes_answered"].as_array().map(Vec::len),
+            Some(2),
+            "{all}"
+        );
+        assert_eq!(
+            records_in(&all),
+            records_in(&local_a) + records_in(&local_b),
+            "{all}"
+        );
+        let owners = task(&all)["shards"].as_object().map(|o| o.len());
+        assert_eq!(owners, Some(2), "{all}");
+    }
     let _ = std::fs::remove_file(dag);
 }

@@ -357,6 +357,18 @@ async fn serve(
     backfill_in_background(&replayer, backfills);
     // The API runs on its own threads; it reaches the actors through their addresses.
     let ingest = api::ingest::IngestTopics::new(log.clone(), &options.dags);
+    let peers: api::status::PeerList = {
+        let store = store.clone();
+        let me = options.node_id.clone();
+        Arc::new(move || {
+            store
+                .directory()
+                .into_iter()
+                .filter(|a| a.node != me)
+                .map(|a| (a.node, a.url))
+                .collect()
+        })
+    };
     let router = api::router(
         store,
         health,
@@ -369,6 +381,7 @@ async fn serve(
     .merge(api::status::router(
         status.clone(),
         Some(api::status::Steering { redriver, replayer }),
+        Some(peers),
         options.token.clone(),
         options.body_limit,
     ));

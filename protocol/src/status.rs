@@ -23,6 +23,15 @@ pub mod route {
     pub const EVENTS: &str = "/api/events";
 }
 
+/// `GET /api/dags` answered from this node's metrics alone (what a node asks its peers).
+pub fn local_dags_path() -> String {
+    format!(
+        "{}?scope={}",
+        route::DAGS,
+        crate::taskstore::api::LOCAL_SCOPE
+    )
+}
+
 /// The path of one experiment (ids are `[A-Za-z0-9._:-]`: nothing to encode).
 pub fn experiment_path(id: &str) -> String {
     route::EXPERIMENT.replace("{id}", id)
@@ -178,13 +187,31 @@ pub struct ExperimentSummary {
 /// `GET /api/experiments`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExperimentList {
+    /// The page asked for (every experiment by default), ordered by id.
     pub experiments: Vec<ExperimentSummary>,
+    /// Experiments in all (the page is `offset..offset + experiments.len()` of them).
+    #[serde(default)]
+    pub total: usize,
+    #[serde(default)]
+    pub offset: usize,
     /// Experiments the view forgot to keep its memory bounded (oldest first).
     pub evicted: u64,
     /// Why the view cannot read the log now (its answers are stale meanwhile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view_error: Option<String>,
 }
+
+/// `GET /api/experiments` query: `?offset=&limit=` (by id; by default every
+/// experiment the view keeps, at most [`MAX_EXPERIMENT_LIMIT`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentQuery {
+    pub offset: Option<usize>,
+    pub limit: Option<usize>,
+}
+
+/// The most experiments one page holds (also what the view keeps at most by default).
+pub const MAX_EXPERIMENT_LIMIT: usize = 1000;
 
 /// A plate as a line of its experiment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -364,8 +391,8 @@ pub struct DagNodeStatus {
     pub records: u64,
     /// Records per second over the last few seconds.
     pub rate: f64,
-    /// The metrics of the stage, summed over the nodes whose metrics this node holds
-    /// (this node's own; see `scope`).
+    /// The metrics of the stage, summed over every node that answered (see
+    /// [`DagList::nodes_answered`]).
     pub records_in: u64,
     pub records_out: u64,
     pub in_flight: u64,
@@ -394,9 +421,51 @@ pub struct DagList {
     /// The node that answered.
     pub node: String,
     pub dags: Vec<DagStatus>,
+    /// The nodes whose stage metrics are summed in (this node's, then every live peer's
+    /// that answered; only this node's with `?scope=local`).
+    #[serde(default)]
+    pub nodes_answered: Vec<String>,
+    /// Live peers that did not answer: their stages' metrics are missing from the sums.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<UnansweredNode>,
     /// Why the view cannot read the log now (its answers are stale meanwhile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view_error: Option<String>,
+}
+
+/// A peer that did not answer for its metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnansweredNode {
+    pub node: String,
+    pub url: String,
+    pub error: String,
+}
+
+impl DagList {
+    /// Adds another node's stage metrics (from its `?scope=local` answer) into this list's.
+    pub fn add_node(&mut self, other: DagList) {
+        for theirs in other.dags {
+            let Some(ours) = self.dags.iter_mut().find(|d| d.name == theirs.name) else {
+                continue;
+            };
+            for node in theirs.nodes {
+                let Some(mine) = ours.nodes.iter_mut().find(|n| n.name == node.name) else {
+                    continue;
+                };
+                mine.records_in += node.records_in;
+                mine.records_out += node.records_out;
+                mine.in_flight += node.in_flight;
+                mine.retries += node.retries;
+                mine.dead_letters += node.dead_letters;
+                mine.consumer_lag = match (mine.consumer_lag, node.consumer_lag) {
+                    (Some(a), Some(b)) => Some(a + b),
+                    (a, b) => a.or(b),
+                };
+                mine.shards.extend(node.shards);
+            }
+        }
+        self.nodes_answered.push(other.node);
+    }
 }
 
 /// `GET /api/dead-letters` query; every filter optional.

@@ -44,7 +44,25 @@ pub async fn wait_for_records(log: &KafkaLog, topic: &str, n: u64, why: &str) {
     }
 }
 
-/// Partitions each stage owns on each node, from the nodes' `/metrics`.
+/// A label's value in a Prometheus sample line.
+fn label(line: &str, name: &str) -> String {
+    line.split(&format!("{name}=\""))
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A Prometheus sample line's value.
+fn sample(line: &str) -> i64 {
+    line.rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("a count in {line:?}"))
+}
+
+/// Partitions each stage owns and runs on each node (restored), from the nodes'
+/// `/metrics`.
 pub async fn owned_shards(nodes: &[&NodeProcess]) -> BTreeMap<(String, String), Vec<i64>> {
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -56,23 +74,17 @@ pub async fn owned_shards(nodes: &[&NodeProcess]) -> BTreeMap<(String, String), 
             continue;
         };
         let text = response.text().await.unwrap_or_default();
+        // A shard still restoring its state is owned, not yet running: it counts as
+        // unowned until it runs.
+        let restoring: BTreeMap<(String, String), i64> = text
+            .lines()
+            .filter(|l| l.starts_with("wellspring_shards_restoring{"))
+            .map(|line| ((label(line, "dag"), label(line, "node")), sample(line)))
+            .collect();
         for line in text.lines().filter(|l| l.starts_with("wellspring_shards{")) {
-            let field = |name: &str| {
-                line.split(&format!("{name}=\""))
-                    .nth(1)
-                    .and_then(|rest| rest.split('"').next())
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            let value: i64 = line
-                .rsplit(' ')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("a shard count in {line:?}"));
-            owned
-                .entry((field("dag"), field("node")))
-                .or_default()
-                .push(value);
+            let stage = (label(line, "dag"), label(line, "node"));
+            let value = sample(line) - restoring.get(&stage).copied().unwrap_or(0);
+            owned.entry(stage).or_default().push(value);
         }
     }
     owned

@@ -313,6 +313,11 @@ impl ApiClient {
         self.get_json(&api::local_shards()).await
     }
 
+    /// `GET /api/dags?scope=local`: the node's own stage metrics.
+    pub async fn local_dags(&self) -> Result<status::DagList, ClientError> {
+        self.get_json(&status::local_dags_path()).await
+    }
+
     /// Every experiment the node's status view knows, with its progress per level.
     pub async fn status_experiments(&self) -> Result<status::ExperimentList, ClientError> {
         self.get_json(status::route::EXPERIMENTS).await

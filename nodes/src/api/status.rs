@@ -25,11 +25,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast;
+use wellspring_actors::taskstore::ApiClient;
 use wellspring_protocol::redrive::RedriveRequest;
 use wellspring_protocol::rerun::{
     BackfillRequest, ReplayProgress, RerunRequest, route as rerun_route,
 };
-use wellspring_protocol::status::{DeadLetterQuery, route};
+use wellspring_protocol::status::{DeadLetterQuery, ExperimentQuery, UnansweredNode, route};
 use wellspring_protocol::taskstore::api;
 
 use super::ApiError;
@@ -44,18 +45,27 @@ pub struct Steering {
     pub replayer: Replayer,
 }
 
+/// The other live nodes, as the task store's directory knows them: `(node, API URL)`.
+pub type PeerList = Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>;
+
+/// How long `/api/dags` waits for each other node's metrics.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Clone)]
 struct StatusApi {
     view: StatusView,
     token: Option<Arc<str>>,
     /// `None` where nothing can be redriven or re-run (no stages to send records to).
     steering: Option<Steering>,
+    /// Whom `/api/dags` asks for their stages' metrics (`None`: a node on its own).
+    peers: Option<PeerList>,
 }
 
 /// The status routes, with their own token check and body limit.
 pub fn router(
     view: StatusView,
     steering: Option<Steering>,
+    peers: Option<PeerList>,
     token: Option<String>,
     body_limit: usize,
 ) -> Router {
@@ -63,6 +73,7 @@ pub fn router(
         view,
         token: token.map(Arc::from),
         steering,
+        peers,
     };
     Router::new()
         .route(route::DAGS, get(dags))
@@ -83,16 +94,55 @@ fn not_found(message: String) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, message)
 }
 
-async fn dags(State(api): State<StatusApi>) -> Json<wellspring_protocol::status::DagList> {
-    Json(api.view.dag_list())
+/// Every DAG with its nodes' counters: the stages' metrics summed over this node and
+/// every live peer (each asked with `?scope=local`), unless the query says `scope=local`.
+async fn dags(
+    State(api): State<StatusApi>,
+    query: Result<Query<api::ShardsQuery>, QueryRejection>,
+) -> Result<Json<wellspring_protocol::status::DagList>, ApiError> {
+    let Query(query) = query.map_err(ApiError::from)?;
+    let mut list = api.view.dag_list();
+    match query.scope.as_deref() {
+        Some(api::LOCAL_SCOPE) => return Ok(Json(list)),
+        None => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "scope must be \"{}\" or absent, not {other:?}",
+                api::LOCAL_SCOPE
+            )));
+        }
+    }
+    let Some(peers) = &api.peers else {
+        return Ok(Json(list));
+    };
+    let http = ApiClient::http(PEER_TIMEOUT)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let token = api.token.as_deref().map(str::to_owned);
+    for (node, url) in peers() {
+        let client = ApiClient::with_http(http.clone(), &url, token.clone());
+        match client.local_dags().await {
+            Ok(theirs) => list.add_node(theirs),
+            Err(e) => list.unanswered.push(UnansweredNode {
+                node,
+                url,
+                error: e.to_string(),
+            }),
+        }
+    }
+    Ok(Json(list))
 }
 
 async fn experiments(
     State(api): State<StatusApi>,
-) -> Json<wellspring_protocol::status::ExperimentList> {
-    let mut list = api.view.with(|m| m.experiment_list());
+    query: Result<Query<ExperimentQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return ApiError::from(rejection).into_response(),
+    };
+    let mut list = api.view.with(|m| m.experiment_list(&query));
     list.view_error = api.view.error();
-    Json(list)
+    Json(list).into_response()
 }
 
 async fn experiment(State(api): State<StatusApi>, Path(id): Path<String>) -> Response {

@@ -1,5 +1,6 @@
 //! `GET /api/dags`: each DAG's graph, each node with its counters: records on its topic
-//! and their rate from the view (cluster-wide), the stage's metrics from this node.
+//! and their rate from the view (cluster-wide), the stage's metrics from this node (the
+//! API adds every live peer's, `crate::api::status`).
 
 use std::collections::BTreeMap;
 
@@ -92,6 +93,8 @@ impl StatusView {
         DagList {
             node: shared.node_id.clone(),
             dags,
+            nodes_answered: vec![shared.node_id.clone()],
+            unanswered: Vec::new(),
             view_error: self.error(),
         }
     }

@@ -530,7 +530,7 @@ fn stamp(first: &mut Option<i64>, last: &mut Option<i64>, at: i64) {
 mod tests {
     use super::*;
     use wellspring_actors::FunctionRegistry;
-    use wellspring_protocol::status::LevelState;
+    use wellspring_protocol::status::{ExperimentQuery, LevelState};
     use wellspring_protocol::{Dag, SpecFormat, synthetic};
 
     fn reference() -> Model {
@@ -620,10 +620,16 @@ mod tests {
         for id in ["A", "B", "C"] {
             model.observe_image(0, &format!("{id}/1/B02/1/1"), 1);
         }
-        let list = model.experiment_list();
+        let list = model.experiment_list(&Default::default());
         let ids: Vec<&str> = list.experiments.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["B", "C"]);
-        assert_eq!(list.evicted, 1);
+        assert_eq!((list.total, list.evicted), (2, 1));
+        let second = model.experiment_list(&ExperimentQuery {
+            offset: Some(1),
+            limit: Some(1),
+        });
+        let ids: Vec<&str> = second.experiments.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!((ids, second.total, second.offset), (vec!["C"], 2, 1));
         for key in ["C/1/B02/1/1", "C/1/B03/1/1"] {
             model.observe_dead_letter(
                 0,

@@ -7,8 +7,9 @@ use wellspring_protocol::keys::WellId;
 use wellspring_protocol::records::PlateLayout;
 use wellspring_protocol::status::{
     DEFAULT_DEAD_LETTER_LIMIT, DeadLetterPage, DeadLetterQuery, ExperimentDetail, ExperimentList,
-    ExperimentSummary, Geometry, LevelProgress, LevelState, MAX_DEAD_LETTER_LIMIT, PlateDetail,
-    PlateSummary, Progress, QcRange, SiteStatus, TaskState, WellStatus, WellTask,
+    ExperimentQuery, ExperimentSummary, Geometry, LevelProgress, LevelState, MAX_DEAD_LETTER_LIMIT,
+    MAX_EXPERIMENT_LIMIT, PlateDetail, PlateSummary, Progress, QcRange, SiteStatus, TaskState,
+    WellStatus, WellTask,
 };
 
 use super::model::{Experiment, Model, Plate, Well};
@@ -277,15 +278,25 @@ impl Model {
     }
 
     /// `GET /api/experiments`, by id.
-    pub fn experiment_list(&self) -> ExperimentList {
-        let mut experiments: Vec<ExperimentSummary> = self
-            .experiments
+    /// A page of the experiments, by id (see [`ExperimentQuery`]).
+    pub fn experiment_list(&self, query: &ExperimentQuery) -> ExperimentList {
+        let mut ids: Vec<&String> = self.experiments.keys().collect();
+        ids.sort();
+        let offset = query.offset.unwrap_or(0);
+        let limit = query
+            .limit
+            .unwrap_or(MAX_EXPERIMENT_LIMIT)
+            .min(MAX_EXPERIMENT_LIMIT);
+        let experiments: Vec<ExperimentSummary> = ids
             .iter()
-            .map(|(id, e)| self.summary(id, e))
+            .skip(offset)
+            .take(limit)
+            .filter_map(|id| self.experiments.get(*id).map(|e| self.summary(id, e)))
             .collect();
-        experiments.sort_by(|a, b| a.id.cmp(&b.id));
         ExperimentList {
             experiments,
+            total: ids.len(),
+            offset,
             evicted: self.experiments_evicted,
             view_error: None,
         }

@@ -60,7 +60,7 @@ impl StatusServer {
         let router =
             // No redrive here: the demo's stages stop when its run ends, so nothing would
             // read what a redrive sent.
-            crate::api::status::router(view.clone(), None, token, crate::api::DEFAULT_BODY_LIMIT).merge(
+            crate::api::status::router(view.clone(), None, None, token, crate::api::DEFAULT_BODY_LIMIT).merge(
                 crate::api::ui::routes(crate::api::ui::Served {
                     task_store: false,
                     redrive: false,

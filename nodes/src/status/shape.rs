@@ -145,6 +145,11 @@ fn level_of(dag: &Dag, node: &str, depth: usize) -> Level {
 }
 
 /// A record's key, split into the hierarchy's parts.
+/// The highest plate number the view keeps (layouts number plates from 1).
+pub const MAX_PLATE: u32 = 100_000;
+/// The highest site number the view keeps (imagers take a few to a few hundred fields).
+pub const MAX_SITE: u16 = 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyPath<'a> {
     pub experiment: &'a str,
@@ -156,6 +161,9 @@ pub struct KeyPath<'a> {
 
 impl<'a> KeyPath<'a> {
     /// `None` when a part does not parse (a key that is not of the hierarchy).
+    /// A key outside the bounds ([`MAX_PLATE`], [`MAX_SITE`]) is not a place the view
+    /// keeps: a bogus site number would otherwise cost its well a bit per channel of every
+    /// site before it (512 KiB for site 65,535), a bogus plate number a plate.
     pub fn parse(key: &'a str) -> Option<KeyPath<'a>> {
         let mut parts = key.split('/');
         let experiment = parts.next().filter(|e| !e.is_empty())?;
@@ -167,13 +175,13 @@ impl<'a> KeyPath<'a> {
             channel: None,
         };
         if let Some(plate) = parts.next() {
-            path.plate = Some(plate.parse().ok().filter(|p| *p > 0)?);
+            path.plate = Some(plate.parse().ok().filter(|p| (1..=MAX_PLATE).contains(p))?);
         }
         if let Some(well) = parts.next() {
             path.well = Some(WellId::parse(well).ok()?);
         }
         if let Some(site) = parts.next() {
-            path.site = Some(site.parse().ok().filter(|s| *s > 0)?);
+            path.site = Some(site.parse().ok().filter(|s| (1..=MAX_SITE).contains(s))?);
         }
         if let Some(channel) = parts.next() {
             path.channel = Some(channel.parse().ok().filter(|c| (1..=64).contains(c))?);
@@ -252,5 +260,9 @@ mod tests {
         assert!(KeyPath::parse("EXP-1/x").is_none());
         assert!(KeyPath::parse("EXP-1/1/Z99").is_none());
         assert!(KeyPath::parse("a/1/B02/1/1/1").is_none());
+        // Beyond the bounds, not kept: a site's bits would cost its well 512 KiB.
+        assert!(KeyPath::parse("EXP-1/1/B02/65535/1").is_none());
+        assert!(KeyPath::parse("EXP-1/4000000000/B02/1/1").is_none());
+        assert!(KeyPath::parse("EXP-1/100000/B02/1024/64").is_some());
     }
 }

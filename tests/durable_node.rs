@@ -86,20 +86,6 @@ async fn post_with(url: &str, topic: &str, body: &Value, token: Option<&str>) ->
     )
 }
 
-/// A counter of the node's `/metrics` for one DAG node (0 while it has none).
-async fn counter(url: &str, family: &str, node: &str) -> f64 {
-    let text = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(family) && l.contains(&format!("node=\"{node}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// What the task store answered, or `None` while the shard is not served yet (503);
 /// any other error fails the test.
 fn served<T>(answer: Result<T, ClientError>) -> Option<T> {
@@ -107,25 +93,6 @@ fn served<T>(answer: Result<T, ClientError>) -> Option<T> {
         Err(ClientError::Refused { status: 503, .. }) => None,
         other => Some(other.unwrap()),
     }
-}
-
-/// Whether the experiment's aggregate is out and no task has a call left to finish (a
-/// stop then commits every output).
-async fn finished(url: &str) -> bool {
-    if counter(url, "wellspring_out_total", "images-experiment").await == 0.0 {
-        return false;
-    }
-    for task in [
-        "image-metrics",
-        "site-features",
-        "well-thumbnails",
-        "plate-features",
-    ] {
-        if counter(url, "wellspring_pending", task).await > 0.0 {
-            return false;
-        }
-    }
-    true
 }
 
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
@@ -187,9 +154,8 @@ async fn a_node_killed_mid_stream_restarts_from_its_data_dir_with_every_aggregat
         assert_eq!(status, 200, "{answer}");
     }
     // Some sites are done (aggregated, their outputs committed) when the node dies.
-    let url = node.url.clone();
     wait_for("the first sites", async || {
-        counter(&url, "wellspring_out_total", "images-site").await > 0.0
+        node.counter("wellspring_out_total", "images-site").await > 0.0
     })
     .await;
     node.kill();
@@ -215,10 +181,9 @@ async fn a_node_killed_mid_stream_restarts_from_its_data_dir_with_every_aggregat
         let (status, answer) = post(&node.url, topic, body).await;
         assert_eq!(status, 200, "{answer}");
     }
-    let url = node.url.clone();
     wait_for(
         "the experiment's aggregate, every task call finished",
-        async || finished(&url).await,
+        async || node.reference_dag_finished().await,
     )
     .await;
     assert!(node.terminate().success(), "a SIGTERMed node exits cleanly");
@@ -378,10 +343,9 @@ async fn services_and_verify_data_dir_run_the_reference_dag_by_hand() {
         let (status, answer) = post(&node.url, topic, &body).await;
         assert_eq!(status, 200, "{answer}");
     }
-    let url = node.url.clone();
     wait_for(
         "the experiment's aggregate, every task call finished",
-        async || finished(&url).await,
+        async || node.reference_dag_finished().await,
     )
     .await;
     // A running node holds its directory.

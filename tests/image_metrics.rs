@@ -7,7 +7,8 @@
 //! And the whole path a lab runs: `wellspring ingest --kafka` a folder → `wellspring run`
 //! with the reference DAG (the image-metrics task pointed at this service, the other
 //! tasks at the simulated ones) → real metrics on the `image_metrics` topic, every
-//! aggregate exactly once (`wellspring verify`).
+//! aggregate exactly once (`wellspring verify`); and the same on one server without a
+//! broker: `ingest --url` a node on `run --data-dir`, verified and read from its directory.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -18,7 +19,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wellspring_log::{ConsumerConfig, KafkaLog, KafkaSettings, Log, NoListener, TopicPartition};
+use wellspring_log::{
+    ConsumerConfig, DurableOptions, EmbeddedLog, KafkaLog, KafkaSettings, Log, NoListener,
+    TopicPartition,
+};
 use wellspring_nodes::services::{ServiceConfig, Services};
 use wellspring_test_support::broker::Broker;
 use wellspring_test_support::images::{write_png_gray8, write_tiff_gray16};
@@ -198,11 +202,12 @@ async fn the_example_service_measures_real_images() {
     assert_eq!(status, 400);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ingest_a_folder_then_run_the_reference_dag_on_real_metrics() {
-    let dir = std::env::temp_dir().join(format!("wellspring-whole-path-{}", std::process::id()));
+/// A fresh folder `name` holding a plate of EXP-REAL in ImageXpress names: 2 wells × 2
+/// sites × 2 channels of 16-bit TIFFs, each image with pixels of its own; and each image's
+/// statistics by its channel key.
+fn real_plate(name: &str) -> (PathBuf, BTreeMap<String, (f64, f64, f64)>) {
+    let dir = std::env::temp_dir().join(format!("wellspring-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    // 2 wells × 2 sites × 2 channels, each image with pixels of its own.
     let mut expected = BTreeMap::new();
     for (w, well) in ["B02", "B03"].iter().enumerate() {
         for site in 1..=2u16 {
@@ -217,30 +222,29 @@ async fn ingest_a_folder_then_run_the_reference_dag_on_real_metrics() {
             }
         }
     }
-    let broker = Broker::start();
-    let simulated = Services::start(ServiceConfig::quick()).unwrap();
-    let metrics = start(&dir);
+    (dir, expected)
+}
+
+/// `run` arguments for the reference DAG with its image-metrics task on `metrics` and
+/// its other tasks on the `simulated` services.
+fn reference_dag_on(metrics: &Service, simulated: &Services) -> Vec<String> {
     let mut variables = simulated.variables();
     variables.insert("image-metrics-url".into(), metrics.url.clone());
-    let mut node = NodeProcess::start(
-        env!("CARGO_BIN_EXE_wellspring"),
-        &broker.address,
-        "whole-path",
-        &reference_dag_args(variables, "6s"),
-    );
+    reference_dag_args(variables, "6s")
+}
+
+/// `wellspring ingest` of [`real_plate`]'s folder `dir`, with its layout by flags, to
+/// `sink` (`--kafka BROKERS` or `--url NODE`).
+fn ingest_plate(dir: &Path, sink: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_wellspring"))
         .arg("ingest")
-        .arg(&dir)
+        .arg(dir)
         .args(["--convention", "imagexpress", "--experiment", "EXP-REAL"])
         .args(["--wells", "B02,B03", "--sites", "2", "--channels", "2"])
-        .args([
-            "--settle",
-            "0s",
-            "--no-progress",
-            "--kafka",
-            &broker.address,
-        ])
+        .args(["--settle", "0s", "--no-progress"])
+        .args(sink)
         .env("RUST_LOG", "error")
+        .env_remove("WELLSPRING_KAFKA")
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
@@ -250,17 +254,20 @@ async fn ingest_a_folder_then_run_the_reference_dag_on_real_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(said.contains("8 channel images published"), "{said}");
+}
+
+/// `wellspring verify` of EXP-REAL on the log `log` names (`--kafka BROKERS`,
+/// `--data-dir DIR`), with `extra` arguments: every aggregate exactly once.
+fn verify(log: &[&str], extra: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_wellspring"))
-        .args([
-            "verify",
-            "--kafka",
-            &broker.address,
-            "--experiment",
-            "EXP-REAL",
-        ])
-        .args(["--wait", "3m", "--no-progress"])
+        .arg("verify")
+        .args(log)
+        .args(["--experiment", "EXP-REAL", "--no-progress"])
+        .args(extra)
         .current_dir(repository_root())
         .env("RUST_LOG", "error")
+        .env_remove("WELLSPRING_KAFKA")
+        .env_remove("WELLSPRING_DATA_DIR")
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
@@ -270,10 +277,12 @@ async fn ingest_a_folder_then_run_the_reference_dag_on_real_metrics() {
         "{report}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The metrics are the images' own.
-    let log = KafkaLog::connect(KafkaSettings::new(broker.address.clone()))
-        .await
-        .unwrap();
+    assert!(report.contains("every aggregate exactly once"), "{report}");
+}
+
+/// The metrics are the images' own: the `image_metrics` records on `log` (read for up to
+/// a minute until there is one for each image) are the `expected` statistics.
+async fn assert_real_metrics(log: &dyn Log, expected: &BTreeMap<String, (f64, f64, f64)>) {
     let partitions = log.partitions("image_metrics").await.unwrap();
     let assigned = (0..partitions)
         .map(|p| (TopicPartition::new("image_metrics", p), Some(0)))
@@ -305,7 +314,7 @@ async fn ingest_a_folder_then_run_the_reference_dag_on_real_metrics() {
         seen.keys().collect::<Vec<_>>(),
         expected.keys().collect::<Vec<_>>()
     );
-    for (key, (mean, std, saturated)) in &expected {
+    for (key, (mean, std, saturated)) in expected {
         let answer = &seen[key];
         assert!(
             close(&answer["mean_intensity"], *mean),
@@ -320,5 +329,55 @@ async fn ingest_a_folder_then_run_the_reference_dag_on_real_metrics() {
             "{key}: {answer}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_a_folder_then_run_the_reference_dag_on_real_metrics() {
+    let (dir, expected) = real_plate("whole-path");
+    let broker = Broker::start();
+    let simulated = Services::start(ServiceConfig::quick()).unwrap();
+    let metrics = start(&dir);
+    let mut node = NodeProcess::start(
+        env!("CARGO_BIN_EXE_wellspring"),
+        &broker.address,
+        "whole-path",
+        &reference_dag_on(&metrics, &simulated),
+    );
+    ingest_plate(&dir, &["--kafka", &broker.address]);
+    verify(&["--kafka", &broker.address], &["--wait", "3m"]);
+    let log = KafkaLog::connect(KafkaSettings::new(broker.address.clone()))
+        .await
+        .unwrap();
+    assert_real_metrics(&log, &expected).await;
     node.terminate();
+}
+
+/// The one-server path of issue 17, without a broker: `ingest --url` a folder into `run
+/// --data-dir`, stopped with SIGTERM once done, then its directory verified and read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_a_folder_into_a_node_on_disk_then_real_metrics_without_a_broker() {
+    let (dir, expected) = real_plate("whole-path-on-disk");
+    let data = dir.with_extension("log");
+    let _ = std::fs::remove_dir_all(&data);
+    let simulated = Services::start(ServiceConfig::quick()).unwrap();
+    let metrics = start(&dir);
+    let mut node = NodeProcess::start_on_disk(
+        env!("CARGO_BIN_EXE_wellspring"),
+        &data,
+        "whole-path-on-disk",
+        &reference_dag_on(&metrics, &simulated),
+    );
+    ingest_plate(&dir, &["--url", &node.url]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while !node.reference_dag_finished().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node never finished EXP-REAL"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(node.terminate().success(), "a SIGTERMed node exits cleanly");
+    verify(&["--data-dir", data.to_str().unwrap()], &[]);
+    let log = EmbeddedLog::open(DurableOptions::new(&data)).unwrap();
+    assert_real_metrics(&log, &expected).await;
 }

@@ -108,6 +108,47 @@ impl NodeProcess {
         }
     }
 
+    /// The sum of the node's `/metrics` counter `family` for DAG node `node` (0 while it
+    /// has none).
+    pub async fn counter(&self, family: &str, node: &str) -> f64 {
+        let id = &self.id;
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .unwrap_or_else(|e| panic!("node {id}: no /metrics: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("node {id}: /metrics unread: {e}"));
+        let label = format!("node=\"{node}\"");
+        text.lines()
+            .filter(|l| l.starts_with(family) && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Whether the reference DAG's experiment aggregate is out and none of its tasks has a
+    /// call left to finish (a stop then commits every output).
+    pub async fn reference_dag_finished(&self) -> bool {
+        if self
+            .counter("wellspring_out_total", "images-experiment")
+            .await
+            == 0.0
+        {
+            return false;
+        }
+        for task in [
+            "image-metrics",
+            "site-features",
+            "well-thumbnails",
+            "plate-features",
+        ] {
+            if self.counter("wellspring_pending", task).await > 0.0 {
+                return false;
+            }
+        }
+        true
+    }
+
     /// SIGKILL: the node dies without a chance to flush, commit or leave.
     pub fn kill(&mut self) {
         let id = &self.id;

@@ -61,6 +61,11 @@ async fn round(n: u32, session: &str, services: &Services, kafka: Option<&str>) 
     if let Some(standbys) = flag("--standby-replicas") {
         args.extend(["--standby-replicas".into(), standbys]);
     }
+    // `--kafka-config NAME=VALUE`, passed on to every node (repeat for more).
+    let given: Vec<String> = std::env::args().collect();
+    for pair in given.windows(2).filter(|w| w[0] == "--kafka-config") {
+        args.extend(["--kafka-config".into(), pair[1].clone()]);
+    }
     if has("--no-transactions") || (kafka.is_none() && !tansu) {
         args.push("--no-transactions".into());
     }

@@ -79,9 +79,24 @@ impl NodeProcess {
             .unwrap_or_else(|e| panic!("node {id}: {} does not start: {e}", binary.display()));
         let stderr = child.stderr.take().expect("the node's stderr is piped");
         let mut lines = BufReader::new(stderr).lines();
+        // What it said before, for the failure to name its cause.
+        let mut before = Vec::new();
         let line = lines
-            .find_map(|l| l.ok().filter(|l| l.contains("http://")))
-            .unwrap_or_else(|| panic!("node {id} never said where it serves"));
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| {
+                let serves = l.contains("http://") && l.contains(" serving ");
+                if !serves {
+                    before.push(l.clone());
+                }
+                serves
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "node {id} never said where it serves; it said:\n{}",
+                    before.join("\n")
+                )
+            });
         assert!(line.contains(backend), "{line}");
         let url = line
             .split_whitespace()

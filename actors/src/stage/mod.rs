@@ -379,6 +379,7 @@ impl StageActor {
             return;
         };
         let name = self.spec.name.clone();
+        tracing::info!(stage = %name, "stage stopping: committing and leaving its group");
         ctx.wait(
             async move {
                 if let Err(e) = state.consumer.close(&mut state.shards).await {

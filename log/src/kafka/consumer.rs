@@ -334,6 +334,7 @@ impl Consumer for KafkaConsumer {
     }
 
     async fn close(&mut self, listener: &mut dyn RebalanceListener) -> Result<(), LogError> {
+        let closing = std::time::Instant::now();
         let partitions: Vec<TopicPartition> = self.assignment.iter().cloned().collect();
         let mut result = Ok(());
         if !partitions.is_empty() && self.config.group.is_some() {
@@ -362,6 +363,7 @@ impl Consumer for KafkaConsumer {
                 let _ = blocking(move || thread.join()).await;
             }
         }
+        tracing::info!(client = %self.config.client_id, group = ?self.config.group, took_ms = closing.elapsed().as_millis() as u64, "consumer closed (its group left)");
         result
     }
 }

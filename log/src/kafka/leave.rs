@@ -15,6 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 /// unsubscribe, poll until the member owns nothing, and give the LeaveGroup a moment to go
 /// out before the consumer is closed. Blocking.
 pub(super) fn leave_group<C: ConsumerContext>(consumer: &BaseConsumer<C>) {
+    let started = Instant::now();
     consumer.unsubscribe();
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline
@@ -24,6 +25,7 @@ pub(super) fn leave_group<C: ConsumerContext>(consumer: &BaseConsumer<C>) {
     {
         let _ = consumer.poll(Duration::from_millis(20));
     }
+    tracing::debug!(revoked_ms = started.elapsed().as_millis() as u64, "unsubscribed; leaving the group");
     let settle = Instant::now() + Duration::from_millis(200);
     while Instant::now() < settle {
         let _ = consumer.poll(Duration::from_millis(20));

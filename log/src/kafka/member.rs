@@ -80,10 +80,11 @@ pub(super) fn join(
         ),
         ("session.timeout.ms".to_owned(), session.to_string()),
         // Members learn of a rebalance (a peer that drained and left, a new one) at their
-        // next heartbeat: at most half a second, so a hand-over takes well under a second.
+        // next heartbeat: at most a fifth of a second with a 6 s session, so that a
+        // hand-over takes well under a second.
         (
             "heartbeat.interval.ms".to_owned(),
-            (session / 12).clamp(100, 500).to_string(),
+            (session / 30).clamp(100, 500).to_string(),
         ),
     ];
     config.set("group.id", group);

@@ -2,6 +2,7 @@
 //! deletes, the Deployment it scales, the cool-down, and one leader among several nodes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -46,30 +47,53 @@ fn scaler(kube: &FakeKube, cooldown: Duration) -> Autoscaler {
     Autoscaler::new(client(kube), "lab", "http://ws:8080", templates(), cooldown)
 }
 
-/// A demand the test sets.
+/// A demand the test sets, counting the rounds that asked for it (every node's).
 #[derive(Clone)]
-struct Demand(Arc<Mutex<Vec<GroupDemand>>>);
+struct Demand {
+    groups: Arc<Mutex<Vec<GroupDemand>>>,
+    rounds: Arc<AtomicU32>,
+}
 
 impl Demand {
     fn new(workers: Workers, desired: u32) -> Self {
-        Self(Arc::new(Mutex::new(vec![GroupDemand {
+        let groups = Arc::new(Mutex::new(vec![GroupDemand {
             group: GROUP.into(),
             workers,
             desired,
             min: 0,
             max: 10,
-        }])))
+        }]));
+        Self {
+            groups,
+            rounds: Arc::new(AtomicU32::new(0)),
+        }
     }
 
     fn set(&self, desired: u32) {
-        self.0.lock()[0].desired = desired;
+        self.groups.lock()[0].desired = desired;
+    }
+
+    /// Waits until `more` rounds have asked since the call, so that at least `more - 1`
+    /// rounds started after it have finished (a node's rounds run one after another);
+    /// false after 10 s.
+    async fn rounds_pass(&self, more: u32) -> bool {
+        let target = self.rounds.load(Ordering::SeqCst) + more;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.rounds.load(Ordering::SeqCst) < target {
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 }
 
 #[async_trait]
 impl WorkerDemand for Demand {
     async fn demands(&self) -> Result<Vec<GroupDemand>, DemandError> {
-        Ok(self.0.lock().clone())
+        self.rounds.fetch_add(1, Ordering::SeqCst);
+        Ok(self.groups.lock().clone())
     }
 }
 
@@ -261,7 +285,7 @@ async fn a_demand_unavailable_now_is_asked_again_and_a_refused_one_not_this_term
     let kube = FakeKube::start().expect("the fake API");
     let mut scaler = scaler(&kube, Duration::ZERO);
     let wanted = Demand::new(Workers::Jobs("plate-worker".into()), 2)
-        .0
+        .groups
         .lock()
         .clone();
     let unavailable = DemandError::Unavailable {
@@ -341,8 +365,8 @@ async fn only_the_leader_scales_and_the_next_one_carries_on_after_a_drain() {
         nodes.push((id, integration));
     }
     assert!(kube.wait_until(Duration::from_secs(10), |k| active_jobs(k).len() == 2));
-    // Three nodes, many rounds: still two Jobs (one leader acted).
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Three nodes, several more rounds: still two Jobs (one leader acted).
+    assert!(demand.rounds_pass(4).await, "the leader stopped scaling");
     assert_eq!(kube.list(JOBS).len(), 2);
     let leaders: Vec<&str> = nodes
         .iter()
@@ -359,7 +383,10 @@ async fn only_the_leader_scales_and_the_next_one_carries_on_after_a_drain() {
     drained.stop().await;
     demand.set(5);
     assert!(kube.wait_until(Duration::from_secs(10), |k| active_jobs(k).len() == 5));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        demand.rounds_pass(4).await,
+        "the new leader stopped scaling"
+    );
     assert_eq!(kube.list(JOBS).len(), 5, "two leaders created Jobs");
     for (_, node) in nodes {
         node.stop().await;

@@ -55,7 +55,7 @@ async fn watching(kube: &FakeKube) -> (Lost, Integration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_peer_is_acted_on_once_and_a_healthy_or_unrelated_pod_never() {
     let kube = FakeKube::start().expect("the fake API");
-    for name in ["ws-0", "ws-1", "ws-2"] {
+    for name in ["ws-0", "ws-1", "ws-2", "ws-3"] {
         kube.apply(PODS, pod(name));
     }
     let mut other = pod("postgres-0");
@@ -83,20 +83,26 @@ async fn a_lost_peer_is_acted_on_once_and_a_healthy_or_unrelated_pod_never() {
     me["status"]["phase"] = json!("Running");
     me["metadata"]["labels"]["touched"] = json!("yes");
     kube.apply(PODS, me);
+    // Then ws-3 goes: the watch handles its events in order, so once ws-3 is reported,
+    // every change above has been handled too.
+    kube.remove(PODS, "ws-3");
     assert!(
-        wait(|| lost.names().len() == 2).await,
+        wait(|| lost.names().contains(&"ws-3".to_owned())).await,
         "{:?}",
         lost.0.lock()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(lost.names(), ["ws-1", "ws-2"], "once each, and only peers");
+    assert_eq!(
+        lost.names(),
+        ["ws-1", "ws-2", "ws-3"],
+        "once each, and only peers"
+    );
 
     // The StatefulSet brings ws-2 back (a new incarnation); losing it again counts again.
     kube.apply(PODS, pod("ws-2"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     kube.remove(PODS, "ws-2");
     assert!(
-        wait(|| lost.names().len() == 3).await,
+        wait(|| lost.names().len() == 4).await,
         "{:?}",
         lost.0.lock()
     );

@@ -4,11 +4,13 @@
 //! Nothing here runs: no actors, no I/O. Start with [`records::ChannelImage`] (the message
 //! that starts it all), [`records::ExperimentLayout`] (what makes each level complete) and
 //! [`spec::Dag::load`] (a DAG spec, parsed and validated); [`duration`] is how every
-//! duration is read, and [`taskstore::api`] is the node's HTTP API. Every other crate depends on
-//! this one; a change to a record's shape or to the spec language belongs here.
+//! duration is read, and [`taskstore::api`] is the node's HTTP API (with [`status`],
+//! [`rerun`], [`redrive`] and [`ingest_api`] for the DAGs' calls). Every other crate
+//! depends on this one; a change to a record's shape or to the spec language belongs here.
 
 pub mod duration;
 pub mod envelope;
+pub mod ingest_api;
 pub mod keys;
 pub mod records;
 pub mod redrive;

@@ -12,7 +12,9 @@
 //! the log in one append and the answer (`200`, each record's partition and offset)
 //! comes only once the log has it durably (fsynced on the durable embedded log with
 //! `--fsync always`; acknowledged by the brokers on Kafka). A batch holds at most
-//! [`MAX_RECORDS`] records, within the API's body limit.
+//! [`MAX_RECORDS`] records, within the API's body limit. The route, the limit and the
+//! answers' bodies are the protocol's ([`wellspring_protocol::ingest_api`]), which
+//! `wellspring ingest` calls too.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,19 +25,16 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::Serialize;
 use serde_json::Value as Json_;
 use wellspring_log::{Log, LogError, ProducerRecord};
 use wellspring_protocol::Dag;
+use wellspring_protocol::ingest_api::{
+    MAX_RECORDS, RecordErrors, RefusedBatch, WrittenBatch, WrittenRecord,
+};
 use wellspring_protocol::schema::SchemaSet;
 use wellspring_protocol::spec::NodeKind;
 
 use super::{Answer, Api, ApiError};
-
-/// Where record batches are posted.
-pub const ROUTE: &str = "/api/topics/{topic}/records";
-/// Records in one batch at most.
-pub const MAX_RECORDS: usize = 10_000;
 
 /// The topics records can be posted to, with their schemas, and the log they go to.
 #[derive(Clone)]
@@ -79,32 +78,6 @@ impl IngestTopics {
             topics: Arc::new(topics),
         }
     }
-}
-
-/// What a written record became.
-#[derive(Serialize)]
-struct Written {
-    partition: u32,
-    offset: u64,
-}
-
-#[derive(Serialize)]
-struct WrittenBatch {
-    topic: String,
-    offsets: Vec<Written>,
-}
-
-/// Why one record of a batch was refused.
-#[derive(Serialize)]
-struct RecordErrors {
-    index: usize,
-    errors: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct RefusedBatch {
-    error: String,
-    records: Vec<RecordErrors>,
 }
 
 pub(super) async fn publish(
@@ -176,7 +149,7 @@ pub(super) async fn publish(
     let written = producer.send(checked).await.map_err(log_error)?;
     let offsets = written
         .into_iter()
-        .map(|(tp, offset)| Written {
+        .map(|(tp, offset)| WrittenRecord {
             partition: tp.partition,
             offset,
         })

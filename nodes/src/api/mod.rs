@@ -53,6 +53,7 @@ use subtle::ConstantTimeEq;
 use wellspring_actors::metrics::Metrics;
 use wellspring_actors::supervision::Health;
 use wellspring_actors::taskstore::{Scope, TaskError, TaskStore};
+use wellspring_protocol::ingest_api;
 use wellspring_protocol::taskstore::api::{self, ErrorBody, FORWARDED, route};
 
 /// Largest request body accepted by default.
@@ -160,7 +161,7 @@ pub fn router(
         .route(route::TASK_STORE_SHARDS, get(admin::task_store_shards))
         .route(route::SHARDS, get(admin::cluster_shards))
         .route(route::DRAIN, post(admin::drain))
-        .route(ingest::ROUTE, post(ingest::publish))
+        .route(ingest_api::route::RECORDS, post(ingest::publish))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     Router::new()
         .route(route::LIVE, get(health::live))

@@ -7,12 +7,18 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use wellspring_log::{Cleanup, KafkaLog, Log, LogError, TopicSpec};
 
-use super::flags::{self, WorkloadArgs};
-use super::{CliError, CommandResult, on_runtime, unix_seconds, wants_progress};
+use super::flags::WorkloadArgs;
+use super::{CliError, CommandResult, TopicArgs, on_runtime, unix_seconds, wants_progress};
 use crate::backend::KafkaArgs;
 use crate::workload::{Workload, publish};
 
 #[derive(Args)]
+// The topics' help names the reference DAG's sources, which `generate` feeds.
+#[command(
+    mut_arg("images_topic", |a| a.help("The topic the images go to (the reference DAG's image source)")),
+    mut_arg("metadata_topic", |a| a.help("The topic the experiment's layout goes to (the reference DAG's metadata table)")),
+    mut_arg("partitions", |a| a.help("Partitions of the images topic, if it has to be created")),
+)]
 pub struct GenerateArgs {
     #[command(flatten)]
     kafka: KafkaArgs,
@@ -24,15 +30,8 @@ pub struct GenerateArgs {
     experiment: Option<String>,
     #[command(flatten)]
     shape: WorkloadArgs,
-    /// The topic the images go to (the reference DAG's image source).
-    #[arg(long, default_value = "images_channel")]
-    images_topic: String,
-    /// The topic the experiment's layout goes to (the reference DAG's metadata table).
-    #[arg(long, default_value = "experiment_metadata")]
-    metadata_topic: String,
-    /// Partitions of the images topic, if it has to be created.
-    #[arg(long, default_value_t = 8, value_parser = flags::count())]
-    partitions: u32,
+    #[command(flatten)]
+    topics: TopicArgs,
     /// Print progress lines instead of a progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -71,8 +70,12 @@ pub fn generate(args: GenerateArgs) -> CommandResult {
     let published = on_runtime(async {
         let log = KafkaLog::connect(settings).await?;
         let topics = [
-            TopicSpec::new(args.images_topic.clone(), args.partitions, Cleanup::Delete),
-            TopicSpec::new(args.metadata_topic.clone(), 1, Cleanup::Compact),
+            TopicSpec::new(
+                args.topics.images_topic.clone(),
+                args.topics.partitions,
+                Cleanup::Delete,
+            ),
+            TopicSpec::new(args.topics.metadata_topic.clone(), 1, Cleanup::Compact),
         ];
         for spec in &topics {
             // A topic that exists is used as it is (the DAG's node may have made it).
@@ -100,8 +103,8 @@ pub fn generate(args: GenerateArgs) -> CommandResult {
         publish(
             producer.as_ref(),
             &workload.messages,
-            &args.images_topic,
-            &args.metadata_topic,
+            &args.topics.images_topic,
+            &args.topics.metadata_topic,
             args.shape.rate,
             |batch| {
                 sent += batch.len();

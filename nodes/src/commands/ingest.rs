@@ -22,7 +22,7 @@ use wellspring_protocol::{ExperimentId, ExperimentLayout};
 
 pub use publish::{OutRecord, PostError, Sink, post_records, records_body};
 
-use super::{CliError, CommandResult, flags, on_runtime, wants_progress};
+use super::{CliError, CommandResult, TopicArgs, flags, on_runtime, wants_progress};
 use crate::backend::KafkaArgs;
 
 #[derive(Args)]
@@ -92,15 +92,8 @@ pub struct IngestArgs {
     /// Where the files already published are kept (default: DIR/.wellspring-ingest).
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
-    /// The topic the images go to.
-    #[arg(long, default_value = "images_channel")]
-    images_topic: String,
-    /// The topic the experiment's layout goes to.
-    #[arg(long, default_value = "experiment_metadata")]
-    metadata_topic: String,
-    /// Partitions of the images topic on Kafka, if it has to be created.
-    #[arg(long, default_value_t = 8, value_parser = flags::count())]
-    partitions: u32,
+    #[command(flatten)]
+    topics: TopicArgs,
     /// Images per published batch.
     #[arg(long, default_value_t = 500, value_parser = flags::count())]
     batch: u32,
@@ -194,9 +187,9 @@ async fn sink(args: &IngestArgs) -> Result<(Sink, String), CliError> {
             let brokers = settings.brokers.clone();
             let sink = Sink::kafka(
                 settings,
-                &args.images_topic,
-                &args.metadata_topic,
-                args.partitions,
+                &args.topics.images_topic,
+                &args.topics.metadata_topic,
+                args.topics.partitions,
             )
             .await
             .map_err(|e| CliError::could_not_run(format!("Kafka at {brokers}: {e}")))?;
@@ -255,7 +248,7 @@ async fn send_layout(
     layout: &ExperimentLayout,
 ) -> CommandResult {
     let record = OutRecord {
-        topic: args.metadata_topic.clone(),
+        topic: args.topics.metadata_topic.clone(),
         key: layout.experiment.to_string(),
         value: layout.to_value().to_json_string(),
     };
@@ -337,7 +330,7 @@ async fn run(
             let records: Vec<OutRecord> = batch
                 .iter()
                 .map(|(_, image)| OutRecord {
-                    topic: args.images_topic.clone(),
+                    topic: args.topics.images_topic.clone(),
                     key: image.key.to_string(),
                     value: image.to_value().to_json_string(),
                 })

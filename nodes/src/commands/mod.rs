@@ -117,6 +117,22 @@ pub fn node_client_with_token(
     Ok(ApiClient::new(url, token)?)
 }
 
+/// The two topics a synthetic or ingested experiment goes to (those of the reference
+/// DAG's sources), and the images topic's partitions when it has to be created: the
+/// flags of `generate` and `ingest`.
+#[derive(clap::Args)]
+pub struct TopicArgs {
+    /// The topic the images go to.
+    #[arg(long, default_value = "images_channel")]
+    pub images_topic: String,
+    /// The topic the experiment's layout goes to.
+    #[arg(long, default_value = "experiment_metadata")]
+    pub metadata_topic: String,
+    /// Partitions of the images topic on Kafka, if it has to be created.
+    #[arg(long, default_value_t = 8, value_parser = flags::count())]
+    pub partitions: u32,
+}
+
 /// The node a command asks, and how: its API, its token, the answer as JSON.
 #[derive(clap::Args)]
 pub struct NodeArgs {

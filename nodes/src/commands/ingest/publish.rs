@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use wellspring_log::{Cleanup, KafkaLog, KafkaSettings, Log, LogError, Producer, TopicSpec};
+use wellspring_protocol::ingest_api::{self, RefusedBatch};
+use wellspring_protocol::taskstore::api;
 
 /// One record to publish: its topic, key and value (JSON text).
 #[derive(Debug, Clone)]
@@ -79,18 +81,6 @@ pub fn records_body(records: &[&OutRecord]) -> String {
     body
 }
 
-/// The node's `422` answer: the batch was refused whole (nothing written).
-#[derive(serde::Deserialize)]
-struct RefusedBatch {
-    records: Vec<RefusedRecord>,
-}
-
-#[derive(serde::Deserialize)]
-struct RefusedRecord {
-    index: usize,
-    errors: Vec<String>,
-}
-
 /// Posts `records` (all of `topic`) to the node at `base_url`; `Ok` once it answered 200
 /// (durable), else the node's per-record errors or its status.
 pub async fn post_records(
@@ -100,22 +90,17 @@ pub async fn post_records(
     topic: &str,
     records: &[&OutRecord],
 ) -> Result<(), PostError> {
-    // Topic names are letters, digits, '.', '_' and '-': only anything else is escaped.
-    const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'-');
-    let topic_path = percent_encoding::utf8_percent_encode(topic, ESCAPED).to_string();
     let url = format!(
-        "{}/api/topics/{topic_path}/records",
-        base_url.trim_end_matches('/')
+        "{}{}",
+        base_url.trim_end_matches('/'),
+        ingest_api::records_path(topic)
     );
     let mut request = http
         .post(&url)
         .header("content-type", "application/json")
         .body(records_body(records));
     if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
+        request = request.header(api::AUTHORIZATION, api::bearer(token));
     }
     let response = request.send().await.map_err(|e| PostError::Unreachable {
         url: url.clone(),

@@ -25,7 +25,10 @@ pub(super) fn leave_group<C: ConsumerContext>(consumer: &BaseConsumer<C>) {
     {
         let _ = consumer.poll(Duration::from_millis(20));
     }
-    tracing::debug!(revoked_ms = started.elapsed().as_millis() as u64, "unsubscribed; leaving the group");
+    tracing::debug!(
+        revoked_ms = started.elapsed().as_millis() as u64,
+        "unsubscribed; leaving the group"
+    );
     let settle = Instant::now() + Duration::from_millis(200);
     while Instant::now() < settle {
         let _ = consumer.poll(Duration::from_millis(20));

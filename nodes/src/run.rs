@@ -417,7 +417,9 @@ async fn serve(
     };
     let _ = stop_http.send(());
     status.stop();
-    let joined = tokio::task::spawn_blocking(move || server.join()).await;
+    // The API stops taking requests now; the stages do not wait for its open
+    // connections to finish before they hand their partitions over (a drain's time).
+    let joined = tokio::task::spawn_blocking(move || server.join());
     if let Some(kube) = kube {
         // The leader hands over (its duties stop, its Lease is released) before the
         // stages leave their groups.
@@ -429,6 +431,7 @@ async fn serve(
     if matches!(how, Stop::Graceful) {
         let _ = tokio::time::timeout(Duration::from_secs(60), node.shutdown()).await;
     }
+    let joined = joined.await;
     match joined {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(e))) => Err(RunError::Server(e)),

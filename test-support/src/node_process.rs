@@ -177,12 +177,23 @@ impl NodeProcess {
 
     /// SIGTERM, as Kubernetes stops a pod; waits for the process to end.
     pub fn terminate(&mut self) -> ExitStatus {
+        self.send_terminate();
+        self.wait_for_exit()
+    }
+
+    /// Sends SIGTERM and returns at once (the node drains meanwhile).
+    pub fn send_terminate(&self) {
         let id = &self.id;
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap_or_else(|e| panic!("kill -TERM for node {id} does not run: {e}"));
         assert!(status.success(), "kill -TERM for node {id}: {status}");
+    }
+
+    /// Waits for the process to end.
+    pub fn wait_for_exit(&mut self) -> ExitStatus {
+        let id = &self.id;
         self.child
             .wait()
             .unwrap_or_else(|e| panic!("node {id} was stopped but not reaped: {e}"))

@@ -173,24 +173,6 @@ impl Standbys {
             *copy = Held::Released;
         }
     }
-
-    /// Warm copies now (for tests and the bench).
-    pub fn warm(&self) -> usize {
-        self.copies
-            .borrow()
-            .partitions
-            .values()
-            .filter(|c| matches!(c, Held::Warm { .. }))
-            .count()
-    }
-
-    /// How far the warm copy of `partition` has read (`None`: no warm copy).
-    pub fn position(&self, partition: u32) -> Option<Offset> {
-        match self.copies.borrow().partitions.get(&partition) {
-            Some(Held::Warm { next, .. }) => Some(*next),
-            _ => None,
-        }
-    }
 }
 
 /// The follower: reads every partition of the changelog until its copies are dropped.

@@ -110,7 +110,12 @@ impl Names<'_> {
     }
 
     pub fn changelog(&self, node: &str) -> String {
-        format!("{}{}.{node}.changelog", self.prefix, self.dag)
+        format!(
+            "{}{}.{node}{}",
+            self.prefix,
+            self.dag,
+            wellspring_log::CHANGELOG_SUFFIX
+        )
     }
 
     pub fn group(&self, node: &str) -> String {

@@ -233,6 +233,12 @@ pub struct Assigned {
     pub position: Offset,
 }
 
+/// The ending of a changelog topic's name: a stage's state. Without transactions a
+/// commit makes a batch's records on such topics durable only after its other records,
+/// so that state never says an aggregate was emitted before its output is durable (a
+/// node killed in between would restore "emitted" and never emit it).
+pub const CHANGELOG_SUFFIX: &str = ".changelog";
+
 /// Outputs to make durable and the input offsets they complete.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommitBatch {

@@ -122,8 +122,13 @@ impl Committer {
                 .map_err(|e| self.connection.explain(&e))?;
         }
         let Some(producer) = self.producer.clone() else {
-            // Outputs first, durable; then the offsets.
-            send_plain(&self.connection, &batch.outputs).await?;
+            // Outputs first, durable; then the state they leave behind; then the offsets.
+            let (state, outputs): (Vec<crate::ProducerRecord>, Vec<crate::ProducerRecord>) = batch
+                .outputs
+                .into_iter()
+                .partition(|r| r.topic.ends_with(crate::CHANGELOG_SUFFIX));
+            send_plain(&self.connection, &outputs).await?;
+            send_plain(&self.connection, &state).await?;
             if offsets.count() > 0 {
                 let consumer = member.consumer()?;
                 blocking(move || consumer.commit(&offsets, CommitMode::Sync))

@@ -397,11 +397,11 @@ fn count(log: &EmbeddedLog, topic: &str) -> usize {
         .sum()
 }
 
-#[actix_rt::test]
-async fn a_node_killed_mid_plate_is_replaced_from_the_changelog_with_nothing_lost_or_repeated() {
-    let layout = synthetic::layout("EXP-KILL", 2, 24, 4, 6).unwrap();
+/// Two plates of 24 wells, no repeats, the metadata first.
+fn two_plates(experiment: &str) -> (ExperimentLayout, Workload) {
+    let layout = synthetic::layout(experiment, 2, 24, 4, 6).unwrap();
     let workload = Workload::build(&WorkloadConfig {
-        experiment: "EXP-KILL".into(),
+        experiment: experiment.into(),
         plates: 2,
         wells: 24,
         duplicates: 0.0,
@@ -409,24 +409,43 @@ async fn a_node_killed_mid_plate_is_replaced_from_the_changelog_with_nothing_los
         ..WorkloadConfig::default()
     })
     .unwrap();
-    let log = EmbeddedLog::new();
-    let dag = hierarchy_dag("1h");
-    let first = NodeThread::start(log.clone(), dag.clone(), "node-a");
+    (layout, workload)
+}
+
+/// Waits until the first node has created the DAG's topics.
+async fn wait_for_topics(log: &EmbeddedLog) {
     wait_for("the first node creating its topics", || {
         log.read(&wellspring_log::TopicPartition::new("metadata", 0), 0, 1)
             .is_ok()
     })
     .await;
-    let producer = wellspring_log::Log::producer(&log).unwrap();
-    let half = workload.messages.len() / 2;
-    for message in &workload.messages[..half] {
-        producer
-            .send(vec![wellspring_nodes::workload::record(
-                message, "images", "metadata",
-            )])
-            .await
-            .unwrap();
+}
+
+/// Publishes `messages` one by one (without the metadata records when `metadata` is off:
+/// those were published with the first half).
+async fn publish(log: &EmbeddedLog, messages: &[Message], metadata: bool) {
+    let producer = wellspring_log::Log::producer(log).unwrap();
+    for message in messages {
+        if metadata || !matches!(message, Message::Metadata(_)) {
+            producer
+                .send(vec![wellspring_nodes::workload::record(
+                    message, "images", "metadata",
+                )])
+                .await
+                .unwrap();
+        }
     }
+}
+
+#[actix_rt::test]
+async fn a_node_killed_mid_plate_is_replaced_from_the_changelog_with_nothing_lost_or_repeated() {
+    let (layout, workload) = two_plates("EXP-KILL");
+    let log = EmbeddedLog::new();
+    let dag = hierarchy_dag("1h");
+    let first = NodeThread::start(log.clone(), dag.clone(), "node-a");
+    wait_for_topics(&log).await;
+    let (before, after) = workload.messages.split_at(workload.messages.len() / 2);
+    publish(&log, before, true).await;
     wait_for("the first node's first 50 sites", || {
         count(&log, "sites") >= 50
     })
@@ -438,22 +457,12 @@ async fn a_node_killed_mid_plate_is_replaced_from_the_changelog_with_nothing_los
     // A different node takes over once the dead one's session expires, restoring the
     // open aggregates from the changelogs.
     let second = NodeThread::start(log.clone(), dag, "node-b");
-    for message in &workload.messages[half..] {
-        if !matches!(message, Message::Metadata(_)) {
-            producer
-                .send(vec![wellspring_nodes::workload::record(
-                    message, "images", "metadata",
-                )])
-                .await
-                .unwrap();
-        }
-    }
+    publish(&log, after, false).await;
     wait_for("the experiment record after the takeover", || {
         count(&log, "experiments") >= 1
     })
     .await;
     second.end(true);
-
     every_aggregate_once(&log, &layout);
 }
 
@@ -489,29 +498,17 @@ fn every_aggregate_once(log: &EmbeddedLog, layout: &ExperimentLayout) {
 /// same: every aggregate once.
 #[actix_rt::test]
 async fn a_node_with_standbys_takes_over_from_its_warm_copies_with_nothing_lost_or_repeated() {
-    let layout = synthetic::layout("EXP-STANDBY", 2, 24, 4, 6).unwrap();
-    let workload = Workload::build(&WorkloadConfig {
-        experiment: "EXP-STANDBY".into(),
-        plates: 2,
-        wells: 24,
-        duplicates: 0.0,
-        metadata_after: 0,
-        ..WorkloadConfig::default()
-    })
-    .unwrap();
+    const GROUPINGS: [&str; 4] = ["site", "well", "plate", "experiment"];
+    let (layout, workload) = two_plates("EXP-STANDBY");
     let log = EmbeddedLog::new();
     let dag = hierarchy_dag("1h");
     let heir_metrics = Metrics::default();
     let doomed = NodeThread::start(log.clone(), dag.clone(), "node-a");
-    wait_for("the first node creating its topics", || {
-        log.read(&wellspring_log::TopicPartition::new("metadata", 0), 0, 1)
-            .is_ok()
-    })
-    .await;
+    wait_for_topics(&log).await;
     let heir = NodeThread::start_with(log.clone(), dag, "node-b", heir_metrics.clone(), 1);
     // Each of the four groupings has 4 partitions; the heir follows those it does not own.
     let warm = |m: &Metrics| {
-        ["site", "well", "plate", "experiment"]
+        GROUPINGS
             .iter()
             .map(|node| m.gauge_value("hierarchy", node, names::STANDBY_PARTITIONS))
             .sum::<i64>()
@@ -519,7 +516,7 @@ async fn a_node_with_standbys_takes_over_from_its_warm_copies_with_nothing_lost_
     let owned = |m: &Metrics| {
         m.owned_partitions()
             .iter()
-            .filter(|(_, node, _)| ["site", "well", "plate", "experiment"].contains(&node.as_str()))
+            .filter(|(_, node, _)| GROUPINGS.contains(&node.as_str()))
             .map(|(_, _, partitions)| partitions.len() as i64)
             .sum::<i64>()
     };
@@ -531,33 +528,16 @@ async fn a_node_with_standbys_takes_over_from_its_warm_copies_with_nothing_lost_
         },
     )
     .await;
-    let producer = wellspring_log::Log::producer(&log).unwrap();
-    let half = workload.messages.len() / 2;
-    for message in &workload.messages[..half] {
-        producer
-            .send(vec![wellspring_nodes::workload::record(
-                message, "images", "metadata",
-            )])
-            .await
-            .unwrap();
-    }
+    let (before, after) = workload.messages.split_at(workload.messages.len() / 2);
+    publish(&log, before, true).await;
     wait_for("50 sites", || count(&log, "sites") >= 50).await;
     doomed.end(false);
-    for message in &workload.messages[half..] {
-        if !matches!(message, Message::Metadata(_)) {
-            producer
-                .send(vec![wellspring_nodes::workload::record(
-                    message, "images", "metadata",
-                )])
-                .await
-                .unwrap();
-        }
-    }
+    publish(&log, after, false).await;
     wait_for("the experiment record after the takeover", || {
         count(&log, "experiments") >= 1
     })
     .await;
-    let from_standby: u64 = ["site", "well", "plate", "experiment"]
+    let from_standby: u64 = GROUPINGS
         .iter()
         .map(|node| heir_metrics.get("hierarchy", node, names::RESTORES_FROM_STANDBY))
         .sum();

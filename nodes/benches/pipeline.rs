@@ -19,23 +19,7 @@ use wellspring_actors::{FunctionRegistry, Node, NodeEnv, RuntimeConfig};
 use wellspring_log::{DurableOptions, EmbeddedLog, Fsync, Log, SystemClock, TopicPartition};
 use wellspring_nodes::workload::{Workload, WorkloadConfig, record};
 use wellspring_protocol::{Dag, SpecFormat};
-
-const HIERARCHY: &str = r#"
-name: bench
-settings: {partitions: 4}
-topics:
-  images: {value-schema: channel_level, partitions: 4}
-  metadata: {value-schema: experiment_metadata, partitions: 1}
-  experiments: {value-schema: experiment_level}
-graph:
-  images: {type: topic-stream, topic-name: images}
-  metadata: {type: topic-table, topic-name: metadata}
-  site: {type: stream-operation, inputs: [images, metadata], function: aggregations/images-site-grouping}
-  well: {type: stream-operation, inputs: [site, metadata], function: aggregations/sites-well-grouping}
-  plate: {type: stream-operation, inputs: [well, metadata], function: aggregations/wells-plate-grouping}
-  experiment: {type: stream-operation, inputs: [plate, metadata], function: aggregations/plates-experiment-grouping}
-  out: {type: publish, stream: experiment, topic-name: experiments}
-"#;
+use wellspring_test_support::dags::four_groupings;
 
 /// Which log a run is on.
 #[derive(Clone, Copy)]
@@ -72,8 +56,8 @@ fn run_on(workload: &Workload, on: OnLog, view: bool, dir: &std::path::Path) -> 
     let system = actix_rt::System::new();
     system.block_on(async {
         let registry = FunctionRegistry::with_builtins();
-        let dag =
-            Dag::load(HIERARCHY, SpecFormat::Yaml, &registry).expect("the bench DAG is valid");
+        let dag = Dag::load(&four_groupings("bench"), SpecFormat::Yaml, &registry)
+            .expect("the bench DAG is valid");
         let log = match on {
             OnLog::Memory => EmbeddedLog::new(),
             OnLog::Durable => {

@@ -26,23 +26,7 @@ use wellspring_log::{EmbeddedLog, KafkaLog, KafkaSettings, Log, SystemClock};
 use wellspring_nodes::workload::{Message, Workload, WorkloadConfig, record};
 use wellspring_protocol::{Dag, SpecFormat};
 use wellspring_test_support::broker::Broker;
-
-const DAG: &str = r#"
-name: restore
-settings: {partitions: 4}
-topics:
-  images: {value-schema: channel_level, partitions: 4}
-  metadata: {value-schema: experiment_metadata, partitions: 1}
-  experiments: {value-schema: experiment_level}
-graph:
-  images: {type: topic-stream, topic-name: images}
-  metadata: {type: topic-table, topic-name: metadata}
-  site: {type: stream-operation, inputs: [images, metadata], function: aggregations/images-site-grouping}
-  well: {type: stream-operation, inputs: [site, metadata], function: aggregations/sites-well-grouping}
-  plate: {type: stream-operation, inputs: [well, metadata], function: aggregations/wells-plate-grouping}
-  experiment: {type: stream-operation, inputs: [plate, metadata], function: aggregations/plates-experiment-grouping}
-  out: {type: publish, stream: experiment, topic-name: experiments}
-"#;
+use wellspring_test_support::dags::four_groupings;
 
 const PLATES: u32 = 100;
 const STAGE: &str = "plate";
@@ -64,7 +48,8 @@ impl NodeThread {
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
                 let registry = FunctionRegistry::with_builtins();
-                let dag = Dag::load(DAG, SpecFormat::Yaml, &registry).expect("the DAG is valid");
+                let dag = Dag::load(&four_groupings("restore"), SpecFormat::Yaml, &registry)
+                    .expect("the DAG is valid");
                 let env = NodeEnv {
                     log,
                     clock: Arc::new(SystemClock),

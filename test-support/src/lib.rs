@@ -7,6 +7,7 @@
 //!   SIGTERM, killed with SIGKILL);
 //! - [`cluster_watch`]: a cluster of such processes watched from outside (records on
 //!   topics, partitions owned);
+//! - [`dags`]: DAG specs the benchmarks share;
 //! - [`images`]: tiny real TIFF and PNG files, as microscopes write them;
 //! - [`record_sink`]: a node's record ingest (`POST /api/topics/{topic}/records`) on a
 //!   loopback port, keeping what it is sent.
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 pub mod broker;
 pub mod cluster_watch;
+pub mod dags;
 pub mod images;
 pub mod node_process;
 pub mod record_sink;

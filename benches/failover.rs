@@ -12,7 +12,8 @@
 //! on tansu with transactions instead (its coordinator does not reassign a killed
 //! member's partitions with three members: the round stops after 2 minutes saying which
 //! stayed unowned); `--kafka BROKERS` measures on a Kafka cluster of yours (add
-//! `--no-transactions` if it has none).
+//! `--no-transactions` if it has none). `WELLSPRING_BENCH_BINARY=PATH` runs a copy of the
+//! binary instead of the one cargo built (for long series beside other builds).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,6 +35,13 @@ fn flag(name: &str) -> Option<String> {
 
 fn has(flag: &str) -> bool {
     std::env::args().any(|a| a == flag)
+}
+
+/// The binary to run: `WELLSPRING_BENCH_BINARY` names a copy (so that a long series of
+/// rounds is not disturbed by a rebuild), or the one cargo built with this bench.
+fn wellspring_binary() -> String {
+    std::env::var("WELLSPRING_BENCH_BINARY")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_wellspring").to_owned())
 }
 
 struct Round {
@@ -69,8 +77,8 @@ async fn round(n: u32, session: &str, services: &Services, kafka: Option<&str>) 
     if has("--no-transactions") || (kafka.is_none() && !tansu) {
         args.push("--no-transactions".into());
     }
-    let start =
-        |id: &str| NodeProcess::start(env!("CARGO_BIN_EXE_wellspring"), &address, id, &args);
+    let binary = wellspring_binary();
+    let start = |id: &str| NodeProcess::start(&binary, &address, id, &args);
     let mut doomed = start("wellspring-0");
     let mut stopped = start("wellspring-1");
     let survivor = start("wellspring-2");
@@ -83,7 +91,7 @@ async fn round(n: u32, session: &str, services: &Services, kafka: Option<&str>) 
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let experiment = format!("EXP-FAILOVER-{now}-{n}");
-    let mut generator = Command::new(env!("CARGO_BIN_EXE_wellspring"))
+    let mut generator = Command::new(&binary)
         .args(["generate", "--kafka", &address])
         .args(["--experiment", &experiment, "--plates", "2"])
         .args(["--rate", "1000", "--no-progress"])

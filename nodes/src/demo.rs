@@ -355,7 +355,7 @@ impl Bars {
         let levels = tracker
             .expected()
             .iter()
-            .map(|e| bar(e.label, e.keys.len()))
+            .map(|e| bar(&e.label, e.keys.len()))
             .collect();
         Bars {
             multi,

@@ -6,12 +6,14 @@
 //! - [`services`]: what the lab's microservices answer (image metrics, site features,
 //!   well thumbnails, plate features), computed from the request alone: the demo serves
 //!   them over HTTP, the harness in process;
+//! - [`expectations`]: which keys each output topic of a DAG must carry for a layout;
 //! - [`verify`]: what must come out: every expected aggregate exactly once, every input
 //!   accounted for.
 //!
 //! Nothing here pauses or drives time: the release binary links this crate, and only the
 //! harness runs tokio with its test utilities.
 
+pub mod expectations;
 pub mod services;
 pub mod verify;
 pub mod workload;

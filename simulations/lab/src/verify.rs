@@ -12,86 +12,11 @@ use tokio::time::Instant;
 use wellspring_log::{ConsumerConfig, Log, LogError, LogRecord, NoListener, TopicPartition};
 use wellspring_protocol::envelope::headers;
 use wellspring_protocol::spec::NodeKind;
-use wellspring_protocol::{Dag, ExperimentLayout, PlateKey, Value, WellKey};
+use wellspring_protocol::{Dag, ExperimentLayout, Value};
 
-/// What one output topic should carry.
-#[derive(Debug, Clone)]
-pub struct Expected {
-    pub label: &'static str,
-    pub topic: String,
-    pub keys: BTreeSet<String>,
-    /// Aggregates must appear exactly once; task outputs may instead be dead-lettered,
-    /// and repeat for repeated inputs (with the same id, for consumers to drop).
-    pub aggregate: bool,
-}
-
-/// The outputs of the reference DAG for one experiment.
-pub fn reference_expectations(layout: &ExperimentLayout) -> Vec<Expected> {
-    let mut channels = BTreeSet::new();
-    let mut sites = BTreeSet::new();
-    let mut wells = BTreeSet::new();
-    let mut plates = BTreeSet::new();
-    for plate in &layout.plates {
-        plates.insert(
-            PlateKey {
-                experiment: layout.experiment.clone(),
-                plate: plate.plate,
-            }
-            .to_string(),
-        );
-        for &well in &plate.wells {
-            let well_key = WellKey {
-                experiment: layout.experiment.clone(),
-                plate: plate.plate,
-                well,
-            };
-            wells.insert(well_key.to_string());
-            for site in 1..=layout.sites_per_well {
-                let site_key = format!("{well_key}/{site}");
-                for channel in 1..=layout.channels_per_site {
-                    channels.insert(format!("{site_key}/{channel}"));
-                }
-                sites.insert(site_key);
-            }
-        }
-    }
-    let experiments = BTreeSet::from([layout.experiment.to_string()]);
-    let e = |label, topic: &str, keys: &BTreeSet<String>, aggregate| Expected {
-        label,
-        topic: topic.to_owned(),
-        keys: keys.clone(),
-        aggregate,
-    };
-    vec![
-        e("image metrics", "image_metrics", &channels, false),
-        e("sites", "images_site", &sites, true),
-        e("site features", "site_features", &sites, false),
-        e("wells", "images_well", &wells, true),
-        e("well thumbnails", "well_thumbnails", &wells, false),
-        e("plates", "images_plate", &plates, true),
-        e("plate features", "plate_features", &plates, false),
-        e("experiments", "experiments", &experiments, true),
-    ]
-}
-
-/// `expected` without what `missing` channel images (`EXP/1/B02/3/5`) take with them:
-/// the image's task output, and the aggregates above it (its site, well, plate,
-/// experiment) and their task outputs, which never come out.
-pub fn without_images(mut expected: Vec<Expected>, missing: &[String]) -> Vec<Expected> {
-    let mut gone = BTreeSet::new();
-    for key in missing {
-        let mut prefix = key.as_str();
-        gone.insert(prefix.to_owned());
-        while let Some((up, _)) = prefix.rsplit_once('/') {
-            gone.insert(up.to_owned());
-            prefix = up;
-        }
-    }
-    for e in &mut expected {
-        e.keys.retain(|k| !gone.contains(k));
-    }
-    expected
-}
+pub use crate::expectations::{
+    DagExpectations, Expected, dag_expectations, reference_expectations, without_images,
+};
 
 #[derive(Debug, Default)]
 struct Tally {
@@ -105,7 +30,7 @@ struct Tally {
 /// The verdict on one output topic.
 #[derive(Debug, Clone)]
 pub struct LevelReport {
-    pub label: &'static str,
+    pub label: String,
     pub topic: String,
     pub aggregate: bool,
     pub expected: usize,
@@ -294,7 +219,7 @@ impl Tracker {
                     })
                     .unwrap_or_default();
                 LevelReport {
-                    label: e.label,
+                    label: e.label.clone(),
                     topic: e.topic.clone(),
                     aggregate: e.aggregate,
                     expected: e.keys.len(),
@@ -345,10 +270,12 @@ pub struct VerifyOptions {
     pub incomplete_topic: String,
     /// Keep reading while outputs are missing, up to this long (zero: report what is there).
     pub wait: Duration,
+    /// The DAG that ran: what it publishes is what is expected.
+    pub dag: Dag,
 }
 
 impl VerifyOptions {
-    /// Checks the outputs of the reference DAG (its topics, as `dag` names them).
+    /// Checks the outputs `dag` publishes.
     pub fn for_dag(dag: &Dag, experiment: &str) -> Self {
         let metadata_topic = dag
             .nodes
@@ -364,6 +291,7 @@ impl VerifyOptions {
             dead_letter_topic: dag.settings.dead_letter_topic.clone(),
             incomplete_topic: dag.settings.incomplete_topic.clone(),
             wait: Duration::ZERO,
+            dag: dag.clone(),
         }
     }
 }
@@ -376,6 +304,10 @@ pub enum VerifyError {
         "no layout of experiment {experiment} on {topic}: nothing to check against (was it published? `wellspring generate` publishes one)"
     )]
     NoLayout { experiment: String, topic: String },
+    #[error(
+        "DAG {dag} publishes nothing that can be checked against a layout ({why}): verify checks the topics that groupings, and tasks called on them, publish"
+    )]
+    NothingToCheck { dag: String, why: String },
 }
 
 /// The verdict on one experiment's outputs.
@@ -386,6 +318,8 @@ pub struct VerifyReport {
     /// Dead letters of this experiment's records: key and reason.
     pub dead_letters: Vec<(String, String)>,
     pub records_read: u64,
+    /// Published topics whose content the layout cannot tell, with why.
+    pub unchecked: Vec<(String, String)>,
 }
 
 impl VerifyReport {
@@ -455,6 +389,9 @@ impl VerifyReport {
         }
         for (key, reason) in &self.dead_letters {
             let _ = writeln!(out, "  dead letter {key}: {reason}");
+        }
+        for (topic, why) in &self.unchecked {
+            let _ = writeln!(out, "  not checked: {topic} ({why})");
         }
         let _ = writeln!(
             out,
@@ -541,9 +478,28 @@ pub async fn verify_experiment(
         experiment: options.experiment.clone(),
         topic: options.metadata_topic.clone(),
     })?;
+    let DagExpectations {
+        expected,
+        unchecked,
+    } = dag_expectations(&options.dag, &layout);
+    if expected.is_empty() {
+        let why = unchecked
+            .iter()
+            .map(|(topic, why)| format!("{topic}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(VerifyError::NothingToCheck {
+            dag: options.dag.name.clone(),
+            why: if why.is_empty() {
+                "it has no publish node".into()
+            } else {
+                why
+            },
+        });
+    }
     let tracker = std::cell::RefCell::new(
         Tracker::new(
-            reference_expectations(&layout),
+            expected,
             &options.dead_letter_topic,
             &options.incomplete_topic,
         )
@@ -580,5 +536,6 @@ pub async fn verify_experiment(
         levels: tracker.report(),
         dead_letters,
         records_read: read,
+        unchecked,
     })
 }

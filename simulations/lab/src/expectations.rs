@@ -216,35 +216,18 @@ pub fn without_images(mut expected: Vec<Expected>, missing: &[String]) -> Vec<Ex
 
 #[cfg(test)]
 mod tests {
-    use wellspring_protocol::spec::{FunctionCatalog, FunctionSignature};
+    use wellspring_actors::FunctionRegistry;
     use wellspring_protocol::{SpecFormat, synthetic};
 
     use super::*;
 
-    /// The built-in groupings, as a runtime offers them, and one registered function.
-    struct Builtins;
-
-    impl FunctionCatalog for Builtins {
-        fn signature(&self, name: &str) -> Option<FunctionSignature> {
-            if name == "custom/identity" {
-                return Some(FunctionSignature {
-                    input: "json".into(),
-                    output: "json".into(),
-                    table: None,
-                    description: String::new(),
-                });
-            }
-            builtins::hierarchy()
-                .into_iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, s)| s)
-        }
-        fn names(&self) -> Vec<String> {
-            builtins::hierarchy()
-                .into_iter()
-                .map(|(n, _)| n.to_owned())
-                .collect()
-        }
+    /// The built-in groupings, as a node offers them, and one registered function.
+    fn catalog() -> FunctionRegistry {
+        let mut registry = FunctionRegistry::with_builtins();
+        registry.register_map("custom/identity", "json", "json", |key, value| {
+            Ok(vec![(key.to_owned(), value.clone())])
+        });
+        registry
     }
 
     const GROUPINGS_ONLY: &str = r#"
@@ -267,7 +250,7 @@ graph:
 
     #[test]
     fn a_dag_of_groupings_expects_only_what_it_publishes() {
-        let dag = Dag::load(GROUPINGS_ONLY, SpecFormat::Yaml, &Builtins).expect("valid DAG");
+        let dag = Dag::load(GROUPINGS_ONLY, SpecFormat::Yaml, &catalog()).expect("valid DAG");
         let layout = synthetic::layout("EXP-1", 2, 10, 4, 6).expect("layout");
         let found = dag_expectations(&dag, &layout);
         assert!(found.unchecked.is_empty(), "{:?}", found.unchecked);
@@ -298,7 +281,7 @@ graph:
     #[test]
     fn the_reference_dag_expects_what_the_reference_expectations_list() {
         let text = include_str!("../../../examples/reference-dag.yaml");
-        let dag = Dag::load(text, SpecFormat::Yaml, &Builtins).expect("valid DAG");
+        let dag = Dag::load(text, SpecFormat::Yaml, &catalog()).expect("valid DAG");
         let layout = synthetic::layout("EXP-1", 2, 10, 4, 6).expect("layout");
         let found = dag_expectations(&dag, &layout);
         assert!(found.unchecked.is_empty(), "{:?}", found.unchecked);
@@ -325,7 +308,7 @@ graph:
                 "  sites-out: {type: publish, stream: site, topic-name: sites}",
                 "  copy: {type: stream-operation, inputs: [images], function: custom/identity}\n  copies-out: {type: publish, stream: copy, topic-name: copies}",
             );
-        let dag = Dag::load(&text, SpecFormat::Yaml, &Builtins).expect("valid DAG");
+        let dag = Dag::load(&text, SpecFormat::Yaml, &catalog()).expect("valid DAG");
         let layout = synthetic::layout("EXP-1", 1, 10, 4, 6).expect("layout");
         let found = dag_expectations(&dag, &layout);
         assert_eq!(found.expected.len(), 1);

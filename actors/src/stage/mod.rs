@@ -281,9 +281,14 @@ impl StageLoop {
         match result {
             Ok(()) => Ok(()),
             // A rebalance took a partition while we worked: its new owner redoes the work
-            // from the last commit; the next poll revokes or loses it here.
+            // from the last commit. Nothing of the batch was written, yet every shard in
+            // it handed over its state changes: each redoes its work from the last commit
+            // (going on from memory would commit offsets past state never written).
             Err(LogError::NotAssigned(tp)) => {
-                tracing::info!(stage = %self.shards.name, partition = %tp, "commit refused after a rebalance; the new owner takes over");
+                tracing::info!(stage = %self.shards.name, partition = %tp, "commit refused after a rebalance; the new owner takes over, and every shard redoes its work from the last commit");
+                self.shards
+                    .rewind_all("the last commit was refused after a rebalance")
+                    .await;
                 Ok(())
             }
             // The group moved on mid-commit: redo from the last commit, in place. (A stage

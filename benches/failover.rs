@@ -130,17 +130,94 @@ async fn round(n: u32, session: &str, services: &Services, kafka: Option<&str>) 
         .await
         .expect("outputs readable");
     let backlog_cleared = killed.elapsed();
-    assert!(
-        report.levels.iter().all(|l| l.missing.is_empty()),
-        "{}",
-        report.render()
-    );
+    if let Some(lowest) = report.levels.iter().find(|l| !l.missing.is_empty()) {
+        let trail = trail_of_missing(&log, &lowest.missing).await;
+        if let Ok(dir) = std::env::var("WELLSPRING_TEST_NODE_LOGS") {
+            let path = format!("{dir}/round-{n}-missing.txt");
+            let _ = std::fs::write(&path, &trail);
+            eprintln!("the records naming the missing keys are in {path}");
+        }
+        panic!("{}\n{trail}", report.render());
+    }
     let _ = tokio::task::spawn_blocking(move || generator.wait()).await;
     Round {
         running_again,
         backlog_cleared,
         drained,
     }
+}
+
+/// The topics an image passes through to its site aggregate in the reference DAG, in
+/// order: the source, the site grouping's input (the repartition hop), its changelog, its
+/// output.
+const SITE_PATH: [&str; 4] = [
+    "images_channel",
+    "wellspring.microscopy-reference.images-site.input",
+    "wellspring.microscopy-reference.images-site.changelog",
+    "images_site",
+];
+
+/// After a round that lost aggregates: every record on the site path that names one of
+/// the `missing` keys (in its key or its value), with its partition, offset and headers,
+/// so that the hop where an aggregate was lost shows (read while the round's broker is up).
+async fn trail_of_missing(log: &KafkaLog, missing: &[String]) -> String {
+    use std::fmt::Write as _;
+    use wellspring_log::{Log, TopicPartition};
+    let io = wellspring_nodes::log_io::LogIo {
+        log: std::sync::Arc::new(log.clone()),
+        client: "failover-trail".into(),
+    };
+    let mut out = String::new();
+    let names: Vec<&String> = missing.iter().take(20).collect();
+    let _ = writeln!(out, "records naming {names:?}:");
+    for topic in SITE_PATH {
+        let partitions = match io.partitions(topic).await {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                let _ = writeln!(out, "{topic}: no such topic");
+                continue;
+            }
+            Err(e) => {
+                let _ = writeln!(out, "{topic}: {e}");
+                continue;
+            }
+        };
+        for p in 0..partitions {
+            let partition = TopicPartition::new(topic, p);
+            let end = log.end_offset(&partition).await.unwrap_or(0);
+            let mut lines = Vec::new();
+            let read = io
+                .read(&partition, 0, |record| {
+                    let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default());
+                    let value =
+                        String::from_utf8_lossy(record.value.as_deref().unwrap_or_default());
+                    if names
+                        .iter()
+                        .any(|m| key.contains(m.as_str()) || value.contains(m.as_str()))
+                    {
+                        let headers: Vec<String> = record
+                            .headers
+                            .iter()
+                            .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v)))
+                            .collect();
+                        let shown: String = value.chars().take(240).collect();
+                        lines.push(format!(
+                            "  {topic}[{p}]@{} key={key} headers={headers:?} value={shown}",
+                            record.offset
+                        ));
+                    }
+                })
+                .await;
+            let _ = writeln!(out, "{topic}[{p}] (end {end}): {} records", lines.len());
+            for line in lines {
+                let _ = writeln!(out, "{line}");
+            }
+            if let Err(e) = read {
+                let _ = writeln!(out, "  read failed: {e}");
+            }
+        }
+    }
+    out
 }
 
 fn main() {

@@ -1,12 +1,21 @@
 #![allow(unsafe_code)] // the counting allocator
 //! Aggregation benchmarks.
 //!
-//! - `hierarchy/...`: channel events per second through all four levels
-//!   (channel→site→well→plate→experiment) on one core, images of each plate shuffled.
-//! - Before criterion runs, the bytes of memory held per open site (a site with 5 of its
-//!   6 channels in), measured with a counting allocator.
+//! Channel events per second through all four levels (channel→site→well→plate→experiment)
+//! on one core:
+//! - `hierarchy/four-levels/4-plates-shuffled`: the small case, 4 plates arriving one
+//!   after another, each plate's images shuffled: about 1,200 sites open at a time;
+//! - `hierarchy/four-levels/lab-400-plates`: what a lab holds, 400 plates of 10
+//!   experiments shuffled as a whole (plates out of order and interleaved), 1% of the
+//!   images delivered twice, and 2 of the experiments' layouts arriving only halfway
+//!   through: hundreds of thousands of sites open at once, and every duplicate checked
+//!   against the closed aggregates.
 //!
-//! Run: `cargo bench -p wellspring-actors --bench aggregation`
+//! Before criterion runs, the bytes of memory held per open site (a site with 5 of its 6
+//! channels in), measured with a counting allocator, on 100,000 sites.
+//!
+//! Run: `cargo bench -p wellspring-actors --bench aggregation` (`-- lab` for the large
+//! case alone).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
@@ -123,9 +132,106 @@ fn hierarchy_throughput(c: &mut Criterion) {
     group.finish();
 }
 
+/// The lab's working set: its images in arrival order, the layouts known from the start,
+/// those that arrive halfway (at `late_at`), and how many aggregates must come out.
+struct LabWorkload {
+    images: Vec<ChannelImage>,
+    known: FxHashMap<ExperimentId, Arc<ExperimentLayout>>,
+    late: Vec<Arc<ExperimentLayout>>,
+    late_at: usize,
+    aggregates: usize,
+}
+
+const LAB_EXPERIMENTS: u32 = 10;
+const LAB_PLATES_EACH: u32 = 40;
+const LAB_LATE_EXPERIMENTS: u32 = 2;
+
+/// One xorshift step: the workload is the same on every run.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn lab_workload() -> LabWorkload {
+    let mut images = Vec::new();
+    let mut known = FxHashMap::default();
+    let mut late = Vec::new();
+    let mut aggregates = 0;
+    for e in 0..LAB_EXPERIMENTS {
+        let layout =
+            synthetic::layout(&format!("EXP-LAB-{e}"), LAB_PLATES_EACH, 308, 4, 6).expect("layout");
+        images.extend(synthetic::images(&layout, "HUVEC"));
+        aggregates += LAB_PLATES_EACH as usize * (308 * 4 + 308 + 1) + 1;
+        let layout = Arc::new(layout);
+        if e < LAB_LATE_EXPERIMENTS {
+            late.push(layout);
+        } else {
+            known.insert(layout.experiment.clone(), layout);
+        }
+    }
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let repeats: Vec<ChannelImage> = (0..images.len() / 100)
+        .map(|_| images[(next(&mut state) % images.len() as u64) as usize].clone())
+        .collect();
+    images.extend(repeats);
+    for i in (1..images.len()).rev() {
+        images.swap(i, (next(&mut state) % (i as u64 + 1)) as usize);
+    }
+    LabWorkload {
+        late_at: images.len() / 2,
+        images,
+        known,
+        late,
+        aggregates,
+    }
+}
+
+fn lab_throughput(c: &mut Criterion) {
+    let lab = lab_workload();
+    let mut group = c.benchmark_group("hierarchy");
+    group.throughput(Throughput::Elements(lab.images.len() as u64));
+    group.sample_size(10);
+    group.bench_function("four-levels/lab-400-plates", |b| {
+        b.iter_batched(
+            || {
+                (
+                    lab.images.clone(),
+                    lab.known.clone(),
+                    Hierarchy::new(AggregatorConfig::default()),
+                )
+            },
+            |(images, mut known, mut hierarchy)| {
+                let mut emitted = 0usize;
+                let mut sink = |_: LevelOutput<'_>| emitted += 1;
+                for (i, image) in images.into_iter().enumerate() {
+                    if i == lab.late_at {
+                        for layout in &lab.late {
+                            known.insert(layout.experiment.clone(), layout.clone());
+                            hierarchy.layout_arrived(&layout.experiment, &known, 0, &mut sink);
+                        }
+                    }
+                    let _ = hierarchy.ingest(image, &known, 0, &mut sink);
+                }
+                assert_eq!(emitted, lab.aggregates);
+                hierarchy
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
 fn main() {
-    memory_per_open_site();
+    let lab_only = std::env::args().any(|a| a == "lab");
+    if !lab_only {
+        memory_per_open_site();
+    }
     let mut criterion = Criterion::default().configure_from_args();
-    hierarchy_throughput(&mut criterion);
+    if !lab_only {
+        hierarchy_throughput(&mut criterion);
+    }
+    lab_throughput(&mut criterion);
     criterion.final_summary();
 }

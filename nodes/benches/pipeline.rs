@@ -2,6 +2,12 @@
 //! through validation, the four groupings and their changelogs, to the experiment
 //! record, on the embedded log (no HTTP tasks: those are bound by the services).
 //!
+//! Two workloads: `2-plates`, one experiment's plates one after another (about 600 sites
+//! open at a time), and `lab-40-plates`, what a lab holds: 4 experiments of 10 plates
+//! shuffled as a whole (plates out of order and interleaved: tens of thousands of sites
+//! open at once), 1% of the images sent twice, and one experiment's metadata arriving
+//! only halfway through.
+//!
 //! Run: `cargo bench -p wellspring-nodes --bench pipeline` (with tracing off, the default,
 //! and on with every trace sampled; with the status view reading beside it; and on the
 //! durable embedded log, fsync before every
@@ -12,12 +18,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use wellspring_actors::http::{ReqwestTransport, SharedRng};
 use wellspring_actors::metrics::Metrics;
 use wellspring_actors::supervision::Health;
 use wellspring_actors::{FunctionRegistry, Node, NodeEnv, RuntimeConfig};
+use wellspring_log::ProducerRecord;
 use wellspring_log::{DurableOptions, EmbeddedLog, Fsync, Log, SystemClock, TopicPartition};
-use wellspring_nodes::workload::{Workload, WorkloadConfig, record};
+use wellspring_nodes::workload::{Message, Workload, WorkloadConfig, record};
 use wellspring_protocol::{Dag, SpecFormat};
 use wellspring_test_support::dags::four_groupings;
 
@@ -42,17 +52,85 @@ fn fresh_dir() -> std::path::PathBuf {
     dir
 }
 
-/// One run: a fresh node, the whole workload, until the experiment record is out.
+/// A workload's records as published, how many of them are channel images, and how many
+/// experiment records end a run.
+struct Input {
+    records: Vec<ProducerRecord>,
+    images: usize,
+    experiments: usize,
+}
+
+impl Input {
+    fn of(messages: &[Message], experiments: usize) -> Input {
+        Input {
+            records: messages
+                .iter()
+                .map(|m| record(m, "images", "metadata"))
+                .collect(),
+            images: messages
+                .iter()
+                .filter(|m| matches!(m, Message::Image(_)))
+                .count(),
+            experiments,
+        }
+    }
+
+    /// One experiment of 2 plates, in order, no repeats, its metadata first.
+    fn two_plates() -> Input {
+        let workload = Workload::build(&WorkloadConfig {
+            plates: 2,
+            duplicates: 0.0,
+            metadata_after: 0,
+            ..WorkloadConfig::default()
+        })
+        .expect("workload");
+        Input::of(&workload.messages, 1)
+    }
+
+    /// 4 experiments of 10 plates, every image shuffled among all of them, 1% sent twice,
+    /// the last experiment's metadata halfway through (the others' first).
+    fn lab() -> Input {
+        const EXPERIMENTS: usize = 4;
+        let mut images = Vec::new();
+        let mut metadata = Vec::new();
+        for e in 0..EXPERIMENTS {
+            let workload = Workload::build(&WorkloadConfig {
+                experiment: format!("EXP-LAB-{e}"),
+                plates: 10,
+                duplicates: 0.01,
+                seed: e as u64 + 1,
+                ..WorkloadConfig::default()
+            })
+            .expect("workload");
+            for message in workload.messages {
+                match message {
+                    Message::Image(_) => images.push(message),
+                    other => metadata.push(other),
+                }
+            }
+        }
+        images.shuffle(&mut StdRng::seed_from_u64(7));
+        let late = metadata.pop().expect("the last experiment's metadata");
+        let mut messages = metadata;
+        let half = images.len() / 2;
+        messages.extend(images.drain(..half));
+        messages.push(late);
+        messages.extend(images);
+        Input::of(&messages, EXPERIMENTS)
+    }
+}
+
+/// One run: a fresh node, the whole workload, until its experiment records are out.
 /// With `view`, the status view reads every topic beside the pipeline, on its thread,
 /// as on a node (`wellspring run`).
-fn run_once(workload: &Workload, on: OnLog, view: bool) -> Duration {
+fn run_once(workload: &Input, on: OnLog, view: bool) -> Duration {
     let dir = fresh_dir();
     let elapsed = run_on(workload, on, view, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     elapsed
 }
 
-fn run_on(workload: &Workload, on: OnLog, view: bool, dir: &std::path::Path) -> Duration {
+fn run_on(workload: &Input, on: OnLog, view: bool, dir: &std::path::Path) -> Duration {
     let system = actix_rt::System::new();
     system.block_on(async {
         let registry = FunctionRegistry::with_builtins();
@@ -93,22 +171,24 @@ fn run_on(workload: &Workload, on: OnLog, view: bool, dir: &std::path::Path) -> 
                 Arc::new(log.clone()),
             )
         });
-        let records: Vec<_> = workload
-            .messages
-            .iter()
-            .map(|m| record(m, "images", "metadata"))
-            .collect();
         let producer = log.producer().expect("producer");
         let started = Instant::now();
-        for chunk in records.chunks(1000) {
+        for chunk in workload.records.chunks(1000) {
             producer.send(chunk.to_vec()).await.expect("publish");
         }
         let partitions = log.partitions("experiments").await.expect("output topic");
         let done = || {
-            (0..partitions).any(|p| {
-                log.read(&TopicPartition::new("experiments", p), 0, 1)
-                    .is_ok_and(|r| !r.is_empty())
-            })
+            let out: usize = (0..partitions)
+                .map(|p| {
+                    log.read(
+                        &TopicPartition::new("experiments", p),
+                        0,
+                        workload.experiments,
+                    )
+                    .map_or(0, |r| r.len())
+                })
+                .sum();
+            out >= workload.experiments
         };
         while !done() {
             tokio::time::sleep(Duration::from_micros(200)).await;
@@ -125,15 +205,9 @@ fn run_on(workload: &Workload, on: OnLog, view: bool, dir: &std::path::Path) -> 
 }
 
 fn pipeline(c: &mut Criterion) {
-    let workload = Workload::build(&WorkloadConfig {
-        plates: 2,
-        duplicates: 0.0,
-        metadata_after: 0,
-        ..WorkloadConfig::default()
-    })
-    .expect("workload");
+    let workload = Input::two_plates();
     let mut group = c.benchmark_group("engine");
-    group.throughput(Throughput::Elements(workload.image_count() as u64));
+    group.throughput(Throughput::Elements(workload.images as u64));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
     // Tracing off (the default): the engine reads one flag per record.
@@ -174,24 +248,32 @@ fn pipeline(c: &mut Criterion) {
     });
     wellspring_actors::telemetry::enable(false);
     group.finish();
+
+    let lab = Input::lab();
+    let mut group = c.benchmark_group("engine");
+    group.throughput(Throughput::Elements(lab.images as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(60));
+    group.bench_function("four-groupings/lab-40-plates", |b| {
+        b.iter_custom(|iterations| {
+            (0..iterations)
+                .map(|_| run_once(&lab, OnLog::Memory, false))
+                .sum()
+        })
+    });
+    group.finish();
 }
 
 /// Medians of `runs` runs of two set-ups taken in turn (so that both see the same
 /// machine, whatever else it is doing), as throughputs in channel images/s.
 fn in_turn(runs: usize, first: (OnLog, bool), second: (OnLog, bool)) -> (f64, f64) {
-    let workload = Workload::build(&WorkloadConfig {
-        plates: 2,
-        duplicates: 0.0,
-        metadata_after: 0,
-        ..WorkloadConfig::default()
-    })
-    .expect("workload");
+    let workload = Input::two_plates();
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         a.push(run_once(&workload, first.0, first.1));
         b.push(run_once(&workload, second.0, second.1));
     }
-    let images = workload.image_count() as f64;
+    let images = workload.images as f64;
     let median = |runs: &mut Vec<Duration>| {
         runs.sort();
         images / runs[runs.len() / 2].as_secs_f64()

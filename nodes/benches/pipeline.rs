@@ -57,11 +57,20 @@ fn fresh_dir() -> std::path::PathBuf {
 struct Input {
     records: Vec<ProducerRecord>,
     images: usize,
+    /// Distinct sites: what the site grouping emits.
+    sites: usize,
     experiments: usize,
 }
 
 impl Input {
     fn of(messages: &[Message], experiments: usize) -> Input {
+        let sites: std::collections::HashSet<String> = messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::Image(image) => Some(image.key.site_key().to_string()),
+                _ => None,
+            })
+            .collect();
         Input {
             records: messages
                 .iter()
@@ -71,6 +80,7 @@ impl Input {
                 .iter()
                 .filter(|m| matches!(m, Message::Image(_)))
                 .count(),
+            sites: sites.len(),
             experiments,
         }
     }
@@ -124,13 +134,24 @@ impl Input {
 /// With `view`, the status view reads every topic beside the pipeline, on its thread,
 /// as on a node (`wellspring run`).
 fn run_once(workload: &Input, on: OnLog, view: bool) -> Duration {
-    let dir = fresh_dir();
-    let elapsed = run_on(workload, on, view, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    elapsed
+    measure_once(workload, on, view).elapsed
 }
 
-fn run_on(workload: &Input, on: OnLog, view: bool, dir: &std::path::Path) -> Duration {
+/// What one run measured.
+struct Run {
+    elapsed: Duration,
+    /// Entries the site grouping wrote to its changelog.
+    site_changelog: u64,
+}
+
+fn measure_once(workload: &Input, on: OnLog, view: bool) -> Run {
+    let dir = fresh_dir();
+    let run = run_on(workload, on, view, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    run
+}
+
+fn run_on(workload: &Input, on: OnLog, view: bool, dir: &std::path::Path) -> Run {
     let system = actix_rt::System::new();
     system.block_on(async {
         let registry = FunctionRegistry::with_builtins();
@@ -194,13 +215,24 @@ fn run_on(workload: &Input, on: OnLog, view: bool, dir: &std::path::Path) -> Dur
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         let elapsed = started.elapsed();
+        let changelog = "wellspring.bench.site.changelog";
+        let mut site_changelog = 0;
+        for p in 0..log.partitions(changelog).await.unwrap_or(0) {
+            site_changelog += log
+                .end_offset(&TopicPartition::new(changelog, p))
+                .await
+                .unwrap_or(0);
+        }
         node.shutdown().await;
         // The reader lets go of the log before the next run starts (else the run's
         // whole log is freed on its thread while the next one runs).
         if let Some(status) = status {
             status.stop_and_wait();
         }
-        elapsed
+        Run {
+            elapsed,
+            site_changelog,
+        }
     })
 }
 
@@ -300,6 +332,23 @@ fn view_cost(runs: usize) {
     );
 }
 
+/// How many changelog entries the site grouping writes per site: a site whose channels
+/// arrive in different commits is written (whole, with every channel so far) in each.
+fn site_changelog_per_site() {
+    for (name, workload) in [
+        ("2 plates", Input::two_plates()),
+        ("lab, 40 plates", Input::lab()),
+    ] {
+        let run = measure_once(&workload, OnLog::Memory, false);
+        println!(
+            "site changelog, {name}: {:.2} entries per site ({} for {} sites)",
+            run.site_changelog as f64 / workload.sites as f64,
+            run.site_changelog,
+            workload.sites
+        );
+    }
+}
+
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     pipeline(&mut criterion);
@@ -312,4 +361,5 @@ fn main() {
     };
     durable_ratio(runs);
     view_cost(runs * 4);
+    site_changelog_per_site();
 }

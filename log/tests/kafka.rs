@@ -719,3 +719,107 @@ async fn evicting_a_member_the_broker_does_not_list_leaves_the_group_undisturbed
     a.close(&mut owned_a).await.unwrap();
     b.close(&mut owned_b).await.unwrap();
 }
+
+/// The brokers these tests run on (tansu 0.6, nisshi 0.8.1) answer a fetch with a later
+/// batch while another producer's earlier batch of the same partition is not readable
+/// yet: a follower's position moves past records that are in the log. Every `…input`
+/// topic of a cluster has a producer on each node, so a member reading without
+/// transactions must read such a hole again, or the records in it are never processed
+/// (and a reader, say the status view, would show them missing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_many_producers_append_to_at_once_is_read_without_a_hole() {
+    const PRODUCERS: usize = 4;
+    const EACH: usize = 15_000;
+    let broker = Broker::start_for_groups();
+    let mut settings = KafkaSettings::new(broker.address.clone());
+    settings.transactions = false;
+    let log = KafkaLog::connect(settings).await.unwrap();
+    log.ensure_topic(&TopicSpec::new("appended", 1, Cleanup::Delete))
+        .await
+        .unwrap();
+    let mut config = ConsumerConfig::group("holes-g", "member", vec!["appended".into()]);
+    config.session_timeout = Duration::from_secs(6);
+    let mut member = log.consumer(config).unwrap();
+    // Joined and assigned before anything is written: it follows the partition's end.
+    let mut listener = Recorder::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while listener.assigned.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never assigned");
+        let early = member
+            .poll(&mut listener, 100, Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert!(early.is_empty(), "nothing was written yet: {early:?}");
+    }
+
+    let mut writers = Vec::new();
+    for p in 0..PRODUCERS {
+        let address = broker.address.clone();
+        writers.push(tokio::spawn(async move {
+            let producer: FutureProducer = ClientConfig::new()
+                .set("bootstrap.servers", &address)
+                .set("linger.ms", "0")
+                .create()
+                .unwrap();
+            // Five records in flight at a time: many small appends, from each producer.
+            for chunk in 0..EACH / 5 {
+                let mut deliveries = Vec::new();
+                for i in 0..5 {
+                    let key = format!("p{p}-{}", chunk * 5 + i);
+                    let record = FutureRecord::<str, str>::to("appended")
+                        .partition(0)
+                        .key(&key)
+                        .payload("x");
+                    deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+                }
+                for delivery in deliveries {
+                    delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+                }
+            }
+        }));
+    }
+
+    let total = (PRODUCERS * EACH) as u64;
+    let partition = TopicPartition::new("appended", 0);
+    let mut reader = log
+        .consumer(ConsumerConfig::assign(
+            "follower",
+            vec![(partition.clone(), Some(0))],
+        ))
+        .unwrap();
+    let (mut member_next, mut reader_next) = (0u64, 0u64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    while member_next < total || reader_next < total {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "in four minutes the member read {member_next} and the reader {reader_next} of {total} records"
+        );
+        let by_member = member
+            .poll(&mut listener, 1000, Duration::from_millis(50))
+            .await
+            .unwrap();
+        let by_reader = reader
+            .poll(&mut NoListener, 1000, Duration::from_millis(50))
+            .await
+            .unwrap();
+        for (who, records, next) in [
+            ("member", by_member, &mut member_next),
+            ("reader", by_reader, &mut reader_next),
+        ] {
+            for record in records {
+                assert_eq!(
+                    record.offset, *next,
+                    "the {who} was not given records {next}..{} (or was given one twice)",
+                    record.offset
+                );
+                *next += 1;
+            }
+        }
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert_eq!(log.end_offset(&partition).await.unwrap(), total);
+    member.close(&mut listener).await.unwrap();
+    reader.close(&mut NoListener).await.unwrap();
+}

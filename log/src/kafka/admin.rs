@@ -39,22 +39,14 @@ async fn check_topic(
             fix: "its shards are its partitions: recreate it, or set Wellspring's partitions to match".into(),
         });
     }
-    let configs = connection
-        .admin
-        .describe_configs(
-            &[ResourceSpecifier::Topic(&spec.name)],
-            &AdminOptions::new().request_timeout(Some(connection.settings.timeout)),
-        )
-        .await
-        .map_err(|e| connection.explain(&e))?;
-    let policy = configs
-        .into_iter()
-        .flatten()
-        .flat_map(|c| c.entries)
-        .find(|e| e.name == "cleanup.policy")
-        .and_then(|e| e.value)
-        .unwrap_or_else(|| "delete".into());
-    let compacted = policy.split(',').any(|p| p.trim() == "compact");
+    let (policy, compacted) = cleanup_policies(
+        connection,
+        &[spec.name.as_str()],
+        connection.settings.timeout,
+    )
+    .await?
+    .pop()
+    .unwrap_or_else(|| ("delete".into(), false));
     if compacted != (spec.cleanup == Cleanup::Compact) {
         return Err(LogError::TopicMismatch {
             topic: spec.name.clone(),
@@ -112,6 +104,39 @@ async fn create_topic(connection: &Arc<Connection>, spec: &TopicSpec) -> Result<
         .lock()
         .insert(spec.name.clone(), spec.partitions);
     Ok(())
+}
+
+/// Each topic's `cleanup.policy` (Kafka's default, `delete`, when not reported) and
+/// whether it compacts, in the order asked.
+pub(super) async fn cleanup_policies(
+    connection: &Connection,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<Vec<(String, bool)>, LogError> {
+    let resources: Vec<ResourceSpecifier<'_>> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let configs = connection
+        .admin
+        .describe_configs(
+            &resources,
+            &AdminOptions::new().request_timeout(Some(timeout)),
+        )
+        .await
+        .map_err(|e| connection.explain(&e))?;
+    Ok(configs
+        .into_iter()
+        .map(|config| {
+            let policy = config
+                .ok()
+                .into_iter()
+                .flat_map(|c| c.entries)
+                .find(|e| e.name == "cleanup.policy")
+                .and_then(|e| e.value)
+                .unwrap_or_else(|| "delete".into());
+            let compacted = policy.split(',').any(|p| p.trim() == "compact");
+            (policy, compacted)
+        })
+        .collect())
 }
 
 fn cleanup_policy(cleanup: Cleanup) -> &'static str {

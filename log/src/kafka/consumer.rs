@@ -1,9 +1,10 @@
 //! [`Consumer`] on librdkafka: a group member (one client) or a reader (one client per
 //! topic), each client polled on its own thread. Their events become records and
 //! listener calls here, in order; seeks mark a partition's records stale until the
-//! thread confirms the seek; close revokes and commits, then leaves the group.
+//! thread confirms the seek; a hole in what the broker served is read again
+//! ([`continuity`](super::continuity)); close revokes and commits, then leaves the group.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -15,10 +16,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use tokio::sync::{Notify, mpsc};
 
+use super::admin;
 use super::call::blocking;
 use super::commit::{Committer, MemberClient};
 use super::connection::Connection;
 use super::context::GroupContext;
+use super::continuity::{Continuity, Verdict};
 use super::events::{Command, Event};
 use super::member::{self, GroupTiming};
 use super::poll_thread::{Client, Spawner};
@@ -48,7 +51,16 @@ pub(super) struct KafkaConsumer {
     reached_end: bool,
     /// Records received beyond what a poll could return.
     pending: VecDeque<LogRecord>,
+    /// With transactions off: each partition's next offset, to find and read again what
+    /// the broker skipped (`None`: transaction markers take offsets too).
+    continuity: Option<Continuity>,
+    /// The topics read that have a record at every offset (not compacted): found on the
+    /// first poll. Only their holes are read again.
+    dense_topics: Option<HashSet<Arc<str>>>,
 }
+
+/// Bound on asking which topics are compacted, before a consumer's first poll.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The settings every client of a consumer has.
 fn client_config(connection: &Connection, config: &ConsumerConfig) -> ClientConfig {
@@ -106,6 +118,21 @@ impl KafkaConsumer {
         };
         Ok(Self {
             committer: Committer::new(connection.clone(), producer),
+            at_end: BTreeSet::new(),
+            reached_end: false,
+            pending: VecDeque::new(),
+            continuity: (!connection.settings.transactions).then(|| {
+                let mut continuity = Continuity::default();
+                if let Subscription::Assign(list) = &config.subscription {
+                    for (tp, offset) in list {
+                        if let Some(offset) = offset {
+                            continuity.starts(tp, *offset);
+                        }
+                    }
+                }
+                continuity
+            }),
+            dense_topics: None,
             connection,
             config,
             clients,
@@ -115,9 +142,6 @@ impl KafkaConsumer {
             assignment,
             seeking: HashMap::new(),
             seeks: 0,
-            at_end: BTreeSet::new(),
-            reached_end: false,
-            pending: VecDeque::new(),
         })
     }
 
@@ -137,20 +161,90 @@ impl KafkaConsumer {
         self.committer.commit(batch, &self.assignment, member).await
     }
 
-    /// Keeps a record if it belongs to an assigned partition and is not stale.
-    fn accept(&mut self, record: LogRecord) -> Option<LogRecord> {
+    /// Keeps a record the poll thread handed over if it belongs to an assigned
+    /// partition, is not stale, and follows the partition's last record (else the
+    /// partition is read again from where the hole starts).
+    fn accept(&mut self, record: LogRecord) -> Result<Option<LogRecord>, LogError> {
         let tp = record.topic_partition();
         if !self.assignment.contains(&tp) || self.seeking.contains_key(&tp) {
-            return None;
+            return Ok(None);
+        }
+        if let (Some(continuity), Some(dense)) = (&mut self.continuity, &self.dense_topics)
+            && dense.contains(&tp.topic)
+        {
+            match continuity.check(&tp, record.offset, std::time::Instant::now()) {
+                Verdict::Take => {}
+                Verdict::Reread { from, to } => {
+                    tracing::debug!(client = %self.config.client_id, partition = %tp, from, to, "the broker skipped records; reading them again");
+                    self.reread(&tp, from)?;
+                    return Ok(None);
+                }
+                Verdict::ReadPast { from, to } => {
+                    tracing::warn!(client = %self.config.client_id, partition = %tp, from, to, "offsets {from}..{to} of {tp} stayed missing through every reread; reading on past them");
+                }
+            }
         }
         self.at_end.remove(&tp);
-        Some(record)
+        Ok(Some(record))
+    }
+
+    /// Asks the poll thread to read `partition` from `offset`; its records are stale
+    /// until the thread confirms. Records already taken stay: they are before `offset`.
+    fn reread(&mut self, partition: &TopicPartition, offset: Offset) -> Result<(), LogError> {
+        self.seeks += 1;
+        self.seeking.insert(partition.clone(), self.seeks);
+        if let Some(continuity) = &mut self.continuity {
+            continuity.starts(partition, offset);
+        }
+        let client = self
+            .clients
+            .iter()
+            .find(|c| c.topic.as_ref().is_none_or(|t| *t == partition.topic))
+            .ok_or_else(|| LogError::NotAssigned(partition.clone()))?;
+        client
+            .commands
+            .send(Command::Seek(partition.clone(), offset, self.seeks))
+            .map_err(|_| LogError::Other("the Kafka consumer thread stopped".into()))
+    }
+
+    /// Finds which of the topics read are not compacted (once, before the first
+    /// records): a compacted topic's offsets have holes nothing will fill. Not known
+    /// (the brokers do not say), no topic's holes are read again.
+    async fn find_dense_topics(&mut self) {
+        if self.continuity.is_none() || self.dense_topics.is_some() {
+            return;
+        }
+        let topics: Vec<String> = match &self.config.subscription {
+            Subscription::Topics(topics) => topics.clone(),
+            Subscription::Assign(list) => {
+                let topics: BTreeSet<&str> = list.iter().map(|(tp, _)| &*tp.topic).collect();
+                topics.into_iter().map(str::to_owned).collect()
+            }
+        };
+        let asked: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let timeout = self.connection.settings.timeout.min(DESCRIBE_TIMEOUT);
+        let dense = match admin::cleanup_policies(&self.connection, &asked, timeout).await {
+            Ok(policies) => topics
+                .iter()
+                .zip(policies)
+                .filter(|(_, (_, compacted))| !compacted)
+                .map(|(topic, _)| Arc::from(topic.as_str()))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(client = %self.config.client_id, "cannot tell which topics are compacted ({e}): records a broker skips are not read again");
+                HashSet::new()
+            }
+        };
+        self.dense_topics = Some(dense);
     }
 
     /// Partitions that are not this member's any more.
     fn release(&mut self, partitions: &[TopicPartition]) {
         for tp in partitions {
             self.assignment.remove(tp);
+            if let Some(continuity) = &mut self.continuity {
+                continuity.forget(tp);
+            }
         }
         self.committer.released(partitions);
     }
@@ -164,7 +258,7 @@ impl KafkaConsumer {
         match event {
             Event::Records(records) => {
                 for record in records {
-                    if let Some(r) = self.accept(record) {
+                    if let Some(r) = self.accept(record)? {
                         out.push(r);
                     }
                 }
@@ -174,6 +268,13 @@ impl KafkaConsumer {
                 committed,
             } => {
                 listener.on_assigned(&partitions).await;
+                if let Some(continuity) = &mut self.continuity {
+                    // Where the client starts is known for a partition with a commit;
+                    // one without starts where its first record is.
+                    for (tp, offset) in &committed {
+                        continuity.starts(tp, *offset);
+                    }
+                }
                 for a in partitions {
                     let fresh = self.assignment.insert(a.partition.clone());
                     debug_assert!(
@@ -246,13 +347,16 @@ impl Consumer for KafkaConsumer {
         max_wait: Duration,
     ) -> Result<Vec<LogRecord>, LogError> {
         self.committer.ensure_transactions().await?;
+        self.find_dense_topics().await;
         let mut out: Vec<LogRecord> = Vec::new();
+        // Records taken before: they were checked then; only an assignment lost since
+        // makes them not ours (a seek drops the partition's pending records itself).
         while out.len() < max_records {
             let Some(record) = self.pending.pop_front() else {
                 break;
             };
-            if let Some(r) = self.accept(record) {
-                out.push(r);
+            if self.assignment.contains(&record.topic_partition()) {
+                out.push(record);
             }
         }
         let deadline = tokio::time::Instant::now() + max_wait;
@@ -291,18 +395,8 @@ impl Consumer for KafkaConsumer {
         if !self.assignment.contains(partition) {
             return Err(LogError::NotAssigned(partition.clone()));
         }
-        self.seeks += 1;
-        self.seeking.insert(partition.clone(), self.seeks);
         self.pending.retain(|r| r.topic_partition() != *partition);
-        let client = self
-            .clients
-            .iter()
-            .find(|c| c.topic.as_ref().is_none_or(|t| *t == partition.topic))
-            .ok_or_else(|| LogError::NotAssigned(partition.clone()))?;
-        client
-            .commands
-            .send(Command::Seek(partition.clone(), offset, self.seeks))
-            .map_err(|_| LogError::Other("the Kafka consumer thread stopped".into()))
+        self.reread(partition, offset)
     }
 
     async fn committed(&self, partition: &TopicPartition) -> Result<Option<Offset>, LogError> {

@@ -26,6 +26,8 @@
 //! - `member.rs`: a group member's client (timing, cooperative-sticky, static
 //!   membership); `reader.rs`: a reader's clients (partitions assigned directly, one
 //!   client per topic, so the end of a partition says which is caught up).
+//! - `continuity.rs`: each partition's next offset without transactions, so a hole the
+//!   broker served (a batch skipped while another producer appended) is read again.
 //! - `consumer.rs`: the [`Consumer`](crate::Consumer) on those clients; `kafka_log.rs`:
 //!   the [`Log`](crate::Log).
 //!
@@ -37,6 +39,7 @@ mod commit;
 mod connection;
 mod consumer;
 mod context;
+mod continuity;
 mod events;
 mod eviction;
 mod kafka_log;

@@ -184,8 +184,12 @@ pub fn record(message: &Message, images_topic: &str, metadata_topic: &str) -> Pr
     }
 }
 
+/// Batches [`publish`] has sent and not yet seen delivered: waiting for each batch before
+/// sending the next would cost a round trip (and the producer's linger) per batch.
+const IN_FLIGHT: usize = 16;
+
 /// Publishes messages in batches, at most `rate` per second when given; calls
-/// `published` after each batch with the messages it contained.
+/// `published` after each batch is delivered, in order, with the messages it contained.
 pub async fn publish(
     producer: &dyn Producer,
     messages: &[Message],
@@ -194,20 +198,24 @@ pub async fn publish(
     rate: Option<f64>,
     mut published: impl FnMut(&[Message]),
 ) -> Result<(), LogError> {
+    use futures::{StreamExt as _, TryStreamExt as _};
     const BATCH: usize = 256;
     let start = tokio::time::Instant::now();
-    let mut sent = 0usize;
-    for batch in messages.chunks(BATCH) {
-        if let Some(rate) = rate.filter(|r| *r > 0.0) {
-            let due = start + Duration::from_secs_f64(sent as f64 / rate);
-            tokio::time::sleep_until(due).await;
-        }
-        let records = batch
-            .iter()
-            .map(|m| record(m, images_topic, metadata_topic))
-            .collect();
-        producer.send(records).await?;
-        sent += batch.len();
+    let rate = rate.filter(|r| *r > 0.0);
+    let mut deliveries = futures::stream::iter(messages.chunks(BATCH).enumerate())
+        .map(|(i, batch)| async move {
+            if let Some(rate) = rate {
+                let due = start + Duration::from_secs_f64((i * BATCH) as f64 / rate);
+                tokio::time::sleep_until(due).await;
+            }
+            let records = batch
+                .iter()
+                .map(|m| record(m, images_topic, metadata_topic))
+                .collect();
+            producer.send(records).await.map(|_| batch)
+        })
+        .buffered(IN_FLIGHT);
+    while let Some(batch) = deliveries.try_next().await? {
         published(batch);
     }
     Ok(())

@@ -84,6 +84,12 @@ fn memory_per_open_site() {
         .into_iter()
         .filter(|i| i.key.channel != 6)
         .take(SITES * 5)
+        // Each with texts of its own, as decoding gives them.
+        .map(|i| ChannelImage {
+            cell_type: Arc::from(&*i.cell_type),
+            plate_barcode: Arc::from(&*i.plate_barcode),
+            ..i
+        })
         .collect();
     let mut out = Vec::new();
     let mut aggregator = Aggregator::<SiteLevel>::new(AggregatorConfig::default());

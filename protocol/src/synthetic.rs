@@ -53,7 +53,8 @@ fn barcode(experiment: &ExperimentId, plate: u32) -> String {
 /// Every channel image of the layout, plate by plate, in imaging order.
 pub fn images(layout: &ExperimentLayout, cell_type: &str) -> Vec<ChannelImage> {
     let mut out = Vec::with_capacity(layout.image_count() as usize);
-    // Shared, as a decoder shares them: every image of a plate carries the same ones.
+    // Shared: every image of a plate carries the same ones (decoded images each have
+    // their own copies; an aggregator keeps one of each).
     let cell_type: Arc<str> = Arc::from(cell_type);
     for plate in &layout.plates {
         let plate_barcode: Arc<str> = Arc::from(

@@ -6,7 +6,7 @@ use wellspring_protocol::{
     SiteRecord, WellId, WellKey, WellRecord,
 };
 
-use super::Level;
+use super::{Level, Locations};
 
 fn well_in_layout(layout: &ExperimentLayout, plate: u32, well: WellId) -> Result<(), String> {
     let plate_layout = layout.plate(plate).ok_or_else(|| {
@@ -34,6 +34,7 @@ impl Level for SiteLevel {
     type Key = SiteKey;
     type Input = ChannelImage;
     type Child = String;
+    type Children = Locations;
     type Output = SiteRecord;
 
     fn key(input: &ChannelImage) -> SiteKey {
@@ -105,6 +106,7 @@ impl Level for WellLevel {
     type Key = WellKey;
     type Input = SiteRecord;
     type Child = Vec<ChannelRef>;
+    type Children = Vec<(u32, Self::Child)>;
     type Output = WellRecord;
 
     fn key(input: &SiteRecord) -> WellKey {
@@ -165,6 +167,7 @@ impl Level for PlateLevel {
     type Input = WellRecord;
     /// Sites and images of the well.
     type Child = (u16, u64);
+    type Children = Vec<(u32, Self::Child)>;
     type Output = PlateRecord;
 
     fn key(input: &WellRecord) -> PlateKey {
@@ -251,6 +254,7 @@ impl Level for ExperimentLevel {
     type Input = PlateRecord;
     /// Barcode, wells and images of the plate.
     type Child = (String, u32, u64);
+    type Children = Vec<(u32, Self::Child)>;
     type Output = ExperimentRecord;
 
     fn key(input: &PlateRecord) -> ExperimentId {

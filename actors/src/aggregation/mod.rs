@@ -12,6 +12,7 @@
 //! The aggregator is plain synchronous data (no actors, no I/O) so that it can be tested
 //! exhaustively and benchmarked on its own; the grouping stage drives it.
 
+mod children;
 mod hierarchy;
 mod levels;
 
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use wellspring_protocol::records::Provenance;
 use wellspring_protocol::{ExperimentId, ExperimentLayout, IncompleteRecord, wire};
 
+pub use children::{Children, Insert, Locations};
 pub use hierarchy::{Hierarchy, LevelOutput};
 pub use levels::{ExperimentLevel, PlateLevel, SiteLevel, WellLevel};
 
@@ -51,6 +53,8 @@ pub trait Level: 'static {
     type Key: Clone + Eq + Hash + Ord + fmt::Display + FromStr;
     type Input;
     type Child: Clone + PartialEq + Serialize + DeserializeOwned;
+    /// How an open aggregate keeps its children.
+    type Children: Children<Self::Child>;
     type Output;
 
     fn key(input: &Self::Input) -> Self::Key;
@@ -130,16 +134,15 @@ pub enum Emitted<K, O> {
     },
 }
 
-struct Open<C> {
+struct Open<S> {
     provenance: Provenance,
-    /// Sorted by child id.
-    children: Vec<(u32, C)>,
+    children: S,
     opened_ms: i64,
+    /// Children that complete it, once the layout is known.
+    expected: Option<u32>,
     reported_incomplete: bool,
     /// Already listed as dirty: the hot path then skips listing it again.
     dirty: bool,
-    /// Children that complete it, once the layout is known.
-    expected: Option<usize>,
 }
 
 /// An aggregate's state as written to the changelog.
@@ -179,7 +182,7 @@ impl Default for AggregatorConfig {
 pub struct Aggregator<L: Level> {
     config: AggregatorConfig,
     /// Never shares a key with `closed`: a key opens only when it is not closed.
-    open: FxHashMap<L::Key, Open<L::Child>>,
+    open: FxHashMap<L::Key, Open<L::Children>>,
     /// When each emitted aggregate closed, by key: what makes it emitted once. (Re-runs
     /// of an experiment will add a generation to the key here.)
     closed: FxHashMap<L::Key, i64>,
@@ -189,6 +192,36 @@ pub struct Aggregator<L: Level> {
     /// push is cheaper than a set insert on the hot path; repeats are dropped there).
     dirty: Vec<L::Key>,
     next_scan_ms: i64,
+    /// The cell types and plate barcodes of open aggregates, each text once: every input
+    /// decoded carries its own copy, and an open site would keep its first image's.
+    texts: SharedTexts,
+}
+
+/// Texts shared by the aggregates that hold them. Bounded: past [`SharedTexts::MAX`]
+/// texts it starts again (what aggregates hold stays valid; new ones share anew).
+#[derive(Default)]
+struct SharedTexts(rustc_hash::FxHashSet<Arc<str>>);
+
+impl SharedTexts {
+    const MAX: usize = 4096;
+
+    fn share(&mut self, text: Arc<str>) -> Arc<str> {
+        if let Some(shared) = self.0.get(&*text) {
+            return shared.clone();
+        }
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        self.0.insert(text.clone());
+        text
+    }
+
+    fn provenance(&mut self, provenance: Provenance) -> Provenance {
+        Provenance {
+            cell_type: self.share(provenance.cell_type),
+            plate_barcode: self.share(provenance.plate_barcode),
+        }
+    }
 }
 
 impl<L: Level> Aggregator<L> {
@@ -200,6 +233,7 @@ impl<L: Level> Aggregator<L> {
             awaiting_layout: FxHashMap::default(),
             dirty: Vec::new(),
             next_scan_ms: i64::MIN,
+            texts: SharedTexts::default(),
         }
     }
 
@@ -249,7 +283,7 @@ impl<L: Level> Aggregator<L> {
                 // Whether the aggregate itself is in the layout is checked once, when it opens.
                 let expected = match layout {
                     Some(layout) => {
-                        Some(L::expected(layout, &key).map_err(Rejection::NotInLayout)?)
+                        Some(L::expected(layout, &key).map_err(Rejection::NotInLayout)? as u32)
                     }
                     None => {
                         self.awaiting_layout
@@ -260,8 +294,8 @@ impl<L: Level> Aggregator<L> {
                     }
                 };
                 self.open.entry(key.clone()).or_insert(Open {
-                    provenance,
-                    children: Vec::with_capacity(expected.unwrap_or(4)),
+                    provenance: self.texts.provenance(provenance),
+                    children: L::Children::with_capacity(expected.unwrap_or(4) as usize),
                     opened_ms: now_ms,
                     reported_incomplete: false,
                     dirty: false,
@@ -269,17 +303,20 @@ impl<L: Level> Aggregator<L> {
                 })
             }
         };
-        match open.children.binary_search_by_key(&child, |(id, _)| *id) {
-            Ok(i) if open.children[i].1 == payload => return Ok(Ingested::Duplicate),
-            Ok(_) => {
+        match open.children.insert(child, payload) {
+            Insert::Same => return Ok(Ingested::Duplicate),
+            Insert::Different => {
                 return Err(Rejection::Conflict(format!(
                     "{} arrived twice with different contents; the first is kept",
                     L::describe(&key, child)
                 )));
             }
-            Err(i) => open.children.insert(i, (child, payload)),
+            Insert::Added => {}
         }
-        if open.expected.is_some_and(|n| open.children.len() >= n) {
+        if open
+            .expected
+            .is_some_and(|n| open.children.len() >= n as usize)
+        {
             self.close(key, now_ms, out);
             return Ok(Ingested::Completed);
         }
@@ -301,7 +338,7 @@ impl<L: Level> Aggregator<L> {
             "the {} aggregate {key} is emitted twice: it closed at {closed_before:?} ms and again at {now_ms} ms",
             L::NAME
         );
-        let output = L::build(&key, open.provenance, open.children);
+        let output = L::build(&key, open.provenance, open.children.to_sorted());
         out.push(Emitted::Complete {
             key: key.clone(),
             output,
@@ -345,10 +382,10 @@ impl<L: Level> Aggregator<L> {
             };
             let before = open.children.len();
             let mut rejected = Vec::new();
-            open.children.retain(|(child, _)| {
-                let keep = L::is_expected(&layout, &key, *child);
+            open.children.retain(|child| {
+                let keep = L::is_expected(&layout, &key, child);
                 if !keep {
-                    rejected.push(*child);
+                    rejected.push(child);
                 }
                 keep
             });
@@ -362,7 +399,7 @@ impl<L: Level> Aggregator<L> {
                     ),
                 });
             }
-            open.expected = Some(expected);
+            open.expected = Some(expected as u32);
             let complete = open.children.len() >= expected;
             if open.children.len() != before || complete {
                 self.dirty.push(key.clone());
@@ -412,11 +449,7 @@ impl<L: Level> Aggregator<L> {
                     Some(layout) => {
                         let missing: Vec<String> = L::expected_children(layout, &key)
                             .into_iter()
-                            .filter(|c| {
-                                open.children
-                                    .binary_search_by_key(c, |(id, _)| *id)
-                                    .is_err()
-                            })
+                            .filter(|c| !open.children.contains(*c))
                             .map(|c| L::describe(&key, c))
                             .collect();
                         (L::expected(layout, &key).ok().map(|n| n as u32), missing)
@@ -464,7 +497,7 @@ impl<L: Level> Aggregator<L> {
                     Some(wire::encode(&StateEntry::Open {
                         cell_type: open.provenance.cell_type.to_string(),
                         plate_barcode: open.provenance.plate_barcode.to_string(),
-                        children: open.children.clone(),
+                        children: open.children.to_sorted(),
                         opened_ms: open.opened_ms,
                         reported_incomplete: open.reported_incomplete,
                     }))
@@ -507,11 +540,11 @@ impl<L: Level> Aggregator<L> {
                 self.open.insert(
                     key,
                     Open {
-                        provenance: Provenance {
+                        provenance: self.texts.provenance(Provenance {
                             cell_type: Arc::from(cell_type),
                             plate_barcode: Arc::from(plate_barcode),
-                        },
-                        children,
+                        }),
+                        children: L::Children::from_sorted(children),
                         opened_ms,
                         reported_incomplete,
                         dirty: false,

@@ -133,6 +133,11 @@ pub mod names {
     pub const REBALANCES: &str = "rebalances";
     /// Histogram per stage: shard restores.
     pub const RESTORE_DURATION: &str = "restore_duration_seconds";
+    /// Histograms per stage, one of each per cycle: where a record's time in a stage
+    /// goes (waiting for records, its shards at work, the commit that makes it visible).
+    pub const STAGE_POLL: &str = "stage_poll_seconds";
+    pub const STAGE_PROCESS: &str = "stage_process_seconds";
+    pub const STAGE_COMMIT: &str = "stage_commit_seconds";
     /// Gauge per stage: partitions owned here.
     pub const SHARDS: &str = "shards";
     /// Gauge per stage: owned partitions whose shard is restoring its state now.
@@ -169,6 +174,15 @@ pub mod names {
             }
             "restore_duration_seconds" => {
                 "Time to restore a shard from its changelog before it runs"
+            }
+            "stage_poll_seconds" => {
+                "A stage's poll of its consumer, each cycle: waiting for records (rebalances and restores inside it included)"
+            }
+            "stage_process_seconds" => {
+                "A stage's shards at work on one cycle's records (or timers), each cycle"
+            }
+            "stage_commit_seconds" => {
+                "A stage's commit of one cycle (outputs, changelog entries, offsets), each cycle that had something to commit"
             }
             "shards" => "Partitions of a stage this node owns",
             "shards_restoring" => {
@@ -210,6 +224,10 @@ pub struct OwnedShards {
     pub rebalances: Counter,
     /// Time to restore a shard (changelog replay included) before it runs.
     pub restores: Histogram,
+    /// Each cycle's poll, processing and commit.
+    pub polls: Histogram,
+    pub processing: Histogram,
+    pub commits: Histogram,
     /// Restores so far, and the time they took in all (for the shards API).
     restore_totals: Arc<Mutex<(u64, Duration)>>,
 }
@@ -459,6 +477,9 @@ impl Metrics {
         let owned = OwnedShards {
             rebalances: self.counter(dag, node, names::REBALANCES),
             restores: self.histogram(dag, node, names::RESTORE_DURATION),
+            polls: self.histogram(dag, node, names::STAGE_POLL),
+            processing: self.histogram(dag, node, names::STAGE_PROCESS),
+            commits: self.histogram(dag, node, names::STAGE_COMMIT),
             ..OwnedShards::default()
         };
         self.inner

@@ -173,11 +173,14 @@ impl StageLoop {
                 .min(at.saturating_duration_since(Instant::now())),
             None => settings.max_wait,
         };
+        let polling = Instant::now();
         let records = self
             .consumer
             .poll(&mut self.shards, settings.max_records, wait)
             .await
             .map_err(StageError::Poll)?;
+        self.shards.owned.polls.observe(polling.elapsed());
+        let processing = Instant::now();
         if let Some(why) = self.shards.escalation.take() {
             return Err(why);
         }
@@ -260,6 +263,7 @@ impl StageLoop {
                 self.shards.to_commit(&tp, offset, &mut batch);
             }
         }
+        self.shards.owned.processing.observe(processing.elapsed());
         if let Some(why) = self.shards.escalation.take() {
             return Err(why);
         }
@@ -270,7 +274,9 @@ impl StageLoop {
             return Ok(());
         }
         let offsets: Vec<(TopicPartition, Offset)> = batch.offsets.clone();
+        let committing = Instant::now();
         let result = self.consumer.commit(batch).await;
+        self.shards.owned.commits.observe(committing.elapsed());
         if result.is_ok() {
             self.shards.committed(&offsets);
         }

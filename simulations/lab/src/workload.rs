@@ -199,13 +199,14 @@ pub async fn publish(
     mut published: impl FnMut(&[Message]),
 ) -> Result<(), LogError> {
     use futures::{StreamExt as _, TryStreamExt as _};
-    const BATCH: usize = 256;
     let start = tokio::time::Instant::now();
     let rate = rate.filter(|r| *r > 0.0);
-    let mut deliveries = futures::stream::iter(messages.chunks(BATCH).enumerate())
+    // At a rate, a batch every 10 ms: a steady stream rather than bursts.
+    let size = rate.map_or(256, |r| ((r / 100.0) as usize).clamp(1, 256));
+    let mut deliveries = futures::stream::iter(messages.chunks(size).enumerate())
         .map(|(i, batch)| async move {
             if let Some(rate) = rate {
-                let due = start + Duration::from_secs_f64((i * BATCH) as f64 / rate);
+                let due = start + Duration::from_secs_f64((i * size) as f64 / rate);
                 tokio::time::sleep_until(due).await;
             }
             let records = batch

@@ -227,6 +227,25 @@ fn metrics_after_a_small_run_have_the_values_of_that_run() {
         )),
         2.0
     );
+    // Each cycle of a stage is timed: its poll, its processing, and (when it had
+    // something to commit) its commit; the site stage committed the site's images.
+    let cycles = v(&format!(
+        "wellspring_stage_poll_seconds_count{{{}}}",
+        at("site")
+    ));
+    let processed = v(&format!(
+        "wellspring_stage_process_seconds_count{{{}}}",
+        at("site")
+    ));
+    let commits = v(&format!(
+        "wellspring_stage_commit_seconds_count{{{}}}",
+        at("site")
+    ));
+    assert!(commits >= 1.0, "the site stage committed: {commits}");
+    assert!(
+        processed <= cycles && commits <= processed,
+        "cycles {cycles}, processed {processed}, commits {commits}"
+    );
     // The task store: one task waiting, one leased.
     assert_eq!(
         v("wellspring_task_group_tasks{group=\"plates\",status=\"available\"}"),

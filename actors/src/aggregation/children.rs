@@ -31,8 +31,12 @@ pub trait Children<C>: Sized {
     fn insert(&mut self, id: u32, child: C) -> Insert;
     /// Keeps the children whose id `keep` approves.
     fn retain(&mut self, keep: impl FnMut(u32) -> bool);
-    /// The children sorted by id (a changelog entry, an output).
+    /// The children sorted by id (a changelog entry).
     fn to_sorted(&self) -> Vec<(u32, C)>;
+    /// The children sorted by id, taken (an output).
+    fn into_sorted(self) -> Vec<(u32, C)> {
+        self.to_sorted()
+    }
 }
 
 impl<C: Clone + PartialEq> Children<C> for Vec<(u32, C)> {
@@ -70,6 +74,10 @@ impl<C: Clone + PartialEq> Children<C> for Vec<(u32, C)> {
     fn to_sorted(&self) -> Vec<(u32, C)> {
         self.clone()
     }
+
+    fn into_sorted(self) -> Vec<(u32, C)> {
+        self
+    }
 }
 
 /// Texts by id in one buffer: the part they all begin with once, then each id with the
@@ -83,19 +91,25 @@ impl<C: Clone + PartialEq> Children<C> for Vec<(u32, C)> {
 pub struct Locations(Box<[u8]>);
 
 impl Locations {
-    /// The prefix and each `(id, rest)`, read from the buffer.
-    fn parts(&self) -> (&[u8], Vec<(u32, &[u8])>) {
+    /// The prefix, and a reader at the first entry.
+    fn head(&self) -> (usize, &[u8], Reader<'_>) {
         let mut reader = Reader(&self.0);
         let count = reader.varint() as usize;
         let prefix_len = reader.varint() as usize;
         let prefix = reader.bytes(prefix_len);
-        let mut entries = Vec::with_capacity(count + 1);
-        for _ in 0..count {
+        (count, prefix, reader)
+    }
+
+    /// Each `(id, rest, where its entry starts in the buffer)`, in id order.
+    fn entries(&self) -> impl Iterator<Item = (u32, &[u8], usize)> + '_ {
+        let (count, _, mut reader) = self.head();
+        let total = self.0.len();
+        (0..count).map(move |_| {
+            let at = total - reader.0.len();
             let id = reader.varint() as u32;
             let len = reader.varint() as usize;
-            entries.push((id, reader.bytes(len)));
-        }
-        (prefix, entries)
+            (id, reader.bytes(len), at)
+        })
     }
 
     /// A buffer of `entries` (sorted by id), each text the prefix and its own part.
@@ -140,24 +154,49 @@ impl Children<String> for Locations {
     }
 
     fn contains(&self, id: u32) -> bool {
-        self.parts().1.iter().any(|(i, _)| *i == id)
+        self.entries().any(|(i, _, _)| i == id)
     }
 
     fn insert(&mut self, id: u32, child: String) -> Insert {
         let text = child.as_bytes();
-        let (prefix, entries) = self.parts();
-        if let Some((_, rest)) = entries.iter().find(|(i, _)| *i == id) {
-            let same = text.len() == prefix.len() + rest.len()
-                && text.starts_with(prefix)
-                && text.ends_with(rest);
-            return if same {
-                Insert::Same
-            } else {
-                Insert::Different
-            };
+        let (count, prefix, _) = self.head();
+        // Where the new entry goes: before the first with a greater id.
+        let mut before = None;
+        for (i, rest, at) in self.entries() {
+            if i == id {
+                let same = text.len() == prefix.len() + rest.len()
+                    && text.starts_with(prefix)
+                    && text.ends_with(rest);
+                return if same {
+                    Insert::Same
+                } else {
+                    Insert::Different
+                };
+            }
+            if i > id {
+                before = Some(at);
+                break;
+            }
         }
-        // The new prefix: what the old one and the new text share (all of the text, for
-        // the first child).
+        // The common case, once a site has a channel: the text begins with the prefix, so
+        // the entry is spliced in and the count (one byte below 127) goes up.
+        if count > 0 && count < 127 && text.starts_with(prefix) {
+            let rest = &text[prefix.len()..];
+            let mut entry = Vec::with_capacity(10 + rest.len());
+            write_varint(&mut entry, u64::from(id));
+            write_varint(&mut entry, rest.len() as u64);
+            entry.extend_from_slice(rest);
+            let at = before.unwrap_or(self.0.len());
+            let mut bytes = Vec::from(std::mem::take(&mut self.0));
+            bytes.reserve_exact(entry.len());
+            bytes[0] += 1;
+            bytes.splice(at..at, entry);
+            self.0 = bytes.into_boxed_slice();
+            return Insert::Added;
+        }
+        // The first child (its whole text is the prefix), or a text that shares less of
+        // the prefix: the common part shrinks, and every entry keeps what it loses.
+        let entries: Vec<(u32, &[u8])> = self.entries().map(|(i, rest, _)| (i, rest)).collect();
         let shared = if entries.is_empty() {
             text.len()
         } else {
@@ -172,15 +211,18 @@ impl Children<String> for Locations {
             .map(|(i, rest)| (*i, moved, *rest))
             .chain(std::iter::once((id, rest_of_new, &[][..])))
             .chain(entries[at..].iter().map(|(i, rest)| (*i, moved, *rest)));
-        let count = entries.len() + 1;
-        let built = Self::build(new_prefix, Exact(merged, count));
+        let built = Self::build(new_prefix, Exact(merged, entries.len() + 1));
         *self = built;
         Insert::Added
     }
 
     fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) {
-        let (prefix, entries) = self.parts();
-        let kept: Vec<(u32, &[u8])> = entries.into_iter().filter(|(id, _)| keep(*id)).collect();
+        let (_, prefix, _) = self.head();
+        let kept: Vec<(u32, &[u8])> = self
+            .entries()
+            .filter(|(id, _, _)| keep(*id))
+            .map(|(id, rest, _)| (id, rest))
+            .collect();
         let count = kept.len();
         *self = if count == 0 {
             Self::default()
@@ -196,18 +238,19 @@ impl Children<String> for Locations {
     }
 
     fn to_sorted(&self) -> Vec<(u32, String)> {
-        let (prefix, entries) = self.parts();
-        entries
-            .into_iter()
-            .map(|(id, rest)| {
-                let mut text = Vec::with_capacity(prefix.len() + rest.len());
-                text.extend_from_slice(prefix);
-                text.extend_from_slice(rest);
-                // The bytes of a text that was whole UTF-8: split and joined again at the
-                // same place, they are that text.
-                (id, String::from_utf8_lossy(&text).into_owned())
-            })
-            .collect()
+        let (count, prefix, _) = self.head();
+        let mut out = Vec::with_capacity(count);
+        for (id, rest, _) in self.entries() {
+            let mut text = Vec::with_capacity(prefix.len() + rest.len());
+            text.extend_from_slice(prefix);
+            text.extend_from_slice(rest);
+            // The bytes of a text that was whole UTF-8: split and joined again at the same
+            // place, they are that text.
+            let text = String::from_utf8(text)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            out.push((id, text));
+        }
+        out
     }
 }
 

@@ -338,7 +338,7 @@ impl<L: Level> Aggregator<L> {
             "the {} aggregate {key} is emitted twice: it closed at {closed_before:?} ms and again at {now_ms} ms",
             L::NAME
         );
-        let output = L::build(&key, open.provenance, open.children.to_sorted());
+        let output = L::build(&key, open.provenance, open.children.into_sorted());
         out.push(Emitted::Complete {
             key: key.clone(),
             output,

@@ -31,6 +31,29 @@ const METADATA: &str = "experiment_metadata";
 /// The site grouping's output topic in the reference DAG.
 const SITES: &str = "images_site";
 
+/// Builds the experiment of `config` and publishes its layout first, so that checkers
+/// know what to expect from the start; returns the producer, the records to publish
+/// after it, and how many of them are channel images.
+async fn layout_published(
+    log: &KafkaLog,
+    config: &WorkloadConfig,
+) -> (Box<dyn wellspring_log::Producer>, Vec<Message>, usize) {
+    let workload = Workload::build(config).expect("workload");
+    let image_count = workload.image_count();
+    let producer = log.producer().expect("producer");
+    let layout = Message::Metadata(workload.layout.clone());
+    producer
+        .send(vec![record(&layout, IMAGES, METADATA)])
+        .await
+        .expect("layout published");
+    let images = workload
+        .messages
+        .into_iter()
+        .filter(|m| !matches!(m, Message::Metadata(_)))
+        .collect();
+    (producer, images, image_count)
+}
+
 /// Publishes one experiment and waits until every output is there exactly once;
 /// returns the images sent and the time from the first image to the last output.
 async fn run_experiment(
@@ -38,20 +61,7 @@ async fn run_experiment(
     dag: &wellspring_protocol::Dag,
     config: &WorkloadConfig,
 ) -> (usize, Duration, Duration) {
-    let workload = Workload::build(config).expect("workload");
-    let producer = log.producer().expect("producer");
-    // The layout first, so the checker knows what to expect from the start.
-    let layout = Message::Metadata(workload.layout.clone());
-    producer
-        .send(vec![record(&layout, IMAGES, METADATA)])
-        .await
-        .expect("layout published");
-    let images: Vec<Message> = workload
-        .messages
-        .iter()
-        .filter(|m| !matches!(m, Message::Metadata(_)))
-        .cloned()
-        .collect();
+    let (producer, images, image_count) = layout_published(log, config).await;
     let options = VerifyOptions {
         wait: Duration::from_secs(600),
         ..VerifyOptions::for_dag(dag, &config.experiment)
@@ -68,7 +78,7 @@ async fn run_experiment(
     let elapsed = started.elapsed();
     let verdict = verdict.expect("outputs readable");
     assert!(verdict.ok(), "{}", verdict.render());
-    (workload.image_count(), published_in, elapsed)
+    (image_count, published_in, elapsed)
 }
 
 /// What the latency run measured.
@@ -98,20 +108,8 @@ async fn site_latency(log: &KafkaLog, plates: u32, rate: f64) -> Latency {
         duplicates: 0.0,
         ..WorkloadConfig::default()
     };
-    let workload = Workload::build(&config).expect("workload");
-    let producer = log.producer().expect("producer");
-    let layout = Message::Metadata(workload.layout.clone());
-    producer
-        .send(vec![record(&layout, IMAGES, METADATA)])
-        .await
-        .expect("layout published");
-    let images: Vec<Message> = workload
-        .messages
-        .iter()
-        .filter(|m| matches!(m, Message::Image(_)))
-        .cloned()
-        .collect();
-    let expected = images.len() / usize::from(config.channels);
+    let (producer, images, image_count) = layout_published(log, &config).await;
+    let expected = image_count / usize::from(config.channels);
     // Follow the sites' output from where it ends now.
     let partitions = log.partitions(SITES).await.expect("the sites' topic");
     let mut from = Vec::new();
@@ -177,7 +175,7 @@ async fn site_latency(log: &KafkaLog, plates: u32, rate: f64) -> Latency {
         sites,
         expected,
         drain: last.saturating_duration_since(published_at),
-        published_rate: images.len() as f64 / published_at.duration_since(started).as_secs_f64(),
+        published_rate: image_count as f64 / published_at.duration_since(started).as_secs_f64(),
     }
 }
 

@@ -46,6 +46,7 @@ async fn check_topic(
     )
     .await?
     .pop()
+    .flatten()
     .unwrap_or_else(|| ("delete".into(), false));
     if compacted != (spec.cleanup == Cleanup::Compact) {
         return Err(LogError::TopicMismatch {
@@ -55,6 +56,10 @@ async fn check_topic(
             fix: "a changelog must be compacted and a stream must not be: change the topic's cleanup.policy".into(),
         });
     }
+    connection
+        .compacted
+        .lock()
+        .insert(spec.name.clone(), compacted);
     Ok(())
 }
 
@@ -103,16 +108,53 @@ async fn create_topic(connection: &Arc<Connection>, spec: &TopicSpec) -> Result<
         .partitions
         .lock()
         .insert(spec.name.clone(), spec.partitions);
+    connection
+        .compacted
+        .lock()
+        .insert(spec.name.clone(), spec.cleanup == Cleanup::Compact);
     Ok(())
 }
 
-/// Each topic's `cleanup.policy` (Kafka's default, `delete`, when not reported) and
-/// whether it compacts, in the order asked.
-pub(super) async fn cleanup_policies(
+/// Whether each topic compacts, in the order asked: as remembered, else asked of the
+/// brokers (and remembered). A topic the brokers do not describe (not created yet) is
+/// taken as not compacted, and asked again next time.
+pub(super) async fn compacted(
     connection: &Connection,
     topics: &[&str],
     timeout: Duration,
-) -> Result<Vec<(String, bool)>, LogError> {
+) -> Result<Vec<bool>, LogError> {
+    let unknown: Vec<&str> = {
+        let known = connection.compacted.lock();
+        topics
+            .iter()
+            .copied()
+            .filter(|t| !known.contains_key(*t))
+            .collect()
+    };
+    if !unknown.is_empty() {
+        let policies = cleanup_policies(connection, &unknown, timeout).await?;
+        let mut known = connection.compacted.lock();
+        for (topic, policy) in unknown.iter().zip(policies) {
+            if let Some((_, compacted)) = policy {
+                known.insert((*topic).to_owned(), compacted);
+            }
+        }
+    }
+    let known = connection.compacted.lock();
+    Ok(topics
+        .iter()
+        .map(|t| known.get(*t).copied().unwrap_or(false))
+        .collect())
+}
+
+/// Each topic's `cleanup.policy` (Kafka's default, `delete`, when not reported) and
+/// whether it compacts, in the order asked; `None` for a topic the brokers did not
+/// describe.
+async fn cleanup_policies(
+    connection: &Connection,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<Vec<Option<(String, bool)>>, LogError> {
     let resources: Vec<ResourceSpecifier<'_>> =
         topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
     let configs = connection
@@ -127,14 +169,14 @@ pub(super) async fn cleanup_policies(
         .into_iter()
         .map(|config| {
             let policy = config
-                .ok()
+                .ok()?
+                .entries
                 .into_iter()
-                .flat_map(|c| c.entries)
                 .find(|e| e.name == "cleanup.policy")
                 .and_then(|e| e.value)
                 .unwrap_or_else(|| "delete".into());
             let compacted = policy.split(',').any(|p| p.trim() == "compact");
-            (policy, compacted)
+            Some((policy, compacted))
         })
         .collect())
 }

@@ -1,7 +1,7 @@
 //! The clients a `KafkaLog` and its consumers share, and what they remember between
 //! calls: an admin client for topics, a `read_committed` consumer for metadata and
-//! watermarks, the plain (idempotent) producer, the partition counts seen, and the
-//! consumer groups this log's static members joined.
+//! watermarks, the plain (idempotent) producer, the partition counts and cleanup
+//! policies seen, and the consumer groups this log's static members joined.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -27,6 +27,9 @@ pub(super) struct Connection {
     pub producer: FutureProducer,
     /// Partition counts by topic, as created or first looked up.
     pub partitions: Mutex<HashMap<String, u32>>,
+    /// Whether each topic compacts, as created, checked or first asked (consumers read
+    /// again only the holes of topics that do not).
+    pub compacted: Mutex<HashMap<String, bool>>,
     pub clock: Arc<dyn Clock>,
     /// The groups this log's static members joined (to evict a lost peer from them).
     pub static_groups: Mutex<BTreeMap<String, StaticGroup>>,
@@ -57,6 +60,7 @@ impl Connection {
             meta,
             producer,
             partitions: Mutex::new(HashMap::new()),
+            compacted: Mutex::new(HashMap::new()),
             clock: Arc::new(SystemClock),
             static_groups: Mutex::new(BTreeMap::new()),
         })

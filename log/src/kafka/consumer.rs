@@ -223,11 +223,11 @@ impl KafkaConsumer {
         };
         let asked: Vec<&str> = topics.iter().map(String::as_str).collect();
         let timeout = self.connection.settings.timeout.min(DESCRIBE_TIMEOUT);
-        let dense = match admin::cleanup_policies(&self.connection, &asked, timeout).await {
-            Ok(policies) => topics
+        let dense = match admin::compacted(&self.connection, &asked, timeout).await {
+            Ok(compacted) => topics
                 .iter()
-                .zip(policies)
-                .filter(|(_, (_, compacted))| !compacted)
+                .zip(compacted)
+                .filter(|(_, compacted)| !compacted)
                 .map(|(topic, _)| Arc::from(topic.as_str()))
                 .collect(),
             Err(e) => {

@@ -80,27 +80,17 @@ impl Continuity {
             return Verdict::Take;
         }
         let from = *next;
-        let hole = self
-            .holes
-            .entry(partition.clone())
-            .and_modify(|hole| {
-                if hole.from == from && hole.to == offset {
-                    hole.rereads += 1;
-                } else {
-                    *hole = Hole {
-                        from,
-                        to: offset,
-                        rereads: 1,
-                        since: now,
-                    };
-                }
-            })
-            .or_insert(Hole {
-                from,
-                to: offset,
-                rereads: 1,
-                since: now,
-            });
+        let fresh = Hole {
+            from,
+            to: offset,
+            rereads: 0,
+            since: now,
+        };
+        let hole = self.holes.entry(partition.clone()).or_insert(fresh);
+        if (hole.from, hole.to) != (from, offset) {
+            *hole = fresh;
+        }
+        hole.rereads += 1;
         if hole.rereads > HOLE_REREADS && now.duration_since(hole.since) >= HOLE_PATIENCE {
             self.holes.remove(partition);
             *next = offset + 1;

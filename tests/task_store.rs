@@ -905,14 +905,14 @@ graph:
     node.stop().unwrap();
 }
 
-#[tokio::test]
-async fn the_python_worker_example_claims_extends_and_reports() {
+/// Runs the Python worker example with `args` on three tasks: one that outlives its
+/// lease unless the worker extends it, one that succeeds quickly, one that fails. Returns
+/// the worker's output.
+async fn python_worker_works_off_three_tasks(args: &[&str]) -> String {
     let log = EmbeddedLog::new();
     let node = node(&log, "n0", None);
     let api = Api::new(&node);
     api.group("py", json!({"retry": {"max-attempts": 1}})).await;
-    // A task that outlives its lease unless the worker extends it, one that succeeds
-    // quickly, and one that fails.
     let slow = api.ready_post("/tasks", json!({"cmd": ["python3", "-c", "import time; time.sleep(2.5); print('slow done')"], "group": "py"})).await.1;
     let quick = api
         .ready_post(
@@ -934,6 +934,7 @@ async fn the_python_worker_example_claims_extends_and_reports() {
             "--client-id",
             "py-worker",
         ])
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .await
@@ -975,6 +976,22 @@ async fn the_python_worker_example_claims_extends_and_reports() {
         "{bad}"
     );
     node.stop().unwrap();
+    String::from_utf8_lossy(&worker.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_python_worker_example_claims_extends_and_reports() {
+    let output = python_worker_works_off_three_tasks(&["--no-batch"]).await;
+    assert!(!output.contains("batch"), "{output}");
+}
+
+#[tokio::test]
+async fn the_python_worker_example_uses_the_batch_calls_the_server_offers() {
+    let output = python_worker_works_off_three_tasks(&["--parallel", "3"]).await;
+    assert!(
+        output.contains("claimed 3 task(s) in one batch call"),
+        "{output}"
+    );
 }
 
 #[tokio::test]
@@ -1077,4 +1094,166 @@ async fn two_nodes_share_the_shards_and_either_answers_any_call() {
     assert_eq!(listed.as_array().map(Vec::len), Some(40));
     a.stop().unwrap();
     b.stop().unwrap();
+}
+
+#[tokio::test]
+async fn batch_calls_submit_claim_and_report_many_each_answered_as_its_single_call() {
+    let log = EmbeddedLog::new();
+    let first = node(&log, "n0", Some("s3cret"));
+    let mut api = Api::new(&first);
+    assert_eq!(
+        api.post("/tasks/batch/claim", json!({})).await.0,
+        401,
+        "batch calls need the token too"
+    );
+    api.token = Some("s3cret".into());
+    api.group("g", json!({})).await;
+
+    // Submissions: one result per task, in order, each with the status of POST /tasks.
+    let tasks: Vec<Value> = (0..30)
+        .map(|i| json!({"cmd": ["run", format!("job-{i}")], "group": "g", "idempotency-key": format!("k-{i}")}))
+        .chain([json!({"cmd": ["run"], "group": "nowhere"}), json!({"cmd": [], "group": "g"})])
+        .collect();
+    let (status, answer) = api
+        .ready_post("/tasks/batch/submit", json!({"tasks": tasks}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 32);
+    assert!(
+        results[..30]
+            .iter()
+            .all(|r| r["status"] == 201 && r["created"] == true && r["version"] == 0),
+        "{answer}"
+    );
+    assert_eq!(results[30]["status"], 404, "{answer}");
+    assert!(results[30]["error"].as_str().unwrap().contains("nowhere"));
+    assert_eq!(results[31]["status"], 400, "{answer}");
+    // The same keys again: the tasks already there, not new ones.
+    let (_, again) = api
+        .post("/tasks/batch/submit", json!({"tasks": tasks[..3]}))
+        .await;
+    for (new, old) in again["results"].as_array().unwrap().iter().zip(results) {
+        assert_eq!(
+            (new["status"].clone(), &new["id"]),
+            (json!(200), &old["id"])
+        );
+    }
+
+    // Claims: up to the limit, in queue order, never a task twice.
+    let (status, claimed) = api
+        .post(
+            "/tasks/batch/claim",
+            json!({"groups": ["g"], "client-id": "w", "duration": 60_000, "limit": 20}),
+        )
+        .await;
+    assert_eq!(status, 200, "{claimed}");
+    let first_claim = claimed["tasks"].as_array().unwrap().clone();
+    assert_eq!(first_claim.len(), 20);
+    assert!(
+        first_claim
+            .iter()
+            .all(|t| t["status"] == "leased" && t["version"] == 1)
+    );
+    let (_, rest) = api
+        .post(
+            "/tasks/batch/claim",
+            json!({"groups": ["g"], "client-id": "w", "duration": 60_000, "limit": 1000}),
+        )
+        .await;
+    let rest = rest["tasks"].as_array().unwrap().clone();
+    assert_eq!(rest.len(), 10, "what was left");
+    let leased: BTreeSet<&str> = first_claim
+        .iter()
+        .chain(&rest)
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(leased.len(), 30, "each task leased once");
+    let (status, none) = api
+        .post(
+            "/tasks/batch/claim",
+            json!({"groups": ["g"], "client-id": "w", "duration": 60_000, "limit": 5}),
+        )
+        .await;
+    assert_eq!((status, none), (200, json!({"tasks": []})));
+
+    // Reports: successes then failures, each answered as its single call; a stale one
+    // is a 409 in its place, not a failed batch.
+    let report = |t: &Value| json!({"client-id": "w", "id": t["id"], "version": t["version"]});
+    let succeeded: Vec<Value> = first_claim.iter().map(report).collect();
+    let failed: Vec<Value> = rest
+        .iter()
+        .map(|t| json!({"client-id": "w", "id": t["id"], "version": t["version"], "error": "boom"}))
+        .collect();
+    let stale = json!({"client-id": "w", "id": rest[0]["id"], "version": 0});
+    let mut with_stale = succeeded.clone();
+    with_stale.push(stale);
+    let (status, answer) = api
+        .post(
+            "/tasks/batch/report",
+            json!({"succeeded": with_stale, "failed": failed}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 31);
+    assert!(
+        results[..20]
+            .iter()
+            .all(|r| r["status"] == 200 && r["version"] == 2)
+    );
+    assert_eq!(results[20]["status"], 409, "{answer}");
+    assert!(results[21..].iter().all(|r| r["status"] == 200), "{answer}");
+
+    // Bounded and checked as every call is.
+    let (status, answer) = api
+        .post(
+            "/tasks/batch/claim",
+            json!({"groups": ["g"], "client-id": "w", "duration": 60_000, "limit": 1001}),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("1000"),
+        "{answer}"
+    );
+    let too_many: Vec<Value> = (0..1001)
+        .map(|_| json!({"cmd": ["x"], "group": "g"}))
+        .collect();
+    let (status, _) = api
+        .post("/tasks/batch/submit", json!({"tasks": too_many}))
+        .await;
+    assert!(status == 400 || status == 413, "{status}");
+    let (status, _) = api
+        .post("/tasks/batch/report", json!({"succeeded": [], "extra": 1}))
+        .await;
+    assert_eq!(status, 400);
+
+    // Every answer was durable: a restarted node has each change.
+    first.kill();
+    let second = node(&log, "n0", Some("s3cret"));
+    let mut api = Api::new(&second);
+    api.token = Some("s3cret".into());
+    let mut statuses = BTreeMap::new();
+    eventually("every task readable on the new node", async || {
+        statuses.clear();
+        for id in &leased {
+            let (status, task) = api.get(&format!("/tasks/{id}")).await;
+            if status != 200 {
+                return false;
+            }
+            *statuses
+                .entry(task["status"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
+        }
+        true
+    })
+    .await;
+    assert_eq!(statuses.get("succeeded"), Some(&20), "{statuses:?}");
+    assert_eq!(
+        statuses.get("available"),
+        Some(&10),
+        "retried: {statuses:?}"
+    );
+    second.stop().unwrap();
 }

@@ -40,6 +40,7 @@ impl PeerLink for Recorder {
         let kind = match &call {
             PeerCall::Submit(_) => "submit",
             PeerCall::Claim(_) => "claim",
+            PeerCall::ClaimBatch(_) => "claim-batch",
             PeerCall::Extend(_) => "extend",
             PeerCall::Report { .. } => "report",
             PeerCall::Get(_) => "get",
@@ -307,6 +308,63 @@ fn calls_for_the_other_nodes_shards_are_served_by_it_in_process() {
                 status: 404,
                 message: format!("task {unknown} does not exist"),
             })
+        );
+
+        // Batches through node-a: each node's share goes to it, and every task is
+        // submitted, claimed and reported once.
+        let keys: Vec<String> = (0..24).map(|i| format!("batch-{i}")).collect();
+        let on_b = keys
+            .iter()
+            .filter(|key| b_shards.contains(&partition_of(a.task_id(&task(key)))))
+            .count();
+        assert!(on_b > 0 && on_b < keys.len(), "the batch spans both nodes");
+        let submitted = settled(|| async {
+            let results = a.submit_many(keys.iter().map(|k| task(k)).collect()).await?;
+            results.into_iter().collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .unwrap();
+        assert!(submitted.iter().all(|(_, created)| *created));
+        assert_eq!(b.counters().submitted.get(), 1 + on_b as u64);
+        let mut claimed = Vec::new();
+        while claimed.len() < keys.len() {
+            let more = settled(|| a.claim_many(claim.clone(), 100, Scope::Cluster))
+                .await
+                .unwrap();
+            assert!(!more.is_empty(), "claimed {} of {}", claimed.len(), keys.len());
+            claimed.extend(more);
+        }
+        let mut ids: Vec<Uuid> = claimed.iter().map(|t| t.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), keys.len(), "each task leased once");
+        assert!(link_a.calls_to(B_URL).contains(&"claim-batch"));
+        let reports = claimed
+            .iter()
+            .map(|t| {
+                let report = Report {
+                    client_id: "worker".into(),
+                    id: t.id,
+                    version: t.version,
+                    elapsed_time: None,
+                    output: None,
+                    error: None,
+                };
+                (report, true)
+            })
+            .collect();
+        let reported = a.report_many(reports, Scope::Cluster).await.unwrap();
+        assert!(
+            reported
+                .iter()
+                .all(|r| matches!(r, Ok(t) if t.status == TaskStatus::Succeeded)),
+            "{reported:?}"
+        );
+        assert_eq!(b.counters().succeeded.get(), 1 + on_b as u64);
+        assert_eq!(
+            a.counters().succeeded.get(),
+            (keys.len() - on_b) as u64,
+            "node-a's share in its own shards"
         );
 
         // An answer that does not fit the call is refused, naming it.

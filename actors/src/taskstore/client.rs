@@ -18,8 +18,9 @@ use wellspring_protocol::rerun::{
 };
 use wellspring_protocol::status;
 use wellspring_protocol::taskstore::api::{
-    self, AutoscalingAnswer, ClusterShards, DrainAnswer, ErrorBody, FORWARDED, ForwardedAnswer,
-    ForwardedSubmit, ListQuery, Liveness, NodeShards, Readiness, route,
+    self, AutoscalingAnswer, BatchAnswer, ClaimBatch, ClaimedBatch, ClusterShards, DrainAnswer,
+    ErrorBody, FORWARDED, ForwardedAnswer, ForwardedSubmit, ListQuery, Liveness, NodeShards,
+    Readiness, ReportBatch, SubmitBatch, route,
 };
 use wellspring_protocol::taskstore::{
     Claim, ExtendClaim, GroupSettings, GroupStats, NewTask, Report, TaskStatus, TaskView,
@@ -238,6 +239,23 @@ impl ApiClient {
             return Ok(None);
         }
         answer.json().map(Some)
+    }
+
+    /// Leases up to `claim.limit` tasks (`POST /tasks/batch/claim`).
+    pub async fn claim_batch(&self, claim: &ClaimBatch) -> Result<Vec<TaskView>, ClientError> {
+        let answer: ClaimedBatch = self.post_json(route::CLAIM_BATCH, claim).await?;
+        Ok(answer.tasks)
+    }
+
+    /// Submits many tasks (`POST /tasks/batch/submit`): one result per task, in order.
+    pub async fn submit_batch(&self, batch: &SubmitBatch) -> Result<BatchAnswer, ClientError> {
+        self.post_json(route::SUBMIT_BATCH, batch).await
+    }
+
+    /// Reports many successes and failures (`POST /tasks/batch/report`): one result per
+    /// report, the successes first.
+    pub async fn report_batch(&self, batch: &ReportBatch) -> Result<BatchAnswer, ClientError> {
+        self.post_json(route::REPORT_BATCH, batch).await
     }
 
     pub async fn extend(&self, extend: &ExtendClaim) -> Result<TaskView, ClientError> {

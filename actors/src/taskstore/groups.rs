@@ -24,6 +24,16 @@ impl GroupTable {
         self.0.read().values().cloned().collect()
     }
 
+    /// The smallest max run time of any group (ms), `i64::MAX` without groups.
+    pub fn shortest_max_run_time_ms(&self) -> i64 {
+        self.0
+            .read()
+            .values()
+            .map(|g| i64::try_from(g.max_run_time.0).unwrap_or(i64::MAX))
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
     pub fn upsert(&self, settings: GroupSettings) {
         self.0.write().insert(settings.name.clone(), settings);
     }

@@ -8,7 +8,7 @@
 
 use async_trait::async_trait;
 use uuid::Uuid;
-use wellspring_protocol::taskstore::api::{ForwardedAnswer, ForwardedSubmit};
+use wellspring_protocol::taskstore::api::{ClaimBatch, ForwardedAnswer, ForwardedSubmit};
 use wellspring_protocol::taskstore::{
     Claim, ExtendClaim, GroupStats, Report, TaskStatus, TaskView,
 };
@@ -24,6 +24,8 @@ pub enum PeerCall {
     Submit(Box<ForwardedSubmit>),
     /// `POST /tasks/claim`.
     Claim(Claim),
+    /// `POST /tasks/batch/claim`: answered with [`PeerAnswer::Tasks`].
+    ClaimBatch(ClaimBatch),
     /// `POST /tasks/extend-claim`.
     Extend(ExtendClaim),
     /// `POST /tasks/success` (`success`) or `POST /tasks/failure`.
@@ -47,7 +49,7 @@ pub enum PeerAnswer {
     Submitted(ForwardedAnswer),
     /// To a claim (`None`: nothing to claim there), an extension, a report or a read.
     Task(Option<TaskView>),
-    /// To [`PeerCall::List`].
+    /// To [`PeerCall::List`] and [`PeerCall::ClaimBatch`].
     Tasks(Vec<TaskView>),
     /// To [`PeerCall::Stats`].
     Stats(GroupStats),

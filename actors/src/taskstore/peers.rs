@@ -73,6 +73,7 @@ impl PeerLink for HttpPeerLink {
                 .await
                 .map(PeerAnswer::Submitted),
             PeerCall::Claim(claim) => client.claim(&claim).await.map(PeerAnswer::Task),
+            PeerCall::ClaimBatch(claim) => client.claim_batch(&claim).await.map(PeerAnswer::Tasks),
             PeerCall::Extend(extend) => client
                 .extend(&extend)
                 .await
@@ -172,6 +173,18 @@ impl PeerLink for InProcessPeers {
                     .map(|(task, created)| PeerAnswer::Submitted(ForwardedAnswer { task, created }))
             }
             PeerCall::Claim(claim) => store.claim(claim, Scope::Local).await.map(PeerAnswer::Task),
+            PeerCall::ClaimBatch(batch) => {
+                let limit = batch.limit;
+                let claim = wellspring_protocol::taskstore::Claim {
+                    groups: batch.groups,
+                    client_id: batch.client_id,
+                    duration: batch.duration,
+                };
+                store
+                    .claim_many(claim, limit, Scope::Local)
+                    .await
+                    .map(PeerAnswer::Tasks)
+            }
             PeerCall::Extend(extend) => store
                 .extend(extend, Scope::Local)
                 .await

@@ -19,7 +19,7 @@ use wellspring_log::{
     Cleanup, Clock, ConsumerConfig, Log, LogError, Producer, ProducerRecord, TopicSpec,
     partition_for_key,
 };
-use wellspring_protocol::taskstore::api::ForwardedSubmit;
+use wellspring_protocol::taskstore::api::{ClaimBatch, ForwardedSubmit, MAX_BATCH};
 use wellspring_protocol::taskstore::{
     Claim, DagTaskOrigin, ExtendClaim, GroupSettings, GroupStats, NewTask, Report, TaskStatus,
     TaskView, valid_group_name,
@@ -29,7 +29,7 @@ use super::directory::{Announcer, Directory};
 use super::groups::{GroupTable, GroupsReader};
 use super::link::{PeerAnswer, PeerCall, PeerLink};
 use super::shard::{
-    Answer, LocalShards, QueueCounters, QueueReply, QueueRequest, QueueShardFactory,
+    Answer, LocalShards, QueueCall, QueueCounters, QueueRequest, QueueShardFactory,
 };
 use super::table::TaskError;
 use crate::http::SharedRng;
@@ -119,7 +119,7 @@ impl WeakTaskStore {
 
 /// Where a call goes.
 enum Route {
-    Here(Recipient<QueueRequest>),
+    Here(Recipient<QueueCall>),
     /// Another node's API.
     There(String),
 }
@@ -352,27 +352,19 @@ impl TaskStore {
         )))
     }
 
+    /// Asks a shard of this node; answered once what the call changed is durable.
     async fn ask(
         &self,
-        shard: &Recipient<QueueRequest>,
+        shard: &Recipient<QueueCall>,
         request: QueueRequest,
     ) -> Result<Answer, TaskError> {
-        let QueueReply { answer, durable } = shard
-            .send(request)
-            .await
-            .map_err(|_| TaskError::Unavailable("a task shard is restarting; retry".into()))??;
-        if let Some(durable) = durable {
-            match durable.await {
-                Ok(Ok(())) => {}
-                Ok(Err(reason)) => return Err(TaskError::Unavailable(reason.to_string())),
-                Err(_) => {
-                    return Err(TaskError::Unavailable(
-                        "a task shard stopped before the change was written; retry".into(),
-                    ));
-                }
-            }
-        }
-        Ok(answer)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        shard.do_send(QueueCall { request, reply });
+        answer.await.map_err(|_| {
+            TaskError::Unavailable(
+                "a task shard stopped or restarted before it answered; retry".into(),
+            )
+        })?
     }
 
     /// Forwards a call to the node at `base`.
@@ -477,6 +469,18 @@ impl TaskStore {
     /// shards first (oldest of all first), then from the other nodes'. `Ok(None)`: nothing
     /// is available.
     pub async fn claim(&self, claim: Claim, scope: Scope) -> Result<Option<TaskView>, TaskError> {
+        Ok(self.claim_many(claim, 1, scope).await?.pop())
+    }
+
+    /// Leases up to `limit` tasks as [`TaskStore::claim`] leases one: the shards in the
+    /// order of their oldest claimable task, each giving what it has in queue order, then
+    /// the other nodes. Empty: nothing is available.
+    pub async fn claim_many(
+        &self,
+        claim: Claim,
+        limit: usize,
+        scope: Scope,
+    ) -> Result<Vec<TaskView>, TaskError> {
         if claim.groups.is_empty() {
             return Err(TaskError::Invalid("groups lists no group".into()));
         }
@@ -488,31 +492,39 @@ impl TaskStore {
                 "duration must be longer than zero".into(),
             ));
         }
-        let shards = self.inner.shards.all();
-        let mut heads = Vec::with_capacity(shards.len());
-        for (_, shard) in &shards {
-            let request = QueueRequest::Head {
-                groups: claim.groups.clone(),
-            };
-            if let Ok(Answer::Head(Some(head))) = self.ask(shard, request).await {
-                heads.push((head, shard));
-            }
+        if limit == 0 || limit > MAX_BATCH {
+            return Err(TaskError::Invalid(format!(
+                "limit must be 1 to {MAX_BATCH}, not {limit}"
+            )));
         }
+        let shards = self.inner.shards.served();
+        let now = self.now_ms();
+        let mut heads: Vec<_> = shards
+            .iter()
+            .filter_map(|served| Some((served.heads.head(&claim.groups, now)?, &served.shard)))
+            .collect();
         heads.sort_by_key(|(head, _)| *head);
+        let mut leased = Vec::new();
         for (_, shard) in heads {
             let request = QueueRequest::Claim {
                 groups: claim.groups.clone(),
                 client_id: claim.client_id.clone(),
                 duration_ms: claim.duration.0,
+                limit: limit - leased.len(),
             };
             match self.ask(shard, request).await {
-                Ok(Answer::Task { task, .. }) => return Ok(Some(task)),
-                Ok(_) => {}
+                Ok(Answer::Tasks(tasks)) => leased.extend(tasks),
+                Ok(other) => return Err(unexpected(other)),
                 // A shard that moved away has nothing for us; the others may.
                 Err(TaskError::Unavailable(reason)) => {
                     tracing::debug!(%reason, "claim skipped a shard")
                 }
-                Err(e) => return Err(e),
+                Err(e) if leased.is_empty() => return Err(e),
+                // What is leased is answered: the client holds those leases.
+                Err(e) => tracing::debug!("claim stopped at a shard: {e}"),
+            }
+            if leased.len() == limit {
+                return Ok(leased);
             }
         }
         if scope == Scope::Cluster {
@@ -521,23 +533,196 @@ impl TaskStore {
                 .directory
                 .others(&self.inner.config.node_id, self.now_ms())
             {
-                match self
-                    .call_peer(&peer.url, PeerCall::Claim(claim.clone()))
-                    .await
-                    .and_then(|answer| peer_task(&peer.url, answer))
-                {
-                    Ok(Some(task)) => return Ok(Some(task)),
-                    Ok(None) => {}
-                    Err(e) => tracing::debug!(peer = %peer.node, "claim could not ask a peer: {e}"),
+                let wanted = limit - leased.len();
+                // One task goes through the reference call, which every node serves.
+                let batch = wanted > 1;
+                let call = if batch {
+                    PeerCall::ClaimBatch(ClaimBatch {
+                        groups: claim.groups.clone(),
+                        client_id: claim.client_id.clone(),
+                        duration: claim.duration,
+                        limit: wanted,
+                    })
+                } else {
+                    PeerCall::Claim(claim.clone())
+                };
+                match (batch, self.call_peer(&peer.url, call).await) {
+                    (false, Ok(PeerAnswer::Task(task))) => leased.extend(task),
+                    (true, Ok(PeerAnswer::Tasks(tasks))) => leased.extend(tasks),
+                    (_, Ok(other)) => tracing::debug!(
+                        peer = %peer.node,
+                        "{} answered a claim with {}, which does not fit it",
+                        peer.url,
+                        other.kind()
+                    ),
+                    (_, Err(e)) => {
+                        tracing::debug!(peer = %peer.node, "claim could not ask a peer: {e}")
+                    }
+                }
+                if leased.len() >= limit {
+                    break;
                 }
             }
         }
-        if shards.is_empty() && scope == Scope::Local {
+        if leased.is_empty() && shards.is_empty() && scope == Scope::Local {
             return Err(TaskError::Unavailable(
                 "this node serves no task shard yet; retry".into(),
             ));
         }
-        Ok(None)
+        Ok(leased)
+    }
+
+    /// Submits many tasks: those of this node's shards in one write per shard, the
+    /// others forwarded one by one. One result per task, in order.
+    pub async fn submit_many(
+        &self,
+        tasks: Vec<NewTask>,
+    ) -> Result<Vec<Result<(TaskView, bool), TaskError>>, TaskError> {
+        check_batch(tasks.len())?;
+        let calls = tasks
+            .into_iter()
+            .map(|task| {
+                self.group(&task.group)?;
+                let id = self.task_id(&task);
+                Ok((
+                    self.partition_of(&id),
+                    QueueRequest::Submit {
+                        id,
+                        task,
+                        dag: None,
+                        seq: self.next_seq(),
+                    },
+                ))
+            })
+            .collect();
+        let answers = self
+            .serve_batch(calls, |request| async move {
+                let QueueRequest::Submit { id, task, dag, .. } = request else {
+                    unreachable!("submit_many builds submissions only")
+                };
+                let (task, changed) = self
+                    .submit_with_id(id, task, dag.map(|d| *d), Scope::Cluster)
+                    .await?;
+                Ok(Answer::Task { task, changed })
+            })
+            .await;
+        Ok(answers
+            .into_iter()
+            .map(|answer| match answer? {
+                Answer::Task { task, changed } => Ok((task, changed)),
+                other => Err(unexpected(other)),
+            })
+            .collect())
+    }
+
+    /// Reports many successes and failures (`(report, success)`), as
+    /// [`TaskStore::report`] each. One result per report, in order.
+    pub async fn report_many(
+        &self,
+        reports: Vec<(Report, bool)>,
+        scope: Scope,
+    ) -> Result<Vec<Result<TaskView, TaskError>>, TaskError> {
+        check_batch(reports.len())?;
+        let calls = reports
+            .into_iter()
+            .map(|(report, success)| {
+                if let Some(mismatch) = report.mismatch(success) {
+                    return Err(TaskError::Invalid(mismatch.to_owned()));
+                }
+                Ok((
+                    self.partition_of(&report.id),
+                    QueueRequest::Report { report, success },
+                ))
+            })
+            .collect();
+        let answers = self
+            .serve_batch(calls, |request| async move {
+                let QueueRequest::Report { report, success } = request else {
+                    unreachable!("report_many builds reports only")
+                };
+                let task = self.report(report, success, scope).await?;
+                Ok(Answer::Task {
+                    task,
+                    changed: true,
+                })
+            })
+            .await;
+        Ok(answers
+            .into_iter()
+            .map(|answer| match answer? {
+                Answer::Task { task, .. } => Ok(task),
+                other => Err(unexpected(other)),
+            })
+            .collect())
+    }
+
+    /// Serves calls by shard: those of each shard this node serves as one
+    /// [`QueueRequest::Many`] (one write and one wait for durability per shard, all
+    /// shards at once), each other one through `elsewhere` (forwarded, or refused as
+    /// unavailable). A call that could not be made (`Err`) is answered with its error.
+    async fn serve_batch<'a, F, Fut>(
+        &'a self,
+        calls: Vec<Result<(u32, QueueRequest), TaskError>>,
+        elsewhere: F,
+    ) -> Vec<Result<Answer, TaskError>>
+    where
+        F: Fn(QueueRequest) -> Fut,
+        Fut: std::future::Future<Output = Result<Answer, TaskError>> + 'a,
+    {
+        let mut answers: Vec<Option<Result<Answer, TaskError>>> = Vec::new();
+        // Per shard served here: its address, and the calls with their places.
+        let mut here: std::collections::BTreeMap<u32, ShardBatch> = Default::default();
+        let mut there = Vec::new();
+        for (index, call) in calls.into_iter().enumerate() {
+            answers.push(None);
+            match call {
+                Err(e) => answers[index] = Some(Err(e)),
+                Ok((partition, request)) => match self.inner.shards.get(partition) {
+                    Some(shard) => {
+                        let (_, indexes, requests) = here
+                            .entry(partition)
+                            .or_insert_with(|| (shard, Vec::new(), Vec::new()));
+                        indexes.push(index);
+                        requests.push(request);
+                    }
+                    None => there.push((index, elsewhere(request))),
+                },
+            }
+        }
+        let batches = here
+            .into_values()
+            .map(|(shard, indexes, requests)| async move {
+                let answers = match self.ask(&shard, QueueRequest::Many(requests)).await {
+                    Ok(Answer::Many(answers)) => answers,
+                    Ok(other) => {
+                        let error = unexpected(other);
+                        indexes.iter().map(|_| Err(error.clone())).collect()
+                    }
+                    Err(e) => indexes.iter().map(|_| Err(e.clone())).collect(),
+                };
+                indexes.into_iter().zip(answers).collect::<Vec<_>>()
+            });
+        let forwarded = there
+            .into_iter()
+            .map(|(index, answer)| async move { vec![(index, answer.await)] });
+        let (local, remote) = futures::future::join(
+            futures::future::join_all(batches),
+            futures::future::join_all(forwarded),
+        )
+        .await;
+        for (index, answer) in local.into_iter().chain(remote).flatten() {
+            answers[index] = Some(answer);
+        }
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| {
+                    Err(TaskError::Unavailable(
+                        "a shard gave no answer; retry".into(),
+                    ))
+                })
+            })
+            .collect()
     }
 
     pub async fn extend(&self, extend: ExtendClaim, scope: Scope) -> Result<TaskView, TaskError> {
@@ -694,6 +879,19 @@ impl TaskStore {
     pub fn now_ms(&self) -> i64 {
         self.inner.clock.now_ms()
     }
+}
+
+/// The calls of a batch for one shard of this node, with their places in the batch.
+type ShardBatch = (Recipient<QueueCall>, Vec<usize>, Vec<QueueRequest>);
+
+/// A batch of `items` calls is within [`MAX_BATCH`].
+fn check_batch(items: usize) -> Result<(), TaskError> {
+    if items > MAX_BATCH {
+        return Err(TaskError::Invalid(format!(
+            "a batch takes at most {MAX_BATCH} items, not {items}"
+        )));
+    }
+    Ok(())
 }
 
 fn unexpected(answer: Answer) -> TaskError {

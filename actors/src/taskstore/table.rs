@@ -72,6 +72,12 @@ pub struct TaskTable {
     queues: BTreeMap<String, BTreeSet<(i64, u64, Uuid)>>,
     /// Leased tasks by lease expiry.
     leases: BTreeSet<(i64, Uuid)>,
+    /// Leased tasks by claim time: which may have run past their group's max run time.
+    running: BTreeSet<(i64, Uuid)>,
+    /// Finished tasks by their last change: which are past the retention. With these
+    /// indexes a tick costs what is due, not every task the shard keeps (a tick per
+    /// commit used to scan them all: 39% of a node's time under load).
+    finished: BTreeSet<(i64, Uuid)>,
     /// `(group, idempotency key)` → task.
     by_key: FxHashMap<(String, String), Uuid>,
 }
@@ -101,9 +107,12 @@ impl TaskTable {
             TaskStatus::Leased => {
                 if let Some(lease) = &task.lease {
                     self.leases.insert((lease.expires_ms, task.id));
+                    self.running.insert((lease.claimed_ms, task.id));
                 }
             }
-            TaskStatus::Succeeded | TaskStatus::DeadLettered => {}
+            TaskStatus::Succeeded | TaskStatus::DeadLettered => {
+                self.finished.insert((task.updated_ms, task.id));
+            }
         }
         if let Some(key) = &task.idempotency_key {
             self.by_key
@@ -117,12 +126,16 @@ impl TaskTable {
         }
         if let Some(lease) = &task.lease {
             self.leases.remove(&(lease.expires_ms, task.id));
+            self.running.remove(&(lease.claimed_ms, task.id));
+        }
+        if task.status.is_terminal() {
+            self.finished.remove(&(task.updated_ms, task.id));
         }
     }
 
     /// Replaces a task's state (keeping the indexes right) and returns it for the log.
     fn put(&mut self, task: TaskState) -> TaskState {
-        if let Some(old) = self.tasks.get(&task.id).cloned() {
+        if let Some(old) = self.tasks.remove(&task.id) {
             self.unindex(&old);
         }
         self.index(&task);
@@ -206,10 +219,23 @@ impl TaskTable {
     pub fn head(&self, groups: &[String], now_ms: i64) -> Option<(i64, u64)> {
         groups
             .iter()
-            .filter_map(|g| self.queues.get(g))
-            .filter_map(|q| q.iter().find(|(not_before, _, _)| *not_before <= now_ms))
-            .map(|(not_before, seq, _)| (*not_before, *seq))
+            .filter_map(|g| self.front(g))
+            .filter(|(not_before, _)| *not_before <= now_ms)
             .min()
+    }
+
+    /// The first task of `group`'s queue, claimable now or once its back-off is over.
+    /// The queue is ordered by `not before` first: if the front is not claimable, none is.
+    pub fn front(&self, group: &str) -> Option<(i64, u64)> {
+        let &(not_before, seq, _) = self.queues.get(group)?.first()?;
+        Some((not_before, seq))
+    }
+
+    /// Every group that has had a queue in this shard, with its front.
+    pub fn fronts(&self) -> impl Iterator<Item = (&str, Option<(i64, u64)>)> {
+        self.queues
+            .iter()
+            .map(|(group, queue)| (group.as_str(), queue.first().map(|&(nb, seq, _)| (nb, seq))))
     }
 
     /// Leases the first claimable task of the first of `groups` that has one.
@@ -227,8 +253,8 @@ impl TaskTable {
             // Queue order is (not before, submission order): a task waiting out a back-off
             // lets those behind it go first.
             let Some(&(_, _, id)) = queue
-                .iter()
-                .find(|(not_before, _, _)| *not_before <= now_ms)
+                .first()
+                .filter(|(not_before, _, _)| *not_before <= now_ms)
             else {
                 continue;
             };
@@ -375,9 +401,12 @@ impl TaskTable {
 
     /// Expires leases that were not extended, halts tasks past their maximum run time,
     /// and forgets finished tasks past the retention. Returns the changes.
+    /// `shortest_run_ms` is the smallest max run time of any group: no lease claimed
+    /// more recently than that can be due a halt.
     pub fn tick(
         &mut self,
         settings: &dyn Fn(&str) -> Option<GroupSettings>,
+        shortest_run_ms: i64,
         now_ms: i64,
         retention_ms: i64,
     ) -> Vec<Change> {
@@ -408,9 +437,14 @@ impl TaskTable {
             )));
         }
         // Hanging: running past the group's maximum run time, extended or not.
-        let leased: Vec<Uuid> = self.leases.iter().map(|(_, id)| *id).collect();
-        for id in leased {
-            let Some(task) = self.tasks.get(&id).cloned() else {
+        let long_running: Vec<Uuid> = self
+            .running
+            .iter()
+            .take_while(|(claimed, _)| now_ms - *claimed >= shortest_run_ms)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in long_running {
+            let Some(task) = self.tasks.get(&id) else {
                 continue;
             };
             let (Some(lease), Some(group)) = (&task.lease, settings(&task.group)) else {
@@ -421,16 +455,17 @@ impl TaskTable {
                     "halted: ran longer than the group's max-run-time of {} ms (client {:?})",
                     group.max_run_time.0, lease.client_id
                 );
+                let task = task.clone();
                 changes.push(Change::Put(Box::new(
                     self.retry_or_dead_letter(task, error, &group, now_ms),
                 )));
             }
         }
         let forgotten: Vec<Uuid> = self
-            .tasks
-            .values()
-            .filter(|t| t.status.is_terminal() && now_ms - t.updated_ms > retention_ms)
-            .map(|t| t.id)
+            .finished
+            .iter()
+            .take_while(|(updated, _)| now_ms - *updated > retention_ms)
+            .map(|(_, id)| *id)
             .collect();
         for id in forgotten {
             self.remove(&id);

@@ -117,10 +117,10 @@ fn an_unextended_lease_expires_and_the_task_is_claimable_again() {
     table.claim(&groups(), "vanished", 1_000, 0).unwrap();
     assert!(
         table
-            .tick(&lookup, 999, DEFAULT_TERMINAL_RETENTION_MS)
+            .tick(&lookup, 0, 999, DEFAULT_TERMINAL_RETENTION_MS)
             .is_empty()
     );
-    let changes = table.tick(&lookup, 1_000, DEFAULT_TERMINAL_RETENTION_MS);
+    let changes = table.tick(&lookup, 0, 1_000, DEFAULT_TERMINAL_RETENTION_MS);
     let [Change::Put(expired)] = changes.as_slice() else {
         panic!("{changes:?}")
     };
@@ -158,7 +158,15 @@ fn a_hanging_task_is_halted_even_if_extended() {
             .unwrap()
             .version;
     }
-    let changes = table.tick(&lookup, 60_000, DEFAULT_TERMINAL_RETENTION_MS);
+    // The shard passes the shortest max run time of its groups: only leases claimed at
+    // least that long ago are looked at.
+    let shortest = settings().max_run_time.0 as i64;
+    assert!(
+        table
+            .tick(&lookup, shortest, 59_999, DEFAULT_TERMINAL_RETENTION_MS)
+            .is_empty()
+    );
+    let changes = table.tick(&lookup, shortest, 60_000, DEFAULT_TERMINAL_RETENTION_MS);
     let [Change::Put(halted)] = changes.as_slice() else {
         panic!("{changes:?}")
     };
@@ -219,12 +227,46 @@ fn idempotency_keys_queue_order_and_heads() {
         .collect();
     assert_eq!(table.head(&groups(), 100), Some((0, first.seq)));
     assert_eq!(table.head(&["other".to_string()], 100), None);
+    // What a shard publishes for claims answers the same.
+    let heads = crate::taskstore::shard::QueueHeads::default();
+    heads.publish(&table);
+    assert_eq!(heads.head(&groups(), 100), Some((0, first.seq)));
+    assert_eq!(heads.head(&["other".to_string()], 100), None);
     let claimed: Vec<Uuid> = (0..6)
         .map(|_| table.claim(&groups(), "c", 1_000, 100).unwrap().id)
         .collect();
     assert_eq!(claimed[0], first.id);
     assert_eq!(&claimed[1..], &ids[..], "first in, first out");
     assert_eq!(table.head(&groups(), 100), None);
+    assert_eq!(
+        heads.head(&groups(), 100),
+        Some((0, first.seq)),
+        "until published"
+    );
+    heads.publish(&table);
+    assert_eq!(heads.head(&groups(), 100), None);
+}
+
+#[test]
+fn a_task_waiting_out_its_back_off_is_not_at_the_head_until_it_is_due() {
+    let mut table = TaskTable::default();
+    let (task, _) = submit(&mut table, None, 0);
+    let claimed = table.claim(&groups(), "w", 1_000, 0).unwrap();
+    table
+        .fail(
+            &report(&task, "w", claimed.version, Some("boom")),
+            &settings(),
+            0,
+        )
+        .unwrap();
+    // Back-off after the first failed attempt: 1 s.
+    assert_eq!(table.head(&groups(), 999), None);
+    assert!(table.claim(&groups(), "w", 1_000, 999).is_none());
+    let heads = crate::taskstore::shard::QueueHeads::default();
+    heads.publish(&table);
+    assert_eq!(heads.head(&groups(), 999), None);
+    assert_eq!(heads.head(&groups(), 1_000), Some((1_000, task.seq)));
+    assert_eq!(table.head(&groups(), 1_000), Some((1_000, task.seq)));
 }
 
 #[test]
@@ -240,7 +282,7 @@ fn restoring_from_the_log_keeps_the_latest_version_and_the_indexes() {
         restored.claim(&groups(), "d", 1_000, 0).is_none(),
         "still leased"
     );
-    let changes = restored.tick(&lookup, 1_000, DEFAULT_TERMINAL_RETENTION_MS);
+    let changes = restored.tick(&lookup, 0, 1_000, DEFAULT_TERMINAL_RETENTION_MS);
     assert_eq!(changes.len(), 1, "the restored lease expires");
     let (dup, created) = submit(&mut restored, Some("k"), 0);
     assert!(!created && dup.id == task.id);
@@ -254,9 +296,9 @@ fn finished_tasks_are_forgotten_after_the_retention() {
     table
         .succeed(&report(&task, "c", claimed.version, None), 0)
         .unwrap();
-    assert!(table.tick(&lookup, 100, 1_000).is_empty());
+    assert!(table.tick(&lookup, 0, 100, 1_000).is_empty());
     assert_eq!(
-        table.tick(&lookup, 1_001, 1_000),
+        table.tick(&lookup, 0, 1_001, 1_000),
         vec![Change::Delete(task.id)]
     );
     assert!(table.is_empty());

@@ -4,11 +4,12 @@
 //! topics of cleanup `Delete` drop their oldest records past the [`Retention`] when the
 //! durable log takes a snapshot (never one a consumer group has yet to read).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 
 use crate::{
     Cleanup, Headers, LogError, LogRecord, Offset, ProducerRecord, TopicPartition, TopicSpec,
@@ -339,7 +340,9 @@ impl PartitionLog {
     /// Keeps the latest record of each key (tombstones included, so a reader that saw an
     /// older value still learns of the delete) and every record without a key.
     fn compact(&mut self) {
-        let mut latest: HashMap<&Bytes, Offset> = HashMap::new();
+        // Fx, not SipHash: SipHash was half of a compaction of the task topic.
+        let mut latest: FxHashMap<&Bytes, Offset> =
+            FxHashMap::with_capacity_and_hasher(self.records.len(), Default::default());
         for r in &self.records {
             if let Some(k) = &r.key {
                 latest.insert(k, r.offset);

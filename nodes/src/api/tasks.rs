@@ -11,8 +11,8 @@ use uuid::Uuid;
 use wellspring_actors::taskstore::store::group_name;
 use wellspring_actors::taskstore::{Scope, TaskError};
 use wellspring_protocol::taskstore::api::{
-    AutoscalingAnswer, DEFAULT_LIST_LIMIT, ForwardedAnswer, ForwardedSubmit, ListQuery,
-    MAX_LIST_LIMIT,
+    AutoscalingAnswer, BatchAnswer, BatchResult, ClaimBatch, ClaimedBatch, DEFAULT_LIST_LIMIT,
+    ForwardedAnswer, ForwardedSubmit, ListQuery, MAX_LIST_LIMIT, ReportBatch, SubmitBatch,
 };
 use wellspring_protocol::taskstore::{
     Claim, ExtendClaim, GroupSettings, NewTask, Report, TaskStatus,
@@ -189,4 +189,90 @@ async fn report(
         return Err(ApiError::bad_request(mismatch));
     }
     Ok(Json(api.store.report(report, success, scope(&headers)).await?).into_response())
+}
+
+/// One item of a batch, answered as its single call would be.
+fn batch_result<T>(
+    result: Result<T, TaskError>,
+    answer: impl FnOnce(T) -> BatchResult,
+) -> BatchResult {
+    match result {
+        Ok(done) => answer(done),
+        Err(e) => BatchResult {
+            status: e.http_status(),
+            id: None,
+            version: None,
+            created: None,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+pub(super) async fn submit_batch(
+    State(api): State<Api>,
+    body: Result<Json<SubmitBatch>, JsonRejection>,
+) -> Answer<Json<BatchAnswer>> {
+    let Json(batch) = body?;
+    let results = api.store.submit_many(batch.tasks).await?;
+    Ok(Json(BatchAnswer {
+        results: results
+            .into_iter()
+            .map(|result| {
+                batch_result(result, |(task, created)| BatchResult {
+                    status: created_or_ok(created).as_u16(),
+                    id: Some(task.id),
+                    version: Some(task.version),
+                    created: Some(created),
+                    error: None,
+                })
+            })
+            .collect(),
+    }))
+}
+
+pub(super) async fn claim_batch(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Result<Json<ClaimBatch>, JsonRejection>,
+) -> Answer<Json<ClaimedBatch>> {
+    let Json(batch) = body?;
+    let claim = Claim {
+        groups: batch.groups,
+        client_id: batch.client_id,
+        duration: batch.duration,
+    };
+    let tasks = api
+        .store
+        .claim_many(claim, batch.limit, scope(&headers))
+        .await?;
+    Ok(Json(ClaimedBatch { tasks }))
+}
+
+pub(super) async fn report_batch(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Result<Json<ReportBatch>, JsonRejection>,
+) -> Answer<Json<BatchAnswer>> {
+    let Json(batch) = body?;
+    let reports = batch
+        .succeeded
+        .into_iter()
+        .map(|report| (report, true))
+        .chain(batch.failed.into_iter().map(|report| (report, false)))
+        .collect();
+    let results = api.store.report_many(reports, scope(&headers)).await?;
+    Ok(Json(BatchAnswer {
+        results: results
+            .into_iter()
+            .map(|result| {
+                batch_result(result, |task| BatchResult {
+                    status: StatusCode::OK.as_u16(),
+                    id: Some(task.id),
+                    version: Some(task.version),
+                    created: None,
+                    error: None,
+                })
+            })
+            .collect(),
+    }))
 }

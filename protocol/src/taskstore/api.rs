@@ -12,7 +12,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::model::{DagTaskOrigin, NewTask, TaskStatus, TaskView};
+use super::model::{DagTaskOrigin, Millis, NewTask, Report, TaskStatus, TaskView};
 
 /// Route patterns as the server mounts them; `{name}` and `{id}` are path parameters.
 /// Calls without parameters use these as their path.
@@ -31,6 +31,12 @@ pub mod route {
     pub const EXTEND: &str = "/tasks/extend-claim";
     pub const SUCCESS: &str = "/tasks/success";
     pub const FAILURE: &str = "/tasks/failure";
+    /// Batch calls beside the reference API: many submissions, claims or reports in one
+    /// request, answered once every change they make is durable (see [`super::SubmitBatch`],
+    /// [`super::ClaimBatch`], [`super::ReportBatch`]). A server without them answers `404`.
+    pub const SUBMIT_BATCH: &str = "/tasks/batch/submit";
+    pub const CLAIM_BATCH: &str = "/tasks/batch/claim";
+    pub const REPORT_BATCH: &str = "/tasks/batch/report";
     /// A submission forwarded by another node, with its id and DAG origin.
     pub const FORWARDED_SUBMIT: &str = "/internal/tasks";
     /// Open without the token, like [`READY`].
@@ -148,6 +154,67 @@ pub const LOCAL_SCOPE: &str = "local";
 #[serde(deny_unknown_fields)]
 pub struct ShardsQuery {
     pub scope: Option<String>,
+}
+
+/// The most items one batch call takes (submissions, reports, or tasks claimed).
+pub const MAX_BATCH: usize = 1000;
+
+/// [`route::SUBMIT_BATCH`]: tasks to submit, each as `POST /tasks` takes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBatch {
+    pub tasks: Vec<NewTask>,
+}
+
+/// [`route::CLAIM_BATCH`]: a claim of up to `limit` tasks (at most [`MAX_BATCH`]), each
+/// leased as `POST /tasks/claim` leases one. Answered by [`ClaimedBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ClaimBatch {
+    pub groups: Vec<String>,
+    pub client_id: String,
+    pub duration: Millis,
+    pub limit: usize,
+}
+
+/// The tasks a [`ClaimBatch`] leased (none: nothing is available).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimedBatch {
+    pub tasks: Vec<TaskView>,
+}
+
+/// [`route::REPORT_BATCH`]: success and failure reports, each as `POST /tasks/success`
+/// and `POST /tasks/failure` take them. Answered in that order: the successes, then the
+/// failures.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportBatch {
+    #[serde(default)]
+    pub succeeded: Vec<Report>,
+    #[serde(default)]
+    pub failed: Vec<Report>,
+}
+
+/// What a batch of submissions or reports answers: one result per item, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchAnswer {
+    pub results: Vec<BatchResult>,
+}
+
+/// One item's answer: the status its single call would have had, and the task's id and
+/// version after the call (or the error). `created` is there for submissions. The whole
+/// task is not repeated: the caller sent it (`GET /tasks/{id}` reads it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResult {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Every error answer: `{"error": "..."}` with the status.

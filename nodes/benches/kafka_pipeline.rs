@@ -344,3 +344,7 @@ fn main() {
     }
     let _ = node.stop();
 }
+
+/// The allocator the `wellspring` binary ships with, so the bench measures what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

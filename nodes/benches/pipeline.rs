@@ -363,3 +363,7 @@ fn main() {
     view_cost(runs * 4);
     site_changelog_per_site();
 }
+
+/// The allocator the `wellspring` binary ships with, so the bench measures what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -394,7 +394,11 @@ async fn serve(
                 .enable_all()
                 .build()?;
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener)?;
+                // No Nagle: an answer is one write and the caller waits for it.
+                use axum::serve::ListenerExt;
+                let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 axum::serve(listener, router)
                     .with_graceful_shutdown(async {
                         let _ = http_stopped.await;

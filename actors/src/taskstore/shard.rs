@@ -78,7 +78,6 @@ pub enum Answer {
         task: TaskView,
         changed: bool,
     },
-    NoTask,
     Tasks(Vec<TaskView>),
     Stats(GroupStats),
     /// To [`QueueRequest::Many`]: each call's answer, in order.

@@ -12,6 +12,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use wellspring_simulations::sweep::{run_regressions, sweep};
 use wellspring_simulations::{FaultRates, InjectedBug, SimConfig, SimOutcome, run};
 
+/// The allocator of the `wellspring` binary (whose `wellspring sim` runs the same harness).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Run the deterministic simulation harness: several nodes of the real engine in one
 /// process, in virtual time, with injected faults; one seed or a sweep.
 #[derive(Parser)]

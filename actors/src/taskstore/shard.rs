@@ -8,6 +8,7 @@
 //! meanwhile (a zombie cannot write). Lease expiries and halts run on every stage cycle.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -34,6 +35,10 @@ use crate::stage::{
 };
 use crate::telemetry;
 use opentelemetry::trace::SpanKind;
+
+/// How often a shard commits the offsets of its own records read back when it writes
+/// nothing else (ms).
+const READ_BACK_COMMIT_MS: i64 = 100;
 
 /// What the API asks of a queue shard.
 #[derive(Debug)]
@@ -237,6 +242,9 @@ impl ShardFactory for QueueShardFactory {
             pending: Vec::new(),
             acks: Vec::new(),
             seen_to: end,
+            // Unknown: what the restore read may be past the group's committed offset.
+            confirmed_to: Arc::new(AtomicU64::new(0)),
+            committed_at_ms: i64::MIN,
             shards: self.shards.clone(),
             counters: self.counters.clone(),
             retention_ms: self.retention.as_millis() as i64,
@@ -295,6 +303,10 @@ pub struct QueueShard {
     /// The next offset of our partition we have not read back: commits name it, which
     /// is what fences a node that lost the partition.
     seen_to: Offset,
+    /// The `seen_to` the log last confirmed committing (set by the commit's `Ack`: a
+    /// refused commit leaves it), and when this shard last asked for a commit.
+    confirmed_to: Arc<AtomicU64>,
+    committed_at_ms: i64,
     shards: LocalShards,
     counters: QueueCounters,
     retention_ms: i64,
@@ -445,12 +457,32 @@ impl QueueShard {
         }
         let outputs = std::mem::take(&mut self.pending);
         ShardOutput {
-            // Naming the partition in every write is what makes the log refuse it if the
-            // partition moved.
-            commit_to: (!outputs.is_empty()).then_some(self.seen_to),
+            commit_to: self.commit_to(!outputs.is_empty()),
             outputs,
             acks: std::mem::take(&mut self.acks),
         }
+    }
+
+    /// The offset to commit with this cycle's output. Always with writes: naming the
+    /// partition in every write is what makes the log refuse it if the partition moved.
+    /// Our own records read back, alone, at most every [`READ_BACK_COMMIT_MS`]: their
+    /// offsets fence nothing, and committing them at once was a stage cycle after every
+    /// write, which each next call waited behind (submissions took 455 µs, 405 without).
+    fn commit_to(&mut self, writes: bool) -> Option<Offset> {
+        let now = self.clock.now_ms();
+        let read_back = self.seen_to > self.confirmed_to.load(Ordering::Relaxed)
+            && now.saturating_sub(self.committed_at_ms) >= READ_BACK_COMMIT_MS;
+        if !(writes || read_back) {
+            return None;
+        }
+        self.committed_at_ms = now;
+        let (offset, confirmed) = (self.seen_to, self.confirmed_to.clone());
+        self.acks.push(Ack::new(move |outcome| {
+            if outcome.is_ok() {
+                confirmed.fetch_max(offset, Ordering::Relaxed);
+            }
+        }));
+        Some(offset)
     }
 
     /// Serves a call: its answer, and whether it must wait for the next commit (it
@@ -681,9 +713,7 @@ impl Handler<ShardRequest> for QueueShard {
                 if !records.is_empty() {
                     self.heads.publish(&self.table);
                 }
-                let mut output = self.drain();
-                output.commit_to = Some(self.seen_to);
-                Ok(output)
+                Ok(self.drain())
             }
             ShardRequest::Drain => Ok(self.drain()),
             ShardRequest::Revoke | ShardRequest::Stop => {

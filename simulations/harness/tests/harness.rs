@@ -75,9 +75,11 @@ fn the_harness_catches_a_commit_of_input_before_its_state() {
         )) && rendered.contains("--inject-bug commit-input-before-state"),
         "{rendered}"
     );
+    // The node whose state the bug loses ends in a crash or a stop, whichever the
+    // first seed to catch it has: the trace shows it.
     assert!(
-        rendered.contains("crashes"),
-        "the trace shows the crash: {rendered}"
+        rendered.contains("crashes") || rendered.contains("gets SIGTERM"),
+        "the trace shows how the node ended: {rendered}"
     );
     // The same seed without the bug passes: the harness blames the bug, not the seed.
     let fixed = run(&SimConfig {

@@ -14,8 +14,9 @@ instead of waiting), --no-batch (only the reference calls). A bearer token is re
 WELLSPRING_API_TOKEN environment variable when the API needs one.
 
 When the server offers the batch calls (`/tasks/batch/claim` and `/tasks/batch/report`),
-the worker claims up to N tasks in one call and reports them in one call; a server without
-them answers 404, and the worker then uses the reference calls, one task per call.
+the worker claims up to N tasks in one call and reports those that finish together in one
+call; a server without them answers 404, and the worker then uses the reference calls,
+one task per call.
 """
 
 import argparse

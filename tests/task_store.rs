@@ -125,6 +125,30 @@ impl Api {
     }
 }
 
+/// How many of the tasks `ids` are in each status, once every one is readable (a
+/// restarted node restores its shards first).
+async fn statuses_once_readable(
+    api: &Api,
+    ids: impl IntoIterator<Item = impl AsRef<str>> + Clone,
+) -> BTreeMap<String, i32> {
+    let mut statuses = BTreeMap::new();
+    eventually("every task readable on the new node", async || {
+        statuses.clear();
+        for id in ids.clone() {
+            let (status, task) = api.get(&format!("/tasks/{}", id.as_ref())).await;
+            if status != 200 {
+                return false;
+            }
+            *statuses
+                .entry(task["status"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
+        }
+        true
+    })
+    .await;
+    statuses
+}
+
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !check().await {
@@ -766,21 +790,7 @@ async fn a_restarted_node_keeps_every_task_and_dead_leases_become_claimable() {
 
     let second = node(&log, "n0", None);
     let api = Api::new(&second);
-    let mut statuses = BTreeMap::new();
-    eventually("every task readable on the new node", async || {
-        statuses.clear();
-        for id in &ids {
-            let (status, task) = api.get(&format!("/tasks/{id}")).await;
-            if status != 200 {
-                return false;
-            }
-            *statuses
-                .entry(task["status"].as_str().unwrap().to_owned())
-                .or_insert(0) += 1;
-        }
-        true
-    })
-    .await;
+    let statuses = statuses_once_readable(&api, &ids).await;
     assert_eq!(statuses.get("succeeded"), Some(&4), "{statuses:?}");
     assert_eq!(statuses.values().sum::<i32>(), 40, "no task lost");
     // The leases that died with the node expire, and everything else can be worked off.
@@ -1234,21 +1244,7 @@ async fn batch_calls_submit_claim_and_report_many_each_answered_as_its_single_ca
     let second = node(&log, "n0", Some("s3cret"));
     let mut api = Api::new(&second);
     api.token = Some("s3cret".into());
-    let mut statuses = BTreeMap::new();
-    eventually("every task readable on the new node", async || {
-        statuses.clear();
-        for id in &leased {
-            let (status, task) = api.get(&format!("/tasks/{id}")).await;
-            if status != 200 {
-                return false;
-            }
-            *statuses
-                .entry(task["status"].as_str().unwrap().to_owned())
-                .or_insert(0) += 1;
-        }
-        true
-    })
-    .await;
+    let statuses = statuses_once_readable(&api, &leased).await;
     assert_eq!(statuses.get("succeeded"), Some(&20), "{statuses:?}");
     assert_eq!(
         statuses.get("available"),

@@ -174,12 +174,7 @@ impl PeerLink for InProcessPeers {
             }
             PeerCall::Claim(claim) => store.claim(claim, Scope::Local).await.map(PeerAnswer::Task),
             PeerCall::ClaimBatch(batch) => {
-                let limit = batch.limit;
-                let claim = wellspring_protocol::taskstore::Claim {
-                    groups: batch.groups,
-                    client_id: batch.client_id,
-                    duration: batch.duration,
-                };
+                let (claim, limit) = batch.split();
                 store
                     .claim_many(claim, limit, Scope::Local)
                     .await

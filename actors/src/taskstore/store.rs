@@ -537,12 +537,7 @@ impl TaskStore {
                 // One task goes through the reference call, which every node serves.
                 let batch = wanted > 1;
                 let call = if batch {
-                    PeerCall::ClaimBatch(ClaimBatch {
-                        groups: claim.groups.clone(),
-                        client_id: claim.client_id.clone(),
-                        duration: claim.duration,
-                        limit: wanted,
-                    })
+                    PeerCall::ClaimBatch(ClaimBatch::new(claim.clone(), wanted))
                 } else {
                     PeerCall::Claim(claim.clone())
                 };
@@ -595,17 +590,7 @@ impl TaskStore {
                 ))
             })
             .collect();
-        let answers = self
-            .serve_batch(calls, |request| async move {
-                let QueueRequest::Submit { id, task, dag, .. } = request else {
-                    unreachable!("submit_many builds submissions only")
-                };
-                let (task, changed) = self
-                    .submit_with_id(id, task, dag.map(|d| *d), Scope::Cluster)
-                    .await?;
-                Ok(Answer::Task { task, changed })
-            })
-            .await;
+        let answers = self.serve_batch(calls, Scope::Cluster).await;
         Ok(answers
             .into_iter()
             .map(|answer| match answer? {
@@ -635,18 +620,7 @@ impl TaskStore {
                 ))
             })
             .collect();
-        let answers = self
-            .serve_batch(calls, |request| async move {
-                let QueueRequest::Report { report, success } = request else {
-                    unreachable!("report_many builds reports only")
-                };
-                let task = self.report(report, success, scope).await?;
-                Ok(Answer::Task {
-                    task,
-                    changed: true,
-                })
-            })
-            .await;
+        let answers = self.serve_batch(calls, scope).await;
         Ok(answers
             .into_iter()
             .map(|answer| match answer? {
@@ -656,19 +630,39 @@ impl TaskStore {
             .collect())
     }
 
+    /// A submission or report of a batch served as its single call, wherever its shard
+    /// is: how a batch reaches the shards of other nodes.
+    async fn single(&self, request: QueueRequest, scope: Scope) -> Result<Answer, TaskError> {
+        match request {
+            QueueRequest::Submit { id, task, dag, .. } => {
+                let (task, changed) = self
+                    .submit_with_id(id, task, dag.map(|d| *d), scope)
+                    .await?;
+                Ok(Answer::Task { task, changed })
+            }
+            QueueRequest::Report { report, success } => {
+                let task = self.report(report, success, scope).await?;
+                Ok(Answer::Task {
+                    task,
+                    changed: true,
+                })
+            }
+            other => Err(TaskError::Invalid(format!(
+                "a batch holds submissions and reports, not {other:?}"
+            ))),
+        }
+    }
+
     /// Serves calls by shard: those of each shard this node serves as one
     /// [`QueueRequest::Many`] (one write and one wait for durability per shard, all
-    /// shards at once), each other one through `elsewhere` (forwarded, or refused as
-    /// unavailable). A call that could not be made (`Err`) is answered with its error.
-    async fn serve_batch<'a, F, Fut>(
-        &'a self,
+    /// shards at once), each other one as its single call ([`TaskStore::single`]:
+    /// forwarded, or refused as unavailable). A call that could not be made (`Err`) is
+    /// answered with its error.
+    async fn serve_batch(
+        &self,
         calls: Vec<Result<(u32, QueueRequest), TaskError>>,
-        elsewhere: F,
-    ) -> Vec<Result<Answer, TaskError>>
-    where
-        F: Fn(QueueRequest) -> Fut,
-        Fut: std::future::Future<Output = Result<Answer, TaskError>> + 'a,
-    {
+        scope: Scope,
+    ) -> Vec<Result<Answer, TaskError>> {
         let mut answers: Vec<Option<Result<Answer, TaskError>>> = Vec::new();
         // Per shard served here: its address, and the calls with their places.
         let mut here: std::collections::BTreeMap<u32, ShardBatch> = Default::default();
@@ -685,7 +679,7 @@ impl TaskStore {
                         indexes.push(index);
                         requests.push(request);
                     }
-                    None => there.push((index, elsewhere(request))),
+                    None => there.push((index, self.single(request, scope))),
                 },
             }
         }

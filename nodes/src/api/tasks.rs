@@ -15,7 +15,7 @@ use wellspring_protocol::taskstore::api::{
     ForwardedAnswer, ForwardedSubmit, ListQuery, MAX_LIST_LIMIT, ReportBatch, SubmitBatch,
 };
 use wellspring_protocol::taskstore::{
-    Claim, ExtendClaim, GroupSettings, NewTask, Report, TaskStatus,
+    Claim, ExtendClaim, GroupSettings, NewTask, Report, TaskStatus, TaskView,
 };
 
 use super::{Answer, Api, ApiError, scope};
@@ -191,13 +191,17 @@ async fn report(
     Ok(Json(api.store.report(report, success, scope(&headers)).await?).into_response())
 }
 
-/// One item of a batch, answered as its single call would be.
-fn batch_result<T>(
-    result: Result<T, TaskError>,
-    answer: impl FnOnce(T) -> BatchResult,
-) -> BatchResult {
+/// One item of a batch, answered as its single call would be (a submission's `created`
+/// is `Some`: `201` when new).
+fn batch_result(result: Result<(TaskView, Option<bool>), TaskError>) -> BatchResult {
     match result {
-        Ok(done) => answer(done),
+        Ok((task, created)) => BatchResult {
+            status: created_or_ok(created.unwrap_or(false)).as_u16(),
+            id: Some(task.id),
+            version: Some(task.version),
+            created,
+            error: None,
+        },
         Err(e) => BatchResult {
             status: e.http_status(),
             id: None,
@@ -217,15 +221,7 @@ pub(super) async fn submit_batch(
     Ok(Json(BatchAnswer {
         results: results
             .into_iter()
-            .map(|result| {
-                batch_result(result, |(task, created)| BatchResult {
-                    status: created_or_ok(created).as_u16(),
-                    id: Some(task.id),
-                    version: Some(task.version),
-                    created: Some(created),
-                    error: None,
-                })
-            })
+            .map(|result| batch_result(result.map(|(task, created)| (task, Some(created)))))
             .collect(),
     }))
 }
@@ -236,15 +232,8 @@ pub(super) async fn claim_batch(
     body: Result<Json<ClaimBatch>, JsonRejection>,
 ) -> Answer<Json<ClaimedBatch>> {
     let Json(batch) = body?;
-    let claim = Claim {
-        groups: batch.groups,
-        client_id: batch.client_id,
-        duration: batch.duration,
-    };
-    let tasks = api
-        .store
-        .claim_many(claim, batch.limit, scope(&headers))
-        .await?;
+    let (claim, limit) = batch.split();
+    let tasks = api.store.claim_many(claim, limit, scope(&headers)).await?;
     Ok(Json(ClaimedBatch { tasks }))
 }
 
@@ -264,15 +253,7 @@ pub(super) async fn report_batch(
     Ok(Json(BatchAnswer {
         results: results
             .into_iter()
-            .map(|result| {
-                batch_result(result, |task| BatchResult {
-                    status: StatusCode::OK.as_u16(),
-                    id: Some(task.id),
-                    version: Some(task.version),
-                    created: None,
-                    error: None,
-                })
-            })
+            .map(|result| batch_result(result.map(|task| (task, None))))
             .collect(),
     }))
 }

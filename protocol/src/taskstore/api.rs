@@ -12,7 +12,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::model::{DagTaskOrigin, Millis, NewTask, Report, TaskStatus, TaskView};
+use super::model::{Claim, DagTaskOrigin, Millis, NewTask, Report, TaskStatus, TaskView};
 
 /// Route patterns as the server mounts them; `{name}` and `{id}` are path parameters.
 /// Calls without parameters use these as their path.
@@ -175,6 +175,28 @@ pub struct ClaimBatch {
     pub client_id: String,
     pub duration: Millis,
     pub limit: usize,
+}
+
+impl ClaimBatch {
+    /// A claim of up to `limit` tasks.
+    pub fn new(claim: Claim, limit: usize) -> Self {
+        Self {
+            groups: claim.groups,
+            client_id: claim.client_id,
+            duration: claim.duration,
+            limit,
+        }
+    }
+
+    /// The claim each task is leased by, and the limit.
+    pub fn split(self) -> (Claim, usize) {
+        let claim = Claim {
+            groups: self.groups,
+            client_id: self.client_id,
+            duration: self.duration,
+        };
+        (claim, self.limit)
+    }
 }
 
 /// The tasks a [`ClaimBatch`] leased (none: nothing is available).

@@ -8,7 +8,8 @@
 //! Run: `cargo bench -p wellspring-nodes --bench kafka_pipeline`
 //! (installs tansu into .tools/ if needed; `WELLSPRING_TANSU` points at another binary;
 //! `--plates N` sets the size of a measured run, default 2; `--rate N` the images per
-//! second of the latency run, default 2000;
+//! second of the latency run, default 2000; `--broker nisshi` runs on nisshi instead, with
+//! commits as `--no-transactions` makes them, outputs first and then offsets;
 //! `WELLSPRING_BENCH_KAFKA="name=value,..."` adds librdkafka properties to try).
 
 use std::cell::RefCell;
@@ -229,9 +230,21 @@ fn arg_after<T: std::str::FromStr>(flag: &str) -> Option<T> {
 }
 
 fn main() {
+    wellspring_allocator::configure();
     let plates: u32 = arg_after("--plates").unwrap_or(2);
     let rate: f64 = arg_after("--rate").unwrap_or(2000.0);
-    let broker = broker::Broker::start();
+    // `--broker nisshi`: on nisshi, which has no transactions (commits are outputs first,
+    // then offsets, as `--no-transactions` runs); default tansu, transactional.
+    let on_nisshi = match arg_after::<String>("--broker").as_deref() {
+        None | Some("tansu") => false,
+        Some("nisshi") => true,
+        Some(other) => panic!("--broker {other}: the bench runs on tansu or nisshi"),
+    };
+    let broker = if on_nisshi {
+        broker::Broker::start_for_groups()
+    } else {
+        broker::Broker::start()
+    };
     let address = broker.address.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -241,6 +254,7 @@ fn main() {
     let log = runtime
         .block_on(KafkaLog::connect({
             let mut settings = KafkaSettings::new(address.clone());
+            settings.transactions = !on_nisshi;
             // Extra librdkafka properties to try: WELLSPRING_BENCH_KAFKA="a=1,b=2".
             for item in std::env::var("WELLSPRING_BENCH_KAFKA")
                 .unwrap_or_default()
@@ -347,4 +361,4 @@ fn main() {
 
 /// The allocator the `wellspring` binary ships with, so the bench measures what runs.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: wellspring_allocator::Allocator = wellspring_allocator::Allocator;

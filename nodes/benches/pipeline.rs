@@ -350,6 +350,7 @@ fn site_changelog_per_site() {
 }
 
 fn main() {
+    wellspring_allocator::configure();
     let mut criterion = Criterion::default().configure_from_args();
     pipeline(&mut criterion);
     criterion.final_summary();
@@ -366,4 +367,4 @@ fn main() {
 
 /// The allocator the `wellspring` binary ships with, so the bench measures what runs.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: wellspring_allocator::Allocator = wellspring_allocator::Allocator;

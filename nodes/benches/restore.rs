@@ -188,6 +188,7 @@ fn round(n: u32, standby: bool, broker: bool) -> (Duration, u64) {
 }
 
 fn main() {
+    wellspring_allocator::configure();
     let rounds: u32 = flag("--rounds").and_then(|r| r.parse().ok()).unwrap_or(3);
     let broker = std::env::args().any(|a| a == "--broker");
     let on = if broker { "nisshi" } else { "the embedded log" };
@@ -218,4 +219,4 @@ fn main() {
 
 /// The allocator the `wellspring` binary ships with, so the bench measures what runs.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: wellspring_allocator::Allocator = wellspring_allocator::Allocator;

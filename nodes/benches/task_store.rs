@@ -274,6 +274,7 @@ fn bench(c: &mut Criterion) {
 }
 
 fn main() {
+    wellspring_allocator::configure();
     let mut criterion = Criterion::default().configure_from_args();
     bench(&mut criterion);
     criterion.final_summary();
@@ -281,4 +282,4 @@ fn main() {
 
 /// The allocator the `wellspring` binary ships with, so the bench measures what runs.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: wellspring_allocator::Allocator = wellspring_allocator::Allocator;

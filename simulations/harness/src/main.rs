@@ -14,7 +14,7 @@ use wellspring_simulations::{FaultRates, InjectedBug, SimConfig, SimOutcome, run
 
 /// The allocator of the `wellspring` binary (whose `wellspring sim` runs the same harness).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: wellspring_allocator::Allocator = wellspring_allocator::Allocator;
 
 /// Run the deterministic simulation harness: several nodes of the real engine in one
 /// process, in virtual time, with injected faults; one seed or a sweep.
@@ -103,6 +103,7 @@ impl SimArgs {
 }
 
 fn main() -> ExitCode {
+    wellspring_allocator::configure();
     // Nothing logged unless asked: the injected faults would flood the terminal with errors.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));

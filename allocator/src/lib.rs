@@ -22,7 +22,10 @@ pub use mimalloc::MiMalloc as Allocator;
 /// and zeroed by the kernel anew (a 2-MB huge page at a time): `clear_page_erms` was 12%
 /// of the lab pipeline bench's CPU. Ten seconds, jemalloc's default decay, keeps a busy
 /// node's memory while still handing back what an idle one no longer uses.
-pub const PURGE_DELAY: Duration = Duration::from_secs(10);
+pub const PURGE_DELAY: Duration = Duration::from_millis(PURGE_DELAY_MS as u64);
+
+/// [`PURGE_DELAY`] as mimalloc takes it.
+const PURGE_DELAY_MS: std::os::raw::c_long = 10_000;
 
 /// `mi_option_purge_delay`, the 16th of mimalloc's `mi_option_t` (v2 names it
 /// `reset_delay` too), which libmimalloc-sys does not name. The test checks that it is the
@@ -31,12 +34,11 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Applies Wellspring's allocator settings; call it first in `main`.
 pub fn configure() {
-    let millis = std::os::raw::c_long::try_from(PURGE_DELAY.as_millis()).unwrap_or(1000);
     // SAFETY: `mi_option_set` stores one option value; it takes no pointers and may be
     // called at any time (mimalloc reads its options atomically).
     #[allow(unsafe_code)]
     unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, millis);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
     }
 }
 

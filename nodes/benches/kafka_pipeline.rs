@@ -240,6 +240,11 @@ fn main() {
         Some("nisshi") => true,
         Some(other) => panic!("--broker {other}: the bench runs on tansu or nisshi"),
     };
+    let through = if on_nisshi {
+        "nisshi, without transactions"
+    } else {
+        "tansu, with transactions"
+    };
     let broker = if on_nisshi {
         broker::Broker::start_for_groups()
     } else {
@@ -311,7 +316,7 @@ fn main() {
     }
     rates.sort_by(f64::total_cmp);
     println!(
-        "kafka_pipeline: median {:.0} channel events/s end to end through the broker (one node, {plates} plate(s) per round)",
+        "kafka_pipeline: median {:.0} channel events/s end to end through the broker ({through}; one node, {plates} plate(s) per round)",
         rates[rates.len() / 2]
     );
 

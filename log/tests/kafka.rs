@@ -693,7 +693,34 @@ async fn evicting_a_member_the_broker_does_not_list_leaves_the_group_undisturbed
         },
     )
     .await;
-    let before = (owned_a.0.clone(), owned_b.0.clone());
+    // The joins may still be settling (a member that joined second can bring a further
+    // rebalance): wait until the assignment has held for 3 s, so that a change after the
+    // eviction is the eviction's.
+    let settle_by = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut held_since = tokio::time::Instant::now();
+    let mut before = (owned_a.0.clone(), owned_b.0.clone());
+    while held_since.elapsed() < Duration::from_secs(3) {
+        assert!(
+            tokio::time::Instant::now() < settle_by,
+            "the group's assignment never held for 3 s: {before:?}"
+        );
+        a.poll(&mut owned_a, 10, Duration::from_millis(50))
+            .await
+            .unwrap();
+        b.poll(&mut owned_b, 10, Duration::from_millis(50))
+            .await
+            .unwrap();
+        let now = (owned_a.0.clone(), owned_b.0.clone());
+        if now != before {
+            before = now;
+            held_since = tokio::time::Instant::now();
+        }
+    }
+    assert_eq!(
+        before.0.len() + before.1.len(),
+        4,
+        "every partition is owned once settled: {before:?}"
+    );
     // A node that left cleanly (or was never there) is not listed among the members: the
     // eviction must not join the group in its name, which would make the group rebalance
     // twice for nothing. (tansu lists no group members at all, so every eviction there is

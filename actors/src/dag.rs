@@ -63,7 +63,7 @@ impl Default for RuntimeConfig {
             node_id: "wellspring-0".into(),
             session_timeout: Duration::from_secs(10),
             max_records: 2000,
-            max_wait: Duration::from_millis(200),
+            max_wait: Duration::from_secs(2),
             shard_restart: RestartPolicy::default(),
             stage_restart: RestartPolicy::default(),
             dag_restart: RestartPolicy {

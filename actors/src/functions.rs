@@ -114,8 +114,13 @@ pub trait StreamFunction {
     ) -> Result<(), FunctionError>;
     /// The layout of `experiment` arrived.
     fn layout_arrived(&mut self, _experiment: &ExperimentId, _ctx: &mut FunctionContext<'_>) {}
-    /// Called regularly (timeouts).
+    /// Called regularly (timeouts), and by [`StreamFunction::due_ms`] at the latest.
     fn tick(&mut self, _ctx: &mut FunctionContext<'_>) {}
+    /// When `tick` has work next (clock milliseconds), if it has any: until then the
+    /// stage need not call it.
+    fn due_ms(&self) -> Option<i64> {
+        None
+    }
     /// State changed since the last call: `(state key, encoded state or None to delete)`.
     fn take_changes(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
         Vec::new()
@@ -349,6 +354,10 @@ impl<L: Level> StreamFunction for Grouping<L> {
         self.aggregator
             .tick(ctx.layouts, ctx.now_ms, &mut self.emitted);
         self.flush(ctx);
+    }
+
+    fn due_ms(&self) -> Option<i64> {
+        self.aggregator.due_ms()
     }
 
     fn take_changes(&mut self) -> Vec<(String, Option<Vec<u8>>)> {

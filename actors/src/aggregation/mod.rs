@@ -412,6 +412,14 @@ impl<L: Level> Aggregator<L> {
         }
     }
 
+    /// When [`Aggregator::tick`] has work next (clock milliseconds): its next scan, when
+    /// there are open aggregates a timeout can report or closed ones to forget.
+    pub fn due_ms(&self) -> Option<i64> {
+        let scans = (self.config.incomplete_timeout.is_some() && !self.open.is_empty())
+            || !self.closed.is_empty();
+        scans.then_some(self.next_scan_ms)
+    }
+
     /// Reports aggregates open past the timeout and forgets old closed ones. Cheap to
     /// call often: it scans at most every tenth of the timeout.
     pub fn tick(

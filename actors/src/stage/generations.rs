@@ -84,6 +84,14 @@ impl Generations {
         }
     }
 
+    /// When the first of the generations' timers is due (clock milliseconds), if any is.
+    pub fn due_ms(&self) -> Option<i64> {
+        std::iter::once(&self.first)
+            .chain(self.reruns.values().map(|rerun| &rerun.function))
+            .filter_map(|function| function.due_ms())
+            .min()
+    }
+
     /// The generations there are: 0 and the re-runs'.
     pub fn all(&self) -> Vec<u32> {
         std::iter::once(0)

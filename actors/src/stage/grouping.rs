@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use async_trait::async_trait;
@@ -389,5 +390,11 @@ impl RecordProcessor for GroupingProcessor {
 
     fn layout_arrived(&mut self, experiment: &ExperimentId, out: &mut Vec<ProducerRecord>) {
         self.with_every_function(out, |f, ctx| f.layout_arrived(experiment, ctx));
+    }
+
+    fn due_in(&self) -> Option<Duration> {
+        let due_ms = self.functions.due_ms()?;
+        let wait_ms = due_ms.saturating_sub(self.clock.now_ms()).max(0);
+        Some(Duration::from_millis(wait_ms as u64))
     }
 }

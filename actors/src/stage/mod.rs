@@ -35,6 +35,7 @@ mod task;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use async_trait::async_trait;
@@ -66,6 +67,9 @@ pub struct ShardOutput {
     /// Told whether the commit carrying `outputs` succeeded: answers that must not go out
     /// before what they report is durable (the task store's API).
     pub acks: Vec<Ack>,
+    /// Ask again within this long even if no record comes: a timer of the shard's is due
+    /// then. (Work that finishes on its own wakes the stage through its waker.)
+    pub wake_in: Option<Duration>,
 }
 
 /// A callback told the outcome of a commit.
@@ -130,7 +134,7 @@ pub trait ShardFactory {
 #[derive(Debug, Clone)]
 pub struct StageSettings {
     pub max_records: usize,
-    pub max_wait: std::time::Duration,
+    pub max_wait: Duration,
     pub shard_restart: RestartPolicy,
 }
 
@@ -141,10 +145,13 @@ struct StageLoop {
     /// Reads the owned partitions' end offsets (for the lag metric).
     log: Arc<dyn wellspring_log::Log>,
     ends_read_at: Option<Instant>,
+    /// When the first of the shards' timers is due, as they said at the last cycle: the
+    /// poll waits no longer than that.
+    next_due: Option<Instant>,
 }
 
 /// How often a stage reads its partitions' end offsets (one call per owned partition).
-const LAG_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+const LAG_REFRESH: Duration = Duration::from_secs(2);
 
 impl StageLoop {
     /// Reads the end offset of every owned partition, every [`LAG_REFRESH`].
@@ -167,12 +174,13 @@ impl StageLoop {
     async fn cycle(&mut self) -> Result<(), StageError> {
         self.refresh_ends().await;
         let settings = self.shards.settings.clone();
-        let wait = match self.shards.next_restart() {
-            Some(at) => settings
-                .max_wait
-                .min(at.saturating_duration_since(Instant::now())),
-            None => settings.max_wait,
-        };
+        // No fixed cadence: the poll ends when records come, when a shard's work
+        // finishes (its waker), or when a timer or a shard's restart is due.
+        let wait = [self.shards.next_restart(), self.next_due]
+            .into_iter()
+            .flatten()
+            .map(|at| at.saturating_duration_since(Instant::now()))
+            .fold(settings.max_wait, Duration::min);
         let polling = Instant::now();
         let records = self
             .consumer
@@ -226,6 +234,9 @@ impl StageLoop {
         // What the log says this member owns, to check the stage's view against.
         let assignment = cfg!(debug_assertions).then(|| self.consumer.assignment());
         let partitions: Vec<TopicPartition> = self.shards.shards.keys().cloned().collect();
+        // A shard restarted just now is first asked at the next cycle, which comes at
+        // once: what its timers want is known only then.
+        let mut next_due = (!restarted.is_empty()).then(Instant::now);
         for tp in partitions {
             let mut records = by_partition.remove(&tp).unwrap_or_default();
             if !self.shards.is_running(&tp) || restarted.contains(&tp) {
@@ -252,6 +263,10 @@ impl StageLoop {
             let Some(output) = self.shards.ask(&tp, request).await else {
                 continue;
             };
+            if let Some(wake_in) = output.wake_in {
+                let due = Instant::now() + wake_in;
+                next_due = Some(next_due.map_or(due, |first| first.min(due)));
+            }
             batch.outputs.extend(poison_outputs);
             batch.outputs.extend(output.outputs);
             acks.extend(output.acks);
@@ -263,6 +278,7 @@ impl StageLoop {
                 self.shards.to_commit(&tp, offset, &mut batch);
             }
         }
+        self.next_due = next_due;
         self.shards.owned.processing.observe(processing.elapsed());
         if let Some(why) = self.shards.escalation.take() {
             return Err(why);
@@ -432,6 +448,7 @@ impl Actor for StageActor {
             },
             log: self.spec.log.clone(),
             ends_read_at: None,
+            next_due: None,
         });
         ctx.notify(RunCycle);
     }

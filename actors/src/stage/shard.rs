@@ -9,6 +9,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::Notify;
@@ -53,6 +54,11 @@ pub trait RecordProcessor: Unpin + 'static {
     }
     /// An experiment's layout arrived.
     fn layout_arrived(&mut self, _experiment: &ExperimentId, _out: &mut Vec<ProducerRecord>) {}
+    /// How soon [`RecordProcessor::drain`] has timed work (a timeout), if it has any: the
+    /// stage asks by then even if no record comes.
+    fn due_in(&self) -> Option<Duration> {
+        None
+    }
 }
 
 pub struct SyncShard<P: RecordProcessor> {
@@ -188,21 +194,21 @@ impl<P: RecordProcessor> Handler<ShardRequest> for SyncShard<P> {
                 Ok(ShardOutput {
                     outputs: self.drain(ctx)?,
                     commit_to,
-                    acks: Vec::new(),
+                    wake_in: self.processor.due_in(),
+                    ..ShardOutput::default()
                 })
             }
             ShardRequest::Drain => Ok(ShardOutput {
                 outputs: self.drain(ctx)?,
-                commit_to: None,
-                acks: Vec::new(),
+                wake_in: self.processor.due_in(),
+                ..ShardOutput::default()
             }),
             ShardRequest::Revoke => {
                 let outputs = self.drain(ctx)?;
                 ctx.stop();
                 Ok(ShardOutput {
                     outputs,
-                    commit_to: None,
-                    acks: Vec::new(),
+                    ..ShardOutput::default()
                 })
             }
             ShardRequest::Stop => {

@@ -127,10 +127,11 @@ impl TaskShard {
         let outputs = ready.into_values().flatten().collect();
         let commit_to = (self.reported_to != Some(watermark)).then_some(watermark);
         self.reported_to = Some(watermark);
+        // No timers: a finished call wakes the stage itself.
         ShardOutput {
             outputs,
             commit_to,
-            acks: Vec::new(),
+            ..ShardOutput::default()
         }
     }
 

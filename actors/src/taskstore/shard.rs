@@ -460,6 +460,8 @@ impl QueueShard {
             commit_to: self.commit_to(!outputs.is_empty()),
             outputs,
             acks: std::mem::take(&mut self.acks),
+            // Leases expire on the stage's own cadence (its poll wait is the tick).
+            wake_in: None,
         }
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::coordinator::MemberState;
-use super::shared::{Shared, State};
+use super::shared::{Shared, State, Watcher};
 use crate::{
     Assigned, CommitBatch, Consumer, ConsumerConfig, LogError, LogRecord, Offset,
     RebalanceListener, StartFrom, Subscription, TopicPartition,
@@ -21,8 +21,8 @@ use crate::{
 
 pub(super) struct EmbeddedConsumer {
     shared: Arc<Shared>,
-    /// The version of the log's change counter this consumer last looked at.
-    seen: u64,
+    /// Wakes this consumer's wait when its topics are appended to or a group changes.
+    watcher: Arc<Watcher>,
     waker: Arc<Notify>,
     /// Member id in the group, once joined.
     member: Option<u64>,
@@ -49,9 +49,14 @@ impl EmbeddedConsumer {
         config: ConsumerConfig,
         positions: BTreeMap<TopicPartition, Offset>,
     ) -> Self {
+        let topics = match &config.subscription {
+            Subscription::Topics(topics) => topics.clone(),
+            Subscription::Assign(_) => positions.keys().map(|tp| tp.topic.to_string()).collect(),
+        };
+        let watcher = shared.changes.watch(topics);
         Self {
             shared,
-            seen: 0,
+            watcher,
             waker: Arc::new(Notify::new()),
             member: None,
             positions,
@@ -137,6 +142,11 @@ impl EmbeddedConsumer {
         let Some(target) = group.heartbeat(id, now) else {
             return GroupStep::Steady;
         };
+        // The usual case, checked without copying the target: it holds what it should.
+        if !changed && target.iter().eq(self.positions.keys()) {
+            return GroupStep::Steady;
+        }
+        let target = target.clone();
         let revoke: Vec<TopicPartition> = self
             .positions
             .keys()
@@ -205,8 +215,9 @@ impl EmbeddedConsumer {
 
     /// Applies a commit batch and waits until it is durable.
     async fn commit_durably(&self, batch: CommitBatch) -> Result<(), LogError> {
+        let touched = Shared::topics_of(&batch.outputs);
         let seq = self.apply_commit(batch);
-        self.shared.bump();
+        self.shared.appended(&touched);
         self.shared.durable(seq?).await
     }
 
@@ -272,8 +283,17 @@ impl Consumer for EmbeddedConsumer {
         let deadline = Instant::now() + max_wait;
         // Wake at least this often while waiting, to stay alive and notice dead peers.
         let heartbeat = (self.config.session_timeout / 4).max(Duration::from_millis(1));
+        let watcher = self.watcher.clone();
         loop {
-            self.seen = self.shared.changes.version();
+            // Armed before the group step and the read, so that a change while they run
+            // ends the wait. A wake kept from before is stale (what it was for is read
+            // now): it is spent, and a fresh wait armed.
+            let changed = watcher.notify.notified();
+            tokio::pin!(changed);
+            if changed.as_mut().enable() {
+                changed.set(watcher.notify.notified());
+                changed.as_mut().enable();
+            }
             match self.group_step() {
                 GroupStep::Lost => {
                     let lost: Vec<TopicPartition> =
@@ -315,13 +335,15 @@ impl Consumer for EmbeddedConsumer {
             if !records.is_empty() || now >= deadline {
                 return Ok(records);
             }
-            let wake = deadline.min(now + heartbeat);
-            let changed = self.shared.changes.notify.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.shared.changes.version() != self.seen {
-                continue;
-            }
+            // Also when a silent peer's session runs out, so that its partitions move
+            // as soon as they may.
+            let expiry = self.group_name().and_then(|g| {
+                let state = self.shared.state.lock();
+                state.groups.get(g).and_then(|g| g.next_expiry())
+            });
+            let wake = expiry.map_or(deadline.min(now + heartbeat), |at| {
+                deadline.min(now + heartbeat).min(at.max(now))
+            });
             // Biased: polled in a fixed order, so a simulated run replays exactly.
             tokio::select! {
                 biased;

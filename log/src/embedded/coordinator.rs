@@ -212,10 +212,10 @@ impl GroupState {
 
     /// Member `id` is alive at `now`: where the group wants its partitions, or `None` if
     /// it is not a member (any more).
-    pub fn heartbeat(&mut self, id: u64, now: Instant) -> Option<BTreeSet<TopicPartition>> {
+    pub fn heartbeat(&mut self, id: u64, now: Instant) -> Option<&BTreeSet<TopicPartition>> {
         let member = self.members.get_mut(&id)?;
         member.last_seen = now;
-        Some(member.target.clone())
+        Some(&member.target)
     }
 
     /// Makes member `id` the holder of `partition` if no other member holds it; whether
@@ -291,6 +291,15 @@ impl GroupState {
             self.remove(*id);
         }
         !gone.is_empty()
+    }
+
+    /// The first moment a member not heard from again would be presumed dead (members
+    /// expire lazily, when another member looks: this is when to look).
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.members
+            .values()
+            .map(|m| m.last_seen + m.session_timeout + Duration::from_millis(1))
+            .min()
     }
 
     /// Removes members not heard from within their session timeout; true if any.

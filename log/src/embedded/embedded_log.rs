@@ -241,6 +241,7 @@ impl Producer for EmbeddedProducer {
         records: Vec<ProducerRecord>,
     ) -> Result<Vec<(TopicPartition, Offset)>, LogError> {
         let now = self.shared.clock.now_ms();
+        let touched = Shared::topics_of(&records);
         let seq = {
             let mut state = self.shared.state.lock();
             let mut stored = Vec::new();
@@ -251,7 +252,7 @@ impl Producer for EmbeddedProducer {
             let seq = self.shared.journal_batch(&mut state, &stored, None)?;
             (out, seq)
         };
-        self.shared.bump();
+        self.shared.appended(&touched);
         self.shared.durable(seq.1).await?;
         Ok(seq.0)
     }

@@ -1,10 +1,9 @@
 //! What every handle, producer and consumer of one embedded log shares: the topics and
 //! groups under one lock (so a commit's outputs and offsets apply together), the clock
-//! that timestamps records, and the change counter that wakes waiting consumers.
+//! that timestamps records, and the watchers that wake waiting consumers.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -13,11 +12,11 @@ use super::coordinator::GroupState;
 use super::durable::{Entry, Journal};
 use super::storage::{Stored, Topics};
 use crate::time::Clock;
-use crate::{LogError, Offset, TopicPartition};
+use crate::{LogError, Offset, ProducerRecord, TopicPartition};
 
 pub(super) struct Shared {
     pub state: Mutex<State>,
-    /// Bumped on every append and group change; waiting consumers watch it.
+    /// Wakes waiting consumers on appends to their topics and on group changes.
     pub changes: Changes,
     pub clock: Arc<dyn Clock>,
     /// Where every change is written before it is acknowledged (a durable log only).
@@ -82,29 +81,92 @@ impl Shared {
         }
     }
 
-    /// Wakes every waiting consumer: something changed.
+    /// The topics `records` go to, each once: whose readers to wake once they are in.
+    pub fn topics_of(records: &[ProducerRecord]) -> Vec<Arc<str>> {
+        let mut topics: Vec<Arc<str>> = Vec::new();
+        for record in records {
+            if !topics.contains(&record.topic) {
+                topics.push(record.topic.clone());
+            }
+        }
+        topics
+    }
+
+    /// Wakes the readers of `topics`: records were appended to them.
+    pub fn appended(&self, topics: &[Arc<str>]) {
+        self.changes.appended(topics.iter().map(|t| &**t));
+    }
+
+    /// Wakes every waiting consumer: a group or the topics changed.
     pub fn bump(&self) {
-        self.changes.bump();
+        self.changes.everything();
     }
 }
 
-/// A change counter that wakes every waiting consumer, in the order they started waiting.
+/// Wakes waiting consumers: those that read a topic when records are appended to it, and
+/// every one when a group or the topics change.
 ///
-/// Not tokio's `watch` channel: it spreads its waiters over shards picked at random, so
-/// the order in which consumers wake (and a simulated run) would differ from run to run.
+/// Each consumer has its own [`Watcher`]: a log with many stages would otherwise wake
+/// every consumer on every append, to find nothing of its own to read. Watchers are woken
+/// in the order they were made, so a simulated run replays exactly (tokio's `watch`
+/// channel spreads its waiters over shards picked at random).
 #[derive(Default)]
 pub(super) struct Changes {
-    version: AtomicU64,
+    watchers: Mutex<Vec<Weak<Watcher>>>,
+}
+
+/// What one consumer waits on. A wake that comes while the consumer is not waiting is
+/// kept (a [`Notify`] permit), so none is lost between a read and the wait.
+pub(super) struct Watcher {
+    topics: Vec<String>,
     pub notify: Notify,
 }
 
 impl Changes {
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::SeqCst)
+    /// A watcher for appends to `topics` (and every group change).
+    pub fn watch(&self, mut topics: Vec<String>) -> Arc<Watcher> {
+        topics.sort();
+        topics.dedup();
+        let watcher = Arc::new(Watcher {
+            topics,
+            notify: Notify::new(),
+        });
+        self.watchers.lock().push(Arc::downgrade(&watcher));
+        watcher
     }
 
-    fn bump(&self) {
-        self.version.fetch_add(1, Ordering::SeqCst);
-        self.notify.notify_waiters();
+    /// Records were appended to `topics`: wakes their readers.
+    pub fn appended<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
+        let mut touched: Vec<&str> = topics.into_iter().collect();
+        if touched.is_empty() {
+            return;
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        self.wake(|watcher| {
+            touched.iter().any(|t| {
+                watcher
+                    .topics
+                    .binary_search_by(|w| w.as_str().cmp(t))
+                    .is_ok()
+            })
+        });
+    }
+
+    /// A group or the set of topics changed: wakes every consumer.
+    pub fn everything(&self) {
+        self.wake(|_| true);
+    }
+
+    fn wake(&self, wants: impl Fn(&Watcher) -> bool) {
+        self.watchers.lock().retain(|weak| match weak.upgrade() {
+            Some(watcher) => {
+                if wants(&watcher) {
+                    watcher.notify.notify_one();
+                }
+                true
+            }
+            None => false,
+        });
     }
 }

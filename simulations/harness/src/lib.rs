@@ -41,7 +41,7 @@ pub use wellspring_log::time::TokioClock;
 /// simulated timers pass in milliseconds, and a run with no real I/O is deterministic.
 pub fn virtual_time_system() -> std::io::Result<SystemRunner> {
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_time()
         .start_paused(true)
         .build()?;
     Ok(actix_rt::System::with_tokio_rt(move || runtime))

@@ -28,11 +28,27 @@ use crate::history::{EventKind, History};
 #[derive(Debug, Default)]
 pub struct Life {
     dead: AtomicBool,
+    died: Notify,
 }
 
 impl Life {
     pub fn kill(&self) {
         self.dead.store(true, Ordering::SeqCst);
+        self.died.notify_waiters();
+    }
+
+    /// Resolves once the incarnation is dead: a call in progress ends there, unfinished,
+    /// as it would in a killed process.
+    pub async fn death(&self) {
+        loop {
+            let died = self.died.notified();
+            tokio::pin!(died);
+            died.as_mut().enable();
+            if self.is_dead() {
+                return;
+            }
+            died.await;
+        }
     }
 
     pub fn is_dead(&self) -> bool {
@@ -215,10 +231,15 @@ impl Consumer for NodeConsumer {
             tokio::time::sleep(delay).await;
             life.check().await;
         }
-        let records = self.inner.poll(listener, max_records, max_wait).await;
-        // A node killed while it waited never sees what the poll brought.
-        life.check().await;
-        records
+        // A node killed while it waits stops there: its consumer takes no further step
+        // of the group protocol (a zombie member rejoining under the node's static id
+        // would fence its successor, and be fenced back, for ever) and never sees what
+        // the poll brought.
+        tokio::select! {
+            biased;
+            _ = life.death() => std::future::pending().await,
+            records = self.inner.poll(listener, max_records, max_wait) => records,
+        }
     }
 
     async fn commit(&mut self, batch: CommitBatch) -> Result<(), LogError> {

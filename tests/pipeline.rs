@@ -11,7 +11,7 @@ use common::{Harness, load, test_config};
 use wellspring_actors::http::{ReqwestTransport, SharedRng};
 use wellspring_actors::metrics::{Metrics, names};
 use wellspring_actors::supervision::Health;
-use wellspring_actors::{FunctionRegistry, Node, NodeEnv};
+use wellspring_actors::{FunctionRegistry, Node, NodeEnv, RuntimeConfig};
 use wellspring_log::{EmbeddedLog, SystemClock};
 use wellspring_nodes::verify::{Expected, Tracker};
 use wellspring_nodes::workload::{Message, Workload, WorkloadConfig};
@@ -149,7 +149,19 @@ async fn the_incomplete_timeout_names_the_missing_image_and_a_late_image_still_c
         .position(|i| i.key.to_string() == "EXP-MISSING/1/B02/3/5")
         .unwrap();
     let missing: ChannelImage = images.remove(missing_at);
-    let h = Harness::start(&hierarchy_dag("300ms"), &[]).await;
+    // Stages that would wait an hour for records: the report comes on the groupings'
+    // own timers (each shard says when its next scan is due), not on a poll cadence.
+    let config = RuntimeConfig {
+        max_wait: Duration::from_secs(3600),
+        ..test_config()
+    };
+    let h = Harness::start_with(
+        &hierarchy_dag("300ms"),
+        &[],
+        FunctionRegistry::with_builtins(),
+        config,
+    )
+    .await;
     h.publish_layout("metadata", &layout).await;
     h.publish_images("images", &images).await;
     h.wait_until("incomplete reports for the site and the well", |h| {
@@ -332,7 +344,7 @@ impl NodeThread {
                     health: Health::default(),
                     rng: SharedRng::seeded(1),
                     task_store: None,
-                    config: wellspring_actors::RuntimeConfig {
+                    config: RuntimeConfig {
                         node_id,
                         session_timeout: Duration::from_secs(2),
                         standby_replicas,

@@ -303,6 +303,33 @@ async fn a_silent_member_is_presumed_dead_and_its_partitions_move() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_long_poll_takes_over_a_silent_members_partitions_as_its_session_ends() {
+    let log = log_with_topic(4).await;
+    let mut a = member(&log, "a");
+    let mut b = member(&log, "b");
+    let (mut la, mut lb) = (Recorder::default(), Recorder::default());
+    poll_both((&mut a, &mut la), (&mut b, &mut lb)).await;
+    let b_had = held(&log, "b");
+    assert_eq!(b_had.len(), 2);
+    let producer = log.producer().unwrap();
+    for tp in &b_had {
+        let mut r = record("in", "k", "v");
+        r.partition = Some(tp.partition);
+        producer.send(vec![r]).await.unwrap();
+    }
+    // b falls silent; a waits in one poll far longer than the session. It must not sleep
+    // on to its next heartbeat (a quarter of the session) once b's session is over.
+    let silent_since = Instant::now();
+    let records = a.poll(&mut la, 10, Duration::from_secs(60)).await.unwrap();
+    let waited = silent_since.elapsed();
+    assert_eq!(records.len(), 2, "b's records, read by a");
+    assert!(
+        waited >= Duration::from_secs(6) && waited < Duration::from_millis(6_100),
+        "took over after {waited:?}, the session being 6 s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_static_member_that_returns_in_time_keeps_its_partitions_without_a_rebalance() {
     let log = log_with_topic(4).await;
     let mut a = static_member(&log, "node-0");

@@ -331,6 +331,47 @@ fn closed_aggregates_are_forgotten_after_the_retention() {
 }
 
 #[test]
+fn the_next_scan_is_due_only_while_a_scan_has_something_to_find() {
+    let layout = synthetic::layout("EXP-D", 1, 1, 1, 2).unwrap();
+    let known = layouts_of(&layout);
+    let config = AggregatorConfig {
+        incomplete_timeout: Some(Duration::from_secs(10)),
+        closed_retention: Duration::from_secs(100),
+    };
+    let mut aggregator = Aggregator::<SiteLevel>::new(config);
+    let mut out = Vec::new();
+    assert_eq!(aggregator.due_ms(), None, "nothing open, nothing closed");
+    let mut images = synthetic::images(&layout, "HUVEC").into_iter();
+    let first = images.next().unwrap();
+    aggregator.ingest(first, &known, 1_000, &mut out).unwrap();
+    // Open, never scanned: due at once; a scan sets the next a tenth of the timeout on.
+    assert!(aggregator.due_ms().is_some_and(|due| due <= 1_000));
+    aggregator.tick(&known, 1_000, &mut out);
+    assert_eq!(aggregator.due_ms(), Some(2_000));
+    aggregator.tick(&known, 1_500, &mut out);
+    assert_eq!(
+        aggregator.due_ms(),
+        Some(2_000),
+        "a tick before it is due scans nothing"
+    );
+    // Closed: still due (the retention), at the pace without a timeout's.
+    let second = images.next().unwrap();
+    assert_eq!(
+        aggregator.ingest(second, &known, 3_000, &mut out),
+        Ok(Ingested::Completed)
+    );
+    aggregator.tick(&known, 3_000, &mut out);
+    assert_eq!(aggregator.due_ms(), Some(4_000));
+    aggregator.tick(&known, 200_000, &mut out);
+    assert_eq!(aggregator.closed_count(), 0);
+    assert_eq!(
+        aggregator.due_ms(),
+        None,
+        "forgotten: nothing left to scan for"
+    );
+}
+
+#[test]
 #[should_panic(expected = "the site aggregate EXP-T/1/B02/1 is emitted twice")]
 fn an_aggregate_emitted_twice_is_caught() {
     let layout = synthetic::layout("EXP-T", 1, 1, 1, 2).unwrap();

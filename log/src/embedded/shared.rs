@@ -170,3 +170,35 @@ impl Changes {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `watcher` has a wake kept for it (and spends it).
+    fn woken(watcher: &Watcher) -> bool {
+        let notified = watcher.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable()
+    }
+
+    #[test]
+    fn an_append_wakes_the_readers_of_its_topics_and_a_group_change_everyone() {
+        let changes = Changes::default();
+        let images = changes.watch(vec!["images".into()]);
+        let sites = changes.watch(vec!["sites".into(), "images".into()]);
+        let wells = changes.watch(vec!["wells".into()]);
+        changes.appended(["images", "images"]);
+        assert!(woken(&images) && woken(&sites));
+        assert!(!woken(&wells), "no record of its topics came");
+        assert!(!woken(&images), "one wake per append, spent once");
+        changes.appended(["wells"]);
+        assert!(woken(&wells) && !woken(&images) && !woken(&sites));
+        changes.everything();
+        assert!(woken(&images) && woken(&sites) && woken(&wells));
+        // A consumer dropped leaves its watcher behind, and the next wake forgets it.
+        drop(sites);
+        changes.everything();
+        assert_eq!(changes.watchers.lock().len(), 2);
+    }
+}

@@ -114,7 +114,7 @@ pub trait StreamFunction {
     ) -> Result<(), FunctionError>;
     /// The layout of `experiment` arrived.
     fn layout_arrived(&mut self, _experiment: &ExperimentId, _ctx: &mut FunctionContext<'_>) {}
-    /// Called regularly (timeouts), and by [`StreamFunction::due_ms`] at the latest.
+    /// Called often (timeouts): at the latest when [`StreamFunction::due_ms`] says.
     fn tick(&mut self, _ctx: &mut FunctionContext<'_>) {}
     /// When `tick` has work next (clock milliseconds), if it has any: until then the
     /// stage need not call it.

@@ -17,7 +17,7 @@
 //! Run: `cargo bench -p wellspring-actors --bench aggregation` (`-- lab` for the large
 //! case alone).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
@@ -28,7 +28,8 @@ use wellspring_actors::aggregation::{
 };
 use wellspring_protocol::{ChannelImage, ExperimentId, ExperimentLayout, synthetic};
 
-/// Counts live heap bytes, to measure memory per open aggregate.
+/// Counts live heap bytes, to measure memory per open aggregate, on the allocator the
+/// binaries run on (mimalloc, with their settings).
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -36,18 +37,18 @@ static LIVE: AtomicIsize = AtomicIsize::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
+        unsafe { wellspring_allocator::Allocator.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { wellspring_allocator::Allocator.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         LIVE.fetch_add(
             new_size as isize - layout.size() as isize,
             Ordering::Relaxed,
         );
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { wellspring_allocator::Allocator.realloc(ptr, layout, new_size) }
     }
 }
 
@@ -235,6 +236,7 @@ fn lab_throughput(c: &mut Criterion) {
 }
 
 fn main() {
+    wellspring_allocator::configure();
     let lab_only = std::env::args().any(|a| a == "lab");
     if !lab_only {
         memory_per_open_site();

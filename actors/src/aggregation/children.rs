@@ -181,16 +181,19 @@ impl Children<String> for Locations {
         // The common case, once a site has a channel: the text begins with the prefix, so
         // the entry is spliced in and the count (one byte below 127) goes up.
         if count > 0 && count < 127 && text.starts_with(prefix) {
+            // One exact-size allocation, written in order: no temporary entry, no splice.
             let rest = &text[prefix.len()..];
-            let mut entry = Vec::with_capacity(10 + rest.len());
-            write_varint(&mut entry, u64::from(id));
-            write_varint(&mut entry, rest.len() as u64);
-            entry.extend_from_slice(rest);
+            let mut head = Varints::default();
+            head.push(u64::from(id));
+            head.push(rest.len() as u64);
+            let head = head.as_bytes();
             let at = before.unwrap_or(self.0.len());
-            let mut bytes = Vec::from(std::mem::take(&mut self.0));
-            bytes.reserve_exact(entry.len());
+            let mut bytes = Vec::with_capacity(self.0.len() + head.len() + rest.len());
+            bytes.extend_from_slice(&self.0[..at]);
+            bytes.extend_from_slice(head);
+            bytes.extend_from_slice(rest);
+            bytes.extend_from_slice(&self.0[at..]);
             bytes[0] += 1;
-            bytes.splice(at..at, entry);
             self.0 = bytes.into_boxed_slice();
             return Insert::Added;
         }
@@ -275,6 +278,30 @@ fn write_varint(out: &mut Vec<u8>, mut n: u64) {
         n >>= 7;
     }
     out.push(n as u8);
+}
+
+/// A few varints on the stack (an entry's id and length), to copy into a buffer.
+#[derive(Default)]
+struct Varints {
+    bytes: [u8; 20],
+    len: usize,
+}
+
+impl Varints {
+    /// Appends `n`; two u64 varints at most (10 bytes each).
+    fn push(&mut self, mut n: u64) {
+        while n >= 0x80 {
+            self.bytes[self.len] = (n as u8) | 0x80;
+            self.len += 1;
+            n >>= 7;
+        }
+        self.bytes[self.len] = n as u8;
+        self.len += 1;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// Reads a buffer [`Locations`] wrote; past its end, reads zeros and nothing.

@@ -27,6 +27,9 @@ pub trait Follow: Unpin + 'static {
     fn apply(&mut self, records: Vec<LogRecord>, out: &mut Vec<ProducerRecord>);
     /// After every poll, records or not: what to write now.
     fn polled(&mut self, _out: &mut Vec<ProducerRecord>) {}
+    /// The reader's consumer's waker, given once it is made: notifying it ends the
+    /// current wait, so that `polled` runs for a change the log does not carry.
+    fn wake_with(&mut self, _waker: Arc<Notify>) {}
     /// What `apply` and `polled` asked to write is durable.
     fn written(&mut self) {}
     /// The reader is asked to stop: what to write before it goes (at most once tried).
@@ -49,7 +52,8 @@ pub struct ReaderSpec {
     pub topic: String,
     pub partitions: Partitions,
     pub log: Arc<dyn Log>,
-    /// The longest a poll waits for records (how often `polled` runs when none come).
+    /// The longest a poll waits for records (how often `polled` runs when none come and
+    /// nothing wakes it).
     pub wait: Duration,
 }
 
@@ -157,6 +161,7 @@ async fn follow<F: Follow>(
             topic: spec.topic.clone(),
             source,
         })?;
+    follower.wake_with(consumer.waker());
     let mut producer = None;
     let mut out = Vec::new();
     let mut listener = NoListener;
@@ -219,5 +224,77 @@ impl<F: Follow> Handler<StopChild> for Reader<F> {
 
     fn handle(&mut self, _: StopChild, _: &mut Self::Context) {
         self.stop.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+
+    use wellspring_log::{Cleanup, EmbeddedLog, TopicSpec};
+
+    use super::*;
+
+    /// Counts the `polled` calls, and keeps the waker it is given.
+    struct Counting {
+        polls: Rc<Cell<u32>>,
+        waker: Rc<RefCell<Option<Arc<Notify>>>>,
+    }
+
+    impl Follow for Counting {
+        fn apply(&mut self, _: Vec<LogRecord>, _: &mut Vec<ProducerRecord>) {}
+        fn polled(&mut self, _: &mut Vec<ProducerRecord>) {
+            self.polls.set(self.polls.get() + 1);
+        }
+        fn wake_with(&mut self, waker: Arc<Notify>) {
+            *self.waker.borrow_mut() = Some(waker);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_waker_a_follower_is_given_ends_the_readers_wait() {
+        let log = EmbeddedLog::new();
+        log.ensure_topic(&TopicSpec::new("t", 1, Cleanup::Delete))
+            .await
+            .expect("topic");
+        let spec = ReaderSpec {
+            name: "r".into(),
+            topic: "t".into(),
+            partitions: Partitions::All,
+            log: Arc::new(log),
+            wait: Duration::from_secs(3600),
+        };
+        let (polls, waker) = (Rc::new(Cell::new(0)), Rc::new(RefCell::new(None)));
+        let follower = Counting {
+            polls: polls.clone(),
+            waker: waker.clone(),
+        };
+        let stop = Arc::new(Notify::new());
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let reading = tokio::task::spawn_local(follow(spec, follower, stop.clone()));
+                // Started, and waiting its hour for records that do not come.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let before = polls.get();
+                let handed = waker.borrow().clone();
+                handed
+                    .expect("the reader hands its waker over")
+                    .notify_one();
+                tokio::time::timeout(Duration::from_secs(60), async {
+                    while polls.get() == before {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                })
+                .await
+                .expect("polled runs when woken, not at the end of the wait");
+                stop.notify_one();
+                reading
+                    .await
+                    .expect("joined")
+                    .expect("the reader stops cleanly");
+            })
+            .await;
     }
 }

@@ -71,7 +71,7 @@ fn store(log: &EmbeddedLog, node_id: &str, url: &str, link: Arc<dyn PeerLink>) -
         partitions: PARTITIONS,
         node_id: node_id.into(),
         session_timeout: Duration::from_secs(2),
-        tick: Duration::from_millis(20),
+        max_wait: Duration::from_millis(20),
         shard_restart: RestartPolicy {
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(200),

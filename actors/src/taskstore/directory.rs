@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use wellspring_log::{Clock, Log, LogRecord, ProducerRecord};
 
 use super::shard::LocalShards;
@@ -103,7 +104,9 @@ impl Reader<Announcing> {
             topic: topic.clone(),
             partitions: Partitions::Only(vec![0]),
             log,
-            wait: Duration::from_millis(250),
+            // A change of the served shards wakes the reader (`wake_with`): the wait only
+            // paces the heartbeat.
+            wait: Duration::from_secs(1),
         };
         let announcing = Announcing {
             node,
@@ -179,8 +182,12 @@ impl Follow for Announcing {
         }
     }
 
+    fn wake_with(&mut self, waker: Arc<Notify>) {
+        self.shards.notify_changes(waker);
+    }
+
     fn polled(&mut self, out: &mut Vec<ProducerRecord>) {
-        let serving: BTreeSet<u32> = self.shards.all().into_iter().map(|(p, _)| p).collect();
+        let serving = self.shards.partitions();
         if self.announced.as_ref() != Some(&serving) || self.last.elapsed() >= HEARTBEAT {
             self.announce(serving, out);
         }

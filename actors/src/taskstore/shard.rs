@@ -157,37 +157,65 @@ pub struct ServedShard {
 
 /// Queue shards this node serves, by partition: where the API sends a call.
 #[derive(Clone, Default)]
-pub struct LocalShards(Arc<parking_lot::RwLock<std::collections::BTreeMap<u32, ServedShard>>>);
+pub struct LocalShards {
+    shards: Arc<parking_lot::RwLock<std::collections::BTreeMap<u32, ServedShard>>>,
+    /// Told when the served partitions change (the directory's reader, which announces
+    /// them): no polling for a change.
+    on_change: Arc<parking_lot::Mutex<Option<Arc<Notify>>>>,
+}
 
 impl LocalShards {
     pub fn get(&self, partition: u32) -> Option<Recipient<QueueCall>> {
-        self.0.read().get(&partition).map(|s| s.shard.clone())
+        self.shards.read().get(&partition).map(|s| s.shard.clone())
     }
 
     pub fn all(&self) -> Vec<(u32, Recipient<QueueCall>)> {
-        self.0
+        self.shards
             .read()
             .iter()
             .map(|(p, s)| (*p, s.shard.clone()))
             .collect()
     }
 
+    /// The partitions served.
+    pub fn partitions(&self) -> std::collections::BTreeSet<u32> {
+        self.shards.read().keys().copied().collect()
+    }
+
     /// Every served shard with its fronts.
     pub fn served(&self) -> Vec<ServedShard> {
-        self.0.read().values().cloned().collect()
+        self.shards.read().values().cloned().collect()
+    }
+
+    /// Notifies `waker` whenever the served partitions change (replacing an earlier one).
+    pub fn notify_changes(&self, waker: Arc<Notify>) {
+        *self.on_change.lock() = Some(waker);
+    }
+
+    fn changed(&self) {
+        if let Some(waker) = &*self.on_change.lock() {
+            waker.notify_one();
+        }
     }
 
     fn insert(&self, partition: u32, shard: ServedShard) {
-        self.0.write().insert(partition, shard);
+        let added = self.shards.write().insert(partition, shard).is_none();
+        if added {
+            self.changed();
+        }
     }
 
     /// Forgets `shard` as the server of `partition`, unless another shard took over:
     /// a restarted shard registers before its predecessor has stopped, and the
     /// predecessor must not unregister it (found by the simulation harness, seed 81).
     fn remove(&self, partition: u32, shard: &Recipient<QueueCall>) {
-        let mut shards = self.0.write();
-        if shards.get(&partition).map(|s| &s.shard) == Some(shard) {
-            shards.remove(&partition);
+        let removed = {
+            let mut shards = self.shards.write();
+            let ours = shards.get(&partition).map(|s| &s.shard) == Some(shard);
+            ours && shards.remove(&partition).is_some()
+        };
+        if removed {
+            self.changed();
         }
     }
 }
@@ -456,13 +484,32 @@ impl QueueShard {
             self.heads.publish(&self.table);
         }
         let outputs = std::mem::take(&mut self.pending);
+        let commit_to = self.commit_to(!outputs.is_empty());
+        let due = self.table.due_ms(
+            &|name| groups.get(name),
+            groups.shortest_max_run_time_ms(),
+            now,
+            self.retention_ms,
+        );
         ShardOutput {
-            commit_to: self.commit_to(!outputs.is_empty()),
+            commit_to,
             outputs,
             acks: std::mem::take(&mut self.acks),
-            // Leases expire on the stage's own cadence (its poll wait is the tick).
-            wake_in: None,
+            // The stage sleeps until a lease or a read-back commit is due (calls wake it).
+            wake_in: [due, self.read_back_due_ms()]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|at| {
+                    Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
+                }),
         }
+    }
+
+    /// When the records read back since the last confirmed commit are to be committed.
+    fn read_back_due_ms(&self) -> Option<i64> {
+        (self.seen_to > self.confirmed_to.load(Ordering::Relaxed))
+            .then(|| self.committed_at_ms.saturating_add(READ_BACK_COMMIT_MS))
     }
 
     /// The offset to commit with this cycle's output. Always with writes: naming the

@@ -50,8 +50,9 @@ pub struct TaskStoreConfig {
     pub prefix: String,
     pub node_id: String,
     pub session_timeout: Duration,
-    /// How often shards look at leases when nothing else happens.
-    pub tick: Duration,
+    /// The longest the shards' stage waits when nothing happens: calls wake it, and so
+    /// does the next lease to expire or task to halt (a safety net, not a cadence).
+    pub max_wait: Duration,
     /// Finished tasks stay readable this long.
     pub retention: Duration,
     pub shard_restart: RestartPolicy,
@@ -67,7 +68,7 @@ impl Default for TaskStoreConfig {
             prefix: "wellspring.".into(),
             node_id: "wellspring-0".into(),
             session_timeout: Duration::from_secs(10),
-            tick: Duration::from_millis(100),
+            max_wait: Duration::from_secs(2),
             retention: Duration::from_secs(7 * 24 * 3600),
             shard_restart: RestartPolicy::default(),
             advertise_url: None,
@@ -252,7 +253,7 @@ impl TaskStore {
             consumer,
             settings: StageSettings {
                 max_records: 5_000,
-                max_wait: config.tick,
+                max_wait: config.max_wait,
                 shard_restart: config.shard_restart.clone(),
             },
             log: inner.log.clone(),

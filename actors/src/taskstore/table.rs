@@ -474,6 +474,45 @@ impl TaskTable {
         changes
     }
 
+    /// When [`TaskTable::tick`] has work next (clock milliseconds), if ever: the first
+    /// lease to expire, the first task to run past its group's maximum run time, the
+    /// first finished task to outlive the retention. The same arguments as `tick`.
+    pub fn due_ms(
+        &self,
+        settings: &dyn Fn(&str) -> Option<GroupSettings>,
+        shortest_run_ms: i64,
+        now_ms: i64,
+        retention_ms: i64,
+    ) -> Option<i64> {
+        let lease = self.leases.first().map(|(expires, _)| *expires);
+        let forget = self
+            .finished
+            .first()
+            .map(|(updated, _)| updated.saturating_add(retention_ms).saturating_add(1));
+        // Tasks already past the shortest maximum are checked against their own group's
+        // (what `tick` does): the first of those, or else the first to reach the shortest.
+        let mut halt = None::<i64>;
+        for (claimed, id) in &self.running {
+            let reaches_shortest = claimed.saturating_add(shortest_run_ms);
+            if reaches_shortest > now_ms {
+                halt = Some(halt.map_or(reaches_shortest, |h| h.min(reaches_shortest)));
+                break;
+            }
+            let own = self
+                .tasks
+                .get(id)
+                .and_then(|task| settings(&task.group))
+                .map(|group| {
+                    let max_run = i64::try_from(group.max_run_time.0).unwrap_or(i64::MAX);
+                    claimed.saturating_add(max_run)
+                });
+            if let Some(own) = own {
+                halt = Some(halt.map_or(own, |h| h.min(own)));
+            }
+        }
+        [lease, forget, halt].into_iter().flatten().min()
+    }
+
     /// Tasks of a group, in queue order, optionally of one status.
     pub fn list(&self, group: &str, status: Option<TaskStatus>, limit: usize) -> Vec<TaskView> {
         let mut tasks: Vec<&TaskState> = self

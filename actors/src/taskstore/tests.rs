@@ -303,3 +303,73 @@ fn finished_tasks_are_forgotten_after_the_retention() {
     );
     assert!(table.is_empty());
 }
+
+/// The stage sleeps until `due_ms`: a tick just before it finds nothing, a tick at it
+/// finds what came due (a lease's expiry, a task's halt, a finished task's retention).
+fn assert_due_is_the_first_tick_with_work(table: &mut TaskTable, shortest: i64, retention: i64) {
+    let due = table
+        .due_ms(&lookup, shortest, 0, retention)
+        .expect("something is due");
+    assert!(
+        table.tick(&lookup, shortest, due - 1, retention).is_empty(),
+        "nothing before {due}"
+    );
+    assert!(
+        !table.tick(&lookup, shortest, due, retention).is_empty(),
+        "work at {due}"
+    );
+}
+
+#[test]
+fn the_next_tick_is_due_when_a_lease_expires_a_task_halts_or_a_finished_one_is_forgotten() {
+    let retention = DEFAULT_TERMINAL_RETENTION_MS;
+    let shortest = settings().max_run_time.0 as i64;
+    let mut table = TaskTable::default();
+    assert_eq!(
+        table.due_ms(&lookup, shortest, 0, retention),
+        None,
+        "an empty table"
+    );
+    submit(&mut table, None, 0);
+    assert_eq!(
+        table.due_ms(&lookup, shortest, 0, retention),
+        None,
+        "a task waiting for a claim needs no timer"
+    );
+
+    // A lease of 1 s expires before the group's 60-s maximum run time.
+    table.claim(&groups(), "vanished", 1_000, 0).unwrap();
+    assert_eq!(table.due_ms(&lookup, shortest, 0, retention), Some(1_000));
+    assert_due_is_the_first_tick_with_work(&mut table, shortest, retention);
+
+    // A task whose lease is extended past its maximum run time halts at that maximum,
+    // with the shortest maximum passed as the shard does, or 0 (every lease looked at).
+    for shortest in [shortest, 0] {
+        let mut table = TaskTable::default();
+        let (task, _) = submit(&mut table, None, 0);
+        let claimed = table.claim(&groups(), "c1", 100_000, 0).unwrap();
+        table
+            .extend(&task.id, "c1", claimed.version, 100_000, 30_000)
+            .unwrap();
+        assert_eq!(
+            table.due_ms(&lookup, shortest, 30_000, retention),
+            Some(60_000)
+        );
+        assert_due_is_the_first_tick_with_work(&mut table, shortest, retention);
+    }
+
+    // A finished task is forgotten one millisecond past the retention.
+    let mut table = TaskTable::default();
+    let (task, _) = submit(&mut table, None, 0);
+    let claimed = table.claim(&groups(), "c", 1_000, 0).unwrap();
+    table
+        .succeed(&report(&task, "c", claimed.version, None), 500)
+        .unwrap();
+    assert_eq!(table.due_ms(&lookup, shortest, 500, 1_000), Some(1_501));
+    assert_due_is_the_first_tick_with_work(&mut table, shortest, 1_000);
+    assert_eq!(
+        table.due_ms(&lookup, shortest, 2_000, 1_000),
+        None,
+        "all done"
+    );
+}

@@ -169,7 +169,6 @@ impl Cluster {
                 partitions: TASK_PARTITIONS,
                 node_id: id.to_owned(),
                 session_timeout: SESSION_TIMEOUT,
-                tick: Duration::from_millis(250),
                 shard_restart: quick.clone(),
                 advertise_url: Some(url.clone()),
                 ..TaskStoreConfig::default()

@@ -278,10 +278,9 @@ impl HttpTaskRunner {
         response: &HttpResponse,
         attempt: u32,
     ) -> Result<Value, String> {
-        let body = match serde_json::from_slice::<serde_json::Value>(&response.body) {
-            Ok(json) => Value::from(&json),
-            Err(_) => Value::String(String::from_utf8_lossy(&response.body).into_owned()),
-        };
+        let body = Value::from_json_slice(&response.body).unwrap_or_else(|_| {
+            Value::String(String::from_utf8_lossy(&response.body).into_owned())
+        });
         let output = match &self.spec.output {
             None => body,
             Some(template) => {

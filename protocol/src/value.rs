@@ -100,9 +100,118 @@ impl Value {
         }
     }
 
-    /// JSON text of this value.
+    /// JSON text of this value: the text [`Value::to_json`] prints, written straight
+    /// from the value (no `serde_json::Value` built on the way).
     pub fn to_json_string(&self) -> String {
-        self.to_json().to_string()
+        // Serializing plain data into a string cannot fail (no I/O, string keys).
+        serde_json::to_string(&AsJson(self)).unwrap_or_else(|_| self.to_json().to_string())
+    }
+
+    /// The value of JSON text, read straight into a [`Value`] (what `Value::from` of the
+    /// parsed `serde_json::Value` gives, without building that first).
+    pub fn from_json_slice(json: &[u8]) -> Result<Value, serde_json::Error> {
+        serde_json::from_slice::<FromJson>(json).map(|v| v.0)
+    }
+}
+
+/// A value serialized as plain JSON (the derived `Serialize` is the wire format's, which
+/// names each variant).
+struct AsJson<'a>(&'a Value);
+
+impl Serialize for AsJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Value::Null => serializer.serialize_unit(),
+            Value::Bool(b) => serializer.serialize_bool(*b),
+            Value::Int(i) => serializer.serialize_i64(*i),
+            // As `to_json`: a number that JSON cannot hold is null.
+            Value::Float(f) if f.is_finite() => serializer.serialize_f64(*f),
+            Value::Float(_) => serializer.serialize_unit(),
+            Value::String(s) => serializer.serialize_str(s),
+            Value::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&AsJson(item))?;
+                }
+                seq.end()
+            }
+            Value::Record(fields) => {
+                let mut map = serializer.serialize_map(Some(fields.len()))?;
+                for (name, value) in fields {
+                    map.serialize_entry(name, &AsJson(value))?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+/// A value deserialized from plain JSON: integers that fit an `i64` are `Int`, other
+/// numbers `Float`, objects records (a repeated name keeps its last value).
+struct FromJson(Value);
+
+impl<'de> Deserialize<'de> for FromJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FromJsonVisitor).map(FromJson)
+    }
+}
+
+struct FromJsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FromJsonVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, i: i64) -> Result<Value, E> {
+        Ok(Value::Int(i))
+    }
+
+    fn visit_u64<E>(self, u: u64) -> Result<Value, E> {
+        Ok(i64::try_from(u).map_or(Value::Float(u as f64), Value::Int))
+    }
+
+    fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+        Ok(Value::Float(f))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(FromJson(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields = BTreeMap::new();
+        while let Some((name, FromJson(value))) = map.next_entry::<String, FromJson>()? {
+            fields.insert(name, value);
+        }
+        Ok(Value::Record(fields))
     }
 }
 
@@ -179,19 +288,20 @@ impl From<Vec<Value>> for Value {
 
 impl fmt::Debug for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.to_json())
+        f.write_str(&self.to_json_string())
     }
 }
 
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.to_json())
+        f.write_str(&self.to_json_string())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn json_round_trip_and_paths() {
@@ -206,5 +316,52 @@ mod tests {
         );
         assert_eq!(value.path("a.zz"), None);
         assert_eq!(value.path(""), Some(&value));
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::Int),
+            any::<f64>().prop_map(Value::Float),
+            "[a-z\"\\\\é\n ]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-c\"]{0,3}", inner, 0..4)
+                    .prop_map(Value::Record),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Written and read straight, a value is the text and the value that the trip
+        /// through `serde_json::Value` gives.
+        #[test]
+        fn json_straight_is_json_through_serde_json_values(value in value()) {
+            let text = value.to_json_string();
+            prop_assert_eq!(&text, &value.to_json().to_string());
+            let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(Value::from_json_slice(text.as_bytes()).unwrap(), Value::from(&parsed));
+        }
+    }
+
+    #[test]
+    fn numbers_read_straight_as_through_serde_json_values() {
+        for text in [
+            "18446744073709551615",
+            "-9223372036854775808",
+            "2.0",
+            "[1, -1, 0.5]",
+        ] {
+            let parsed: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                Value::from_json_slice(text.as_bytes()).unwrap(),
+                Value::from(&parsed),
+                "{text}"
+            );
+        }
+        assert!(Value::from_json_slice(b"{").is_err());
     }
 }

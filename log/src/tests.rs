@@ -524,3 +524,58 @@ async fn a_keys_only_topic_is_read_without_values_and_the_others_with_them() {
     );
     assert_eq!(by_topic["out"].value.as_deref(), Some(&b"2"[..]));
 }
+
+/// A consumer that has read everything skips its reads until the log wakes it: what it
+/// then reads must still be all there is, after an append, a rewind or a fetch cut short
+/// by `max_records`.
+#[tokio::test(start_paused = true)]
+async fn a_consumer_that_read_everything_still_reads_what_comes_after_and_what_it_rewinds_to() {
+    let log = log_with_topic(2).await;
+    let producer = log.producer().unwrap();
+    let mut consumer = member(&log, "a");
+    let mut listener = Recorder::default();
+    producer
+        .send(
+            (0..6)
+                .map(|i| record("in", &format!("k{i}"), "v"))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let mut read = 0;
+    // Four at a time: the first poll is cut short, the next ones read the rest.
+    for _ in 0..4 {
+        read += consumer
+            .poll(&mut listener, 4, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .len();
+    }
+    assert_eq!(read, 6, "every record, over polls cut short by max_records");
+    assert!(
+        consumer
+            .poll(&mut listener, 4, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    producer
+        .send(vec![record("in", "k9", "late")])
+        .await
+        .unwrap();
+    let late = consumer
+        .poll(&mut listener, 100, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(late.len(), 1, "an append after everything was read");
+    // Rewound with nothing appended: the records are read again.
+    let partitions = consumer.assignment();
+    for tp in &partitions {
+        consumer.seek(tp, 0).unwrap();
+    }
+    let again = consumer
+        .poll(&mut listener, 100, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 7, "a rewind reads again what is there");
+}

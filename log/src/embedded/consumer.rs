@@ -30,6 +30,9 @@ pub(super) struct EmbeddedConsumer {
     positions: BTreeMap<TopicPartition, Offset>,
     /// Round-robin start, so one busy partition does not starve the others.
     next_partition: usize,
+    /// The watcher's wake count when a fetch last read every partition to its end, while
+    /// the positions have not moved since: a fetch at that count has nothing to read.
+    read_all_at: Option<u64>,
     config: ConsumerConfig,
 }
 
@@ -61,6 +64,7 @@ impl EmbeddedConsumer {
             member: None,
             positions,
             next_partition: 0,
+            read_all_at: None,
             config,
         }
     }
@@ -72,56 +76,34 @@ impl EmbeddedConsumer {
         }
     }
 
-    fn join(&mut self, state: &mut State) -> u64 {
-        let Subscription::Topics(topics) = &self.config.subscription else {
-            unreachable!("only group subscriptions join");
-        };
-        let group_name = self.config.group.clone().unwrap_or_default();
-        state.next_member += 1;
-        let id = state.next_member;
-        let member = MemberState::new(
-            self.config.client_id.clone(),
-            self.config.instance_id.clone(),
-            topics.clone(),
-            self.config.session_timeout,
-            Instant::now(),
-        );
-        let State { topics, groups, .. } = state;
-        groups
-            .entry(group_name)
-            .or_default()
-            .join(id, member, topics);
-        self.member = Some(id);
-        id
-    }
-
     /// One step of the group protocol for this member.
     fn group_step(&mut self) -> GroupStep {
-        let Some(group_name) = self.group_name().map(str::to_owned) else {
-            return GroupStep::Steady;
+        let group_name = match &self.config.subscription {
+            Subscription::Topics(_) => match self.config.group.as_deref() {
+                Some(name) => name,
+                None => return GroupStep::Steady,
+            },
+            Subscription::Assign(_) => return GroupStep::Steady,
         };
-        let shared = self.shared.clone();
-        let mut state = shared.state.lock();
+        let mut state = self.shared.state.lock();
         let now = Instant::now();
+        let State {
+            topics,
+            groups,
+            next_member,
+        } = &mut *state;
+        // One lookup (the group is made by its first member's join).
+        let group = match groups.get_mut(group_name) {
+            Some(group) => group,
+            None => groups.entry(group_name.to_owned()).or_default(),
+        };
         let mut changed = false;
-        {
-            let State { topics, groups, .. } = &mut *state;
-            if let Some(group) = groups.get_mut(&group_name)
-                && group.expire(now)
-            {
-                group.rebalance(topics);
-                changed = true;
-            }
+        if group.expire(now) {
+            group.rebalance(topics);
+            changed = true;
         }
         let id = match self.member {
-            Some(id)
-                if state
-                    .groups
-                    .get(&group_name)
-                    .is_some_and(|g| g.is_member(id)) =>
-            {
-                id
-            }
+            Some(id) if group.is_member(id) => id,
             Some(_) => {
                 // Removed while we were away: what we had is gone.
                 self.member = None;
@@ -132,13 +114,24 @@ impl EmbeddedConsumer {
                 return GroupStep::Lost;
             }
             None => {
-                let id = self.join(&mut state);
+                let Subscription::Topics(subscribed) = &self.config.subscription else {
+                    unreachable!("only group subscriptions reach the join");
+                };
+                *next_member += 1;
+                let id = *next_member;
+                let member = MemberState::new(
+                    self.config.client_id.clone(),
+                    self.config.instance_id.clone(),
+                    subscribed.clone(),
+                    self.config.session_timeout,
+                    now,
+                );
+                group.join(id, member, topics);
+                self.member = Some(id);
                 changed = true;
                 id
             }
         };
-        let State { topics, groups, .. } = &mut *state;
-        let group = groups.entry(group_name).or_default();
         let Some(target) = group.heartbeat(id, now) else {
             return GroupStep::Steady;
         };
@@ -234,16 +227,23 @@ impl EmbeddedConsumer {
     fn fetch(&mut self, max_records: usize) -> Result<Vec<LogRecord>, LogError> {
         let state = self.shared.state.lock();
         let mut out = Vec::new();
-        let partitions: Vec<TopicPartition> = self.positions.keys().cloned().collect();
-        if partitions.is_empty() {
+        let wakes = self.watcher.wakes();
+        if self.read_all_at == Some(wakes) || self.positions.is_empty() {
+            // Nothing appended to these topics since everything was read.
             return Ok(out);
         }
+        let partitions: Vec<TopicPartition> = self.positions.keys().cloned().collect();
         let n = partitions.len();
         let start = self.next_partition % n;
         self.next_partition = self.next_partition.wrapping_add(1);
-        // A fair share per partition first, then whatever room is left.
+        // A fair share per partition first, then whatever room is left (only if some
+        // partition had more than its share).
         let share = (max_records / n).max(1);
+        let mut more = false;
         for pass in 0..2 {
+            if pass == 1 && !more {
+                break;
+            }
             for i in 0..n {
                 if out.len() >= max_records {
                     break;
@@ -262,12 +262,15 @@ impl EmbeddedConsumer {
                     .topics
                     .partition(tp)?
                     .read(tp, *position, room, keys_only);
+                more |= records.len() >= room;
                 if let Some(last) = records.last() {
                     *position = last.offset + 1;
                 }
                 out.extend(records);
             }
         }
+        // Every partition read to its end: until the next wake there is nothing to read.
+        self.read_all_at = (out.len() < max_records).then_some(wakes);
         Ok(out)
     }
 }
@@ -296,6 +299,7 @@ impl Consumer for EmbeddedConsumer {
             }
             match self.group_step() {
                 GroupStep::Lost => {
+                    self.read_all_at = None;
                     let lost: Vec<TopicPartition> =
                         std::mem::take(&mut self.positions).into_keys().collect();
                     if !lost.is_empty() {
@@ -305,6 +309,7 @@ impl Consumer for EmbeddedConsumer {
                     continue;
                 }
                 GroupStep::Revoke(partitions) => {
+                    self.read_all_at = None;
                     let batch = listener.on_revoked(&partitions).await;
                     let result = self.apply_commit(batch);
                     self.release(&partitions);
@@ -316,6 +321,7 @@ impl Consumer for EmbeddedConsumer {
                     continue;
                 }
                 GroupStep::Assign(assigned) => {
+                    self.read_all_at = None;
                     listener.on_assigned(&assigned).await;
                     for a in assigned {
                         let held = self.positions.insert(a.partition.clone(), a.position);
@@ -365,6 +371,7 @@ impl Consumer for EmbeddedConsumer {
         match self.positions.get_mut(partition) {
             Some(position) => {
                 *position = offset;
+                self.read_all_at = None;
                 Ok(())
             }
             None => Err(LogError::NotAssigned(partition.clone())),

@@ -24,6 +24,9 @@ pub(super) struct GroupState {
     owners: BTreeMap<TopicPartition, u64>,
     committed: CommittedOffsets,
     generation: u64,
+    /// Counts the changes of who is a member and who holds what (see
+    /// [`GroupState::holdings`]): a watcher of the holdings compares counts.
+    holdings_changes: u64,
 }
 
 pub(super) struct MemberState {
@@ -70,19 +73,7 @@ impl GroupState {
     pub fn view(&self) -> GroupView {
         GroupView {
             generation: self.generation,
-            members: self
-                .members
-                .iter()
-                .map(|(id, m)| {
-                    let held = self
-                        .owners
-                        .iter()
-                        .filter(|(_, owner)| *owner == id)
-                        .map(|(tp, _)| tp.clone())
-                        .collect();
-                    (m.client_id.clone(), m.instance_id.clone(), held)
-                })
-                .collect(),
+            members: self.holdings(),
             committed: self.committed.iter().map(|(k, v)| (k.clone(), v)).collect(),
             topics: self
                 .members
@@ -90,6 +81,39 @@ impl GroupState {
                 .flat_map(|m| m.topics.iter().cloned())
                 .collect(),
         }
+    }
+
+    /// `(client id, instance id, partitions held)` per member, in member order: who holds
+    /// what, without the rest of a [`GroupView`] (the simulation notes it every second).
+    pub fn holdings(&self) -> Vec<(String, Option<String>, Vec<TopicPartition>)> {
+        let mut held: BTreeMap<u64, Vec<TopicPartition>> = BTreeMap::new();
+        for (tp, owner) in &self.owners {
+            held.entry(*owner).or_default().push(tp.clone());
+        }
+        self.members
+            .iter()
+            .map(|(id, m)| {
+                (
+                    m.client_id.clone(),
+                    m.instance_id.clone(),
+                    held.remove(id).unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// A count that changes whenever [`GroupState::holdings`] may have.
+    pub fn holdings_changes(&self) -> u64 {
+        self.holdings_changes
+    }
+
+    /// How many topics the members subscribe to.
+    pub fn subscribed_topics(&self) -> usize {
+        self.members
+            .values()
+            .flat_map(|m| m.topics.iter())
+            .collect::<BTreeSet<_>>()
+            .len()
     }
 
     /// Whether a member subscribes to `topic`.
@@ -185,6 +209,7 @@ impl GroupState {
                 .find(|(_, m)| m.instance_id.as_ref() == Some(instance))
                 .map(|(old, _)| *old)
         });
+        self.holdings_changes += 1;
         match previous.and_then(|old| self.members.remove(&old).map(|m| (old, m))) {
             Some((old, old_member)) => {
                 member.target = old_member.target;
@@ -222,8 +247,8 @@ impl GroupState {
     /// it holds it now.
     pub fn claim(&mut self, id: u64, partition: &TopicPartition) -> bool {
         let free = self.owners.get(partition).is_none_or(|owner| *owner == id);
-        if free {
-            self.owners.insert(partition.clone(), id);
+        if free && self.owners.insert(partition.clone(), id).is_none() {
+            self.holdings_changes += 1;
         }
         free
     }
@@ -269,6 +294,7 @@ impl GroupState {
         for tp in partitions {
             if self.owners.get(tp) == Some(&id) {
                 self.owners.remove(tp);
+                self.holdings_changes += 1;
             }
         }
     }
@@ -320,6 +346,7 @@ impl GroupState {
     }
 
     fn remove(&mut self, id: u64) {
+        self.holdings_changes += 1;
         self.members.remove(&id);
         self.owners.retain(|_, owner| *owner != id);
         self.assert_consistent();

@@ -73,6 +73,31 @@ impl EmbeddedLog {
         state.groups.get(group).map(|g| g.view())
     }
 
+    /// Who holds what in `group` (see [`GroupView::members`]), and how many topics its
+    /// members subscribe to: a group view without its offsets.
+    #[allow(clippy::type_complexity)]
+    pub fn group_holdings(
+        &self,
+        group: &str,
+    ) -> Option<(Vec<(String, Option<String>, Vec<TopicPartition>)>, usize)> {
+        let state = self.shared.state.lock();
+        state
+            .groups
+            .get(group)
+            .map(|g| (g.holdings(), g.subscribed_topics()))
+    }
+
+    /// Every consumer group's name, with a count that changes whenever who holds what in
+    /// it may have (the holdings are worth fetching again only then).
+    pub fn groups_with_holdings_changes(&self) -> Vec<(String, u64)> {
+        let state = self.shared.state.lock();
+        state
+            .groups
+            .iter()
+            .map(|(name, g)| (name.clone(), g.holdings_changes()))
+            .collect()
+    }
+
     /// Every consumer group's name.
     pub fn groups(&self) -> Vec<String> {
         self.shared.state.lock().groups.keys().cloned().collect()

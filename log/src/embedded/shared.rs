@@ -3,6 +3,7 @@
 //! that timestamps records, and the watchers that wake waiting consumers.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
@@ -117,14 +118,38 @@ impl Shared {
 /// channel spreads its waiters over shards picked at random).
 #[derive(Default)]
 pub(super) struct Changes {
-    watchers: Mutex<Vec<Weak<Watcher>>>,
+    watchers: Mutex<Watchers>,
+}
+
+/// Every watcher in creation order, and the watchers of each topic (also in creation
+/// order): an append looks up its topics instead of asking every consumer.
+#[derive(Default)]
+struct Watchers {
+    all: Vec<Weak<Watcher>>,
+    by_topic: rustc_hash::FxHashMap<String, Vec<(u64, Weak<Watcher>)>>,
+    made: u64,
 }
 
 /// What one consumer waits on. A wake that comes while the consumer is not waiting is
 /// kept (a [`Notify`] permit), so none is lost between a read and the wait.
 pub(super) struct Watcher {
-    topics: Vec<String>,
     pub notify: Notify,
+    /// Counts the wakes: a consumer that read everything at one count knows, at the same
+    /// count, that there is nothing new to read (woken first, so never behind the log).
+    wakes: AtomicU64,
+}
+
+impl Watcher {
+    /// How many wakes came so far. Read under the log's state lock before a read: an
+    /// append made after it counts after it.
+    pub fn wakes(&self) -> u64 {
+        self.wakes.load(Ordering::Acquire)
+    }
+
+    fn wake(&self) {
+        self.wakes.fetch_add(1, Ordering::Release);
+        self.notify.notify_one();
+    }
 }
 
 impl Changes {
@@ -133,45 +158,62 @@ impl Changes {
         topics.sort();
         topics.dedup();
         let watcher = Arc::new(Watcher {
-            topics,
             notify: Notify::new(),
+            wakes: AtomicU64::new(0),
         });
-        self.watchers.lock().push(Arc::downgrade(&watcher));
+        let mut watchers = self.watchers.lock();
+        watchers.made += 1;
+        let id = watchers.made;
+        watchers.all.push(Arc::downgrade(&watcher));
+        for topic in topics {
+            watchers
+                .by_topic
+                .entry(topic)
+                .or_default()
+                .push((id, Arc::downgrade(&watcher)));
+        }
         watcher
     }
 
-    /// Records were appended to `topics`: wakes their readers.
+    /// Records were appended to `topics`: wakes their readers, each once, in the order
+    /// they were made.
     pub fn appended<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
-        let mut touched: Vec<&str> = topics.into_iter().collect();
-        if touched.is_empty() {
-            return;
+        let mut watchers = self.watchers.lock();
+        let mut woken: Vec<(u64, Arc<Watcher>)> = Vec::new();
+        for topic in topics {
+            let Some(readers) = watchers.by_topic.get_mut(topic) else {
+                continue;
+            };
+            readers.retain(|(id, weak)| match weak.upgrade() {
+                Some(watcher) => {
+                    woken.push((*id, watcher));
+                    true
+                }
+                None => false,
+            });
         }
-        touched.sort_unstable();
-        touched.dedup();
-        self.wake(|watcher| {
-            touched.iter().any(|t| {
-                watcher
-                    .topics
-                    .binary_search_by(|w| w.as_str().cmp(t))
-                    .is_ok()
-            })
-        });
+        drop(watchers);
+        woken.sort_unstable_by_key(|(id, _)| *id);
+        woken.dedup_by_key(|(id, _)| *id);
+        for (_, watcher) in woken {
+            watcher.wake();
+        }
     }
 
     /// A group or the set of topics changed: wakes every consumer.
     pub fn everything(&self) {
-        self.wake(|_| true);
-    }
-
-    fn wake(&self, wants: impl Fn(&Watcher) -> bool) {
-        self.watchers.lock().retain(|weak| match weak.upgrade() {
+        let mut watchers = self.watchers.lock();
+        watchers.all.retain(|weak| match weak.upgrade() {
             Some(watcher) => {
-                if wants(&watcher) {
-                    watcher.notify.notify_one();
-                }
+                watcher.wake();
                 true
             }
             None => false,
+        });
+        // The topics' dropped readers go too, and topics nobody reads any more.
+        watchers.by_topic.retain(|_, readers| {
+            readers.retain(|(_, weak)| weak.strong_count() > 0);
+            !readers.is_empty()
         });
     }
 }
@@ -204,6 +246,12 @@ mod tests {
         // A consumer dropped leaves its watcher behind, and the next wake forgets it.
         drop(sites);
         changes.everything();
-        assert_eq!(changes.watchers.lock().len(), 2);
+        assert_eq!(changes.watchers.lock().all.len(), 2);
+        let by_topic = &changes.watchers.lock().by_topic;
+        assert!(
+            !by_topic.contains_key("sites"),
+            "a topic nobody reads is forgotten"
+        );
+        assert_eq!(by_topic["images"].len(), 1);
     }
 }

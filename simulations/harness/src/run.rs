@@ -152,6 +152,22 @@ impl SimOutcome {
     }
 }
 
+/// The simulation DAG, parsed and checked once per process (every seed runs the same).
+fn sim_dag() -> Result<Dag, SimError> {
+    static PARSED: std::sync::OnceLock<Result<Dag, String>> = std::sync::OnceLock::new();
+    PARSED
+        .get_or_init(|| {
+            Dag::load(
+                SIM_DAG,
+                SpecFormat::Yaml,
+                &FunctionRegistry::with_builtins(),
+            )
+            .map_err(|e| format!("the simulation DAG: {e}"))
+        })
+        .clone()
+        .map_err(SimError::Setup)
+}
+
 /// Runs one simulation to its end, on a fresh virtual-time actor system.
 pub fn run(config: &SimConfig) -> Result<SimOutcome, SimError> {
     let system = crate::virtual_time_system()?;
@@ -161,9 +177,7 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, SimError> {
 async fn simulate(config: SimConfig) -> Result<SimOutcome, SimError> {
     let history = History::new();
     let log = EmbeddedLog::with_clock(Arc::new(TokioClock::new(EPOCH_MS)));
-    let registry = FunctionRegistry::with_builtins();
-    let dag = Dag::load(SIM_DAG, SpecFormat::Yaml, &registry)
-        .map_err(|e| SimError::Setup(format!("the simulation DAG: {e}")))?;
+    let dag = sim_dag()?;
     let lab = Lab::build(config.seed, config.plates).map_err(SimError::Setup)?;
     let mut cluster = Cluster::new(log.clone(), dag.clone(), &config, history.clone());
     for _ in 0..config.nodes.max(1) {
@@ -377,23 +391,32 @@ async fn publish(
 /// Writes each consumer group's ownership to the history when it changes.
 #[derive(Default)]
 struct OwnershipWatch {
-    last: BTreeMap<String, String>,
+    /// Per group, the log's count of its holdings' changes when last noted, and their
+    /// text then.
+    last: BTreeMap<String, (u64, String)>,
 }
 
 impl OwnershipWatch {
     fn note(&mut self, log: &EmbeddedLog, history: &History) {
-        for group in log.groups() {
-            let Some(view) = log.group_view(&group) else {
+        for (group, changes) in log.groups_with_holdings_changes() {
+            // Most seconds nothing moved: nothing to fetch or format.
+            if self
+                .last
+                .get(&group)
+                .is_some_and(|(last, _)| *last == changes)
+            {
+                continue;
+            }
+            let Some((holdings, topics)) = log.group_holdings(&group) else {
                 continue;
             };
-            let mut members: Vec<String> = view
-                .members
+            let mut members: Vec<String> = holdings
                 .iter()
                 .map(|(client, instance, held)| {
                     let mut partitions: Vec<String> = held
                         .iter()
                         .map(|tp| {
-                            if view.topics.len() > 1 {
+                            if topics > 1 {
                                 tp.to_string()
                             } else {
                                 tp.partition.to_string()
@@ -410,11 +433,11 @@ impl OwnershipWatch {
                 .collect();
             members.sort();
             let now = members.join(" ");
-            if self.last.get(&group) != Some(&now) {
+            if self.last.get(&group).map(|(_, text)| text) != Some(&now) {
                 let name = group.strip_prefix("wellspring.").unwrap_or(&group);
                 history.record(EventKind::Ownership, format!("group {name}: {now}"));
-                self.last.insert(group, now);
             }
+            self.last.insert(group, (changes, now));
         }
     }
 }

@@ -476,7 +476,8 @@ impl TaskTable {
 
     /// When [`TaskTable::tick`] has work next (clock milliseconds), if ever: the first
     /// lease to expire, the first task to run past its group's maximum run time, the
-    /// first finished task to outlive the retention. The same arguments as `tick`.
+    /// first finished task to outlive the retention; always after `now_ms` (asked right
+    /// after a tick at `now_ms`). The same arguments as `tick`.
     pub fn due_ms(
         &self,
         settings: &dyn Fn(&str) -> Option<GroupSettings>,
@@ -484,7 +485,14 @@ impl TaskTable {
         now_ms: i64,
         retention_ms: i64,
     ) -> Option<i64> {
-        let lease = self.leases.first().map(|(expires, _)| *expires);
+        // Past expiries `tick` left (a task of a group this node does not know yet) are
+        // not due again until something changes: a due time in the past would have the
+        // stage cycle without a pause.
+        let lease = self
+            .leases
+            .iter()
+            .map(|(expires, _)| *expires)
+            .find(|expires| *expires > now_ms);
         let forget = self
             .finished
             .first()
@@ -506,7 +514,7 @@ impl TaskTable {
                     let max_run = i64::try_from(group.max_run_time.0).unwrap_or(i64::MAX);
                     claimed.saturating_add(max_run)
                 });
-            if let Some(own) = own {
+            if let Some(own) = own.filter(|own| *own > now_ms) {
                 halt = Some(halt.map_or(own, |h| h.min(own)));
             }
         }

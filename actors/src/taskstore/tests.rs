@@ -372,4 +372,23 @@ fn the_next_tick_is_due_when_a_lease_expires_a_task_halts_or_a_finished_one_is_f
         None,
         "all done"
     );
+
+    // A lease of a group this node does not know yet: `tick` leaves it, and it is not
+    // due again at once (the stage would cycle without a pause).
+    let mut table = TaskTable::default();
+    submit(&mut table, None, 0);
+    table.claim(&groups(), "c", 1_000, 0).unwrap();
+    let unknown = |_: &str| None;
+    assert!(table.tick(&unknown, shortest, 5_000, retention).is_empty());
+    // Next due: where a halt would be looked at, in the future.
+    assert_eq!(
+        table.due_ms(&unknown, shortest, 5_000, retention),
+        Some(shortest)
+    );
+    assert!(
+        table
+            .tick(&unknown, shortest, shortest, retention)
+            .is_empty()
+    );
+    assert_eq!(table.due_ms(&unknown, shortest, shortest, retention), None);
 }

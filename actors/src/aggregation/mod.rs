@@ -134,15 +134,26 @@ pub enum Emitted<K, O> {
     },
 }
 
+/// An open aggregate. Kept small (with a site's key, one 64-byte cache line in the
+/// table): a lab holds hundreds of thousands open, and each input looks one up.
 struct Open<S> {
-    provenance: Provenance,
+    /// Shared by the aggregates of a plate (see [`SharedTexts`]).
+    provenance: Arc<Provenance>,
     children: S,
     opened_ms: i64,
-    /// Children that complete it, once the layout is known.
-    expected: Option<u32>,
+    /// Children that complete it, once the layout is known ([`Open::UNKNOWN`] before).
+    expected: u32,
     reported_incomplete: bool,
     /// Already listed as dirty: the hot path then skips listing it again.
     dirty: bool,
+}
+
+impl<S> Open<S> {
+    const UNKNOWN: u32 = u32::MAX;
+
+    fn expected(&self) -> Option<u32> {
+        (self.expected != Self::UNKNOWN).then_some(self.expected)
+    }
 }
 
 /// An aggregate's state as written to the changelog.
@@ -197,30 +208,26 @@ pub struct Aggregator<L: Level> {
     texts: SharedTexts,
 }
 
-/// Texts shared by the aggregates that hold them. Bounded: past [`SharedTexts::MAX`]
-/// texts it starts again (what aggregates hold stays valid; new ones share anew).
+/// The provenances (cell type and plate barcode) of open aggregates, each once: every
+/// input decoded carries its own copy, and an open site would keep its first image's.
+/// Bounded: past [`SharedTexts::MAX`] it starts again (what aggregates hold stays valid;
+/// new ones share anew).
 #[derive(Default)]
-struct SharedTexts(rustc_hash::FxHashSet<Arc<str>>);
+struct SharedTexts(rustc_hash::FxHashSet<Arc<Provenance>>);
 
 impl SharedTexts {
     const MAX: usize = 4096;
 
-    fn share(&mut self, text: Arc<str>) -> Arc<str> {
-        if let Some(shared) = self.0.get(&*text) {
+    fn provenance(&mut self, provenance: Provenance) -> Arc<Provenance> {
+        if let Some(shared) = self.0.get(&provenance) {
             return shared.clone();
         }
         if self.0.len() >= Self::MAX {
             self.0.clear();
         }
-        self.0.insert(text.clone());
-        text
-    }
-
-    fn provenance(&mut self, provenance: Provenance) -> Provenance {
-        Provenance {
-            cell_type: self.share(provenance.cell_type),
-            plate_barcode: self.share(provenance.plate_barcode),
-        }
+        let shared = Arc::new(provenance);
+        self.0.insert(shared.clone());
+        shared
     }
 }
 
@@ -296,10 +303,10 @@ impl<L: Level> Aggregator<L> {
                 self.open.entry(key.clone()).or_insert(Open {
                     provenance: self.texts.provenance(provenance),
                     children: L::Children::with_capacity(expected.unwrap_or(4) as usize),
+                    expected: expected.unwrap_or(Open::<L::Children>::UNKNOWN),
                     opened_ms: now_ms,
                     reported_incomplete: false,
                     dirty: false,
-                    expected,
                 })
             }
         };
@@ -314,7 +321,7 @@ impl<L: Level> Aggregator<L> {
             Insert::Added => {}
         }
         if open
-            .expected
+            .expected()
             .is_some_and(|n| open.children.len() >= n as usize)
         {
             self.close(key, now_ms, out);
@@ -338,7 +345,8 @@ impl<L: Level> Aggregator<L> {
             "the {} aggregate {key} is emitted twice: it closed at {closed_before:?} ms and again at {now_ms} ms",
             L::NAME
         );
-        let output = L::build(&key, open.provenance, open.children.into_sorted());
+        let provenance = Arc::unwrap_or_clone(open.provenance);
+        let output = L::build(&key, provenance, open.children.into_sorted());
         out.push(Emitted::Complete {
             key: key.clone(),
             output,
@@ -399,7 +407,7 @@ impl<L: Level> Aggregator<L> {
                     ),
                 });
             }
-            open.expected = Some(expected as u32);
+            open.expected = expected as u32;
             let complete = open.children.len() >= expected;
             if open.children.len() != before || complete {
                 self.dirty.push(key.clone());
@@ -556,7 +564,7 @@ impl<L: Level> Aggregator<L> {
                         opened_ms,
                         reported_incomplete,
                         dirty: false,
-                        expected: None,
+                        expected: Open::<L::Children>::UNKNOWN,
                     },
                 );
             }

@@ -386,3 +386,13 @@ fn an_aggregate_emitted_twice_is_caught() {
     aggregator.closed.insert(key, 0);
     let _ = aggregator.ingest(images.remove(0), &known, 1, &mut out);
 }
+
+#[test]
+fn an_open_site_and_its_key_fill_one_cache_line() {
+    // What each input's lookup touches in a table of hundreds of thousands.
+    assert!(
+        std::mem::size_of::<(wellspring_protocol::SiteKey, Open<Locations>)>() <= 64,
+        "{} bytes",
+        std::mem::size_of::<(wellspring_protocol::SiteKey, Open<Locations>)>()
+    );
+}

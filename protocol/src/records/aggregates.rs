@@ -55,7 +55,7 @@ fn channel_refs(channels: Vec<ChannelFields<'_>>) -> Vec<ChannelRef> {
 }
 
 /// Fields every aggregate below the experiment carries from its first image.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Provenance {
     pub cell_type: Arc<str>,
     pub plate_barcode: Arc<str>,

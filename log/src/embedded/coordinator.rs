@@ -34,7 +34,9 @@ pub(super) struct MemberState {
     instance_id: Option<String>,
     topics: Vec<String>,
     session_timeout: Duration,
-    last_seen: Instant,
+    /// When it was last heard from, plus its session timeout: past this it is presumed
+    /// dead. (Kept rather than computed: every poll of every member checks it.)
+    expires_at: Instant,
     /// Where the group wants this member's partitions to be.
     target: BTreeSet<TopicPartition>,
 }
@@ -63,7 +65,7 @@ impl MemberState {
             instance_id,
             topics,
             session_timeout,
-            last_seen: now,
+            expires_at: now + session_timeout,
             target: BTreeSet::new(),
         }
     }
@@ -239,7 +241,7 @@ impl GroupState {
     /// it is not a member (any more).
     pub fn heartbeat(&mut self, id: u64, now: Instant) -> Option<&BTreeSet<TopicPartition>> {
         let member = self.members.get_mut(&id)?;
-        member.last_seen = now;
+        member.expires_at = now + member.session_timeout;
         Some(&member.target)
     }
 
@@ -324,7 +326,7 @@ impl GroupState {
     pub fn next_expiry(&self) -> Option<Instant> {
         self.members
             .values()
-            .map(|m| m.last_seen + m.session_timeout + Duration::from_millis(1))
+            .map(|m| m.expires_at + Duration::from_millis(1))
             .min()
     }
 
@@ -333,7 +335,7 @@ impl GroupState {
         let dead: Vec<u64> = self
             .members
             .iter()
-            .filter(|(_, m)| now.duration_since(m.last_seen) > m.session_timeout)
+            .filter(|(_, m)| now > m.expires_at)
             .map(|(id, _)| *id)
             .collect();
         for id in &dead {

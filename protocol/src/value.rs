@@ -114,9 +114,10 @@ impl Value {
     }
 }
 
-/// A value serialized as plain JSON (the derived `Serialize` is the wire format's, which
-/// names each variant).
-struct AsJson<'a>(&'a Value);
+/// Writes a [`Value`] itself, as plain JSON data (not its enum form, as its derived
+/// `Serialize` does for the wire format): JSON text, and a record field that carries
+/// arbitrary data.
+pub(crate) struct AsJson<'a>(pub(crate) &'a Value);
 
 impl Serialize for AsJson<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -125,9 +126,8 @@ impl Serialize for AsJson<'_> {
             Value::Null => serializer.serialize_unit(),
             Value::Bool(b) => serializer.serialize_bool(*b),
             Value::Int(i) => serializer.serialize_i64(*i),
-            // As `to_json`: a number that JSON cannot hold is null.
-            Value::Float(f) if f.is_finite() => serializer.serialize_f64(*f),
-            Value::Float(_) => serializer.serialize_unit(),
+            // serde_json writes a number it cannot hold as null, as `to_json` does.
+            Value::Float(f) => serializer.serialize_f64(*f),
             Value::String(s) => serializer.serialize_str(s),
             Value::Array(items) => {
                 let mut seq = serializer.serialize_seq(Some(items.len()))?;

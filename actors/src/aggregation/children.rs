@@ -183,14 +183,13 @@ impl Children<String> for Locations {
         if count > 0 && count < 127 && text.starts_with(prefix) {
             // One exact-size allocation, written in order: no temporary entry, no splice.
             let rest = &text[prefix.len()..];
-            let mut head = Varints::default();
-            head.push(u64::from(id));
-            head.push(rest.len() as u64);
-            let head = head.as_bytes();
+            let (id, len) = (u64::from(id), rest.len() as u64);
             let at = before.unwrap_or(self.0.len());
-            let mut bytes = Vec::with_capacity(self.0.len() + head.len() + rest.len());
+            let size = self.0.len() + varint_len(id) + varint_len(len) + rest.len();
+            let mut bytes = Vec::with_capacity(size);
             bytes.extend_from_slice(&self.0[..at]);
-            bytes.extend_from_slice(head);
+            write_varint(&mut bytes, id);
+            write_varint(&mut bytes, len);
             bytes.extend_from_slice(rest);
             bytes.extend_from_slice(&self.0[at..]);
             bytes[0] += 1;
@@ -280,28 +279,9 @@ fn write_varint(out: &mut Vec<u8>, mut n: u64) {
     out.push(n as u8);
 }
 
-/// A few varints on the stack (an entry's id and length), to copy into a buffer.
-#[derive(Default)]
-struct Varints {
-    bytes: [u8; 20],
-    len: usize,
-}
-
-impl Varints {
-    /// Appends `n`; two u64 varints at most (10 bytes each).
-    fn push(&mut self, mut n: u64) {
-        while n >= 0x80 {
-            self.bytes[self.len] = (n as u8) | 0x80;
-            self.len += 1;
-            n >>= 7;
-        }
-        self.bytes[self.len] = n as u8;
-        self.len += 1;
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
+/// How many bytes [`write_varint`] writes for `n`.
+fn varint_len(n: u64) -> usize {
+    (64 - n.leading_zeros() as usize).div_ceil(7).max(1)
 }
 
 /// Reads a buffer [`Locations`] wrote; past its end, reads zeros and nothing.
@@ -353,6 +333,24 @@ mod tests {
         // 48 bytes of prefix, then 5 × (id, length, "N.tiff"), and 2 bytes of counts.
         assert_eq!(set.heap_bytes(), 2 + 48 + 5 * 8);
         assert!(set.contains(4) && !set.contains(3));
+    }
+
+    #[test]
+    fn a_varints_length_is_what_is_written() {
+        for n in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            write_varint(&mut out, n);
+            assert_eq!(varint_len(n), out.len(), "{n}");
+        }
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub enum Emitted<K, O> {
 /// An open aggregate. Kept small (with a site's key, one 64-byte cache line in the
 /// table): a lab holds hundreds of thousands open, and each input looks one up.
 struct Open<S> {
-    /// Shared by the aggregates of a plate (see [`SharedTexts`]).
+    /// Shared by the aggregates of a plate (see [`SharedProvenances`]).
     provenance: Arc<Provenance>,
     children: S,
     opened_ms: i64,
@@ -203,19 +203,17 @@ pub struct Aggregator<L: Level> {
     /// push is cheaper than a set insert on the hot path; repeats are dropped there).
     dirty: Vec<L::Key>,
     next_scan_ms: i64,
-    /// The cell types and plate barcodes of open aggregates, each text once: every input
-    /// decoded carries its own copy, and an open site would keep its first image's.
-    texts: SharedTexts,
+    provenances: SharedProvenances,
 }
 
 /// The provenances (cell type and plate barcode) of open aggregates, each once: every
 /// input decoded carries its own copy, and an open site would keep its first image's.
-/// Bounded: past [`SharedTexts::MAX`] it starts again (what aggregates hold stays valid;
+/// Bounded: past [`SharedProvenances::MAX`] it starts again (what aggregates hold stays valid;
 /// new ones share anew).
 #[derive(Default)]
-struct SharedTexts(rustc_hash::FxHashSet<Arc<Provenance>>);
+struct SharedProvenances(rustc_hash::FxHashSet<Arc<Provenance>>);
 
-impl SharedTexts {
+impl SharedProvenances {
     const MAX: usize = 4096;
 
     fn provenance(&mut self, provenance: Provenance) -> Arc<Provenance> {
@@ -240,7 +238,7 @@ impl<L: Level> Aggregator<L> {
             awaiting_layout: FxHashMap::default(),
             dirty: Vec::new(),
             next_scan_ms: i64::MIN,
-            texts: SharedTexts::default(),
+            provenances: SharedProvenances::default(),
         }
     }
 
@@ -301,7 +299,7 @@ impl<L: Level> Aggregator<L> {
                     }
                 };
                 self.open.entry(key.clone()).or_insert(Open {
-                    provenance: self.texts.provenance(provenance),
+                    provenance: self.provenances.provenance(provenance),
                     children: L::Children::with_capacity(expected.unwrap_or(4) as usize),
                     expected: expected.unwrap_or(Open::<L::Children>::UNKNOWN),
                     opened_ms: now_ms,
@@ -556,7 +554,7 @@ impl<L: Level> Aggregator<L> {
                 self.open.insert(
                     key,
                     Open {
-                        provenance: self.texts.provenance(Provenance {
+                        provenance: self.provenances.provenance(Provenance {
                             cell_type: Arc::from(cell_type),
                             plate_barcode: Arc::from(plate_barcode),
                         }),

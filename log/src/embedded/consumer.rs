@@ -36,6 +36,14 @@ pub(super) struct EmbeddedConsumer {
     config: ConsumerConfig,
 }
 
+/// The group a consumer of `config` is a member of (none for an assignment).
+fn group_of(config: &ConsumerConfig) -> Option<&str> {
+    match config.subscription {
+        Subscription::Topics(_) => config.group.as_deref(),
+        Subscription::Assign(_) => None,
+    }
+}
+
 /// What the group asks of a member at one poll.
 enum GroupStep {
     /// This member was presumed dead and removed: everything it had is lost.
@@ -70,20 +78,14 @@ impl EmbeddedConsumer {
     }
 
     fn group_name(&self) -> Option<&str> {
-        match self.config.subscription {
-            Subscription::Topics(_) => self.config.group.as_deref(),
-            Subscription::Assign(_) => None,
-        }
+        group_of(&self.config)
     }
 
     /// One step of the group protocol for this member.
     fn group_step(&mut self) -> GroupStep {
-        let group_name = match &self.config.subscription {
-            Subscription::Topics(_) => match self.config.group.as_deref() {
-                Some(name) => name,
-                None => return GroupStep::Steady,
-            },
-            Subscription::Assign(_) => return GroupStep::Steady,
+        // The config alone is borrowed: the member id changes below.
+        let Some(group_name) = group_of(&self.config) else {
+            return GroupStep::Steady;
         };
         let mut state = self.shared.state.lock();
         let now = Instant::now();

@@ -85,8 +85,7 @@ impl GroupState {
         }
     }
 
-    /// `(client id, instance id, partitions held)` per member, in member order: who holds
-    /// what, without the rest of a [`GroupView`] (the simulation notes it every second).
+    /// `(client id, instance id, partitions held)` per member, in member order.
     pub fn holdings(&self) -> Vec<(String, Option<String>, Vec<TopicPartition>)> {
         let mut held: BTreeMap<u64, Vec<TopicPartition>> = BTreeMap::new();
         for (tp, owner) in &self.owners {
@@ -107,15 +106,6 @@ impl GroupState {
     /// A count that changes whenever [`GroupState::holdings`] may have.
     pub fn holdings_changes(&self) -> u64 {
         self.holdings_changes
-    }
-
-    /// How many topics the members subscribe to.
-    pub fn subscribed_topics(&self) -> usize {
-        self.members
-            .values()
-            .flat_map(|m| m.topics.iter())
-            .collect::<BTreeSet<_>>()
-            .len()
     }
 
     /// Whether a member subscribes to `topic`.

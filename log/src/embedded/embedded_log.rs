@@ -73,22 +73,8 @@ impl EmbeddedLog {
         state.groups.get(group).map(|g| g.view())
     }
 
-    /// Who holds what in `group` (see [`GroupView::members`]), and how many topics its
-    /// members subscribe to: a group view without its offsets.
-    #[allow(clippy::type_complexity)]
-    pub fn group_holdings(
-        &self,
-        group: &str,
-    ) -> Option<(Vec<(String, Option<String>, Vec<TopicPartition>)>, usize)> {
-        let state = self.shared.state.lock();
-        state
-            .groups
-            .get(group)
-            .map(|g| (g.holdings(), g.subscribed_topics()))
-    }
-
     /// Every consumer group's name, with a count that changes whenever who holds what in
-    /// it may have (the holdings are worth fetching again only then).
+    /// it may have (its [`GroupView`] is worth taking again only then).
     pub fn groups_with_holdings_changes(&self) -> Vec<(String, u64)> {
         let state = self.shared.state.lock();
         state

@@ -4,8 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::fields::experiment_id;
-use super::value_format::{Data, to_value};
+use super::value_format::to_value;
 use crate::keys::ExperimentId;
+use crate::value::AsJson;
 use crate::value::Value;
 
 /// An aggregate that stayed open past its timeout, and what it is missing.
@@ -89,7 +90,7 @@ struct DeadLetterFields<'a> {
     source_partition: Option<u32>,
     source_offset: Option<u64>,
     key: Option<&'a str>,
-    record: Data<'a>,
+    record: AsJson<'a>,
     attempts: u32,
 }
 
@@ -106,7 +107,7 @@ impl DeadLetter {
             source_partition: origin.map(|o| o.partition),
             source_offset: origin.map(|o| o.offset),
             key: self.key.as_deref(),
-            record: Data(&self.record),
+            record: AsJson(&self.record),
             attempts: self.attempts,
         })
     }

@@ -35,37 +35,6 @@ pub(crate) fn from_value<'de, T: de::Deserialize<'de>>(
     .map_err(ReadError::into_record_error)
 }
 
-/// Writes a [`Value`] itself (not its enum form, as its derived `Serialize` does for the
-/// wire format), for a record field that carries arbitrary data.
-pub(crate) struct Data<'a>(pub(crate) &'a Value);
-
-impl Serialize for Data<'_> {
-    fn serialize<S: ser::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use ser::{SerializeMap, SerializeSeq};
-        match self.0 {
-            Value::Null => s.serialize_unit(),
-            Value::Bool(b) => s.serialize_bool(*b),
-            Value::Int(i) => s.serialize_i64(*i),
-            Value::Float(f) => s.serialize_f64(*f),
-            Value::String(text) => s.serialize_str(text),
-            Value::Array(items) => {
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    seq.serialize_element(&Data(item))?;
-                }
-                seq.end()
-            }
-            Value::Record(fields) => {
-                let mut map = s.serialize_map(Some(fields.len()))?;
-                for (name, field) in fields {
-                    map.serialize_entry(name, &Data(field))?;
-                }
-                map.end()
-            }
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Reading.
 

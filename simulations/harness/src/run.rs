@@ -407,16 +407,17 @@ impl OwnershipWatch {
             {
                 continue;
             }
-            let Some((holdings, topics)) = log.group_holdings(&group) else {
+            let Some(view) = log.group_view(&group) else {
                 continue;
             };
-            let mut members: Vec<String> = holdings
+            let mut members: Vec<String> = view
+                .members
                 .iter()
                 .map(|(client, instance, held)| {
                     let mut partitions: Vec<String> = held
                         .iter()
                         .map(|tp| {
-                            if topics > 1 {
+                            if view.topics.len() > 1 {
                                 tp.to_string()
                             } else {
                                 tp.partition.to_string()

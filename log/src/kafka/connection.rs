@@ -15,7 +15,7 @@ use rdkafka::producer::FutureProducer;
 
 use super::call::explain;
 use super::eviction::StaticGroup;
-use super::settings::KafkaSettings;
+use super::settings::{KafkaSettings, PLAIN_LINGER_MS};
 use crate::LogError;
 use crate::time::{Clock, SystemClock};
 
@@ -49,9 +49,8 @@ impl Connection {
             .create()
             .map_err(fail)?;
         let producer: FutureProducer = settings
-            .client()
+            .client_with(&[("linger.ms", PLAIN_LINGER_MS)])
             .set("enable.idempotence", "true")
-            .set("linger.ms", "2")
             .create()
             .map_err(fail)?;
         Ok(Self {

@@ -51,14 +51,32 @@ impl KafkaSettings {
 
     /// A librdkafka client configuration: the brokers and the passed-through properties.
     pub(super) fn client(&self) -> ClientConfig {
+        self.client_with(&[])
+    }
+
+    /// A client configuration with Wellspring's `defaults` for this kind of client, each
+    /// of them overridden by the same property passed through, and the brokers.
+    pub(super) fn client_with(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.brokers);
+        for (k, v) in defaults {
+            config.set(*k, *v);
+        }
         for (k, v) in &self.properties {
             config.set(k, v);
         }
+        // The brokers given (`--kafka`) are the ones used, whatever a property says.
+        config.set("bootstrap.servers", &self.brokers);
         config
     }
 }
+
+/// How long the plain producer gathers records before it sends them. Every stage's
+/// commit goes through it when transactions are off, and librdkafka sends one request per
+/// partition: at 2,000 images/s on the test broker 2 ms meant ~1,200 produce requests a
+/// second and a broker that took a core, and a site's p99 of 280-375 ms; 10 ms gathers
+/// the stages' records into fewer requests (p99 180-216 ms; 20 ms 211-217, 40 ms 279),
+/// which costs an idle commit up to 10 ms per delivery it waits for.
+pub(super) const PLAIN_LINGER_MS: &str = "10";
 
 impl std::fmt::Debug for KafkaSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,5 +101,27 @@ impl std::fmt::Debug for KafkaSettings {
             .field("transactions", &self.transactions)
             .field("timeout", &self.timeout)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_property_passed_through_overrides_a_default_and_the_brokers_are_always_set() {
+        let mut settings = KafkaSettings::new("127.0.0.1:9092");
+        let defaults = [("linger.ms", PLAIN_LINGER_MS), ("retry.backoff.ms", "5")];
+        let config = settings.client_with(&defaults);
+        assert_eq!(config.get("linger.ms"), Some(PLAIN_LINGER_MS));
+        assert_eq!(config.get("retry.backoff.ms"), Some("5"));
+        settings.properties.insert("linger.ms".into(), "0".into());
+        settings
+            .properties
+            .insert("bootstrap.servers".into(), "elsewhere:1".into());
+        let config = settings.client_with(&defaults);
+        assert_eq!(config.get("linger.ms"), Some("0"));
+        assert_eq!(config.get("retry.backoff.ms"), Some("5"));
+        assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9092"));
     }
 }

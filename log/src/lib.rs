@@ -190,6 +190,12 @@ pub struct ConsumerConfig {
     /// the log may hand them over without their values and headers, and the embedded log
     /// does, so that reading them copies and touches less under its lock.
     pub keys_only: Vec<String>,
+    /// How long a reader's fetch that finds nothing new may wait on the log's side before
+    /// it answers (Kafka's `fetch.wait.max.ms`, for consumers given their partitions;
+    /// `None`: 25 ms, so that a restore's last fetch comes back at once). A Kafka broker answers as soon as records come, so a long wait costs a
+    /// follower nothing but spares the brokers its idle requests; some brokers (tansu,
+    /// nisshi) hold the wait in full, so it is also how late a follower may see a record.
+    pub idle_wait: Option<Duration>,
 }
 
 impl ConsumerConfig {
@@ -206,6 +212,7 @@ impl ConsumerConfig {
             session_timeout: Duration::from_secs(10),
             start_from: StartFrom::Earliest,
             keys_only: Vec::new(),
+            idle_wait: None,
         }
     }
 
@@ -221,6 +228,7 @@ impl ConsumerConfig {
             session_timeout: Duration::from_secs(10),
             start_from: StartFrom::Earliest,
             keys_only: Vec::new(),
+            idle_wait: None,
         }
     }
 }

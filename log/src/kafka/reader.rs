@@ -26,20 +26,11 @@ pub(super) fn assign(
     brokers: &str,
     consumer: &ConsumerConfig,
     partitions: &[(TopicPartition, Option<Offset>)],
-    mut config: ClientConfig,
+    config: ClientConfig,
     spawner: &Spawner,
 ) -> Result<Readers, LogError> {
     let fail = |e| explain(&e, brokers);
-    // librdkafka wants a group id even to assign; this one never commits.
-    config
-        .set(
-            "group.id",
-            format!("wellspring-reader-{}", consumer.client_id),
-        )
-        .set("enable.partition.eof", "true")
-        // A restore reads a backlog to its end and then waits on nothing: the broker should
-        // answer the last fetch at once rather than after librdkafka's 500 ms.
-        .set("fetch.wait.max.ms", "25");
+    let config = reader_config(config, consumer);
     let mut assignment = BTreeSet::new();
     let mut by_topic: BTreeMap<Arc<str>, TopicPartitionList> = BTreeMap::new();
     for (tp, offset) in partitions {
@@ -65,4 +56,45 @@ pub(super) fn assign(
         clients,
         assignment,
     })
+}
+
+/// A reader's client settings on top of `config` (the consumer's): a group id that never
+/// commits, partition ends reported, and how long an idle fetch may be held.
+fn reader_config(mut config: ClientConfig, consumer: &ConsumerConfig) -> ClientConfig {
+    // librdkafka wants a group id even to assign; this one never commits.
+    config
+        .set(
+            "group.id",
+            format!("wellspring-reader-{}", consumer.client_id),
+        )
+        .set("enable.partition.eof", "true")
+        // A restore reads a backlog to its end and then waits on nothing: the broker should
+        // answer the last fetch at once rather than after librdkafka's 500 ms. A follower
+        // may ask for a longer wait.
+        .set(
+            "fetch.wait.max.ms",
+            consumer
+                .idle_wait
+                .map_or(25, |wait| wait.as_millis().max(1))
+                .to_string(),
+        );
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_reader_holds_an_idle_fetch_25_ms_unless_it_asks_for_longer() {
+        let mut consumer = ConsumerConfig::assign("status", Vec::new());
+        let config = reader_config(ClientConfig::new(), &consumer);
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("25"));
+        assert_eq!(config.get("group.id"), Some("wellspring-reader-status"));
+        consumer.idle_wait = Some(Duration::from_millis(250));
+        let config = reader_config(ClientConfig::new(), &consumer);
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("250"));
+    }
 }

@@ -229,20 +229,23 @@ impl HttpTaskRunner {
             .url
             .render(&self.variables, input, true)
             .map_err(|e| format!("building the URL: {e}"))?;
-        let context = Value::record([
-            ("input", input.clone()),
-            ("key", Value::from(task.key.as_str())),
-            ("id", Value::from(task.id.to_string())),
-            ("attempt", Value::from(attempt)),
-        ]);
+        // The body as JSON: a template's value, or the input itself (written as it is,
+        // not copied first).
         let body = match (&self.spec.body, self.spec.method) {
             (_, Method::Get | Method::Delete) => None,
-            (Some(template), _) => Some(
-                template
+            (Some(template), _) => {
+                let context = Value::record([
+                    ("input", input.clone()),
+                    ("key", Value::from(task.key.as_str())),
+                    ("id", Value::from(task.id.to_string())),
+                    ("attempt", Value::from(attempt)),
+                ]);
+                let body = template
                     .evaluate(&context, &self.variables)
-                    .map_err(|e| format!("building the body: {e}"))?,
-            ),
-            (None, _) => Some(input.clone()),
+                    .map_err(|e| format!("building the body: {e}"))?;
+                Some(body.to_json_string())
+            }
+            (None, _) => Some(input.to_json_string()),
         };
         let mut headers = Vec::with_capacity(self.spec.headers.len() + 4);
         for (name, value) in &self.spec.headers {
@@ -267,7 +270,7 @@ impl HttpTaskRunner {
             method: self.spec.method,
             url,
             headers,
-            body: body.map(|b| Bytes::from(b.to_json_string())),
+            body: body.map(Bytes::from),
         })
     }
 

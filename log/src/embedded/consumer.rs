@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::coordinator::MemberState;
 use super::shared::{Shared, State, Watcher};
+use super::storage::{PartitionLog, TopicLog};
 use crate::{
     Assigned, CommitBatch, Consumer, ConsumerConfig, LogError, LogRecord, Offset,
     RebalanceListener, StartFrom, Subscription, TopicPartition,
@@ -234,10 +235,34 @@ impl EmbeddedConsumer {
             // Nothing appended to these topics since everything was read.
             return Ok(out);
         }
-        let partitions: Vec<TopicPartition> = self.positions.keys().cloned().collect();
-        let n = partitions.len();
+        // Each partition with its position, in the order read this time (round-robin
+        // start), and its topic's log looked up once per topic rather than per partition.
+        let n = self.positions.len();
         let start = self.next_partition % n;
         self.next_partition = self.next_partition.wrapping_add(1);
+        let keys_only = &self.config.keys_only;
+        let mut reading: Vec<(&TopicPartition, &mut Offset, &PartitionLog, bool)> =
+            Vec::with_capacity(n);
+        let mut topic: Option<(&str, &TopicLog, bool)> = None;
+        for (tp, position) in self.positions.iter_mut() {
+            let (log, only_keys) = match topic {
+                Some((name, log, only_keys)) if name == &*tp.topic => (log, only_keys),
+                _ => {
+                    let log = state.topics.topic(&tp.topic)?;
+                    let only_keys = keys_only.iter().any(|t| **t == *tp.topic);
+                    topic = Some((&tp.topic, log, only_keys));
+                    (log, only_keys)
+                }
+            };
+            let partition = log.partitions().get(tp.partition as usize).ok_or_else(|| {
+                LogError::UnknownPartition {
+                    topic: tp.topic.to_string(),
+                    partition: tp.partition,
+                }
+            })?;
+            reading.push((tp, position, partition, only_keys));
+        }
+        reading.rotate_left(start);
         // A fair share per partition first, then whatever room is left (only if some
         // partition had more than its share).
         let share = (max_records / n).max(1);
@@ -246,27 +271,19 @@ impl EmbeddedConsumer {
             if pass == 1 && !more {
                 break;
             }
-            for i in 0..n {
+            for (tp, position, partition, only_keys) in reading.iter_mut() {
                 if out.len() >= max_records {
                     break;
                 }
-                let tp = &partitions[(start + i) % n];
-                let Some(position) = self.positions.get_mut(tp) else {
-                    continue;
-                };
                 let room = if pass == 0 {
                     share.min(max_records - out.len())
                 } else {
                     max_records - out.len()
                 };
-                let keys_only = self.config.keys_only.iter().any(|t| **t == *tp.topic);
-                let records = state
-                    .topics
-                    .partition(tp)?
-                    .read(tp, *position, room, keys_only);
+                let records = partition.read(tp, **position, room, *only_keys);
                 more |= records.len() >= room;
                 if let Some(last) = records.last() {
-                    *position = last.offset + 1;
+                    **position = last.offset + 1;
                 }
                 out.extend(records);
             }

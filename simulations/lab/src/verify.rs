@@ -4,10 +4,11 @@
 //! A [`Tracker`] watches the output topics while a run goes on (for progress and
 //! latencies) and reports at the end.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 use wellspring_log::{ConsumerConfig, Log, LogError, LogRecord, NoListener, TopicPartition};
 use wellspring_protocol::envelope::headers;
@@ -18,13 +19,32 @@ pub use crate::expectations::{
     DagExpectations, Expected, dag_expectations, reference_expectations, without_images,
 };
 
+/// What came out on one topic. (Fx-hashed: the simulation observes every output, and
+/// SipHash on these keys was a tenth of the observing.)
 #[derive(Debug, Default)]
 struct Tally {
-    ids: HashMap<String, u32>,
-    keys: HashMap<String, u32>,
-    /// Each key's distinct ids: more than one means the key was computed twice, not
-    /// repeated (a repeat carries the id of the record it repeats).
-    ids_of_key: HashMap<String, HashSet<String>>,
+    ids: FxHashMap<String, u32>,
+    keys: FxHashMap<String, KeySeen>,
+}
+
+/// One key's records on a topic.
+#[derive(Debug)]
+struct KeySeen {
+    count: u32,
+    first_seen: Instant,
+    /// The key's distinct ids: more than one means the key was computed twice, not
+    /// repeated (a repeat carries the id of the record it repeats). Almost always one.
+    ids: Vec<String>,
+}
+
+/// Adds one to `name`'s count, allocating its name only the first time.
+fn count_in(counts: &mut FxHashMap<String, u32>, name: &str) {
+    match counts.get_mut(name) {
+        Some(count) => *count += 1,
+        None => {
+            counts.insert(name.to_owned(), 1);
+        }
+    }
 }
 
 /// The verdict on one output topic.
@@ -82,8 +102,6 @@ pub struct Tracker {
     /// Keys of dead letters, and their reasons.
     pub dead_letters: Vec<(String, String)>,
     pub incomplete: Vec<String>,
-    /// When each key of each topic was first seen.
-    first_seen: HashMap<(String, String), Instant>,
     /// Only outputs of this experiment count (a shared topic carries others too).
     scope: Option<String>,
 }
@@ -100,7 +118,6 @@ impl Tracker {
             incomplete_topic: incomplete_topic.to_owned(),
             dead_letters: Vec::new(),
             incomplete: Vec::new(),
-            first_seen: HashMap::new(),
             scope: None,
         }
     }
@@ -130,7 +147,7 @@ impl Tracker {
         let key = record
             .key
             .as_deref()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .map(String::from_utf8_lossy)
             .unwrap_or_default();
         if *record.topic == *self.dead_letter_topic {
             let reason = record
@@ -139,7 +156,7 @@ impl Tracker {
                 .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
                 .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
                 .unwrap_or_default();
-            self.dead_letters.push((key, reason));
+            self.dead_letters.push((key.into_owned(), reason));
             return;
         }
         if *record.topic == *self.incomplete_topic {
@@ -152,7 +169,7 @@ impl Tracker {
                         .and_then(|r| r.as_str())
                         .map(str::to_owned)
                 })
-                .unwrap_or(key);
+                .unwrap_or_else(|| key.into_owned());
             self.incomplete.push(description);
             return;
         }
@@ -164,14 +181,26 @@ impl Tracker {
         };
         let id = record
             .header(headers::ID)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .map(|v| String::from_utf8_lossy(v))
             .unwrap_or_default();
-        *tally.ids.entry(id.clone()).or_default() += 1;
-        tally.ids_of_key.entry(key.clone()).or_default().insert(id);
-        let count = tally.keys.entry(key.clone()).or_default();
-        *count += 1;
-        if *count == 1 {
-            self.first_seen.insert((record.topic.to_string(), key), now);
+        count_in(&mut tally.ids, &id);
+        match tally.keys.get_mut(&*key) {
+            Some(seen) => {
+                seen.count += 1;
+                if !seen.ids.iter().any(|known| *known == *id) {
+                    seen.ids.push(id.into_owned());
+                }
+            }
+            None => {
+                tally.keys.insert(
+                    key.into_owned(),
+                    KeySeen {
+                        count: 1,
+                        first_seen: now,
+                        ids: vec![id.into_owned()],
+                    },
+                );
+            }
         }
     }
 
@@ -181,9 +210,7 @@ impl Tracker {
     }
 
     pub fn first_seen(&self, topic: &str, key: &str) -> Option<Instant> {
-        self.first_seen
-            .get(&(topic.to_owned(), key.to_owned()))
-            .copied()
+        Some(self.tallies.get(topic)?.keys.get(key)?.first_seen)
     }
 
     pub fn expected(&self) -> &[Expected] {
@@ -230,7 +257,7 @@ impl Tracker {
                             let mut keys: Vec<String> = t
                                 .keys
                                 .iter()
-                                .filter(|(_, n)| **n > 1)
+                                .filter(|(_, seen)| seen.count > 1)
                                 .map(|(k, _)| k.clone())
                                 .collect();
                             keys.sort();
@@ -241,9 +268,9 @@ impl Tracker {
                     conflicting: match (e.aggregate, tally) {
                         (true, Some(t)) => {
                             let mut keys: Vec<String> = t
-                                .ids_of_key
+                                .keys
                                 .iter()
-                                .filter(|(_, ids)| ids.len() > 1)
+                                .filter(|(_, seen)| seen.ids.len() > 1)
                                 .map(|(k, _)| k.clone())
                                 .collect();
                             keys.sort();
@@ -538,4 +565,69 @@ pub async fn verify_experiment(
         records_read: read,
         unchecked,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn record(topic: &str, key: &str, id: &str, offset: i64) -> LogRecord {
+        LogRecord {
+            topic: Arc::from(topic),
+            partition: 0,
+            offset: offset as wellspring_log::Offset,
+            key: Some(Bytes::copy_from_slice(key.as_bytes())),
+            value: None,
+            headers: Arc::new(vec![(
+                headers::ID.to_owned(),
+                Bytes::copy_from_slice(id.as_bytes()),
+            )]),
+            timestamp_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_repeat_and_a_second_computation_are_told_apart_and_a_key_keeps_when_it_came_first() {
+        let expected = Expected {
+            label: "sites".into(),
+            topic: "images_site".into(),
+            keys: ["E/1/A01/1", "E/1/A01/2", "E/1/A01/3"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            aggregate: true,
+        };
+        let mut tracker = Tracker::new(vec![expected], "dead", "incomplete").scoped("E");
+        let first = Instant::now();
+        let later = first + Duration::from_secs(1);
+        tracker.observe(&record("images_site", "E/1/A01/1", "id-1", 0), first);
+        // The same record again: a repeat under its id.
+        tracker.observe(&record("images_site", "E/1/A01/1", "id-1", 1), later);
+        // A key computed twice: two ids.
+        tracker.observe(&record("images_site", "E/1/A01/2", "id-2", 2), first);
+        tracker.observe(&record("images_site", "E/1/A01/2", "id-2b", 3), later);
+        // Another experiment's output and an unwatched topic count for nothing.
+        tracker.observe(&record("images_site", "F/1/A01/1", "id-f", 4), first);
+        tracker.observe(&record("elsewhere", "E/1/A01/3", "id-3", 0), first);
+
+        let report = &tracker.report()[0];
+        assert_eq!(report.present, 2);
+        assert_eq!(report.missing, vec!["E/1/A01/3".to_owned()]);
+        assert_eq!(report.repeats, 1);
+        assert_eq!(
+            report.duplicated,
+            vec!["E/1/A01/1".to_owned(), "E/1/A01/2".to_owned()]
+        );
+        assert_eq!(report.conflicting, vec!["E/1/A01/2".to_owned()]);
+        assert!(report.unexpected.is_empty());
+        assert!(!report.ok() && !report.ok_by_id());
+        assert_eq!(tracker.present("images_site"), 2);
+        assert_eq!(tracker.first_seen("images_site", "E/1/A01/1"), Some(first));
+        assert_eq!(tracker.first_seen("images_site", "E/1/A01/3"), None);
+        assert_eq!(tracker.first_seen("elsewhere", "E/1/A01/3"), None);
+    }
 }

@@ -88,12 +88,21 @@ impl Drop for Process {
 
 /// Waits (up to three minutes) until `found` gives something.
 fn wait_for<T>(what: &str, mut found: impl FnMut() -> Option<T>) -> T {
+    wait_showing(what, |_| found())
+}
+
+/// As [`wait_for`], with `found` noting what it last saw, which a give-up prints.
+fn wait_showing<T>(what: &str, mut found: impl FnMut(&mut String) -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(180);
+    let mut seen = String::new();
     loop {
-        if let Some(value) = found() {
+        if let Some(value) = found(&mut seen) {
             return value;
         }
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {what}; last seen: {seen}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -538,8 +547,10 @@ fn on_a_broker_either_of_two_nodes_answers_for_the_whole_cluster() {
     let expected = 24 * 4 * 6 - 1;
     // Each node's view reads every partition, whichever node processed it.
     for node in [&a, &b] {
-        let detail = wait_for(&format!("every image and report on {}", node.id), || {
+        let what = format!("every image and report on {}", node.id);
+        let detail = wait_showing(&what, |seen| {
             let (status, body) = get(&format!("{}/api/experiments/EXP-STATUS", node.url), None);
+            *seen = format!("{status} {body}");
             let detail: Value = serde_json::from_str(&body).ok()?;
             let metrics = level(&detail, "image-metrics");
             let tasks_done = metrics["present"].as_u64()? + metrics["dead_lettered"].as_u64()?;

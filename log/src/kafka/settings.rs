@@ -70,13 +70,13 @@ impl KafkaSettings {
     }
 }
 
-/// How long the plain producer gathers records before it sends them. Every stage's
-/// commit goes through it when transactions are off, and librdkafka sends one request per
-/// partition: at 2,000 images/s on the test broker 2 ms meant ~1,200 produce requests a
-/// second and a broker that took a core, and a site's p99 of 280-375 ms; 10 ms gathers
-/// the stages' records into fewer requests (p99 180-216 ms; 20 ms 211-217, 40 ms 279),
-/// which costs an idle commit up to 10 ms per delivery it waits for.
-pub(super) const PLAIN_LINGER_MS: &str = "10";
+/// How long the plain producer gathers records before it sends them: sources, `generate`,
+/// and every stage's commit when transactions are off. Measured in turn on tansu and
+/// nisshi: `generate` publishes 460-480k records/s at 0 ms, 505-560k at 1 and 2, 310-375k
+/// at 5 and 220-230k at 10 (it waits for each batch's delivery); a site's p99 at 2,000
+/// images/s through nisshi was 269 and 242 ms at 2, 330 and 219 at 10 (the produce
+/// requests a second about the same, ~1,400: each commit waits for its own delivery).
+pub(super) const PLAIN_LINGER_MS: &str = "2";
 
 impl std::fmt::Debug for KafkaSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -268,7 +268,12 @@ impl StageLoop {
                 next_due = Some(next_due.map_or(due, |first| first.min(due)));
             }
             batch.outputs.extend(poison_outputs);
-            batch.outputs.extend(output.outputs);
+            // The first shard's outputs become the batch (no copy of the largest vector).
+            if batch.outputs.is_empty() {
+                batch.outputs = output.outputs;
+            } else {
+                batch.outputs.extend(output.outputs);
+            }
             acks.extend(output.acks);
             let commit_to = match (output.commit_to, poison_to) {
                 (Some(a), Some(b)) => Some(a.max(b)),

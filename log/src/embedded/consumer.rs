@@ -263,6 +263,17 @@ impl EmbeddedConsumer {
             reading.push((tp, position, partition, only_keys));
         }
         reading.rotate_left(start);
+        // Room for what will be read, at once, rather than growing (and copying) the batch
+        // as partitions are read.
+        let available: u64 = reading
+            .iter()
+            .map(|(_, position, partition, _)| partition.next_offset.saturating_sub(**position))
+            .sum();
+        out.reserve(
+            usize::try_from(available)
+                .unwrap_or(usize::MAX)
+                .min(max_records),
+        );
         // A fair share per partition first, then whatever room is left (only if some
         // partition had more than its share).
         let share = (max_records / n).max(1);

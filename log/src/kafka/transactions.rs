@@ -25,12 +25,12 @@ pub(super) fn transactional_producer(
 ) -> Result<BaseProducer, KafkaError> {
     let id = format!("{group}-{member}");
     // A producer without a background thread: the commit polls it for the outputs'
-    // delivery itself. A member killed mid-transaction leaves it open, holding back read_committed readers
-    // of its output partitions until the coordinator aborts it: after 10 s (as Kafka
-    // Streams sets it), not the broker's default minute. Adding a partition to the next
-    // transaction is refused (and retried) while the previous one completes: retry soon,
-    // not after librdkafka's default 100 ms (the backoff still grows exponentially on
-    // repeated failures).
+    // delivery itself. A member killed mid-transaction leaves it open, holding back
+    // read_committed readers of its output partitions until the coordinator aborts it:
+    // after 10 s (as Kafka Streams sets it), not the broker's default minute. Adding a
+    // partition to the next transaction is refused (and retried) while the previous one
+    // completes: retry soon, not after librdkafka's default 100 ms (the backoff still
+    // grows exponentially on repeated failures).
     settings
         .client_with(&[
             ("transaction.timeout.ms", "10000"),

@@ -192,9 +192,11 @@ pub struct ConsumerConfig {
     pub keys_only: Vec<String>,
     /// How long a reader's fetch that finds nothing new may wait on the log's side before
     /// it answers (Kafka's `fetch.wait.max.ms`, for consumers given their partitions;
-    /// `None`: 25 ms, so that a restore's last fetch comes back at once). A Kafka broker answers as soon as records come, so a long wait costs a
-    /// follower nothing but spares the brokers its idle requests; some brokers (tansu,
-    /// nisshi) hold the wait in full, so it is also how late a follower may see a record.
+    /// `None`: 25 ms, so that a restore's last fetch comes back at once; group members
+    /// and the embedded log, which wakes readers on appends, ignore it). A Kafka broker
+    /// answers as soon as records come, so a long wait costs a follower nothing but
+    /// spares the brokers its idle requests; some brokers (tansu, nisshi) hold the wait
+    /// in full, so it is also how late a follower may see a record.
     pub idle_wait: Option<Duration>,
 }
 
